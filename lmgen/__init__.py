@@ -1,0 +1,24 @@
+"""lmgen: generate text with small decoder-only transformers.
+
+    from lmgen import load, generate
+    lm = load("path/to/model")
+    for event in generate(lm, "The cat sat"):
+        print(event.text, end="")
+
+Importing the package is cheap; torch loads on first use of ``load``/``generate``.
+"""
+
+__version__ = "0.1.0"
+__all__ = ["load", "generate", "GenerationSettings", "SamplingSettings"]
+
+
+def __getattr__(name):
+    if name in ("load", "generate", "GenerationSettings"):
+        from lmgen import generate as module
+
+        return getattr(module, name)
+    if name == "SamplingSettings":
+        from lmgen.sampling import SamplingSettings
+
+        return SamplingSettings
+    raise AttributeError(f"module 'lmgen' has no attribute {name!r}")

