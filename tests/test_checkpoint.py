@@ -1,0 +1,125 @@
+"""Loading checkpoint directories: name maps, shape checks, shards, tied weights, refusals."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmgen.checkpoint import load_model, locate
+from lmgen.config import from_hf, to_toml
+from lmgen.errors import CheckpointError
+
+from conftest import save_tiny
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    save_tiny("llama", path)
+    return path
+
+
+def copy_dir(src, dst):
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_tied_head_is_the_embedding_parameter(tmp_path):
+    save_tiny("llama", tmp_path, tie_word_embeddings=True)
+    model, cfg, _ = load_model(tmp_path)
+    assert cfg.tied_embeddings
+    assert model.head.linear.weight is model.embed.weight
+    assert model.head.linear.weight.data_ptr() == model.embed.weight.data_ptr()
+    n_params = sum(p.numel() for p in model.parameters())  # parameters() yields shared ones once
+    assert n_params == sum(p.numel() for name, p in model.named_parameters() if name != "head.linear.weight")
+
+
+def test_gpt2_head_is_tied_by_default(tmp_path):
+    save_tiny("gpt2", tmp_path)
+    model, _, _ = load_model(tmp_path)
+    assert model.head.linear.weight is model.embed.weight
+
+
+def test_sharded_checkpoint_loads(llama_dir, tmp_path):
+    import transformers
+
+    reference = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    reference.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    files = locate(tmp_path)
+    assert len(files.weights) > 1
+    sharded, _, _ = load_model(tmp_path)
+    single, _, _ = load_model(llama_dir)
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        assert torch.equal(sharded(ids), single(ids))
+
+
+def test_toml_config_directory_loads(llama_dir, tmp_path):
+    cfg = from_hf(json.loads((llama_dir / "config.json").read_text()))
+    (tmp_path / "config.toml").write_text(to_toml(cfg))
+    shutil.copy(llama_dir / "model.safetensors", tmp_path / "model.safetensors")
+    from_toml, _, _ = load_model(tmp_path)
+    from_json, _, _ = load_model(llama_dir)
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        assert torch.equal(from_toml(ids), from_json(ids))
+
+
+def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
+    path = copy_dir(llama_dir, tmp_path / "bad")
+    config = json.loads((path / "config.json").read_text())
+    config["intermediate_size"] = 96
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"model\.layers\.0\.mlp\.(gate|up|down)_proj\.weight .*has shape "
+                       r"\((128, 64|64, 128)\) but the config implies \((96, 64|64, 96)\)"):
+        load_model(path)
+
+
+def test_missing_tensor_is_reported(llama_dir, tmp_path):
+    path = copy_dir(llama_dir, tmp_path / "bad")
+    tensors = load_file(path / "model.safetensors")
+    del tensors["model.layers.1.self_attn.v_proj.weight"]
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"missing .*blocks\.1\.attn\.v\.weight"):
+        load_model(path)
+
+
+def test_unexpected_tensor_is_reported(llama_dir, tmp_path):
+    path = copy_dir(llama_dir, tmp_path / "bad")
+    tensors = load_file(path / "model.safetensors")
+    tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
+    save_file(tensors, path / "model.safetensors")
+    with pytest.raises(CheckpointError, match=r"unexpected .*q_proj\.bias"):
+        load_model(path)
+
+
+def test_pickle_checkpoint_is_refused(llama_dir, tmp_path):
+    path = copy_dir(llama_dir, tmp_path / "pickled")
+    (path / "model.safetensors").unlink()
+    (path / "pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_model(path)
+
+
+def test_truncated_safetensors_is_reported(llama_dir, tmp_path):
+    path = copy_dir(llama_dir, tmp_path / "cut")
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("what", ["missing", "file", "no-config", "no-weights"])
+def test_bad_paths_are_reported(llama_dir, tmp_path, what):
+    if what == "missing":
+        path = tmp_path / "nowhere"
+    elif what == "file":
+        path = llama_dir / "config.json"
+    else:
+        path = copy_dir(llama_dir, tmp_path / what)
+        (path / ("config.json" if what == "no-config" else "model.safetensors")).unlink()
+    with pytest.raises(CheckpointError):
+        load_model(path)

@@ -1,0 +1,106 @@
+"""The real `lmgen` entry point, run in subprocesses."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_lmgen, save_tiny
+
+ANSI = re.compile(rb"\x1b\[")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    save_tiny("llama", path)
+    return path
+
+
+def assert_one_line_error(result, code, pattern):
+    assert result.returncode == code, result.stderr.decode()
+    err = result.stderr.decode()
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert re.search(pattern, err), err
+    assert result.stdout == b""
+
+
+def test_generate_with_the_real_model(lmgen_exe, smollm2_dir):
+    result = run_lmgen(lmgen_exe, "generate", "The capital of France is", "-n", "6", "--stats",
+                       env={"LMGEN_MODEL": str(smollm2_dir)})
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().startswith(" Paris")
+    assert not ANSI.search(result.stdout)
+    assert re.search(r"decode [\d.]+ tokens/s", result.stderr.decode())
+
+
+def test_setup_installs_the_default_model_then_generate_uses_it(lmgen_exe, tmp_path):
+    env = {"LMGEN_HOME": str(tmp_path), "LMGEN_MODEL": ""}
+    missing = run_lmgen(lmgen_exe, "generate", "Hello", env=env)
+    assert_one_line_error(missing, 3, r"lmgen setup")
+    setup = run_lmgen(lmgen_exe, "setup", env=env)
+    assert setup.returncode == 0, setup.stderr.decode()
+    assert (tmp_path / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    result = run_lmgen(lmgen_exe, "generate", "--echo", "-n", "5", "The capital of France is", env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode().startswith("The capital of France is Paris")
+
+
+def test_prompt_from_stdin(lmgen_exe, tiny_dir):
+    piped = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", input=b"The cat sat\n")
+    argued = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", "The cat sat")
+    assert piped.returncode == 0, piped.stderr.decode()
+    assert piped.stdout == argued.stdout and piped.stdout
+
+
+def test_inspect_real_model(lmgen_exe, smollm2_dir):
+    result = run_lmgen(lmgen_exe, "inspect", str(smollm2_dir))
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert "576 × 49152" in out and "tied" in out
+    assert "9 heads, 3 kv heads, head dim 64" in out
+    info = json.loads(run_lmgen(lmgen_exe, "inspect", "--json", str(smollm2_dir)).stdout)
+    assert info["lm_head"]["shape"] == [576, 49152] and info["lm_head"]["tied"] is True
+    assert info["parameters"]["total"] == 134_515_008  # SmolLM2-135M's published count
+    assert info["parameters"]["head"] == 0 and info["parameters"]["embedding"] == 576 * 49152
+
+
+def test_inspect_and_help_do_not_import_torch(smollm2_dir):
+    code = (
+        "import sys\nfrom lmgen.cli import app\n"
+        "for args in (['--help'], ['inspect', sys.argv[1]]):\n"
+        "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, str(smollm2_dir)], capture_output=True)
+    assert result.returncode == 0, result.stderr.decode()
+
+
+def test_shape_mismatch_fails_naming_the_tensor(lmgen_exe, tiny_dir, tmp_path):
+    import shutil
+
+    bad = shutil.copytree(tiny_dir, tmp_path / "bad")
+    config = json.loads((bad / "config.json").read_text())
+    config["vocab_size"] = 320
+    (bad / "config.json").write_text(json.dumps(config))
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(bad), "hello")
+    assert_one_line_error(result, 3, r"tensor (model\.embed_tokens|lm_head)\.weight .*\(300, 64\).*\(320, 64\)")
+
+
+def test_convert_refuses_a_non_gguf_file(lmgen_exe, tmp_path):
+    bad = tmp_path / "x.gguf"
+    bad.write_text("hello")
+    assert_one_line_error(run_lmgen(lmgen_exe, "convert", str(bad), str(tmp_path / "o")), 3, "GGUF")
+
+
+def test_invalid_sampling_value_is_one_line(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--top-p", "1.5", "hi")
+    assert_one_line_error(result, 2, "top-p")
+
+
+def test_python_dash_m_runs_the_cli():
+    result = subprocess.run([sys.executable, "-m", "lmgen", "--help"], capture_output=True)
+    assert result.returncode == 0 and b"generate" in result.stdout
