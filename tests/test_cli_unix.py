@@ -1,0 +1,241 @@
+"""lmgen as a Unix citizen: stdin, pipes, JSON output, signals and one-line errors."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+
+from conftest import run_lmgen, save_tiny
+
+ANSI = re.compile(rb"\x1b\[")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("llama")
+    save_tiny("llama", path)
+    return path
+
+
+def assert_one_line_error(result, code, pattern):
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("lmgen: error: ")
+    assert re.search(pattern, err), err
+    assert result.stdout == b""
+
+
+def broken_copy(tiny_dir, tmp_path, what):
+    path = shutil.copytree(tiny_dir, tmp_path / what)
+    weights = path / "model.safetensors"
+    if what == "no-config":
+        (path / "config.json").unlink()
+    elif what == "no-weights":
+        weights.unlink()
+    elif what == "no-tokenizer":
+        (path / "tokenizer.json").unlink()
+    elif what == "pickle":
+        weights.unlink()
+        (path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    elif what == "truncated":
+        weights.write_bytes(weights.read_bytes()[:5000])
+    elif what == "corrupt":
+        weights.write_bytes(b"\xff" * 64)
+    elif what in ("shape", "model_type"):
+        config = json.loads((path / "config.json").read_text())
+        config.update({"shape": {"num_attention_heads": 2}, "model_type": {"model_type": "bert"}}[what])
+        (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.parametrize(
+    "what, pattern",
+    [
+        ("no-config", r"no config\.json or config\.toml"),
+        ("no-weights", r"no model\.safetensors"),
+        ("no-tokenizer", r"no tokenizer\.json"),
+        ("pickle", r"pytorch_model\.bin is a pickle checkpoint.*refuses"),
+        ("truncated", r"not a readable safetensors|truncated"),
+        ("corrupt", r"not a readable safetensors"),
+        ("shape", r"tensor model\.layers\.0\.self_attn\.\w+\.weight .*has shape .* but the config implies"),
+        ("model_type", r"model_type 'bert' is not supported \(supported: gpt2, llama, qwen2, mistral\)"),
+    ],
+)
+def test_bad_checkpoint_directories(lmgen_exe, tiny_dir, tmp_path, what, pattern):
+    path = broken_copy(tiny_dir, tmp_path, what)
+    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(path), "hello"), 3, pattern)
+
+
+def test_missing_path(lmgen_exe, tmp_path):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path / "nowhere"), "hello")
+    assert_one_line_error(result, 3, "does not exist")
+
+
+def test_pickle_file_is_refused(lmgen_exe, tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"\x80\x04pickle")
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path / "model.pt"), "hello")
+    assert_one_line_error(result, 3, "pickle checkpoint")
+
+
+def test_tokenizer_larger_than_vocabulary(lmgen_exe, tmp_path):
+    save_tiny("llama", tmp_path, vocab_size=200)  # the byte tokenizer has 257 tokens
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path), "hello")
+    assert_one_line_error(result, 3, "tokenizer has 257 tokens but the model's vocabulary has only 200")
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--temperature", "-0.5"], "temperature must be >= 0"),
+        (["--top-p", "0"], r"top-p must be in \(0, 1\]"),
+        (["--top-p", "1.5"], r"top-p must be in \(0, 1\]"),
+        (["--top-k", "-1"], "top-k must be >= 0"),
+        (["--max-new-tokens", "0"], "max-new-tokens must be >= 1"),
+        (["--dtype", "int3"], "unknown dtype 'int3'"),
+        (["--device", "tpu"], "device 'tpu'"),
+        (["--top-k", "many"], "Invalid value for '--top-k'"),
+        (["--no-such-flag"], "No such option: --no-such-flag"),
+        (["--json", "--jsonl"], "choose one of --json and --jsonl"),
+    ],
+)
+def test_bad_option_values(lmgen_exe, tiny_dir, args, pattern):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), *args, "hello")
+    assert_one_line_error(result, 2, pattern)
+
+
+@pytest.mark.parametrize("prompt", ["", "   "])
+def test_empty_prompt(lmgen_exe, tiny_dir, prompt):
+    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), prompt), 2, "prompt is empty")
+
+
+def test_empty_stdin(lmgen_exe, tiny_dir):
+    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), input=b""), 2, "prompt is empty")
+
+
+def test_non_utf8_stdin_and_file(lmgen_exe, tiny_dir, tmp_path):
+    bad = b"caf\xe9 au lait"
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), input=bad)
+    assert_one_line_error(result, 2, r"stdin is not valid UTF-8 \(byte 3: 0xe9\)")
+    (tmp_path / "p.txt").write_bytes(bad)
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--file", str(tmp_path / "p.txt"))
+    assert_one_line_error(result, 2, r"p\.txt is not valid UTF-8")
+
+
+def test_unreadable_prompt_file(lmgen_exe, tiny_dir, tmp_path):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--file", str(tmp_path / "none.txt"))
+    assert_one_line_error(result, 2, "cannot read --file .*none.txt")
+
+
+def test_prompt_longer_than_context(lmgen_exe, tiny_dir):
+    long_prompt = "x" * 200  # 200 byte tokens; the tiny models hold 128
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), long_prompt)
+    assert_one_line_error(result, 2, "prompt has 200 tokens but the context window holds 128.*--truncate")
+    kept = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--truncate", "-n", "8", "--json", long_prompt)
+    assert kept.returncode == 0, kept.stderr.decode()
+    record = json.loads(kept.stdout)
+    assert record["prompt_tokens"] == 120 and record["new_tokens"] == 8
+
+
+def test_debug_shows_the_traceback(lmgen_exe, tmp_path):
+    result = run_lmgen(lmgen_exe, "--debug", "generate", "-m", str(tmp_path / "nowhere"), "hi")
+    assert result.returncode != 0 and b"Traceback" in result.stderr
+
+
+def test_prompt_sources_agree(lmgen_exe, tiny_dir, tmp_path):
+    args = ["generate", "-m", str(tiny_dir), "-n", "6"]
+    (tmp_path / "p.txt").write_text("The cat sat\n")
+    outputs = [
+        run_lmgen(lmgen_exe, *args, "The cat sat"),
+        run_lmgen(lmgen_exe, *args, input=b"The cat sat\n"),
+        run_lmgen(lmgen_exe, *args, "-", input=b"The cat sat"),
+        run_lmgen(lmgen_exe, *args, "--file", str(tmp_path / "p.txt")),
+    ]
+    for result in outputs:
+        assert result.returncode == 0, result.stderr.decode()
+        assert result.stderr == b""
+    assert len({r.stdout for r in outputs}) == 1 and outputs[0].stdout.strip()
+
+
+def test_echo_prints_the_prompt_first(lmgen_exe, tiny_dir):
+    plain = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "6", "The cat sat").stdout
+    echoed = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "6", "--echo", "The cat sat").stdout
+    assert echoed == b"The cat sat" + plain
+
+
+def test_piped_output_is_plain_text_even_with_colour_forced(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "10", "--echo", "--stats", "Hi",
+                       env={"FORCE_COLOR": "", "TERM": "xterm-256color"})
+    assert result.returncode == 0
+    assert not ANSI.search(result.stdout)
+    assert result.stdout.endswith(b"\n")
+
+
+def test_json_output(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "7", "--json", "The cat sat")
+    assert result.returncode == 0, result.stderr.decode()
+    record = json.loads(result.stdout)  # exactly one JSON document
+    assert record["prompt"] == "The cat sat"
+    assert record["finish_reason"] == "length" and record["new_tokens"] == 7 == len(record["token_ids"])
+    assert record["prompt_tokens"] == len("The cat sat")
+    for key in ("time_to_first_token_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
+        assert record[key] >= 0
+    text = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "7", "The cat sat").stdout.decode()
+    assert text == record["text"] + "\n"
+
+
+def test_jsonl_output(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", "--jsonl", "The cat sat")
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    events = [line["event"] for line in lines]
+    assert events in (["token"] * 5 + ["done"], ["token"] * 5 + ["flush", "done"])
+    assert [line["id"] for line in lines[:5]] == lines[-1]["token_ids"]
+    assert "".join(line["text"] for line in lines[:-1]) == lines[-1]["text"]
+
+
+def test_each_line(lmgen_exe, tiny_dir):
+    stdin = b"The cat sat\n\n  \nOnce upon a time\n"
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "4", "--each-line", "--jsonl", input=stdin)
+    assert result.returncode == 0, result.stderr.decode()
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["prompt"] for r in records] == ["The cat sat", "Once upon a time"]
+    single = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "4", "--json", "Once upon a time")
+    assert json.loads(single.stdout)["text"] == records[1]["text"]
+    plain = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "4", "--each-line", input=stdin)
+    assert plain.stdout.decode().count("\n") >= 2
+
+
+def test_stats_go_to_stderr(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", "--stats", "--json", "Hi")
+    json.loads(result.stdout)
+    assert re.search(r"time to first token \d+ ms .*decode [\d.]+ tokens/s", result.stderr.decode())
+
+
+def test_broken_pipe_is_quiet(lmgen_exe, smollm2_dir):
+    env = {**os.environ, "LMGEN_MODEL": str(smollm2_dir)}
+    shell = f"'{lmgen_exe}' generate -n 200 'The cat sat' | head -c 20"
+    result = subprocess.run(["bash", "-c", shell], capture_output=True, env=env, timeout=300)
+    assert result.returncode == 0
+    assert len(result.stdout) == 20
+    assert result.stderr == b""
+
+
+def test_sigint_stops_at_once_with_a_final_newline(lmgen_exe, smollm2_dir):
+    env = {**os.environ, "LMGEN_MODEL": str(smollm2_dir)}
+    proc = subprocess.Popen([lmgen_exe, "generate", "-n", "1000", "The cat sat"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = os.read(proc.stdout.fileno(), 1)  # generation has started
+    proc.send_signal(signal.SIGINT)
+    sent = time.monotonic()
+    rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert time.monotonic() - sent < 5
+    assert b"Traceback" not in err
+    out = first + rest
+    assert out.endswith(b"\n") and len(out) < 4000
