@@ -1,13 +1,14 @@
 """How generation events reach the user: text, one JSON object, or JSON lines.
 
 stdout carries the generated text (or JSON) only; anything else goes to stderr.
-On a terminal text goes through rich (colours unless NO_COLOR is set); in a pipe
+On a terminal text goes through rich (plain when NO_COLOR is set); in a pipe
 it is plain UTF-8, flushed after every token so a reader sees the stream live.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 
@@ -56,7 +57,7 @@ class TextRenderer:
     def __init__(self, echo: bool):
         self.echo = echo
         self.console = None
-        if sys.stdout.isatty():
+        if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
             from rich.console import Console
 
             self.console = Console(highlight=False, soft_wrap=True)

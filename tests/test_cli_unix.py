@@ -239,3 +239,33 @@ def test_sigint_stops_at_once_with_a_final_newline(lmgen_exe, smollm2_dir):
     assert b"Traceback" not in err
     out = first + rest
     assert out.endswith(b"\n") and len(out) < 4000
+
+
+def run_on_a_terminal(exe, args, env):
+    """Run with stdout on a pseudo-terminal; return what the terminal received."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([exe, *args], stdout=terminal, stderr=subprocess.PIPE, env={**os.environ, **env})
+    os.close(terminal)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not chunk:
+            break
+        received += chunk
+    proc.wait(timeout=60)
+    os.close(controller)
+    assert proc.returncode == 0, proc.stderr.read().decode()
+    return received
+
+
+def test_terminal_gets_rich_styling_unless_no_color(lmgen_exe, tiny_dir):
+    args = ["generate", "-m", str(tiny_dir), "-n", "4", "--echo", "The cat sat"]
+    styled = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": ""})
+    assert ANSI.search(styled) and b"The cat sat" in styled
+    plain = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": "1"})
+    assert not ANSI.search(plain) and b"The cat sat" in plain
