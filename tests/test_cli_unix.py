@@ -241,12 +241,14 @@ def test_sigint_stops_at_once_with_a_final_newline(lmgen_exe, smollm2_dir):
     assert out.endswith(b"\n") and len(out) < 4000
 
 
-def run_on_a_terminal(exe, args, env):
-    """Run with stdout on a pseudo-terminal; return what the terminal received."""
+def run_on_a_terminal(exe, args, env, stream="stdout"):
+    """Run with stdout (or stderr) on a pseudo-terminal; return what the terminal received."""
     import pty
 
     controller, terminal = pty.openpty()
-    proc = subprocess.Popen([exe, *args], stdout=terminal, stderr=subprocess.PIPE, env={**os.environ, **env})
+    other = subprocess.PIPE
+    streams = {"stdout": terminal, "stderr": other} if stream == "stdout" else {"stdout": other, "stderr": terminal}
+    proc = subprocess.Popen([exe, *args], **streams, env={**os.environ, **env})
     os.close(terminal)
     received = b""
     while True:
@@ -257,9 +259,9 @@ def run_on_a_terminal(exe, args, env):
         if not chunk:
             break
         received += chunk
-    proc.wait(timeout=60)
+    proc.wait(timeout=120)
     os.close(controller)
-    assert proc.returncode == 0, proc.stderr.read().decode()
+    assert proc.returncode == 0
     return received
 
 
@@ -269,3 +271,11 @@ def test_terminal_gets_rich_styling_unless_no_color(lmgen_exe, tiny_dir):
     assert ANSI.search(styled) and b"The cat sat" in styled
     plain = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": "1"})
     assert not ANSI.search(plain) and b"The cat sat" in plain
+
+
+def test_loading_spinner_only_on_a_terminal(lmgen_exe, smollm2_dir):
+    args = ["generate", "-m", str(smollm2_dir), "-n", "2", "Hi"]
+    on_terminal = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color"}, stream="stderr")
+    assert b"loading model" in on_terminal
+    piped = run_lmgen(lmgen_exe, *args)
+    assert piped.returncode == 0 and piped.stderr == b""
