@@ -131,10 +131,22 @@ def generate(
         None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
     ),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable); never printed."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random."),
     top_k: int = typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all)."),
     top_p: float = typer.Option(1.0, "--top-p", help="Sample only from the smallest set with this much probability."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min-p × the top token's probability."),
+    typical_p: float = typer.Option(1.0, "--typical-p", help="Locally typical sampling mass (1: off)."),
+    repetition_penalty: float = typer.Option(
+        1.0, "--repetition-penalty", help="Divide positive (multiply negative) logits of seen tokens (1: off)."
+    ),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtract this × each output token's count."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Independent continuations, batched."),
+    chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
+    show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
     dtype: str = typer.Option("float32", "--dtype", help="Weight dtype: float32, bfloat16 or float16."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
@@ -151,52 +163,65 @@ def generate(
         raise InputError("choose one of --json and --jsonl")
     if each_line and (prompt is not None or file is not None):
         raise InputError("--each-line reads prompts from stdin; drop the prompt argument and --file")
-    prompts = each_line_prompts() if each_line else iter([read_prompt(prompt, file)])
-    path = resolve_model(model)
+    if system is not None and not chat:
+        raise InputError("--system needs --chat")
 
     from lmgen.generation import GenerationSettings, generate as run, load, parse_device, parse_dtype
     from lmgen.sampling import SamplingSettings
 
-    settings = GenerationSettings(max_new_tokens, SamplingSettings(temperature, top_k, top_p), seed, truncate)
+    sampling = SamplingSettings(temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
+                                frequency_penalty, presence_penalty)
+    settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs)
     parse_dtype(dtype)  # refuse bad values before the slow load
     parse_device(device)
+    prompts = each_line_prompts() if each_line else iter([read_prompt(prompt, file)])
+    path = resolve_model(model)
     with loading_status():
         lm = load(path, dtype=dtype, device=device)
 
     if as_json or (jsonl and each_line):
         renderer = render.JsonRenderer()
     elif jsonl:
-        renderer = render.JsonlRenderer()
+        renderer = render.JsonlRenderer(lm.tokenizer)
     else:
-        renderer = render.TextRenderer(echo)
+        renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs)
     for text in prompts:
-        record = generate_one(lm, text, settings, renderer, run)
-        if stats:
-            sys.stderr.write(render.stats_line(record) + "\n")
+        if chat:
+            from lmgen.chat import render_chat
+
+            text = render_chat(lm.path, text, system)
+        for record in generate_one(lm, text, settings, renderer, run, chat):
+            if stats:
+                sys.stderr.write(render.stats_line(record) + "\n")
 
 
-def generate_one(lm, text: str, settings, renderer, run) -> dict:
+def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dict]:
+    """Run one prompt through the renderer; return each sample's summary record."""
     from lmgen.generation import Finished
     from lmgen.render import summary
 
-    events = run(lm, text, settings)  # a bad prompt fails here, before anything is printed
+    events = run(lm, text, settings, chat=chat)  # a bad prompt fails here, before anything is printed
     renderer.start(text)
-    ids: list[int] = []
-    pieces: list[str] = []
+    tokens: list[list] = [[] for _ in range(settings.num_samples)]
+    pieces: list[list[str]] = [[] for _ in range(settings.num_samples)]
+    records: list[dict] = []
     try:
         for event in events:
             if isinstance(event, Finished):
-                pieces.append(event.text)
-                record = summary(text, ids, "".join(pieces), event)
+                pieces[event.sample].append(event.text)
+                record = summary(text, tokens[event.sample], "".join(pieces[event.sample]), event,
+                                 settings.show_probs > 0, lm.tokenizer)
                 renderer.finish(record, event.text)
-                return record
-            ids.append(event.id)
-            pieces.append(event.text)
+                records.append(record)
+                continue
+            tokens[event.sample].append(event)
+            pieces[event.sample].append(event.text)
             renderer.token(event)
     except KeyboardInterrupt:
         renderer.end_line()
         raise
-    raise AssertionError("generation ended without a Finished event")
+    renderer.close()
+    return sorted(records, key=lambda r: r["sample"])
 
 
 class loading_status:

@@ -1,8 +1,12 @@
 """The generation loop: prefill the prompt once, then one token at a time.
 
-``generate`` is a generator of events: a ``Token`` for every new token (with
-the text it adds, already safe to print) and one closing ``Finished`` that says
-why generation stopped. Stopping rules live in ``decode_loop`` and nowhere else.
+``decode_loop`` is the model side: it prefills the prompt, then yields the next
+token of every sample (and the logits it came from) until the token budget is
+spent. ``generate`` is the text side and the one place where stopping rules are
+decided: it turns tokens into ``Token`` events (text that is safe to print) and
+ends each sample with a ``Finished`` event whose reason is "stop" (an
+end-of-sequence token or a stop string) or "length" (``max_new_tokens`` or the
+context window).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from lmgen.checkpoint import load_model
 from lmgen.config import ModelConfig
 from lmgen.errors import CheckpointError, InputError
 from lmgen.model import Decoder
-from lmgen.sampling import SamplingSettings, sample_next_token
+from lmgen.sampling import SamplingSettings, TokenHistory, sample_next_token
+from lmgen.stops import StopStrings
 from lmgen.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -48,10 +53,10 @@ def parse_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise InputError(f"unknown device {name!r} (try cpu or cuda)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} is not available on this machine (no CUDA GPU)")
     if device.type not in ("cpu", "cuda"):
         raise InputError(f"device {name!r} is not supported (use cpu or cuda)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {name!r} is not available on this machine (no CUDA GPU)")
     return device
 
 
@@ -70,7 +75,7 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
 
 
 def _eos_ids(cfg: ModelConfig, root: Path) -> set[int]:
-    """EOS ids from the config, plus any that generation_config.json adds."""
+    """EOS ids from the config, plus any that generation_config.json adds (a list for Llama 3)."""
     ids = set(cfg.eos_token_ids)
     gen_config = root / "generation_config.json"
     if gen_config.is_file():
@@ -88,26 +93,37 @@ class GenerationSettings:
     sampling: SamplingSettings = SamplingSettings()
     seed: int | None = None
     truncate: bool = False  # keep the end of a prompt that leaves no room to generate
+    stop: tuple[str, ...] = ()  # stop strings: never printed, end the sample
+    num_samples: int = 1  # independent continuations, batched
+    show_probs: int = 0  # report each token's probability and this many alternatives
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InputError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise InputError(f"num-samples must be >= 1, got {self.num_samples}")
+        if self.show_probs < 0:
+            raise InputError(f"show-probs must be >= 0, got {self.show_probs}")
 
 
 @dataclass(frozen=True)
 class Token:
     id: int
-    text: str
+    text: str  # the text this token releases (may be empty while a character or stop string is pending)
+    sample: int = 0
+    prob: float | None = None  # softmax of the LM head's logits for the chosen token (with show_probs)
+    top: tuple[tuple[int, float], ...] = ()  # the most likely (id, probability) pairs (with show_probs)
 
 
 @dataclass(frozen=True)
 class Finished:
-    reason: str  # "stop" (EOS) or "length" (max-new-tokens or the context window)
-    text: str  # held-back text flushed at the end (usually empty)
+    reason: str  # "stop" (EOS or a stop string) or "length" (max-new-tokens or the context window)
+    text: str  # held-back text released at the end (usually empty)
     prompt_tokens: int
     new_tokens: int
     prefill_seconds: float  # prompt forward pass and first token: time to first token
     decode_seconds: float  # every later token
+    sample: int = 0
 
 
 def check_fits(prompt_ids: list[int], context: int) -> None:
@@ -120,62 +136,117 @@ def check_fits(prompt_ids: list[int], context: int) -> None:
         )
 
 
-def decode_loop(
-    model: Decoder, prompt_ids: list[int], settings: GenerationSettings, eos_ids: frozenset[int]
-) -> Iterator[tuple[int, str | None]]:
-    """Yield (token id, finish reason or None); the last item carries the reason.
-
-    An EOS token is yielded with reason "stop" and is not part of the text.
-    """
-    context = model.cfg.max_context
-    check_fits(prompt_ids, context)
-    budget = min(settings.max_new_tokens, context - len(prompt_ids))
-    device = model.embed.weight.device
-    generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
-    cache = model.new_cache(batch=1, max_len=len(prompt_ids) + budget)
-    with torch.inference_mode():
-        logits = model(torch.tensor([prompt_ids], device=device), 0, cache, last_only=True)[:, -1]
-        for step in range(budget):
-            token = int(sample_next_token(logits, settings.sampling, generator))
-            if token in eos_ids:
-                yield token, "stop"
-                return
-            if step == budget - 1:
-                yield token, "length"
-                return
-            yield token, None
-            position = len(prompt_ids) + step
-            logits = model(torch.tensor([[token]], device=device), position, cache, last_only=True)[:, -1]
-
-
 def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[int]:
     """The last tokens of the prompt that leave room for max_new_tokens (at least one prompt token)."""
     room = max(1, context - max_new_tokens)
     return prompt_ids[-room:]
 
 
-def generate(lm: LanguageModel, prompt: str, settings: GenerationSettings = GenerationSettings()) -> Iterator:
-    """Stream ``Token`` events for the continuation of ``prompt``, then one ``Finished``.
+def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple]:
+    """Yield (tokens, logits) per step: the next token of each sample, shape (num_samples,), and
+    the LM head's logits it was chosen from, (num_samples, vocab).
 
-    A prompt that cannot be used raises here, before any event is produced.
+    The prompt is prefilled once; its keys and values are shared by every sample. The loop ends
+    after max_new_tokens steps or when the context window is full; the caller may stop earlier.
     """
-    prompt_ids = lm.tokenizer.encode(prompt)
+    context = model.cfg.max_context
+    check_fits(prompt_ids, context)
+    budget = min(settings.max_new_tokens, context - len(prompt_ids))
+    n = settings.num_samples
+    device = model.embed.weight.device
+    generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
+    history = TokenHistory(prompt_ids, n, model.cfg.vocab_size, device) if settings.sampling.uses_history else None
+    cache = model.new_cache(batch=n, max_len=len(prompt_ids) + budget)
+    with torch.inference_mode():
+        logits = model(torch.tensor([prompt_ids], device=device), 0, cache.row(0), last_only=True)[:, -1]
+        cache.copy_row_to_all(0, len(prompt_ids))
+        logits = logits.expand(n, -1)
+        for step in range(budget):
+            tokens = sample_next_token(logits, settings.sampling, generator, history)
+            yield tokens, logits
+            if step == budget - 1:
+                return
+            if history is not None:
+                history.add(tokens)
+            logits = model(tokens[:, None], len(prompt_ids) + step, cache, last_only=True)[:, -1]
+
+
+def prompt_ids_for(lm: LanguageModel, prompt: str, settings: GenerationSettings, chat: bool = False) -> list[int]:
+    """Token ids of the prompt (a rendered chat prompt already holds its special tokens)."""
+    ids = lm.tokenizer.encode(prompt, add_special_tokens=not chat)
     if settings.truncate:
-        prompt_ids = keep_end(prompt_ids, lm.config.max_context, settings.max_new_tokens)
-    check_fits(prompt_ids, lm.config.max_context)
-    return _events(lm, prompt_ids, settings)
+        ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)
+    check_fits(ids, lm.config.max_context)
+    return ids
+
+
+def generate(
+    lm: LanguageModel, prompt: str, settings: GenerationSettings = GenerationSettings(), chat: bool = False
+) -> Iterator:
+    """Stream ``Token`` events for the continuation of ``prompt``; each sample ends with a ``Finished``.
+
+    A prompt that cannot be used raises here, before any event is produced. With ``chat`` the
+    prompt is an already rendered chat template (see ``lmgen.chat``).
+    """
+    return _events(lm, prompt_ids_for(lm, prompt, settings, chat), settings)
+
+
+class _Sample:
+    """One continuation's text state: incremental decoding and stop strings."""
+
+    def __init__(self, lm: LanguageModel, stops: tuple[str, ...]):
+        self.stream = lm.tokenizer.stream()
+        self.stops = StopStrings(list(stops))
+        self.count = 0
+        self.done = False
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.count += 1
+        return self.stops.push(self.stream.push(token))
+
+    def flush(self) -> str:
+        text, stopped = self.stops.push(self.stream.flush())
+        return text if stopped else text + self.stops.flush()
 
 
 def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator:
-    stream = lm.tokenizer.stream()
+    samples = [_Sample(lm, settings.stop) for _ in range(settings.num_samples)]
     start = time.perf_counter()
     first = None
-    count = 0
-    for token, reason in decode_loop(lm.model, prompt_ids, settings, lm.eos_ids):
+
+    def finished(i: int, reason: str, tail: str) -> Finished:
+        samples[i].done = True
+        end = time.perf_counter()
+        return Finished(reason, tail, len(prompt_ids), samples[i].count, first - start, end - first, i)
+
+    for tokens, logits in decode_loop(lm.model, prompt_ids, settings):
         first = first or time.perf_counter()
-        if reason != "stop":
-            count += 1
-            yield Token(token, stream.push(token))
-        if reason is not None:
-            end = time.perf_counter()
-            yield Finished(reason, stream.flush(), len(prompt_ids), count, first - start, end - first)
+        probs = _probabilities(logits, tokens, settings.show_probs)
+        for i, token in enumerate(tokens.tolist()):
+            sample = samples[i]
+            if sample.done:
+                continue
+            if token in lm.eos_ids:
+                yield finished(i, "stop", sample.flush())
+                continue
+            text, stopped = sample.push(token)
+            prob, top = probs[i] if probs else (None, ())
+            yield Token(token, text, i, prob, top)
+            if stopped:
+                yield finished(i, "stop", "")
+        if all(s.done for s in samples):
+            return
+    for i, sample in enumerate(samples):
+        if not sample.done:
+            yield finished(i, "length", sample.flush())
+
+
+def _probabilities(logits, tokens, k: int) -> list[tuple[float, tuple]] | None:
+    """Per sample: the chosen token's probability and the k most likely (id, probability)."""
+    if k <= 0:
+        return None
+    probs = logits.float().softmax(dim=-1)
+    chosen = probs.gather(-1, tokens[:, None])[:, 0].tolist()
+    top = probs.topk(k, dim=-1)
+    pairs = [tuple(zip(ids, ps)) for ids, ps in zip(top.indices.tolist(), top.values.tolist())]
+    return list(zip(chosen, pairs))

@@ -12,13 +12,13 @@ import os
 import sys
 
 
-def summary(prompt: str, token_ids: list[int], text: str, done) -> dict:
-    """The closing record of one generation, for --json and --jsonl."""
+def summary(prompt: str, tokens: list, text: str, done, with_probs: bool, tokenizer) -> dict:
+    """The closing record of one sample, for --json and --jsonl."""
     decode_tokens = max(done.new_tokens - 1, 0)
-    return {
+    record = {
         "prompt": prompt,
         "text": text,
-        "token_ids": token_ids,
+        "token_ids": [t.id for t in tokens],
         "finish_reason": done.reason,
         "prompt_tokens": done.prompt_tokens,
         "new_tokens": done.new_tokens,
@@ -26,7 +26,23 @@ def summary(prompt: str, token_ids: list[int], text: str, done) -> dict:
         "decode_s": round(done.decode_seconds, 6),
         "prefill_tokens_per_s": _rate(done.prompt_tokens, done.prefill_seconds),
         "decode_tokens_per_s": _rate(decode_tokens, done.decode_seconds),
+        "sample": done.sample,
     }
+    if with_probs:
+        record["tokens"] = [token_record(t, tokenizer) for t in tokens]
+    return record
+
+
+def token_record(token, tokenizer) -> dict:
+    record = {"id": token.id, "text": token.text}
+    if token.prob is not None:
+        record["token"] = tokenizer.decode([token.id], skip_special_tokens=False)
+        record["prob"] = round(token.prob, 6)
+        record["top"] = [
+            {"id": i, "token": tokenizer.decode([i], skip_special_tokens=False), "prob": round(p, 6)}
+            for i, p in token.top
+        ]
+    return record
 
 
 def _rate(count: int, seconds: float) -> float:
@@ -51,17 +67,27 @@ def json_line(record: dict) -> None:
     write_out(json.dumps(record, ensure_ascii=False) + "\n")
 
 
+def rich_console(stream) -> "Console | None":
+    """A rich console for a terminal without NO_COLOR, else None (plain bytes)."""
+    if not stream.isatty() or os.environ.get("NO_COLOR"):
+        return None
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False, soft_wrap=True)
+
+
 class TextRenderer:
-    """The continuation as text: rich on a terminal, plain flushed bytes in a pipe."""
+    """The continuation as text. One sample streams live; several are printed one after another
+    when all are done (on a terminal each under a "sample N" rule)."""
 
-    def __init__(self, echo: bool):
+    def __init__(self, echo: bool, num_samples: int, tokenizer, show_probs: int):
         self.echo = echo
-        self.console = None
-        if sys.stdout.isatty() and not os.environ.get("NO_COLOR"):
-            from rich.console import Console
-
-            self.console = Console(highlight=False, soft_wrap=True)
+        self.console = rich_console(sys.stdout)
+        self.buffered = num_samples > 1
+        self.buffers = [""] * num_samples
+        self.prompt = ""
         self.at_line_start = True
+        self.probs = ProbabilityDisplay(tokenizer) if show_probs else None
 
     def write(self, text: str, style: str | None = None) -> None:
         if not text:
@@ -74,15 +100,36 @@ class TextRenderer:
         self.at_line_start = text.endswith("\n")
 
     def start(self, prompt: str) -> None:
-        if self.echo:
+        self.prompt = prompt
+        if self.echo and not self.buffered:
             self.write(prompt, style="bold")
 
     def token(self, event) -> None:
-        self.write(event.text)
+        if self.probs:
+            self.probs.show(event)
+        if self.buffered:
+            self.buffers[event.sample] += event.text
+        else:
+            self.write(event.text)
 
     def finish(self, record: dict, tail: str) -> None:
-        self.write(tail)
-        self.end_line()
+        if not self.buffered:
+            self.write(tail)
+            self.end_line()
+            return
+        self.buffers[record["sample"]] += tail
+
+    def close(self) -> None:
+        """Print buffered samples in order."""
+        if not self.buffered:
+            return
+        for i, text in enumerate(self.buffers):
+            if self.console is not None:
+                self.console.rule(f"sample {i + 1}", style="dim")
+            if self.echo:
+                self.write(self.prompt, style="bold")
+            self.write(text)
+            self.end_line()
 
     def end_line(self) -> None:
         """Leave the cursor at the start of a line (also after Ctrl-C)."""
@@ -90,8 +137,29 @@ class TextRenderer:
             self.write("\n")
 
 
+class ProbabilityDisplay:
+    """--show-probs in text mode: one line per token on stderr (rich on a terminal)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.console = rich_console(sys.stderr)
+
+    def show(self, event) -> None:
+        def piece(token_id: int) -> str:
+            return repr(self.tokenizer.decode([token_id], skip_special_tokens=False))
+
+        alternatives = "  ".join(f"{piece(i)} {p:.3f}" for i, p in event.top if i != event.id)
+        prefix = f"[{event.sample + 1}] " if event.sample else ""
+        line = f"{prefix}{event.prob:6.3f} {piece(event.id):<16} | {alternatives}"
+        if self.console is None:
+            sys.stderr.write(line + "\n")
+            return
+        colour = "green" if event.prob >= 0.5 else "yellow" if event.prob >= 0.1 else "red"
+        self.console.print(line, style=colour, markup=False)
+
+
 class JsonRenderer:
-    """One JSON object per generation, printed when it is finished."""
+    """One JSON object per sample, printed when it is finished."""
 
     def start(self, prompt: str) -> None:
         pass
@@ -101,6 +169,9 @@ class JsonRenderer:
 
     def finish(self, record: dict, tail: str) -> None:
         json_line(record)
+
+    def close(self) -> None:
+        pass
 
     def end_line(self) -> None:
         pass
@@ -113,10 +184,13 @@ class JsonlRenderer(JsonRenderer):
     "flush" line before "done", so the text fields always add up to the summary.
     """
 
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
     def token(self, event) -> None:
-        json_line({"event": "token", "id": event.id, "text": event.text})
+        json_line({"event": "token", "sample": event.sample, **token_record(event, self.tokenizer)})
 
     def finish(self, record: dict, tail: str) -> None:
         if tail:
-            json_line({"event": "flush", "text": tail})
+            json_line({"event": "flush", "sample": record["sample"], "text": tail})
         json_line({"event": "done", **record})

@@ -1,11 +1,20 @@
 """Choosing the next token from the LM head's logits.
 
-Each step is a pure function over a logits tensor of shape (batch, vocab).
-``sample_next_token`` composes them in this order, the order transformers uses:
+Each step is a small pure function over a logits tensor of shape (batch, vocab).
+``sample_next_token`` composes them in this order (transformers' order, with
+the OpenAI-style penalties after its repetition penalty):
 
-    temperature → top-k → top-p → softmax → multinomial draw
+    1. repetition penalty      tokens seen in prompt or output: logit / p if > 0, else logit * p
+    2. frequency / presence    generated tokens: logit - count * frequency - (count > 0) * presence
+    --- temperature 0 stops here: greedy, the argmax ---
+    3. temperature             logits / T
+    4. top-k                   keep the k highest
+    5. top-p (nucleus)         keep the smallest set with probability mass >= p
+    6. min-p                   keep tokens with probability >= min_p * the top probability
+    7. typical-p               keep the most "typical" tokens (closest to the entropy) up to mass p
+    8. softmax, then one multinomial draw
 
-A temperature of 0 means greedy: the argmax of the logits, no randomness.
+Every filter keeps at least one token, and filtered tokens get -inf.
 """
 
 from __future__ import annotations
@@ -17,24 +26,67 @@ from torch import Tensor
 
 from lmgen.errors import InputError
 
+NEG_INF = float("-inf")
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
     temperature: float = 0.0
     top_k: int = 0  # 0 keeps every token
     top_p: float = 1.0  # 1 keeps every token
+    min_p: float = 0.0  # 0 keeps every token
+    typical_p: float = 1.0  # 1 keeps every token
+    repetition_penalty: float = 1.0  # 1 is off
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise InputError(f"temperature must be >= 0 (0 means greedy), got {self.temperature}")
-        if self.top_k < 0:
-            raise InputError(f"top-k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise InputError(f"top-p must be in (0, 1], got {self.top_p}")
+        checks = [
+            (self.temperature >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}"),
+            (self.top_k >= 0, f"top-k must be >= 0 (0 disables it), got {self.top_k}"),
+            (0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}"),
+            (0 <= self.min_p <= 1, f"min-p must be in [0, 1], got {self.min_p}"),
+            (0 < self.typical_p <= 1, f"typical-p must be in (0, 1], got {self.typical_p}"),
+            (self.repetition_penalty > 0, f"repetition-penalty must be > 0 (1 disables it), got {self.repetition_penalty}"),
+        ]
+        for ok, message in checks:
+            if not ok:  # also catches NaN
+                raise InputError(message)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0
+
+    @property
+    def uses_history(self) -> bool:
+        return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+
+class TokenHistory:
+    """What the penalties look at: which tokens were seen (prompt + output) and output counts."""
+
+    def __init__(self, prompt_ids: list[int], batch: int, vocab: int, device=None):
+        self.seen = torch.zeros(batch, vocab, dtype=torch.bool, device=device)
+        self.seen[:, torch.tensor(prompt_ids, dtype=torch.long, device=device)] = True
+        self.counts = torch.zeros(batch, vocab, dtype=torch.float32, device=device)
+
+    def add(self, tokens: Tensor) -> None:
+        """Record the tokens just chosen, shape (batch,)."""
+        self.seen.scatter_(1, tokens[:, None], True)
+        self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=self.counts.dtype))
+
+
+def repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    if penalty == 1:
+        return logits
+    penalized = torch.where(logits < 0, logits * penalty, logits / penalty)
+    return torch.where(seen, penalized, logits)
+
+
+def frequency_presence_penalty(logits: Tensor, counts: Tensor, frequency: float, presence: float) -> Tensor:
+    if frequency == 0 and presence == 0:
+        return logits
+    return logits - counts * frequency - (counts > 0).to(logits.dtype) * presence
 
 
 def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
@@ -42,15 +94,15 @@ def apply_temperature(logits: Tensor, temperature: float) -> Tensor:
 
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the k highest logits (ties at the k-th value are kept too); the rest become -inf."""
+    """Keep the k highest logits (ties at the k-th value are kept too)."""
     if k <= 0 or k >= logits.shape[-1]:
         return logits
     kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-    return logits.masked_fill(logits < kth, float("-inf"))
+    return logits.masked_fill(logits < kth, NEG_INF)
 
 
 def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Keep the smallest set of most likely tokens whose probability mass reaches p (at least one)."""
+    """Keep the smallest set of most likely tokens whose probability mass reaches p."""
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1)
@@ -58,15 +110,62 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     remove_sorted = cumulative <= 1 - p
     remove_sorted[..., -1] = False
     remove = remove_sorted.scatter(-1, order, remove_sorted)
-    return logits.masked_fill(remove, float("-inf"))
+    return logits.masked_fill(remove, NEG_INF)
 
 
-def sample_next_token(logits: Tensor, settings: SamplingSettings, generator: torch.Generator | None = None) -> Tensor:
-    """Next token ids, shape (batch,), from logits of shape (batch, vocab)."""
-    if settings.greedy:
-        return logits.argmax(dim=-1)
-    logits = apply_temperature(logits.float(), settings.temperature)
+def min_p_filter(logits: Tensor, min_p: float) -> Tensor:
+    """Keep tokens whose probability is at least min_p times the most likely token's."""
+    if min_p <= 0:
+        return logits
+    probs = logits.softmax(dim=-1)
+    remove = probs < min_p * probs.amax(dim=-1, keepdim=True)
+    remove.scatter_(-1, probs.argmax(dim=-1, keepdim=True), False)
+    return logits.masked_fill(remove, NEG_INF)
+
+
+def typical_filter(logits: Tensor, mass: float) -> Tensor:
+    """Locally typical sampling: keep tokens whose surprise is closest to the entropy, up to mass."""
+    if mass >= 1.0:
+        return logits
+    log_probs = logits.log_softmax(dim=-1)
+    probs = log_probs.exp()
+    entropy = -(log_probs * probs).nansum(dim=-1, keepdim=True)
+    distance = (-log_probs - entropy).abs()
+    sorted_distance, order = torch.sort(distance, dim=-1)
+    cumulative = logits.gather(-1, order).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=-1).clamp(max=logits.shape[-1] - 1)
+    remove_sorted = sorted_distance > sorted_distance.gather(-1, last[:, None])
+    remove_sorted[..., 0] = False
+    remove = remove_sorted.scatter(-1, order, remove_sorted)
+    return logits.masked_fill(remove, NEG_INF)
+
+
+def penalize(logits: Tensor, settings: SamplingSettings, history: TokenHistory | None) -> Tensor:
+    """Steps 1-2: the penalties, which apply to greedy decoding too."""
+    if history is None or not settings.uses_history:
+        return logits
+    logits = repetition_penalty(logits, history.seen, settings.repetition_penalty)
+    return frequency_presence_penalty(logits, history.counts, settings.frequency_penalty, settings.presence_penalty)
+
+
+def warp(logits: Tensor, settings: SamplingSettings) -> Tensor:
+    """Steps 3-7: temperature and the filters, giving the logits that are sampled from."""
+    logits = apply_temperature(logits, settings.temperature)
     logits = top_k_filter(logits, settings.top_k)
     logits = top_p_filter(logits, settings.top_p)
-    probs = logits.softmax(dim=-1)
+    logits = min_p_filter(logits, settings.min_p)
+    return typical_filter(logits, settings.typical_p)
+
+
+def sample_next_token(
+    logits: Tensor,
+    settings: SamplingSettings,
+    generator: torch.Generator | None = None,
+    history: TokenHistory | None = None,
+) -> Tensor:
+    """Next token ids, shape (batch,), from logits of shape (batch, vocab)."""
+    logits = penalize(logits.float(), settings, history)
+    if settings.greedy:
+        return logits.argmax(dim=-1)
+    probs = warp(logits, settings).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

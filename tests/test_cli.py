@@ -104,3 +104,56 @@ def test_invalid_sampling_value_is_one_line(lmgen_exe, tiny_dir):
 def test_python_dash_m_runs_the_cli():
     result = subprocess.run([sys.executable, "-m", "lmgen", "--help"], capture_output=True)
     assert result.returncode == 0 and b"generate" in result.stdout
+
+
+def test_seeded_sampling_through_the_cli_repeats(lmgen_exe, tiny_dir):
+    args = ["generate", "-m", str(tiny_dir), "-n", "12", "-t", "0.9", "--top-k", "50", "--min-p", "0.01",
+            "--repetition-penalty", "1.1", "--seed", "11", "Once"]
+    first, second = run_lmgen(lmgen_exe, *args), run_lmgen(lmgen_exe, *args)
+    assert first.returncode == 0, first.stderr.decode()
+    assert first.stdout == second.stdout and first.stdout.strip()
+
+
+def test_stop_string_through_the_cli(lmgen_exe, tiny_dir):
+    full = json.loads(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "30", "--json", "Hi").stdout)
+    stop = full["text"][6:9]
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "30", "--json", "--stop", "zzzz",
+                       "--stop", stop, "Hi")
+    record = json.loads(result.stdout)
+    assert record["finish_reason"] == "stop"
+    assert record["text"] == full["text"][: full["text"].index(stop)]
+
+
+def test_num_samples_as_json_lines(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
+                       "--num-samples", "3", "--json", "Once")
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["sample"] for r in records] == [0, 1, 2]
+    assert all(r["new_tokens"] == 8 for r in records)
+    text = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
+                     "--num-samples", "3", "Once")
+    assert text.stdout.decode() == "".join(r["text"] + "\n" for r in records)
+
+
+def test_show_probs_fields_and_stderr_lines(lmgen_exe, tiny_dir):
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "3", "--show-probs", "4", "--jsonl", "Hi")
+    tokens = [json.loads(line) for line in result.stdout.decode().splitlines()][:3]
+    for token in tokens:
+        assert len(token["top"]) == 4 and 0 < token["prob"] <= 1
+        assert token["top"][0]["prob"] >= token["top"][-1]["prob"]
+        assert token["top"][0]["id"] == token["id"]  # greedy chose the most likely
+    text = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "3", "--show-probs", "2", "Hi")
+    lines = text.stderr.decode().splitlines()
+    assert len(lines) == 3 and all(re.match(r"\s*[01]\.\d{3} ", line) for line in lines)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--min-p", "2"], "min-p must be in"),
+    (["--typical-p", "0"], "typical-p must be in"),
+    (["--repetition-penalty", "0"], "repetition-penalty must be > 0"),
+    (["--num-samples", "0"], "num-samples must be >= 1"),
+    (["--system", "be nice"], "--system needs --chat"),
+    (["--chat"], "no chat template"),
+])
+def test_bad_generation_controls(lmgen_exe, tiny_dir, args, pattern):
+    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)

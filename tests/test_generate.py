@@ -1,6 +1,9 @@
-"""The generation loop: events, finish reasons, stopping rules, the Python API."""
+"""The generation loop: events, finish reasons, stopping rules, samples, the Python API."""
+
+import dataclasses
 
 import pytest
+import torch
 
 import lmgen
 from lmgen.errors import InputError
@@ -17,52 +20,162 @@ def lm(tmp_path_factory):
     return lmgen.load(path)
 
 
+def events(lm, prompt="The cat sat", **settings):
+    return list(lmgen.generate(lm, prompt, lmgen.GenerationSettings(**settings)))
+
+
+def greedy_ids(lm, prompt="The cat sat", n=10):
+    ids = lm.tokenizer.encode(prompt)
+    return [int(t) for t, _ in decode_loop(lm.model, ids, GenerationSettings(max_new_tokens=n))]
+
+
 def test_events_stream_tokens_then_one_finish(lm):
-    events = list(lmgen.generate(lm, "The cat sat", lmgen.GenerationSettings(max_new_tokens=10)))
-    assert all(isinstance(e, Token) for e in events[:-1])
-    done = events[-1]
+    evs = events(lm, max_new_tokens=10)
+    assert all(isinstance(e, Token) for e in evs[:-1])
+    done = evs[-1]
     assert isinstance(done, Finished)
-    assert done.reason == "length" and done.new_tokens == 10 == len(events) - 1
+    assert done.reason == "length" and done.new_tokens == 10 == len(evs) - 1
     assert done.prompt_tokens == len("The cat sat")
-    text = "".join(e.text for e in events)
-    assert text == lm.tokenizer.decode([e.id for e in events[:-1]])
+    text = "".join(e.text for e in evs)
+    assert text == lm.tokenizer.decode([e.id for e in evs[:-1]])
 
 
 def test_eos_stops_with_reason_stop_and_is_not_text(lm):
-    prompt = lm.tokenizer.encode("The cat sat")
-    greedy = [t for t, _ in decode_loop(lm.model, prompt, GenerationSettings(max_new_tokens=5), frozenset())]
+    greedy = greedy_ids(lm)
     third = greedy[2]
-    steps = list(decode_loop(lm.model, prompt, GenerationSettings(max_new_tokens=5), frozenset({third})))
+    evs = list(lmgen.generate(dataclasses.replace(lm, eos_ids=frozenset({third})), "The cat sat"))
     stop_at = greedy.index(third)
-    assert steps[-1] == (third, "stop")
-    assert [t for t, _ in steps[:-1]] == greedy[:stop_at]
+    assert evs[-1].reason == "stop" and evs[-1].new_tokens == stop_at
+    assert [e.id for e in evs[:-1]] == greedy[:stop_at]
+
+
+def test_any_of_several_eos_ids_stops(lm):
+    greedy = greedy_ids(lm)
+    evs = list(lmgen.generate(dataclasses.replace(lm, eos_ids=frozenset({999, greedy[4]})), "The cat sat"))
+    assert evs[-1].reason == "stop" and evs[-1].new_tokens == greedy.index(greedy[4])
+
+
+def test_stop_string_spanning_tokens_is_never_printed(lm):
+    full = "".join(e.text for e in events(lm, max_new_tokens=30))
+    assert len(full) >= 12
+    stop = full[5:9]  # four characters: four byte tokens with the tiny byte-level tokenizer
+    evs = events(lm, max_new_tokens=30, stop=(stop,))
+    text = "".join(e.text for e in evs)
+    assert evs[-1].reason == "stop"
+    assert text == full[: full.index(stop)]
+    assert stop not in text
+
+
+def test_stop_strings_hold_back_only_possible_starts(lm):
+    from lmgen.stops import StopStrings
+
+    stops = StopStrings(["END", "xyz"])
+    assert stops.push("hello E") == ("hello ", False)  # "E" could begin "END"
+    assert stops.push("N") == ("", False)
+    assert stops.push("x") == ("EN", False)  # "EN" can no longer be "END"; "x" may begin "xyz"
+    assert stops.push("yz!") == ("", True)
+    stops = StopStrings(["END"])
+    assert stops.push("a EN") == ("a ", False)
+    assert stops.push("D and more") == ("", True)
+    stops = StopStrings(["END"])
+    assert stops.push("a EN") == ("a ", False)
+    assert stops.push("X") == ("ENX", False)
+    assert stops.flush() == ""
 
 
 def test_context_window_limits_generation(lm):
     prompt = list(range(120))  # the tiny models hold 128 positions
-    steps = list(decode_loop(lm.model, prompt, GenerationSettings(max_new_tokens=50), frozenset()))
-    assert len(steps) == 8 and steps[-1][1] == "length"
+    steps = list(decode_loop(lm.model, prompt, GenerationSettings(max_new_tokens=50)))
+    assert len(steps) == 8
+    assert lmgen.generate(lm, "x" * 120, GenerationSettings(max_new_tokens=50)) is not None
+    evs = events(lm, "x" * 120, max_new_tokens=50)
+    assert evs[-1].reason == "length" and evs[-1].new_tokens == 8
 
 
 def test_prompt_filling_the_context_is_refused(lm):
     with pytest.raises(InputError, match="context window holds 128"):
-        list(decode_loop(lm.model, list(range(128)), GenerationSettings(), frozenset()))
+        list(decode_loop(lm.model, list(range(128)), GenerationSettings()))
+    with pytest.raises(InputError, match="context window holds 128"):
+        lmgen.generate(lm, "x" * 128)  # raised at the call, before any event
 
 
-def test_seeded_sampling_repeats_exactly(lm):
-    settings = GenerationSettings(max_new_tokens=20, sampling=SamplingSettings(temperature=1.0, top_p=0.9), seed=3)
-
-    def text():
-        return "".join(e.text for e in lmgen.generate(lm, "Once", settings))
-
-    assert text() == text()
+def test_truncate_keeps_the_end(lm):
+    evs = events(lm, "x" * 200, max_new_tokens=8, truncate=True)
+    assert evs[-1].prompt_tokens == 120 and evs[-1].new_tokens == 8
 
 
-def test_max_new_tokens_below_one_is_refused():
+def test_seeded_sampling_repeats_exactly_and_differs_across_seeds(lm):
+    def text(seed):
+        sampling = SamplingSettings(temperature=1.0, top_p=0.9)
+        return "".join(e.text for e in events(lm, "Once", max_new_tokens=20, sampling=sampling, seed=seed))
+
+    assert text(3) == text(3)
+    assert text(3) != text(4)
+
+
+def test_tiny_temperature_equals_greedy(lm):
+    greedy = "".join(e.text for e in events(lm, max_new_tokens=15))
+    cold = "".join(e.text for e in events(lm, max_new_tokens=15, sampling=SamplingSettings(temperature=1e-6), seed=1))
+    assert cold == greedy
+
+
+def test_num_samples_are_independent_and_match_single_runs(lm):
+    sampling = SamplingSettings(temperature=1.0)
+    evs = events(lm, "Once", max_new_tokens=12, sampling=sampling, seed=5, num_samples=3)
+    texts = ["".join(e.text for e in evs if e.sample == i) for i in range(3)]
+    finishes = [e for e in evs if isinstance(e, Finished)]
+    assert sorted(f.sample for f in finishes) == [0, 1, 2]
+    assert len(set(texts)) > 1  # they are different draws
+    # greedy samples are all the greedy continuation
+    evs = events(lm, "Once", max_new_tokens=12, num_samples=3)
+    greedy = "".join(e.text for e in events(lm, "Once", max_new_tokens=12))
+    assert all("".join(e.text for e in evs if e.sample == i) == greedy for i in range(3))
+
+
+def test_batched_samples_share_one_forward_per_step(lm, monkeypatch):
+    calls = []
+    original = lm.model.forward
+
+    def counting(tokens, *args, **kwargs):
+        calls.append(tuple(tokens.shape))
+        return original(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", counting)
+    events(lm, "Once", max_new_tokens=6, num_samples=4, sampling=SamplingSettings(temperature=1.0), seed=0)
+    assert calls[0] == (1, 4)  # the prompt is prefilled once
+    assert calls[1:] == [(4, 1)] * 5  # then one batched step per token
+
+
+def test_show_probs_reports_softmax_of_the_head(lm):
+    evs = events(lm, max_new_tokens=4, show_probs=3)
+    ids = lm.tokenizer.encode("The cat sat")
+    with torch.no_grad():
+        probs = lm.model(torch.tensor([ids]))[0, -1].softmax(-1)
+    first = evs[0]
+    assert first.prob == pytest.approx(probs[first.id].item(), abs=1e-6)
+    assert [i for i, _ in first.top] == probs.topk(3).indices.tolist()
+    assert first.top[0][0] == first.id  # greedy picks the most likely
+    assert all(len(e.top) == 3 for e in evs[:-1])
+
+
+def test_repetition_penalty_changes_greedy_output(lm):
+    plain = [e.id for e in events(lm, max_new_tokens=20)[:-1]]
+    penalized = [e.id for e in events(lm, max_new_tokens=20,
+                                      sampling=SamplingSettings(repetition_penalty=5.0))[:-1]]
+    assert plain != penalized
+    assert len(set(penalized)) >= len(set(plain))
+
+
+def test_python_api_with_settings_defaults(lm):
+    assert isinstance(events(lm, max_new_tokens=2)[-1], Finished)
+
+
+@pytest.mark.parametrize("kwargs", [dict(max_new_tokens=0), dict(num_samples=0), dict(show_probs=-1)])
+def test_invalid_generation_settings_are_refused(kwargs):
     with pytest.raises(InputError):
-        GenerationSettings(max_new_tokens=0)
+        GenerationSettings(**kwargs)
 
 
 def test_empty_prompt_is_refused(lm):
     with pytest.raises(InputError):
-        list(lmgen.generate(lm, ""))
+        lmgen.generate(lm, "")

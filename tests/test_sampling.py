@@ -4,7 +4,18 @@ import pytest
 import torch
 
 from lmgen.errors import InputError
-from lmgen.sampling import SamplingSettings, sample_next_token, top_k_filter, top_p_filter
+from lmgen.sampling import (
+    SamplingSettings,
+    TokenHistory,
+    apply_temperature,
+    frequency_presence_penalty,
+    min_p_filter,
+    repetition_penalty,
+    sample_next_token,
+    top_k_filter,
+    top_p_filter,
+    typical_filter,
+)
 
 
 def logits(seed=0, vocab=50):
@@ -65,7 +76,89 @@ def test_sampling_only_picks_kept_tokens():
         assert all(token[i] in allowed[i] for i in range(3))
 
 
-@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
+def assert_same_kept_and_renormalised(actual, expected):
+    assert torch.equal(actual == float("-inf"), expected == float("-inf"))
+    assert torch.allclose(actual.softmax(-1), expected.softmax(-1), atol=1e-6)
+
+
+@pytest.mark.parametrize("min_p", [0.01, 0.1, 0.5])
+def test_min_p_matches_transformers(min_p):
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    x = logits(5)
+    assert_same_kept_and_renormalised(min_p_filter(x, min_p), MinPLogitsWarper(min_p=min_p)(None, x.clone()))
+
+
+@pytest.mark.parametrize("mass", [0.2, 0.5, 0.95])
+def test_typical_p_matches_transformers(mass):
+    from transformers.generation.logits_process import TypicalLogitsWarper
+
+    x = logits(6)
+    assert_same_kept_and_renormalised(typical_filter(x, mass), TypicalLogitsWarper(mass=mass)(None, x.clone()))
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.0])
+def test_temperature_matches_transformers(t):
+    from transformers.generation.logits_process import TemperatureLogitsWarper
+
+    x = logits(7)
+    assert torch.allclose(apply_temperature(x, t), TemperatureLogitsWarper(t)(None, x.clone()))
+
+
+@pytest.mark.parametrize("penalty", [0.7, 1.3, 2.0])
+def test_repetition_penalty_matches_transformers(penalty):
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    x = logits(8)
+    seen_ids = torch.tensor([[1, 4, 4, 9], [0, 2, 3, 49], [7, 7, 7, 7]])
+    history = TokenHistory([], 3, 50)
+    for column in seen_ids.T:
+        history.add(column)
+    expected = RepetitionPenaltyLogitsProcessor(penalty=penalty)(seen_ids, x.clone())
+    assert torch.allclose(repetition_penalty(x, history.seen, penalty), expected)
+
+
+def test_frequency_and_presence_penalties_subtract_per_count():
+    x = torch.zeros(1, 5)
+    history = TokenHistory([4], 1, 5)  # prompt tokens count for the repetition penalty only
+    for token in (1, 1, 2):
+        history.add(torch.tensor([token]))
+    out = frequency_presence_penalty(x, history.counts, frequency=0.5, presence=1.0)
+    assert out.tolist() == [[0.0, -2.0, -1.5, 0.0, 0.0]]
+    assert history.seen.tolist() == [[False, True, True, False, True]]
+
+
+def test_composition_order_matches_transformers_pipeline():
+    from transformers.generation.logits_process import (
+        LogitsProcessorList,
+        MinPLogitsWarper,
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+        TypicalLogitsWarper,
+    )
+
+    from lmgen.sampling import penalize, warp
+
+    settings = SamplingSettings(temperature=0.8, top_k=30, top_p=0.9, min_p=0.02, typical_p=0.95,
+                                repetition_penalty=1.2)
+    x = logits(9)
+    seen_ids = torch.tensor([[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    history = TokenHistory([], 3, 50)
+    for column in seen_ids.T:
+        history.add(column)
+    pipeline = LogitsProcessorList([
+        RepetitionPenaltyLogitsProcessor(1.2), TemperatureLogitsWarper(0.8), TopKLogitsWarper(30),
+        TopPLogitsWarper(0.9), MinPLogitsWarper(0.02), TypicalLogitsWarper(0.95),
+    ])
+    expected = pipeline(seen_ids, x.clone())
+    assert_same_kept_and_renormalised(warp(penalize(x, settings, history), settings), expected)
+
+
+@pytest.mark.parametrize("kwargs", [dict(temperature=-0.1), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5),
+                                    dict(min_p=1.5), dict(typical_p=0.0), dict(repetition_penalty=0.0),
+                                    dict(temperature=float("nan"))])
 def test_invalid_settings_are_refused(kwargs):
     with pytest.raises(InputError):
         SamplingSettings(**kwargs)

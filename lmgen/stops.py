@@ -1,0 +1,40 @@
+"""Stop strings: end generation when the text contains one, without ever printing it.
+
+Text is released as soon as it can no longer be the start of a stop string, so
+only the few characters that might still begin one are held back.
+"""
+
+from __future__ import annotations
+
+
+class StopStrings:
+    def __init__(self, stops: list[str]):
+        self.stops = [s for s in stops if s]
+        self.pending = ""
+
+    def push(self, text: str) -> tuple[str, bool]:
+        """Add decoded text; return (text safe to emit, whether a stop string was found)."""
+        self.pending += text
+        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            emit, self.pending = self.pending[: min(hits)], ""
+            return emit, True
+        hold = self._longest_stop_prefix_suffix()
+        cut = len(self.pending) - hold
+        emit, self.pending = self.pending[:cut], self.pending[cut:]
+        return emit, False
+
+    def flush(self) -> str:
+        """At the end of generation the held-back text is real output."""
+        emit, self.pending = self.pending, ""
+        return emit
+
+    def _longest_stop_prefix_suffix(self) -> int:
+        """Length of the longest end of ``pending`` that some stop string starts with."""
+        best = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(self.pending)), best, -1):
+                if self.pending.endswith(stop[:n]):
+                    best = n
+                    break
+        return best
