@@ -253,45 +253,51 @@ class loading_status:
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="Checkpoint directory (config + model.safetensors)."),
+    path: Path = typer.Argument(..., help="Checkpoint directory, .safetensors file, .gguf file or TOML config."),
+    tensors: bool = typer.Option(False, "--tensors", help="List every tensor: shape, dtype, size."),
+    match: Optional[str] = typer.Option(None, "--match", help="Only tensors whose name matches this glob."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Show the LM head, parameter counts and attention layout without loading weights."""
+    """Show the LM head, parameter counts, memory and attention layout without loading weights."""
     from lmgen.inspect import report
+    from lmgen.render import print_inspect
 
-    info = report(path)
+    glob = match if match is not None else ("*" if tensors else None)
+    info = report(path, glob)
     if as_json:
         print(json.dumps(info, indent=2))
-        return
-    print_report(info)
+    else:
+        print_inspect(info)
 
 
-def print_report(info: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+@app.command()
+def score(
+    text: Optional[str] = typer.Argument(None, help="Text to score; '-' or nothing reads stdin."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the text from this file (UTF-8)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint directory (as for generate)."),
+    window: Optional[int] = typer.Option(None, "--window", help="Tokens per forward pass (default 1024, at most the context)."),
+    stride: Optional[int] = typer.Option(None, "--stride", help="Tokens between window starts (default window / 2)."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weight dtype: float32, bfloat16 or float16."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Score TEXT: each token's log-probability and rank, total NLL and perplexity."""
+    from lmgen.generation import load, parse_device, parse_dtype
+    from lmgen.paths import resolve_model
+    from lmgen.render import print_score, score_record
+    from lmgen.score import score as run
 
-    cfg, head, params = info["config"], info["lm_head"], info["parameters"]
-    console = Console(highlight=False)
-    console.print(f"[bold]{info['path']}[/bold]  family {info['family']}")
-    d_model, vocab = head["shape"]
-    tied = "tied to the token embedding (one tensor)" if head["tied"] else "separate weight"
-    console.print(
-        f"LM head: final {cfg['norm']} → Linear {d_model} × {vocab} (d_model × vocab), no bias, {tied}; "
-        f"{head['parameters']:,} parameters, {head['share_of_model']:.1%} of the model"
-    )
-    console.print(
-        f"attention: {cfg['n_heads']} heads, {cfg['n_kv_heads']} kv heads, head dim {cfg['head_dim']}; "
-        f"{cfg['n_layers']} layers, d_model {cfg['d_model']}, MLP {cfg['d_mlp']} ({cfg['mlp']}), "
-        f"context {cfg['max_context']}"
-    )
-    table = Table("part", "parameters", "share")
-    total = params["total"]
-    for part in ("embedding", "positions", "blocks", "final_norm", "head"):
-        count = params[part]
-        label = "head (tied: counted in embedding)" if part == "head" and head["tied"] else part
-        table.add_row(label, f"{count:,}", f"{count / total:.1%}" if total else "-")
-    table.add_row("total", f"{total:,}", "100.0%")
-    console.print(table)
+    parse_dtype(dtype)
+    parse_device(device)
+    body = read_prompt(text, file)
+    path = resolve_model(model)
+    with loading_status():
+        lm = load(path, dtype=dtype, device=device)
+    record = score_record(run(lm, body, window, stride), lm.tokenizer)
+    if as_json:
+        print(json.dumps(record, ensure_ascii=False))
+    else:
+        print_score(record)
 
 
 # ---------------------------------------------------------------------------------- convert, setup

@@ -179,18 +179,24 @@ def tokenizer_config(meta: dict, cfg: ModelConfig) -> dict:
     return config
 
 
-def convert_gguf(src: str | Path, out: str | Path) -> ModelConfig:
-    """Write an HF-layout directory for the GGUF file ``src`` into ``out``."""
+def open_gguf(src: Path):
+    """A ``gguf.GGUFReader`` for src, or a CheckpointError saying why not."""
     from gguf import GGUFReader
-    from safetensors.numpy import save_file
 
-    src, out = Path(src), Path(out)
     if not src.is_file():
         raise CheckpointError(f"GGUF file {src} does not exist")
     try:
-        reader = GGUFReader(src)
+        return GGUFReader(src)
     except Exception as exc:  # gguf raises ValueError, struct.error, ... on bad files
         raise CheckpointError(f"{src} is not a readable GGUF file ({exc})") from None
+
+
+def convert_gguf(src: str | Path, out: str | Path) -> ModelConfig:
+    """Write an HF-layout directory for the GGUF file ``src`` into ``out``."""
+    from safetensors.numpy import save_file
+
+    src, out = Path(src), Path(out)
+    reader = open_gguf(src)
     meta = read_metadata(reader)
     tied = not any(t.name == "output.weight" for t in reader.tensors)
     cfg = gguf_config(meta, tied)

@@ -1,81 +1,185 @@
-"""What is inside a checkpoint, from its config and safetensors headers alone.
+"""What is inside a checkpoint, from its config and tensor headers alone.
 
-No torch, no weights read: the parameter counts are sums of the shapes in the
-headers, grouped by part of the model. With tied embeddings the LM head *is*
-the embedding matrix, so it is counted once (under the embedding).
+No torch and no weights read: every count is a sum of the shapes in the
+safetensors (or GGUF) headers, grouped by part of the model, so the totals are
+the sums of the tensor sizes by construction. With tied embeddings the LM head
+*is* the embedding matrix: it is counted once, under the token embedding.
+
+Accepts a checkpoint directory, a ``.safetensors`` file (its directory's
+config is used), a ``.gguf`` file, or a TOML config (counts from the config).
 """
 
 from __future__ import annotations
 
+import fnmatch
+from dataclasses import dataclass
 from pathlib import Path
 
 from lmgen import layout
-from lmgen.checkpoint import locate, read_config, safetensors_header
-from lmgen.config import ModelConfig
+from lmgen.checkpoint import CheckpointFiles, locate, read_config, safetensors_header
+from lmgen.config import ModelConfig, load_hf_json, load_toml
+from lmgen.errors import CheckpointError
 
-PARTS = ("embedding", "positions", "blocks", "final_norm", "head")
+PARTS = ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head")
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
-def _part(canonical: str) -> str:
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str  # as stored in the file
+    shape: tuple[int, ...]
+    dtype: str
+    nbytes: int
+    role: str | None  # the part of the model this tensor is, or None (a buffer, an unknown name)
+    tied: bool = False  # a head tensor stored although the head is tied: not counted
+
+    @property
+    def part(self) -> str | None:
+        """The part this tensor's parameters are counted under (None: not counted)."""
+        return None if self.tied else self.role
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for dim in self.shape:
+            n *= dim
+        return n
+
+
+def part_of(canonical: str) -> str:
     if canonical.startswith("embed."):
-        return "embedding"
+        return "token_embedding"
     if canonical.startswith("pos_embed."):
-        return "positions"
-    if canonical.startswith("blocks."):
-        return "blocks"
-    return "final_norm" if canonical.startswith("head.norm.") else "head"
+        return "position_embedding"
+    if "norm." in canonical:
+        return "norms"
+    if ".attn." in canonical:
+        return "attention"
+    if ".mlp." in canonical:
+        return "mlp"
+    return "head"
 
 
-def _numel(shape) -> int:
-    n = 1
-    for dim in shape:
-        n *= dim
-    return n
+def tensor_info(cfg: ModelConfig, name: str, hf_name: str, shape, dtype: str, nbytes: int) -> TensorInfo:
+    mapped = layout.map_name(cfg.family, hf_name)
+    role = None if mapped is None or mapped is layout.IGNORED else part_of(mapped.targets[0])
+    return TensorInfo(name, tuple(shape), dtype, nbytes, role, tied=role == "head" and cfg.tied_embeddings)
 
 
-def count_from_headers(cfg: ModelConfig, headers: list[dict]) -> tuple[dict[str, int], bool]:
-    """Parameters per part from stored tensors, and whether a separate head tensor is stored."""
-    counts = dict.fromkeys(PARTS, 0)
-    head_stored = False
-    for header in headers:
-        for name, info in header.items():
-            mapped = layout.map_name(cfg.family, name)
-            if mapped is None or mapped is layout.IGNORED:
-                continue
-            part = _part(mapped.targets[0])
-            if part == "head":
-                head_stored = True
-                if cfg.tied_embeddings:
-                    continue  # a tied head stored anyway: not a parameter of its own
-            counts[part] += _numel(info["shape"])
-    return counts, head_stored
+def _safetensors_tensors(cfg: ModelConfig, files: tuple[Path, ...]) -> list[TensorInfo]:
+    tensors = []
+    for path in files:
+        for name, info in safetensors_header(path).items():
+            start, end = info["data_offsets"]
+            tensors.append(tensor_info(cfg, name, name, info["shape"], info["dtype"], end - start))
+    return tensors
 
 
-def count_from_config(cfg: ModelConfig) -> dict[str, int]:
-    counts = dict.fromkeys(PARTS, 0)
+def _config_tensors(cfg: ModelConfig) -> list[TensorInfo]:
+    """The tensors a config implies (lmgen's canonical names, fp32), for a bare config."""
+    tensors = []
     for name, shape in layout.canonical_shapes(cfg).items():
-        counts[_part(name)] += _numel(shape)
-    return counts
+        numel = 1
+        for dim in shape:
+            numel *= dim
+        tensors.append(TensorInfo(name, shape, "F32", 4 * numel, part_of(name)))
+    return tensors
 
 
-def report(path: str | Path) -> dict:
+def _gguf(path: Path) -> tuple[ModelConfig, list[TensorInfo]]:
+    from lmgen.gguf_import import gguf_config, hf_tensor_name, open_gguf, read_metadata
+
+    reader = open_gguf(path)
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+    cfg = gguf_config(read_metadata(reader), tied)
+    tensors = []
+    for t in reader.tensors:
+        shape = [int(n) for n in reversed(t.shape.tolist())]
+        tensors.append(tensor_info(cfg, t.name, hf_tensor_name(t.name), shape, t.tensor_type.name, int(t.n_bytes)))
+    return cfg, tensors
+
+
+def load_source(path: str | Path) -> tuple[str, ModelConfig, list[TensorInfo], str]:
+    """(what was read, config, tensors, kind) for any path inspect accepts."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist")
+    if path.is_dir():
+        files = locate(path)
+        cfg = read_config(files)
+        return str(path), cfg, _safetensors_tensors(cfg, files.weights), "safetensors"
+    if path.suffix == ".gguf":
+        cfg, tensors = _gguf(path)
+        return str(path), cfg, tensors, "gguf"
+    if path.suffix == ".toml":
+        cfg = load_toml(path)
+        return str(path), cfg, _config_tensors(cfg), "config"
+    if path.suffix == ".json":
+        cfg = load_hf_json(path)
+        return str(path), cfg, _config_tensors(cfg), "config"
+    if path.suffix == ".safetensors":
+        sibling = locate_config(path.parent)
+        return str(path), sibling, _safetensors_tensors(sibling, (path,)), "safetensors"
+    raise CheckpointError(
+        f"{path} is not something inspect reads (a checkpoint directory, .safetensors, .gguf or .toml config)"
+    )
+
+
+def locate_config(directory: Path) -> ModelConfig:
+    for name in ("config.json", "config.toml"):
+        if (directory / name).is_file():
+            return read_config(CheckpointFiles(directory, directory / name, (), None))
+    raise CheckpointError(f"no config.json or config.toml next to the safetensors file in {directory}")
+
+
+def report(path: str | Path, tensor_glob: str | None = None) -> dict:
     """Everything ``lmgen inspect`` shows, as plain data."""
-    files = locate(path)
-    cfg = read_config(files)
-    counts, head_stored = count_from_headers(cfg, [safetensors_header(p) for p in files.weights])
+    source, cfg, tensors, kind = load_source(path)
+    counted = [t for t in tensors if t.part is not None]
+    parts = {part: sum(t.numel for t in counted if t.part == part) for part in PARTS}
+    total = sum(parts.values())
     head_params = cfg.d_model * cfg.vocab_size
-    total = sum(counts.values())
-    return {
-        "path": str(files.root),
+    head_stored = any(t.role == "head" for t in tensors)
+    kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
+    info = {
+        "path": source,
+        "source": kind,
         "family": cfg.family,
-        "config": cfg.to_dict(),
+        "architecture": {
+            "d_model": cfg.d_model,
+            "layers": cfg.n_layers,
+            "heads": cfg.n_heads,
+            "kv_heads": cfg.n_kv_heads,
+            "head_dim": cfg.head_dim,
+            "mlp_width": cfg.d_mlp,
+            "mlp": cfg.mlp,
+            "norm": cfg.norm,
+            "positions": cfg.positions,
+            "context_length": cfg.max_context,
+            "vocab_size": cfg.vocab_size,
+        },
         "lm_head": {
             "shape": [cfg.d_model, cfg.vocab_size],
-            "tied": cfg.tied_embeddings,
-            "stored_separately": head_stored,
+            "tied_in_config": cfg.tied_embeddings,
+            "separate_tensor_stored": head_stored,
             "parameters": head_params,
             "share_of_model": head_params / total if total else 0.0,
         },
-        "attention": {"heads": cfg.n_heads, "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim},
-        "parameters": {**counts, "total": total},
+        "parameters": {**parts, "total": total, "tied_counted_once": cfg.tied_embeddings},
+        "memory_bytes": {
+            "stored": sum(t.nbytes for t in counted),
+            "stored_dtypes": sorted({t.dtype for t in counted}),
+            "fp32": 4 * total,
+            "bf16": 2 * total,
+            "int8": total,
+        },
+        "kv_cache_bytes_per_token": {"fp32": 4 * kv_per_token, "bf16": 2 * kv_per_token},
+        "config": cfg.to_dict(),
     }
+    if tensor_glob is not None:
+        info["tensors"] = [
+            {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes, "part": t.part}
+            for t in tensors
+            if fnmatch.fnmatchcase(t.name, tensor_glob)
+        ]
+    return info

@@ -56,18 +56,6 @@ def test_prompt_from_stdin(lmgen_exe, tiny_dir):
     assert piped.stdout == argued.stdout and piped.stdout
 
 
-def test_inspect_real_model(lmgen_exe, smollm2_dir):
-    result = run_lmgen(lmgen_exe, "inspect", str(smollm2_dir))
-    assert result.returncode == 0, result.stderr.decode()
-    out = result.stdout.decode()
-    assert "576 × 49152" in out and "tied" in out
-    assert "9 heads, 3 kv heads, head dim 64" in out
-    info = json.loads(run_lmgen(lmgen_exe, "inspect", "--json", str(smollm2_dir)).stdout)
-    assert info["lm_head"]["shape"] == [576, 49152] and info["lm_head"]["tied"] is True
-    assert info["parameters"]["total"] == 134_515_008  # SmolLM2-135M's published count
-    assert info["parameters"]["head"] == 0 and info["parameters"]["embedding"] == 576 * 49152
-
-
 def test_inspect_and_help_do_not_import_torch(smollm2_dir):
     code = (
         "import sys\nfrom lmgen.cli import app\n"

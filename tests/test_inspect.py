@@ -1,0 +1,98 @@
+"""inspect: counts from headers alone, matching published figures and the tensors themselves."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lmgen.inspect import PARTS, report
+
+from conftest import run_lmgen, save_tiny
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_gpt2_small_config_is_124m():
+    info = report(CONFIGS / "gpt2-small.toml")
+    assert info["parameters"]["total"] == 124_439_808  # GPT-2 small, tied head counted once
+    assert info["lm_head"]["shape"] == [768, 50257]
+    assert info["parameters"]["position_embedding"] == 1024 * 768
+
+
+def test_smollm2_config_and_checkpoint_are_135m(smollm2_dir):
+    from_config = report(CONFIGS / "smollm2-135m.toml")
+    from_headers = report(smollm2_dir)
+    assert from_config["parameters"] == from_headers["parameters"]
+    assert from_headers["parameters"]["total"] == 134_515_008  # SmolLM2-135M's published count
+    assert from_headers["lm_head"]["share_of_model"] == pytest.approx(576 * 49152 / 134_515_008)
+
+
+def test_counts_equal_the_sum_of_tensor_sizes_and_the_loaded_model(tmp_path):
+    import torch
+
+    from lmgen.checkpoint import load_model
+
+    for family in ("gpt2", "llama", "qwen2", "mistral"):
+        path = tmp_path / family
+        save_tiny(family, path)
+        info = report(path, "*")
+        counted = [t for t in info["tensors"] if t["part"] is not None]
+        assert info["parameters"]["total"] == sum(torch.Size(t["shape"]).numel() for t in counted)
+        assert sum(info["parameters"][p] for p in PARTS) == info["parameters"]["total"]
+        model, _, _ = load_model(path)
+        assert info["parameters"]["total"] == sum(p.numel() for p in model.parameters()), family
+        assert info["memory_bytes"]["stored"] == sum(t["bytes"] for t in counted)
+
+
+def test_tied_and_untied_heads(tmp_path):
+    save_tiny("llama", tmp_path / "untied")
+    save_tiny("llama", tmp_path / "tied", tie_word_embeddings=True)
+    untied, tied = report(tmp_path / "untied"), report(tmp_path / "tied")
+    assert untied["parameters"]["head"] == 64 * 300 and not untied["lm_head"]["tied_in_config"]
+    assert untied["lm_head"]["separate_tensor_stored"]
+    assert tied["parameters"]["head"] == 0 and tied["lm_head"]["tied_in_config"]
+    assert tied["parameters"]["total"] == untied["parameters"]["total"] - 64 * 300
+
+
+def test_gguf_file(smollm2_dir):
+    from lmgen.paths import bundled_gguf
+
+    info = report(bundled_gguf(), "blk.0.*")
+    assert info["parameters"] == report(smollm2_dir)["parameters"]
+    assert set(info["memory_bytes"]["stored_dtypes"]) == {"F32", "Q4_1", "Q8_0"}
+    assert info["memory_bytes"]["stored"] < info["memory_bytes"]["fp32"] / 4
+    assert {t["name"] for t in info["tensors"]} >= {"blk.0.attn_q.weight", "blk.0.ffn_down.weight"}
+
+
+def test_single_safetensors_file_uses_its_directory_config(smollm2_dir):
+    assert report(smollm2_dir / "model.safetensors")["parameters"] == report(smollm2_dir)["parameters"]
+
+
+def test_memory_and_kv_cache_figures(smollm2_dir):
+    info = report(smollm2_dir)
+    assert info["memory_bytes"]["fp32"] == 4 * 134_515_008
+    assert info["memory_bytes"]["bf16"] == 2 * 134_515_008
+    assert info["kv_cache_bytes_per_token"]["fp32"] == 2 * 30 * 3 * 64 * 4
+
+
+def test_cli_tensors_glob_and_json(lmgen_exe, smollm2_dir):
+    result = run_lmgen(lmgen_exe, "inspect", "--json", "--match", "*layers.3.*proj*", str(smollm2_dir))
+    info = json.loads(result.stdout)
+    assert len(info["tensors"]) == 7 and all(".layers.3." in t["name"] for t in info["tensors"])
+    text = run_lmgen(lmgen_exe, "inspect", "--tensors", str(smollm2_dir)).stdout.decode()
+    assert "model.layers.29.mlp.down_proj.weight" in text and "576 × 1536" in text
+
+
+def test_cli_plain_report_in_a_pipe(lmgen_exe, smollm2_dir):
+    result = run_lmgen(lmgen_exe, "inspect", str(smollm2_dir))
+    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout.decode()
+    assert "\x1b[" not in out and "┃" not in out
+    assert "weight 576 × 49152 (d_model × vocab)" in out and "tied to the token embedding" in out
+    assert "9 query, 3 key/value, head dim 64" in out
+    assert "134,515,008" in out and "tied weights counted once" in out
+
+
+def test_cli_bad_path(lmgen_exe, tmp_path):
+    result = run_lmgen(lmgen_exe, "inspect", str(tmp_path / "nope"))
+    assert result.returncode == 3 and b"does not exist" in result.stderr and b"Traceback" not in result.stderr
