@@ -92,12 +92,12 @@ class TextRenderer:
     def write(self, text: str, style: str | None = None) -> None:
         if not text:
             return
+        self.at_line_start = text.endswith("\n")  # before writing: Ctrl-C may land mid-write
         if self.console is not None:
             self.console.print(text, end="", style=style, markup=False)
             self.console.file.flush()
         else:
             write_out(text)
-        self.at_line_start = text.endswith("\n")
 
     def start(self, prompt: str) -> None:
         self.prompt = prompt
