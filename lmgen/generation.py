@@ -28,7 +28,7 @@ from lmgen.stops import StopStrings
 from lmgen.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+          "float16": torch.float16, "fp16": torch.float16, "int8": torch.int8}
 
 
 @dataclass
@@ -63,7 +63,12 @@ def parse_device(name: str) -> torch.device:
 def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
     """Load a checkpoint directory (config + safetensors + tokenizer.json)."""
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
-    model, cfg, files = load_model(path, torch_dtype, torch_device)
+    int8 = torch_dtype == torch.int8  # int8 weights, fp32 activations
+    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device)
+    if int8:
+        from lmgen.linear import quantize_int8
+
+        quantize_int8(model)
     if files.tokenizer is None:
         raise CheckpointError(f"{files.root} has no tokenizer.json")
     tokenizer = Tokenizer(files.tokenizer)
@@ -153,7 +158,7 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     check_fits(prompt_ids, context)
     budget = min(settings.max_new_tokens, context - len(prompt_ids))
     n = settings.num_samples
-    device = model.embed.weight.device
+    device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
     history = TokenHistory(prompt_ids, n, model.cfg.vocab_size, device) if settings.sampling.uses_history else None
     cache = model.new_cache(batch=n, max_len=len(prompt_ids) + budget)

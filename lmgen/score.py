@@ -73,7 +73,7 @@ def score(lm, text: str, window: int | None = None, stride: int | None = None) -
         raise InputError(f"stride must be between 1 and window - 1 ({window - 1}), got {stride}")
     logprobs: list[float | None] = [None] * len(ids)
     ranks: list[int | None] = [None] * len(ids)
-    device = lm.model.embed.weight.device
+    device = lm.model.device
     with torch.inference_mode():
         for begin, end, first in windows(len(ids), window, stride):
             logits = lm.model(torch.tensor([ids[begin:end]], device=device))[0].float()
