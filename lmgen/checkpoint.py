@@ -142,8 +142,9 @@ def _some(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_canonical(files: CheckpointFiles, cfg: ModelConfig, dtype) -> dict:
-    """Canonical name → tensor (in ``dtype``) for every tensor the config needs."""
+def load_canonical(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=None) -> dict:
+    """Canonical name → tensor for every tensor the config needs: matrices in ``dtype``,
+    vectors (norm weights, biases) in ``vector_dtype`` (default: the same)."""
     from safetensors import SafetensorError, safe_open
 
     plan = _check_and_map(files, cfg)
@@ -161,7 +162,8 @@ def load_canonical(files: CheckpointFiles, cfg: ModelConfig, dtype) -> dict:
                         t = t.t()
                     parts = t.split([shapes[target][0] for target in mapped.targets]) if len(mapped.targets) > 1 else (t,)
                     for target, part in zip(mapped.targets, parts):
-                        tensors[target] = part.to(dtype).contiguous()
+                        target_dtype = dtype if part.dim() > 1 else (vector_dtype or dtype)
+                        tensors[target] = part.to(target_dtype).contiguous()
         except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"cannot read {path}: {exc}") from None
     return tensors
@@ -184,8 +186,12 @@ def fuse(tensors: dict, cfg: ModelConfig) -> dict:
     return sd
 
 
-def load_model(path: str | Path, dtype=None, device: str = "cpu"):
-    """Build a Decoder from a checkpoint directory. Returns (model, config, files)."""
+def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=None):
+    """Build a Decoder from a checkpoint directory. Returns (model, config, files).
+
+    Weight matrices are stored in ``dtype``; norm weights and biases in ``vector_dtype``,
+    which also sets the dtype of the activations (default: ``dtype``).
+    """
     import torch
 
     from lmgen.model import Decoder
@@ -193,7 +199,7 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu"):
     files = locate(path)
     cfg = read_config(files)
     dtype = dtype or torch.float32
-    state = fuse(load_canonical(files, cfg, dtype), cfg)
+    state = fuse(load_canonical(files, cfg, dtype, vector_dtype), cfg)
     with torch.device("meta"):
         model = Decoder(cfg)
     model.load_state_dict(state, strict=True, assign=True)

@@ -64,7 +64,10 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
     """Load a checkpoint directory (config + safetensors + tokenizer.json)."""
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
     int8 = torch_dtype == torch.int8  # int8 weights, fp32 activations
-    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device)
+    # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
+    # stay fp32 (more exact, and what the native decode kernels take). On a GPU all is dtype.
+    vector_dtype = torch.float32 if torch_device.type == "cpu" or int8 else torch_dtype
+    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device, vector_dtype)
     if int8:
         from lmgen.linear import quantize_int8
 

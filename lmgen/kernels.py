@@ -69,6 +69,12 @@ def library() -> ctypes.CDLL | None:
     lib.gemv_i8.argtypes = [ctypes.c_void_p] + pointers + sizes
     for fn in (lib.gemv_f32, lib.gemv_bf16, lib.gemv_i8):
         fn.restype = None
+    i64, ptr, flt, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    lib.decode_block.argtypes = (
+        [ptr, i64, i64, int_, flt] + [ptr] * 4 + [int_] + [ptr] * 12
+        + [i64, i64, i64, i64, int_] + [ptr, ptr, i64, i64, i64] + [ptr, ptr, i64]
+    )
+    lib.decode_block.restype = None
     return lib
 
 
@@ -98,3 +104,52 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor 
         lib.gemv_f32(weight.data_ptr(), *args)
     out = out.view(*x.shape[:-1], n_out).to(x.dtype)
     return out if bias is None else out + bias
+
+
+WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
+MLP_CODES = {("swiglu", "silu"): 0, ("gelu", "gelu_tanh"): 1, ("gelu", "gelu"): 2}
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _projection(layer) -> tuple:
+    return layer.weight.data_ptr(), _ptr(getattr(layer, "scale", None)), _ptr(layer.bias)
+
+
+def block_supported(block, x: Tensor, cache) -> bool:
+    """Whether decode_block can run this block: one new fp32 token per sample on the CPU."""
+    layers = (block.attn.qkv, block.attn.o, block.mlp.w_in, block.mlp.down)
+    dtypes = {layer.weight.dtype for layer in layers}
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[1] == 1
+        and cache is not None
+        and cache.k.dtype == torch.float32
+        and len(dtypes) == 1
+        and dtypes.pop() in WEIGHT_CODES
+        and all(layer.weight.is_contiguous() for layer in layers)
+        and block.attn_norm.weight.dtype == torch.float32
+        and library() is not None
+    )
+
+
+def decode_block(block, x: Tensor, ctx, layer: int) -> None:
+    """Run one Block on x (batch, 1, d_model) in place, appending to the KV cache."""
+    cfg = block.attn.cfg
+    k_cache, v_cache = ctx.cache.k[layer], ctx.cache.v[layer]
+    cos, sin = ctx.rope if ctx.rope is not None else (None, None)
+    library().decode_block(
+        x.data_ptr(), x.shape[0], cfg.d_model, NORM_CODES[cfg.norm], cfg.norm_eps,
+        block.attn_norm.weight.data_ptr(), _ptr(getattr(block.attn_norm, "bias", None)),
+        block.mlp_norm.weight.data_ptr(), _ptr(getattr(block.mlp_norm, "bias", None)),
+        WEIGHT_CODES[block.attn.qkv.weight.dtype],
+        *_projection(block.attn.qkv), *_projection(block.attn.o),
+        *_projection(block.mlp.w_in), *_projection(block.mlp.down),
+        cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, MLP_CODES[(cfg.mlp, cfg.activation)],
+        k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1), ctx.start_pos,
+        _ptr(cos), _ptr(sin), cfg.sliding_window or 0,
+    )

@@ -18,10 +18,13 @@ from lmgen import kernels
 
 
 class Linear(nn.Linear):
+    """With weights narrower than the activations (bf16 weights on the CPU) the weights are
+    widened for the product, so that prefill computes exactly what the decode kernels do."""
+
     def forward(self, x: Tensor) -> Tensor:
         if kernels.usable(x, self.weight):
             return kernels.linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight.to(x.dtype), self.bias)
 
 
 def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmgen import kernels
 from lmgen.config import ModelConfig
 from lmgen.linear import Linear
 
@@ -137,6 +138,11 @@ class MLP(nn.Module):
             self.up = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
         self.down = Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
 
+    @property
+    def w_in(self) -> nn.Module:
+        """The input projection: [gate; up] for SwiGLU, up for GELU."""
+        return self.gate_up if self.gated else self.up
+
     def forward(self, x: Tensor) -> Tensor:
         if self.gated:
             gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -153,6 +159,10 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
+        if kernels.block_supported(self, x, ctx.cache):  # the decode step, in one native call
+            x = x.contiguous()
+            kernels.decode_block(self, x, ctx, layer)
+            return x
         x = x + self.attn(self.attn_norm(x), ctx, layer)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -236,7 +246,7 @@ class Decoder(nn.Module):
         seq = tokens.shape[1]
         if start_pos + seq > self.cfg.max_context:
             raise ValueError(f"positions up to {start_pos + seq} exceed the context window ({self.cfg.max_context})")
-        x = self.embed(tokens)
+        x = self.embed(tokens).to(self.dtype)
         ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)

@@ -1,0 +1,49 @@
+"""The native decode kernels agree with torch's arithmetic."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import lmgen
+from lmgen import kernels
+from lmgen.linear import quantize_rows
+
+from conftest import save_tiny
+
+
+def test_the_kernels_build_on_this_machine():
+    assert kernels.library() is not None, "lmgen's C kernels did not build: is a C compiler installed?"
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("n_out, n_in", [(7, 5), (130, 64), (96, 200)])
+def test_linear_matches_torch(rows, n_out, n_in):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, 1, n_in, generator=gen)
+    w = torch.randn(n_out, n_in, generator=gen)
+    bias = torch.randn(n_out, generator=gen)
+    assert torch.allclose(kernels.linear(x, w, bias), F.linear(x, w, bias), atol=1e-5)
+    wb = w.bfloat16()
+    assert torch.allclose(kernels.linear(x, wb), F.linear(x, wb.float()), atol=1e-4)
+    q, scale = quantize_rows(w)
+    assert torch.allclose(kernels.linear(x, q, None, scale), F.linear(x, q.float() * scale[:, None]), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+def test_native_decode_step_matches_torch_path(tmp_path, monkeypatch, family, dtype):
+    save_tiny(family, tmp_path)
+    lm = lmgen.load(tmp_path, dtype=dtype)
+    ids = torch.randint(0, 256, (2, 40), generator=torch.Generator().manual_seed(1))
+
+    def stepwise():
+        cache = lm.model.new_cache(batch=2, max_len=40)
+        with torch.inference_mode():
+            out = [lm.model(ids[:, :5], 0, cache)]
+            out += [lm.model(ids[:, i : i + 1], i, cache) for i in range(5, 40)]
+        return torch.cat(out, dim=1)
+
+    native = stepwise()
+    monkeypatch.setattr(kernels, "library", lambda: None)
+    reference = stepwise()
+    assert (native - reference).abs().max().item() < 1e-4
