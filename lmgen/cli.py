@@ -210,7 +210,7 @@ def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dic
             if isinstance(event, Finished):
                 pieces[event.sample].append(event.text)
                 record = summary(text, tokens[event.sample], "".join(pieces[event.sample]), event,
-                                 settings.show_probs > 0, lm.tokenizer)
+                                 settings.show_probs > 0, lm.tokenizer, lm.model.weight_bytes_per_token())
                 renderer.finish(record, event.text)
                 records.append(record)
                 continue

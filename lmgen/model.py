@@ -42,8 +42,8 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = torch.empty(shape, dtype=dtype, device=device)  # only the filled part is ever read
+        self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
 
     def row(self, i: int) -> "KVCache":
@@ -212,8 +212,14 @@ class Decoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_embed = nn.Embedding(cfg.max_context, cfg.d_model) if cfg.positions == "learned" else None
+        # Embedding weights are left uninitialised (they come from a checkpoint): nn.Embedding's
+        # own random init on the meta device costs over a second the first time.
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model, _weight=torch.empty(cfg.vocab_size, cfg.d_model))
+        self.pos_embed = (
+            nn.Embedding(cfg.max_context, cfg.d_model, _weight=torch.empty(cfg.max_context, cfg.d_model))
+            if cfg.positions == "learned"
+            else None
+        )
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.head = LMHead(cfg)
         self.tie_weights()
@@ -231,6 +237,17 @@ class Decoder(nn.Module):
     def dtype(self) -> torch.dtype:
         """The activations' dtype (with int8 weights the norms, and so activations, stay fp32)."""
         return self.head.norm.weight.dtype
+
+    def weight_bytes_per_token(self) -> int:
+        """Bytes of weights one decode step reads: every block and the LM head (a tied head is
+        the embedding matrix); of the embeddings themselves only one row each is read."""
+        seen, total = set(), 0
+        for module in (*self.blocks, self.head):
+            for t in (*module.parameters(), *module.buffers()):
+                if t.data_ptr() not in seen:
+                    seen.add(t.data_ptr())
+                    total += t.numel() * t.element_size()
+        return total
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)

@@ -12,9 +12,10 @@ import os
 import sys
 
 
-def summary(prompt: str, tokens: list, text: str, done, with_probs: bool, tokenizer) -> dict:
+def summary(prompt: str, tokens: list, text: str, done, with_probs: bool, tokenizer, bytes_per_token: int) -> dict:
     """The closing record of one sample, for --json and --jsonl."""
     decode_tokens = max(done.new_tokens - 1, 0)
+    decode_rate = _rate(decode_tokens, done.decode_seconds)
     record = {
         "prompt": prompt,
         "text": text,
@@ -25,7 +26,8 @@ def summary(prompt: str, tokens: list, text: str, done, with_probs: bool, tokeni
         "time_to_first_token_s": round(done.prefill_seconds, 6),
         "decode_s": round(done.decode_seconds, 6),
         "prefill_tokens_per_s": _rate(done.prompt_tokens, done.prefill_seconds),
-        "decode_tokens_per_s": _rate(decode_tokens, done.decode_seconds),
+        "decode_tokens_per_s": decode_rate,
+        "weights_gb_per_s": round(decode_rate * bytes_per_token / 1e9, 3),
         "sample": done.sample,
     }
     if with_probs:
@@ -54,7 +56,8 @@ def stats_line(record: dict) -> str:
         f"prompt {record['prompt_tokens']} tokens, generated {record['new_tokens']} ({record['finish_reason']}); "
         f"time to first token {record['time_to_first_token_s'] * 1000:.0f} ms "
         f"({record['prefill_tokens_per_s']:.1f} prompt tokens/s); "
-        f"decode {record['decode_tokens_per_s']:.1f} tokens/s"
+        f"decode {record['decode_tokens_per_s']:.1f} tokens/s, "
+        f"reading weights at {record['weights_gb_per_s']:.1f} GB/s"
     )
 
 

@@ -1,0 +1,139 @@
+"""lmgen against transformers' generate, side by side in one process.
+
+    python scripts/bench.py                       # default model, fp32 both
+    python scripts/bench.py --dtype bfloat16      # lmgen bf16 weights vs transformers fp32
+    python scripts/bench.py --dtype int8 --tokens 64 --reps 3
+
+Same model directory, same prompt, greedy, the same number of new tokens (end-of-sequence
+ignored) and the same torch thread count for both; one warm-up run each, then --reps runs
+alternating between the two. Prints medians of time to first token, prefill tokens/s and
+decode tokens/s, and, as its last line, the ratios lmgen / transformers. It reports; it
+asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import lmgen  # noqa: E402
+from lmgen.generation import Finished, GenerationSettings  # noqa: E402
+from lmgen.paths import resolve_model  # noqa: E402
+
+PROMPT = (
+    "The history of Paris begins with a small settlement on an island in the Seine. Over the "
+    "centuries it grew into the capital of France, a centre of art, science and trade, and one of "
+    "the largest cities in Europe. Its streets, bridges and monuments tell the story of"
+)
+
+
+@dataclasses.dataclass
+class Run:
+    ttft: float  # seconds from the call to the first new token
+    decode: float  # seconds for the remaining tokens
+    prompt_tokens: int
+    new_tokens: int
+
+    @property
+    def prefill_rate(self) -> float:
+        return self.prompt_tokens / self.ttft
+
+    @property
+    def decode_rate(self) -> float:
+        return (self.new_tokens - 1) / self.decode
+
+
+def run_lmgen(lm, tokens: int) -> Run:
+    settings = GenerationSettings(max_new_tokens=tokens)
+    start = time.perf_counter()
+    first = None
+    for event in lmgen.generate(lm, PROMPT, settings):
+        first = first or time.perf_counter()
+        if isinstance(event, Finished):
+            end = time.perf_counter()
+            return Run(first - start, end - first, event.prompt_tokens, event.new_tokens)
+    raise RuntimeError("no Finished event")
+
+
+class TimingStreamer:
+    """transformers streamer that records when each new token arrives."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self.calls = 0
+
+    def put(self, value):
+        self.calls += 1
+        if self.calls > 1:  # the first call carries the prompt
+            self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+def run_transformers(model, ids, tokens: int) -> Run:
+    streamer = TimingStreamer()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                             streamer=streamer, pad_token_id=0)
+    end = time.perf_counter()
+    new = out.shape[1] - ids.shape[1]
+    return Run(streamer.times[0] - start, end - streamer.times[0], ids.shape[1], new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="checkpoint directory (default: lmgen's default model)")
+    parser.add_argument("--dtype", default="float32", help="lmgen's --dtype (float32, bfloat16, int8)")
+    parser.add_argument("--reference-dtype", default="float32", help="transformers' dtype")
+    parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
+    parser.add_argument("--reps", type=int, default=5, help="timed runs of each")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
+    args = parser.parse_args()
+
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    path = resolve_model(args.model)
+    lm = lmgen.load(path, dtype=args.dtype)
+    lm = dataclasses.replace(lm, eos_ids=frozenset())  # always generate --tokens tokens
+    reference = transformers.AutoModelForCausalLM.from_pretrained(
+        path, dtype=getattr(torch, args.reference_dtype)
+    ).eval()
+    ids = torch.tensor([lm.tokenizer.encode(PROMPT)])
+
+    run_lmgen(lm, 8), run_transformers(reference, ids, 8)  # warm-up
+    results: dict[str, list[Run]] = {"lmgen": [], "transformers": []}
+    for _ in range(args.reps):
+        results["lmgen"].append(run_lmgen(lm, args.tokens))
+        results["transformers"].append(run_transformers(reference, ids, args.tokens))
+
+    def median(name: str, field: str) -> float:
+        return statistics.median(getattr(r, field) for r in results[name])
+
+    bytes_per_token = lm.model.weight_bytes_per_token()
+    print(f"model {path}  prompt {ids.shape[1]} tokens, {args.tokens} new tokens, greedy, "
+          f"{args.threads} threads, {args.reps} runs each (medians)")
+    print(f"lmgen --dtype {args.dtype}; transformers dtype {args.reference_dtype}; "
+          f"lmgen reads {bytes_per_token / 1e6:.0f} MB of weights per token")
+    print(f"{'':14}{'TTFT ms':>10}{'prefill tok/s':>15}{'decode tok/s':>14}{'weights GB/s':>14}")
+    for name in results:
+        decode = median(name, "decode_rate")
+        gbps = f"{decode * bytes_per_token / 1e9:14.1f}" if name == "lmgen" else f"{'':14}"
+        print(f"{name:14}{median(name, 'ttft') * 1000:10.0f}{median(name, 'prefill_rate'):15.1f}{decode:14.1f}{gbps}")
+    ratio = {f: median("lmgen", f) / median("transformers", f) for f in ("decode_rate", "prefill_rate", "ttft")}
+    print(f"ratios lmgen/transformers: decode {ratio['decode_rate']:.2f}x, prefill {ratio['prefill_rate']:.2f}x, "
+          f"time to first token {ratio['ttft']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
