@@ -14,6 +14,7 @@ headers does not.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,8 @@ def read_config(files: CheckpointFiles) -> ModelConfig:
     return load_hf_json(files.config)
 
 
-def safetensors_header(path: Path) -> dict[str, dict]:
-    """Tensor name → {dtype, shape, data_offsets}, read from the header alone."""
+def read_header(path: Path) -> tuple[dict[str, dict], int]:
+    """(tensor name → {dtype, shape, data_offsets}, byte offset where the data starts)."""
     try:
         with open(path, "rb") as f:
             (size,) = struct.unpack("<Q", f.read(8))
@@ -100,16 +101,35 @@ def safetensors_header(path: Path) -> dict[str, dict]:
     end = max((t["data_offsets"][1] for t in header.values()), default=0)
     if end > data_len:
         raise CheckpointError(f"{path} is truncated: the header needs {end} bytes of data, the file has {data_len}")
-    return header
+    return header, 8 + size
 
 
-def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> dict[str, tuple[Path, str, layout.Mapped]]:
+def safetensors_header(path: Path) -> dict[str, dict]:
+    """Tensor name → {dtype, shape, data_offsets}, read from the header alone."""
+    return read_header(path)[0]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """One tensor in a safetensors file, and the canonical tensors it holds."""
+
+    path: Path
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset in the file
+    nbytes: int
+    mapped: layout.Mapped
+
+
+def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> list[Stored]:
     """Map every stored tensor to canonical targets, checking names and shapes."""
     shapes = layout.canonical_shapes(cfg)
-    plan: dict[str, tuple[Path, str, layout.Mapped]] = {}
+    plan: list[Stored] = []
     unexpected: list[str] = []
     for path in files.weights:
-        for name, info in safetensors_header(path).items():
+        header, data_start = read_header(path)
+        for name, info in header.items():
             mapped = layout.map_name(cfg.family, name)
             if mapped is layout.IGNORED:
                 continue
@@ -123,10 +143,11 @@ def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> dict[str, tuple[
                 raise CheckpointError(
                     f"tensor {name} in {path.name} has shape {_fmt(found)} but the config implies {_fmt(expected)}"
                 )
-            plan[name] = (path, name, mapped)
+            start, end = info["data_offsets"]
+            plan.append(Stored(path, name, info["dtype"], found, data_start + start, end - start, mapped))
     if unexpected:
         raise CheckpointError(f"unexpected tensor(s) that the config does not describe: {_some(unexpected)}")
-    covered = {t for _, _, m in plan.values() for t in m.targets}
+    covered = {t for stored in plan for t in stored.mapped.targets}
     missing = [t for t in shapes if t not in covered]
     if missing:
         raise CheckpointError(f"checkpoint is missing tensor(s) the config needs: {_some(missing)} (lmgen names)")
@@ -142,48 +163,86 @@ def _some(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-def load_canonical(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=None) -> dict:
-    """Canonical name → tensor for every tensor the config needs: matrices in ``dtype``,
-    vectors (norm weights, biases) in ``vector_dtype`` (default: the same)."""
-    from safetensors import SafetensorError, safe_open
-
-    plan = _check_and_map(files, cfg)
-    shapes = layout.canonical_shapes(cfg)
-    tensors = {}
-    by_file: dict[Path, list[tuple[str, layout.Mapped]]] = {}
-    for path, name, mapped in plan.values():
-        by_file.setdefault(path, []).append((name, mapped))
-    for path, entries in by_file.items():
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for name, mapped in entries:
-                    t = f.get_tensor(name)
-                    if mapped.transpose:
-                        t = t.t()
-                    parts = t.split([shapes[target][0] for target in mapped.targets]) if len(mapped.targets) > 1 else (t,)
-                    for target, part in zip(mapped.targets, parts):
-                        target_dtype = dtype if part.dim() > 1 else (vector_dtype or dtype)
-                        tensors[target] = part.to(target_dtype).contiguous()
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from None
-    return tensors
+STORED_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
-def fuse(tensors: dict, cfg: ModelConfig) -> dict:
-    """Canonical tensors → the Decoder's state dict (q/k/v and gate/up concatenated)."""
+def model_slot(target: str, cfg: ModelConfig) -> tuple[str, int]:
+    """Where a canonical tensor lives in the Decoder: (parameter name, first row).
+
+    q, k and v share one ``attn.qkv`` projection; SwiGLU's gate and up share ``mlp.gate_up``.
+    """
+    match = re.fullmatch(r"(blocks\.\d+)\.attn\.([qkv])\.(weight|bias)", target)
+    if match:
+        row = {"q": 0, "k": cfg.q_dim, "v": cfg.q_dim + cfg.kv_dim}[match[2]]
+        return f"{match[1]}.attn.qkv.{match[3]}", row
+    match = re.fullmatch(r"(blocks\.\d+)\.mlp\.(gate|up)\.(weight|bias)", target)
+    if match and cfg.mlp == "swiglu":
+        return f"{match[1]}.mlp.gate_up.{match[3]}", 0 if match[2] == "gate" else cfg.d_mlp
+    return target, 0
+
+
+def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=None) -> dict:
+    """The Decoder's state dict, read straight from the files into its final tensors.
+
+    Matrices are stored in ``dtype``, vectors (norm weights, biases) in ``vector_dtype``. Each
+    stored tensor is read with one ``readinto`` into its place in the (possibly fused)
+    parameter, so loading needs no memory beyond the weights themselves, except one
+    temporary per tensor that must be transposed or converted.
+    """
     import torch
 
-    sd = dict(tensors)
-    for i in range(cfg.n_layers):
-        b = f"blocks.{i}"
-        for kind in ("weight", "bias"):
-            if f"{b}.attn.q.{kind}" in sd:
-                sd[f"{b}.attn.qkv.{kind}"] = torch.cat([sd.pop(f"{b}.attn.{p}.{kind}") for p in "qkv"])
-            if cfg.mlp == "swiglu" and f"{b}.mlp.gate.{kind}" in sd:
-                sd[f"{b}.mlp.gate_up.{kind}"] = torch.cat([sd.pop(f"{b}.mlp.gate.{kind}"), sd.pop(f"{b}.mlp.up.{kind}")])
+    plan = _check_and_map(files, cfg)
+    vector_dtype = vector_dtype or dtype
+    shapes = layout.canonical_shapes(cfg)
+    sizes: dict[str, list] = {}
+    for target, shape in shapes.items():
+        name, _ = model_slot(target, cfg)
+        rows = sizes.setdefault(name, [0, shape[1:]])
+        rows[0] += shape[0]
+    state = {
+        name: torch.empty((rows, *rest), dtype=dtype if rest else vector_dtype)
+        for name, (rows, rest) in sizes.items()
+    }
+    for path in files.weights:
+        try:
+            with open(path, "rb", buffering=0) as f:
+                for stored in sorted((s for s in plan if s.path == path), key=lambda s: s.offset):
+                    _read_stored(f, stored, state, cfg, shapes)
+        except OSError as exc:
+            raise CheckpointError(f"cannot read {path}: {exc}") from None
     if cfg.tied_embeddings:
-        sd["head.linear.weight"] = sd["embed.weight"]
-    return sd
+        state["head.linear.weight"] = state["embed.weight"]
+    return state
+
+
+def _read_stored(f, stored: Stored, state: dict, cfg: ModelConfig, shapes: dict) -> None:
+    import torch
+
+    if stored.dtype not in STORED_DTYPES:
+        raise CheckpointError(f"tensor {stored.name} has dtype {stored.dtype}; lmgen reads {', '.join(STORED_DTYPES)}")
+    source_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[stored.dtype]
+    slots = [model_slot(target, cfg) for target in stored.mapped.targets]
+    name, row = slots[0]
+    dest = state[name]
+    if len(slots) == 1 and not stored.mapped.transpose and dest.dtype == source_dtype:
+        _read_into(f, stored, dest[row : row + stored.shape[0]])  # straight into the parameter
+        return
+    tensor = torch.empty(stored.shape, dtype=source_dtype)
+    _read_into(f, stored, tensor)
+    if stored.mapped.transpose:
+        tensor = tensor.t()
+    parts = tensor.split([shapes[target][0] for target in stored.mapped.targets])
+    for (name, row), part in zip(slots, parts):
+        state[name][row : row + part.shape[0]].copy_(part)
+
+
+def _read_into(f, stored: Stored, tensor) -> None:
+    import torch
+
+    buffer = tensor.view(-1).view(torch.uint8).numpy()
+    f.seek(stored.offset)
+    if f.readinto(buffer) != stored.nbytes:
+        raise CheckpointError(f"{stored.path} ended early while reading tensor {stored.name}")
 
 
 def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=None):
@@ -199,7 +258,7 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=N
     files = locate(path)
     cfg = read_config(files)
     dtype = dtype or torch.float32
-    state = fuse(load_canonical(files, cfg, dtype, vector_dtype), cfg)
+    state = read_state(files, cfg, dtype, vector_dtype)
     with torch.device("meta"):
         model = Decoder(cfg)
     model.load_state_dict(state, strict=True, assign=True)
