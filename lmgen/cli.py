@@ -148,7 +148,7 @@ def generate(
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weight dtype: float32, bfloat16 or float16."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights: float32, bfloat16, float16 or int8 (on the CPU activations stay fp32)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
@@ -277,7 +277,7 @@ def score(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint directory (as for generate)."),
     window: Optional[int] = typer.Option(None, "--window", help="Tokens per forward pass (default 1024, at most the context)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Tokens between window starts (default window / 2)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weight dtype: float32, bfloat16 or float16."),
+    dtype: str = typer.Option("float32", "--dtype", help="Weights: float32, bfloat16, float16 or int8 (on the CPU activations stay fp32)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
