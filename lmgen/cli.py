@@ -8,6 +8,7 @@ becomes one line on stderr and an exit code (see README, "Exit codes").
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -227,17 +228,16 @@ def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dic
 class loading_status:
     """A spinner on stderr while the model loads, if stderr is a terminal and loading takes a while."""
 
-    DELAY_S = 0.5
-
     def __enter__(self):
         self.timer = None
+        delay = float(os.environ.get("LMGEN_SPINNER_DELAY", "0.5"))
         if sys.stderr.isatty():
             import threading
 
             from rich.console import Console
 
             self.status = Console(stderr=True).status("loading model…")
-            self.timer = threading.Timer(self.DELAY_S, self.status.start)
+            self.timer = threading.Timer(delay, self.status.start)
             self.timer.daemon = True
             self.timer.start()
         return self

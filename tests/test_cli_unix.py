@@ -275,7 +275,10 @@ def test_terminal_gets_rich_styling_unless_no_color(lmgen_exe, tiny_dir):
 
 def test_loading_spinner_only_on_a_terminal(lmgen_exe, smollm2_dir):
     args = ["generate", "-m", str(smollm2_dir), "-n", "2", "Hi"]
-    on_terminal = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color"}, stream="stderr")
+    show_at_once = {"TERM": "xterm-256color", "LMGEN_SPINNER_DELAY": "0"}
+    on_terminal = run_on_a_terminal(lmgen_exe, args, show_at_once, stream="stderr")
     assert b"loading model" in on_terminal
-    piped = run_lmgen(lmgen_exe, *args)
+    piped = run_lmgen(lmgen_exe, *args, env=show_at_once)
     assert piped.returncode == 0 and piped.stderr == b""
+    quick = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "LMGEN_SPINNER_DELAY": "60"}, "stderr")
+    assert b"loading model" not in quick  # loading took less than the delay: no spinner
