@@ -70,7 +70,7 @@ def json_line(record: dict) -> None:
     write_out(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def rich_console(stream) -> "Console | None":
+def rich_console(stream):
     """A rich console for a terminal without NO_COLOR, else None (plain bytes)."""
     if not stream.isatty() or os.environ.get("NO_COLOR"):
         return None

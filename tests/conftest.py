@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+ANSI = re.compile(rb"\x1b\[")  # the start of a terminal escape sequence
 
 VOCAB = 300  # 256 byte tokens + one special token, with room to spare
 EOS = 256
@@ -95,3 +98,22 @@ def smollm2_reference():
     gguf = bundled_gguf()
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """A tiny random Llama with the byte tokenizer (tests that change it work on a copy)."""
+    path = tmp_path_factory.mktemp("tiny-llama")
+    save_tiny("llama", path)
+    return path
+
+
+def assert_one_line_error(result, code: int, pattern: str) -> None:
+    """The CLI failed with `code`: one 'lmgen: error:' line matching pattern, no traceback, no stdout."""
+    err = result.stderr.decode()
+    assert result.returncode == code, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("lmgen: error: ")
+    assert re.search(pattern, err), err
+    assert result.stdout == b""

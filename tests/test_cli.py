@@ -7,25 +7,7 @@ import sys
 
 import pytest
 
-from conftest import run_lmgen, save_tiny
-
-ANSI = re.compile(rb"\x1b\[")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama")
-    save_tiny("llama", path)
-    return path
-
-
-def assert_one_line_error(result, code, pattern):
-    assert result.returncode == code, result.stderr.decode()
-    err = result.stderr.decode()
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert re.search(pattern, err), err
-    assert result.stdout == b""
+from conftest import ANSI, assert_one_line_error, run_lmgen
 
 
 def test_generate_with_the_real_model(lmgen_exe, smollm2_dir):

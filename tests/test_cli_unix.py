@@ -10,26 +10,7 @@ import time
 
 import pytest
 
-from conftest import run_lmgen, save_tiny
-
-ANSI = re.compile(rb"\x1b\[")
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama")
-    save_tiny("llama", path)
-    return path
-
-
-def assert_one_line_error(result, code, pattern):
-    err = result.stderr.decode()
-    assert result.returncode == code, err
-    assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1, err
-    assert err.startswith("lmgen: error: ")
-    assert re.search(pattern, err), err
-    assert result.stdout == b""
+from conftest import ANSI, assert_one_line_error, run_lmgen, save_tiny
 
 
 def broken_copy(tiny_dir, tmp_path, what):

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from lmgen.checkpoint import load_model
 from lmgen.errors import CheckpointError
 from lmgen.generation import GenerationSettings, generate, load
 from lmgen.gguf_import import convert_gguf, unpermute_rows
