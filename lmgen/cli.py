@@ -186,10 +186,10 @@ def generate(
         renderer = render.JsonlRenderer(lm.tokenizer)
     else:
         renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs)
+    from lmgen.chat import render_chat
+
     for text in prompts:
         if chat:
-            from lmgen.chat import render_chat
-
             text = render_chat(lm.path, text, system)
         for record in generate_one(lm, text, settings, renderer, run, chat):
             if stats:

@@ -12,6 +12,7 @@ config is used), a ``.gguf`` file, or a TOML config (counts from the config).
 from __future__ import annotations
 
 import fnmatch
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,10 +41,7 @@ class TensorInfo:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for dim in self.shape:
-            n *= dim
-        return n
+        return math.prod(self.shape)
 
 
 def part_of(canonical: str) -> str:
@@ -77,13 +75,10 @@ def _safetensors_tensors(cfg: ModelConfig, files: tuple[Path, ...]) -> list[Tens
 
 def _config_tensors(cfg: ModelConfig) -> list[TensorInfo]:
     """The tensors a config implies (lmgen's canonical names, fp32), for a bare config."""
-    tensors = []
-    for name, shape in layout.canonical_shapes(cfg).items():
-        numel = 1
-        for dim in shape:
-            numel *= dim
-        tensors.append(TensorInfo(name, shape, "F32", 4 * numel, part_of(name)))
-    return tensors
+    return [
+        TensorInfo(name, shape, "F32", 4 * math.prod(shape), part_of(name))
+        for name, shape in layout.canonical_shapes(cfg).items()
+    ]
 
 
 def _gguf(path: Path) -> tuple[ModelConfig, list[TensorInfo]]:
