@@ -2,10 +2,10 @@
 
 A checkpoint directory holds a config (Hugging Face ``config.json`` or lmgen's
 ``config.toml``), weights as ``model.safetensors`` (or shards listed in
-``model.safetensors.index.json``) and usually a ``tokenizer.json``. Tensors are
-read through safetensors (memory-mapped, never pickle), renamed to lmgen's
-canonical names (``layout.py``), checked against the config, then fused into
-the model's own parameters.
+``model.safetensors.index.json``) and usually a ``tokenizer.json``. Every stored
+tensor is mapped to lmgen's canonical names (``layout.py``) and checked against
+the config from the safetensors headers alone, then read straight from the file
+into its place in the model's (fused) parameters. Pickle files are never loaded.
 
 Only the functions that build tensors import torch; finding files and reading
 headers does not.
