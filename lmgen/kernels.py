@@ -25,6 +25,8 @@ from torch import Tensor
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
+# For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
+SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
 MAX_ROWS = 16  # above this many rows (a long prompt) torch's matmul is the better tool
 
 
@@ -44,7 +46,10 @@ def _build(target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
+        try:
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
+        except subprocess.CalledProcessError:
+            subprocess.run([compiler, *SERIAL_FLAGS, str(SOURCE), "-o", str(built)], check=True, capture_output=True)
         os.replace(built, target)  # atomic: concurrent builders never see half a file
 
 

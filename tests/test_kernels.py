@@ -47,3 +47,19 @@ def test_native_decode_step_matches_torch_path(tmp_path, monkeypatch, family, dt
     monkeypatch.setattr(kernels, "library", lambda: None)
     reference = stepwise()
     assert (native - reference).abs().max().item() < 1e-4
+
+
+def test_the_serial_fallback_build_computes_the_same(tmp_path):
+    import ctypes
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    library = tmp_path / "serial.so"
+    subprocess.run([compiler, *kernels.SERIAL_FLAGS, str(kernels.SOURCE), "-o", str(library)], check=True)
+    lib = ctypes.CDLL(str(library))
+    lib.gemv_f32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+    w, x = torch.randn(70, 130), torch.randn(2, 130)
+    y = torch.empty(2, 70)
+    lib.gemv_f32(w.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 130, 2)
+    assert torch.allclose(y, x @ w.T, atol=1e-5)
