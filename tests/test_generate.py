@@ -179,3 +179,12 @@ def test_invalid_generation_settings_are_refused(kwargs):
 def test_empty_prompt_is_refused(lm):
     with pytest.raises(InputError):
         lmgen.generate(lm, "")
+
+
+def test_eos_ids_from_config_and_generation_config(tmp_path):
+    import json
+
+    save_tiny("llama", tmp_path)
+    assert lmgen.load(tmp_path).eos_ids == frozenset({256})
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 256]}))
+    assert lmgen.load(tmp_path).eos_ids == frozenset({7, 256})
