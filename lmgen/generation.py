@@ -165,18 +165,18 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
     history = TokenHistory(prompt_ids, n, model.cfg.vocab_size, device) if settings.sampling.uses_history else None
     cache = model.new_cache(batch=n, max_len=len(prompt_ids) + budget)
-    with torch.inference_mode():
-        logits = model(torch.tensor([prompt_ids], device=device), 0, cache.row(0), last_only=True)[:, -1]
-        cache.copy_row_to_all(0, len(prompt_ids))
-        logits = logits.expand(n, -1)
-        for step in range(budget):
-            tokens = sample_next_token(logits, settings.sampling, generator, history)
-            yield tokens, logits
-            if step == budget - 1:
-                return
-            if history is not None:
-                history.add(tokens)
-            logits = model(tokens[:, None], len(prompt_ids) + step, cache, last_only=True)[:, -1]
+    forward = torch.inference_mode()(model)  # per call: the caller's code between steps keeps its own mode
+    logits = forward(torch.tensor([prompt_ids], device=device), 0, cache.row(0), last_only=True)[:, -1]
+    cache.copy_row_to_all(0, len(prompt_ids))
+    logits = logits.expand(n, -1)
+    for step in range(budget):
+        tokens = sample_next_token(logits, settings.sampling, generator, history)
+        yield tokens, logits
+        if step == budget - 1:
+            return
+        if history is not None:
+            history.add(tokens)
+        logits = forward(tokens[:, None], len(prompt_ids) + step, cache, last_only=True)[:, -1]
 
 
 def prompt_ids_for(lm: LanguageModel, prompt: str, settings: GenerationSettings, chat: bool = False) -> list[int]:
