@@ -104,6 +104,7 @@ class TextRenderer:
 
     def start(self, prompt: str) -> None:
         self.prompt = prompt
+        self.buffers = [""] * len(self.buffers)  # --each-line: every prompt starts afresh
         if self.echo and not self.buffered:
             self.write(prompt, style="bold")
 

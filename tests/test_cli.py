@@ -127,3 +127,14 @@ def test_show_probs_fields_and_stderr_lines(lmgen_exe, tiny_dir):
 ])
 def test_bad_generation_controls(lmgen_exe, tiny_dir, args, pattern):
     assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)
+
+
+def test_each_line_with_several_samples_prints_each_prompts_own_text(lmgen_exe, tiny_dir):
+    args = ["generate", "-m", str(tiny_dir), "-n", "6", "-t", "1", "--seed", "4", "--num-samples", "2"]
+    records = [
+        json.loads(line)
+        for prompt in ("Once", "The cat")
+        for line in run_lmgen(lmgen_exe, *args, "--json", prompt).stdout.decode().splitlines()
+    ]
+    text = run_lmgen(lmgen_exe, *args, "--each-line", input=b"Once\nThe cat\n").stdout.decode()
+    assert text == "".join(r["text"] + "\n" for r in records)
