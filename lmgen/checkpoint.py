@@ -47,10 +47,15 @@ def locate(path: str | Path) -> CheckpointFiles:
         raise CheckpointError(f"{root} is a pickle checkpoint, which lmgen refuses to load (it can run code); {TO_SAFETENSORS}")
     if not root.is_dir():
         raise CheckpointError(f"model path {root} is not a directory (expected config + model.safetensors + tokenizer.json)")
+    return CheckpointFiles(root, find_config(root), _weight_files(root), _optional(root / "tokenizer.json"))
+
+
+def find_config(root: Path) -> Path:
+    """config.json (Hugging Face) or config.toml (lmgen's own) in a directory."""
     config = next((root / n for n in ("config.json", "config.toml") if (root / n).is_file()), None)
     if config is None:
         raise CheckpointError(f"{root} has no config.json or config.toml")
-    return CheckpointFiles(root, config, _weight_files(root), _optional(root / "tokenizer.json"))
+    return config
 
 
 def _optional(path: Path) -> Path | None:
@@ -80,9 +85,11 @@ def _weight_files(root: Path) -> tuple[Path, ...]:
 
 
 def read_config(files: CheckpointFiles) -> ModelConfig:
-    if files.config.suffix == ".toml":
-        return load_toml(files.config)
-    return load_hf_json(files.config)
+    return load_config_file(files.config)
+
+
+def load_config_file(path: Path) -> ModelConfig:
+    return load_toml(path) if path.suffix == ".toml" else load_hf_json(path)
 
 
 def read_header(path: Path) -> tuple[dict[str, dict], int]:
@@ -163,7 +170,7 @@ def _some(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-STORED_DTYPES = ("F32", "F16", "BF16", "F64")
+STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}  # → torch dtype
 
 
 def model_slot(target: str, cfg: ModelConfig) -> tuple[str, int]:
@@ -220,7 +227,7 @@ def _read_stored(f, stored: Stored, state: dict, cfg: ModelConfig, shapes: dict)
 
     if stored.dtype not in STORED_DTYPES:
         raise CheckpointError(f"tensor {stored.name} has dtype {stored.dtype}; lmgen reads {', '.join(STORED_DTYPES)}")
-    source_dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}[stored.dtype]
+    source_dtype = getattr(torch, STORED_DTYPES[stored.dtype])
     slots = [model_slot(target, cfg) for target in stored.mapped.targets]
     name, row = slots[0]
     dest = state[name]

@@ -206,12 +206,13 @@ def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dic
     tokens: list[list] = [[] for _ in range(settings.num_samples)]
     pieces: list[list[str]] = [[] for _ in range(settings.num_samples)]
     records: list[dict] = []
+    bytes_per_token = lm.model.weight_bytes_per_token()
     try:
         for event in events:
             if isinstance(event, Finished):
                 pieces[event.sample].append(event.text)
                 record = summary(text, tokens[event.sample], "".join(pieces[event.sample]), event,
-                                 settings.show_probs > 0, lm.tokenizer, lm.model.weight_bytes_per_token())
+                                 settings.show_probs > 0, lm.tokenizer, bytes_per_token)
                 renderer.finish(record, event.text)
                 records.append(record)
                 continue

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmgen import layout
-from lmgen.checkpoint import CheckpointFiles, locate, read_config, safetensors_header
-from lmgen.config import ModelConfig, load_hf_json, load_toml
+from lmgen.checkpoint import find_config, load_config_file, locate, read_config, safetensors_header
+from lmgen.config import ModelConfig
 from lmgen.errors import CheckpointError
 
 PARTS = ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head")
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 @dataclass(frozen=True)
@@ -106,25 +105,15 @@ def load_source(path: str | Path) -> tuple[str, ModelConfig, list[TensorInfo], s
     if path.suffix == ".gguf":
         cfg, tensors = _gguf(path)
         return str(path), cfg, tensors, "gguf"
-    if path.suffix == ".toml":
-        cfg = load_toml(path)
-        return str(path), cfg, _config_tensors(cfg), "config"
-    if path.suffix == ".json":
-        cfg = load_hf_json(path)
+    if path.suffix in (".toml", ".json"):
+        cfg = load_config_file(path)
         return str(path), cfg, _config_tensors(cfg), "config"
     if path.suffix == ".safetensors":
-        sibling = locate_config(path.parent)
+        sibling = load_config_file(find_config(path.parent))
         return str(path), sibling, _safetensors_tensors(sibling, (path,)), "safetensors"
     raise CheckpointError(
         f"{path} is not something inspect reads (a checkpoint directory, .safetensors, .gguf or .toml config)"
     )
-
-
-def locate_config(directory: Path) -> ModelConfig:
-    for name in ("config.json", "config.toml"):
-        if (directory / name).is_file():
-            return read_config(CheckpointFiles(directory, directory / name, (), None))
-    raise CheckpointError(f"no config.json or config.toml next to the safetensors file in {directory}")
 
 
 def report(path: str | Path, tensor_glob: str | None = None) -> dict:

@@ -28,6 +28,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
 MAX_ROWS = 16  # above this many rows (a long prompt) torch's matmul is the better tool
+WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the weight dtypes kernels.c reads
 
 
 def _cpu_fingerprint() -> str:
@@ -89,7 +90,7 @@ def usable(x: Tensor, weight: Tensor) -> bool:
         x.device.type == "cpu"
         and weight.is_contiguous()
         and x.numel() <= MAX_ROWS * weight.shape[1]
-        and weight.dtype in (torch.float32, torch.bfloat16, torch.int8)
+        and weight.dtype in WEIGHT_CODES
         and library() is not None
     )
 
@@ -111,7 +112,6 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor 
     return out if bias is None else out + bias
 
 
-WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
 MLP_CODES = {("swiglu", "silu"): 0, ("gelu", "gelu_tanh"): 1, ("gelu", "gelu"): 2}
 
