@@ -4,8 +4,8 @@ A checkpoint directory holds a config (Hugging Face ``config.json`` or lmgen's
 ``config.toml``), weights as ``model.safetensors`` (or shards listed in
 ``model.safetensors.index.json``) and usually a ``tokenizer.json``. Every stored
 tensor is mapped to lmgen's canonical names (``layout.py``) and checked against
-the config from the safetensors headers alone, then read straight from the file
-into its place in the model's (fused) parameters. Pickle files are never loaded.
+the config from the safetensors headers alone, then mapped from the file into
+the model's parameters (see ``read_state``). Pickle files are never loaded.
 
 Only the functions that build tensors import torch; finding files and reading
 headers does not.
@@ -14,7 +14,8 @@ headers does not.
 from __future__ import annotations
 
 import json
-import re
+import math
+import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,90 +174,83 @@ def _some(names: list[str], limit: int = 4) -> str:
 STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}  # → torch dtype
 
 
-def model_slot(target: str, cfg: ModelConfig) -> tuple[str, int]:
-    """Where a canonical tensor lives in the Decoder: (parameter name, first row).
+def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=None, mapped: bool = True) -> dict:
+    """The Decoder's state dict, mapped from the files wherever possible.
 
-    q, k and v share one ``attn.qkv`` projection; SwiGLU's gate and up share ``mlp.gate_up``.
+    Each file is memory-mapped copy-on-write. A tensor stored whole, untransposed and in
+    the dtype it is wanted in (matrices ``dtype``, vectors ``vector_dtype``) is a view of the
+    map: no copy, and no read before the first forward pass touches it. Tensors that must be
+    converted, transposed or split, and all of them with ``mapped=False`` (for weights about
+    to be replaced, such as by int8 copies), are copied out and the pages they came from
+    released, so that loading needs no memory beyond the weights themselves.
     """
-    match = re.fullmatch(r"(blocks\.\d+)\.attn\.([qkv])\.(weight|bias)", target)
-    if match:
-        row = {"q": 0, "k": cfg.q_dim, "v": cfg.q_dim + cfg.kv_dim}[match[2]]
-        return f"{match[1]}.attn.qkv.{match[3]}", row
-    match = re.fullmatch(r"(blocks\.\d+)\.mlp\.(gate|up)\.(weight|bias)", target)
-    if match and cfg.mlp == "swiglu":
-        return f"{match[1]}.mlp.gate_up.{match[3]}", 0 if match[2] == "gate" else cfg.d_mlp
-    return target, 0
-
-
-def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=None) -> dict:
-    """The Decoder's state dict, read straight from the files into its final tensors.
-
-    Matrices are stored in ``dtype``, vectors (norm weights, biases) in ``vector_dtype``. Each
-    stored tensor is read with one ``readinto`` into its place in the (possibly fused)
-    parameter, so loading needs no memory beyond the weights themselves, except one
-    temporary per tensor that must be transposed or converted.
-    """
-    import torch
-
     plan = _check_and_map(files, cfg)
-    vector_dtype = vector_dtype or dtype
     shapes = layout.canonical_shapes(cfg)
-    sizes: dict[str, list] = {}
-    for target, shape in shapes.items():
-        name, _ = model_slot(target, cfg)
-        rows = sizes.setdefault(name, [0, shape[1:]])
-        rows[0] += shape[0]
-    state = {
-        name: torch.empty((rows, *rest), dtype=dtype if rest else vector_dtype)
-        for name, (rows, rest) in sizes.items()
-    }
+    state: dict = {}
     for path in files.weights:
-        try:
-            with open(path, "rb", buffering=0) as f:
-                for stored in sorted((s for s in plan if s.path == path), key=lambda s: s.offset):
-                    _read_stored(f, stored, state, cfg, shapes)
-        except OSError as exc:
-            raise CheckpointError(f"cannot read {path}: {exc}") from None
+        data = _map_file(path)
+        for stored in plan:
+            if stored.path == path:
+                _unpack(data, stored, state, shapes, dtype, vector_dtype or dtype, mapped)
     if cfg.tied_embeddings:
         state["head.linear.weight"] = state["embed.weight"]
     return state
 
 
-def _read_stored(f, stored: Stored, state: dict, cfg: ModelConfig, shapes: dict) -> None:
+def _map_file(path: Path):
+    """The file's bytes: a private (copy-on-write) map, or read into memory where mapping fails."""
+    try:
+        with open(path, "rb") as f:
+            try:
+                return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            except (OSError, ValueError):
+                return bytearray(f.read())
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def _unpack(data, stored: Stored, state: dict, shapes: dict, dtype, vector_dtype, mapped: bool) -> None:
     import torch
 
     if stored.dtype not in STORED_DTYPES:
         raise CheckpointError(f"tensor {stored.name} has dtype {stored.dtype}; lmgen reads {', '.join(STORED_DTYPES)}")
     source_dtype = getattr(torch, STORED_DTYPES[stored.dtype])
-    slots = [model_slot(target, cfg) for target in stored.mapped.targets]
-    name, row = slots[0]
-    dest = state[name]
-    if len(slots) == 1 and not stored.mapped.transpose and dest.dtype == source_dtype:
-        _read_into(f, stored, dest[row : row + stored.shape[0]])  # straight into the parameter
-        return
-    tensor = torch.empty(stored.shape, dtype=source_dtype)
-    _read_into(f, stored, tensor)
+    count = math.prod(stored.shape)
+    if count * source_dtype.itemsize != stored.nbytes:
+        raise CheckpointError(f"tensor {stored.name} has {stored.nbytes} bytes of data, not the {count} values its shape needs")
+    tensor = torch.frombuffer(data, dtype=source_dtype, count=count, offset=stored.offset).view(stored.shape)
     if stored.mapped.transpose:
         tensor = tensor.t()
-    parts = tensor.split([shapes[target][0] for target in stored.mapped.targets])
-    for (name, row), part in zip(slots, parts):
-        state[name][row : row + part.shape[0]].copy_(part)
+    targets = stored.mapped.targets
+    parts = tensor.split([shapes[t][0] for t in targets]) if len(targets) > 1 else (tensor,)
+    copied = False
+    for target, part in zip(targets, parts):
+        want = dtype if part.dim() > 1 else vector_dtype
+        if mapped and part.dtype == want and part.is_contiguous():
+            state[target] = part  # a view of the mapped file
+        else:
+            state[target] = torch.empty(part.shape, dtype=want).copy_(part)
+            copied = True
+    if copied:
+        _release(data, stored.offset, stored.nbytes)
 
 
-def _read_into(f, stored: Stored, tensor) -> None:
-    import torch
+def _release(data, offset: int, nbytes: int) -> None:
+    """Drop the mapped pages wholly inside [offset, offset + nbytes): copied out, never read again."""
+    if not isinstance(data, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (offset + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
+    if end > start:
+        data.madvise(mmap.MADV_DONTNEED, start, end - start)
 
-    buffer = tensor.view(-1).view(torch.uint8).numpy()
-    f.seek(stored.offset)
-    if f.readinto(buffer) != stored.nbytes:
-        raise CheckpointError(f"{stored.path} ended early while reading tensor {stored.name}")
 
-
-def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=None):
+def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=None, mapped: bool = True):
     """Build a Decoder from a checkpoint directory. Returns (model, config, files).
 
     Weight matrices are stored in ``dtype``; norm weights and biases in ``vector_dtype``,
-    which also sets the dtype of the activations (default: ``dtype``).
+    which also sets the dtype of the activations (default: ``dtype``). ``mapped``: see
+    ``read_state``.
     """
     import torch
 
@@ -265,7 +259,7 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=N
     files = locate(path)
     cfg = read_config(files)
     dtype = dtype or torch.float32
-    state = read_state(files, cfg, dtype, vector_dtype)
+    state = read_state(files, cfg, dtype, vector_dtype, mapped)
     with torch.device("meta"):
         model = Decoder(cfg)
     model.load_state_dict(state, strict=True, assign=True)

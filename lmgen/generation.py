@@ -67,7 +67,10 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
     # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
     # stay fp32 (more exact, and what the native decode kernels take). On a GPU all is dtype.
     vector_dtype = torch.float32 if torch_device.type == "cpu" or int8 else torch_dtype
-    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device, vector_dtype)
+    # fp32 weights about to be quantized are copied out of the file rather than mapped: as
+    # anonymous memory each is freed when its int8 copy replaces it.
+    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device, vector_dtype,
+                                   mapped=not int8)
     if int8:
         from lmgen.linear import quantize_int8
 

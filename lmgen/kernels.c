@@ -6,23 +6,53 @@
  * W is fp32, bf16 (upper half of an fp32) or int8 with one fp32 scale per row; x and y are
  * always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
  */
+#include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __AVX512F__
 #include <immintrin.h>
 #endif
 static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 
+#ifdef __AVX512F__
+/* Explicit AVX-512 with four accumulators: the compiler's own vectorisation of these loops
+ * depends on how they are inlined, and was seen to fall back to scalar code. */
+static inline __m512 load16_f32(const float* w) { return _mm512_loadu_ps(w); }
+static inline __m512 load16_bf16(const uint16_t* w) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)w)), 16));
+}
+#define DOT_AVX512(load, w, x, K, k, acc)                                                   \
+  do {                                                                                      \
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();                              \
+    __m512 a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();                              \
+    for (; k + 64 <= K; k += 64) {                                                          \
+      a0 = _mm512_fmadd_ps(load(w + k), _mm512_loadu_ps(x + k), a0);                        \
+      a1 = _mm512_fmadd_ps(load(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);              \
+      a2 = _mm512_fmadd_ps(load(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);              \
+      a3 = _mm512_fmadd_ps(load(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);              \
+    }                                                                                       \
+    for (; k + 16 <= K; k += 16) a0 = _mm512_fmadd_ps(load(w + k), _mm512_loadu_ps(x + k), a0); \
+    acc = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3))); \
+  } while (0)
+#endif
+
 static inline float dot_f32(const float* restrict w, const float* restrict x, int64_t K) {
+  int64_t k = 0;
   float acc = 0.f;
-  #pragma omp simd reduction(+:acc)
-  for (int64_t k = 0; k < K; k++) acc += w[k] * x[k];
+#ifdef __AVX512F__
+  DOT_AVX512(load16_f32, w, x, K, k, acc);
+#endif
+  for (; k < K; k++) acc += w[k] * x[k];
   return acc;
 }
 static inline float dot_bf16(const uint16_t* restrict w, const float* restrict x, int64_t K) {
+  int64_t k = 0;
   float acc = 0.f;
-  #pragma omp simd reduction(+:acc)
-  for (int64_t k = 0; k < K; k++) acc += bf16_to_f32(w[k]) * x[k];
+#ifdef __AVX512F__
+  DOT_AVX512(load16_bf16, w, x, K, k, acc);
+#endif
+  for (; k < K; k++) acc += bf16_to_f32(w[k]) * x[k];
   return acc;
 }
 static inline float dot_i8(const int8_t* restrict w, const float* restrict x, int64_t K) {
@@ -43,20 +73,38 @@ static inline float dot_i8(const int8_t* restrict w, const float* restrict x, in
   return acc;
 }
 
-void gemv_f32(const float* W, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
-  #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < N; r++)
-    for (int64_t m = 0; m < M; m++) y[m * N + r] = dot_f32(W + r * K, x + m * K, K);
+enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
+enum { NORM_RMS = 0, NORM_LAYER = 1 };
+enum { MLP_SWIGLU = 0, MLP_GELU_TANH = 1, MLP_GELU = 2 };
+
+/* One projection of a block: y (M, n) = x (M, K) @ W.T * scale + bias. */
+typedef struct { const void* w; const float* scale; const float* bias; float* y; int64_t n; } Projection;
+
+static inline float dot_row(int dtype, const void* W, int64_t r, const float* x, int64_t K) {
+  if (dtype == W_I8) return dot_i8((const int8_t*)W + r * K, x, K);
+  if (dtype == W_BF16) return dot_bf16((const uint16_t*)W + r * K, x, K);
+  return dot_f32((const float*)W + r * K, x, K);
 }
-void gemv_bf16(const uint16_t* W, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+
+/* Several projections of the same input (q, k and v; gate and up) with their rows split
+ * across threads as one job: one parallel region, and no fused copy of the weights needed. */
+static void project(int dtype, const Projection* p, int count, const float* x, int64_t K, int64_t M) {
+  int64_t total = 0;
+  for (int i = 0; i < count; i++) total += p[i].n;
   #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < N; r++)
-    for (int64_t m = 0; m < M; m++) y[m * N + r] = dot_bf16(W + r * K, x + m * K, K);
+  for (int64_t row = 0; row < total; row++) {
+    int i = 0;
+    int64_t r = row;
+    while (r >= p[i].n) r -= p[i++].n;
+    float s = p[i].scale ? p[i].scale[r] : 1.f, b = p[i].bias ? p[i].bias[r] : 0.f;
+    for (int64_t m = 0; m < M; m++) p[i].y[m * p[i].n + r] = dot_row(dtype, p[i].w, r, x + m * K, K) * s + b;
+  }
 }
-void gemv_i8(const int8_t* W, const float* scale, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
-  #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < N; r++)
-    for (int64_t m = 0; m < M; m++) y[m * N + r] = dot_i8(W + r * K, x + m * K, K) * scale[r];
+
+/* y (M, N) = x (M, K) @ W.T (* scale per row): a Linear layer's few-row product. */
+void gemv(int dtype, const void* W, const float* scale, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+  Projection p = {W, scale, NULL, y, N};
+  project(dtype, &p, 1, x, K, M);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -64,22 +112,6 @@ void gemv_i8(const int8_t* W, const float* scale, const float* x, float* y, int6
  * The same arithmetic as lmgen/model.py's Block (fp32 activations), without PyTorch's per-op cost,
  * which for a 576-wide model is larger than the arithmetic itself.
  */
-#include <math.h>
-#include <stdlib.h>
-
-enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
-enum { NORM_RMS = 0, NORM_LAYER = 1 };
-enum { MLP_SWIGLU = 0, MLP_GELU_TANH = 1, MLP_GELU = 2 };
-
-static void project(int dtype, const void* W, const float* scale, const float* bias, const float* x, float* y,
-                    int64_t N, int64_t K, int64_t M) {
-  if (dtype == W_I8) gemv_i8((const int8_t*)W, scale, x, y, N, K, M);
-  else if (dtype == W_BF16) gemv_bf16((const uint16_t*)W, x, y, N, K, M);
-  else gemv_f32((const float*)W, x, y, N, K, M);
-  if (bias)
-    for (int64_t m = 0; m < M; m++)
-      for (int64_t n = 0; n < N; n++) y[m * N + n] += bias[n];
-}
 
 static void normalize(int kind, float eps, const float* w, const float* b, const float* x, float* out,
                       int64_t M, int64_t d) {
@@ -111,35 +143,40 @@ static void rope(float* v, const float* cos, const float* sin, int64_t hd) {
   }
 }
 
+/* params holds (weight, scale, bias) for each projection in turn: q, k, v, o, gate, up, down
+ * (gate's weight is NULL for a GELU MLP; scale is NULL unless the weights are int8). */
 void decode_block(
     float* x, int64_t M, int64_t d, int norm_kind, float eps,
     const float* n1w, const float* n1b, const float* n2w, const float* n2b, int wdtype,
-    const void* qkv_w, const float* qkv_s, const float* qkv_b,
-    const void* o_w, const float* o_s, const float* o_b,
-    const void* in_w, const float* in_s, const float* in_b,
-    const void* down_w, const float* down_s, const float* down_b,
+    const void* const* params,
     int64_t n_heads, int64_t n_kv, int64_t hd, int64_t d_mlp, int mlp_kind,
     float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride, int64_t pos,
     const float* cos, const float* sin, int64_t window) {
-  int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, qkv_dim = q_dim + 2 * kv_dim;
-  int64_t in_dim = mlp_kind == MLP_SWIGLU ? 2 * d_mlp : d_mlp;
+  enum { Q, K, V, O, GATE, UP, DOWN };
+  int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd;
   int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
   float* h = malloc(sizeof(float) * M * d);
-  float* qkv = malloc(sizeof(float) * M * qkv_dim);
+  float* q = malloc(sizeof(float) * M * q_dim);
+  float* k = malloc(sizeof(float) * M * kv_dim);
+  float* v = malloc(sizeof(float) * M * kv_dim);
   float* att = malloc(sizeof(float) * M * q_dim);
-  float* mid = malloc(sizeof(float) * M * in_dim);
+  float* gate = malloc(sizeof(float) * M * d_mlp);
+  float* up = malloc(sizeof(float) * M * d_mlp);
   float* out = malloc(sizeof(float) * M * d);
   float* scores = malloc(sizeof(float) * M * n_heads * n_keys);
+#define PROJ(i, y, n) ((Projection){params[3 * (i)], params[3 * (i) + 1], params[3 * (i) + 2], (y), (n)})
 
   normalize(norm_kind, eps, n1w, n1b, x, h, M, d);
-  project(wdtype, qkv_w, qkv_s, qkv_b, h, qkv, qkv_dim, d, M);
+  Projection qkv[3] = {PROJ(Q, q, q_dim), PROJ(K, k, kv_dim), PROJ(V, v, kv_dim)};
+  project(wdtype, qkv, 3, h, d, M);
   for (int64_t m = 0; m < M; m++) {  /* rotary positions, then append k and v to the cache */
-    float* q = qkv + m * qkv_dim;
-    for (int64_t j = 0; j < n_heads + n_kv; j++)
-      if (cos) rope(q + j * hd, cos, sin, hd);
+    if (cos) {
+      for (int64_t j = 0; j < n_heads; j++) rope(q + m * q_dim + j * hd, cos, sin, hd);
+      for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, cos, sin, hd);
+    }
     for (int64_t g = 0; g < n_kv; g++) {
-      memcpy(k_cache + m * batch_stride + g * head_stride + pos * hd, q + q_dim + g * hd, sizeof(float) * hd);
-      memcpy(v_cache + m * batch_stride + g * head_stride + pos * hd, q + q_dim + kv_dim + g * hd, sizeof(float) * hd);
+      memcpy(k_cache + m * batch_stride + g * head_stride + pos * hd, k + m * kv_dim + g * hd, sizeof(float) * hd);
+      memcpy(v_cache + m * batch_stride + g * head_stride + pos * hd, v + m * kv_dim + g * hd, sizeof(float) * hd);
     }
   }
   float scale = 1.f / sqrtf((float)hd);
@@ -147,7 +184,7 @@ void decode_block(
   for (int64_t m = 0; m < M; m++)
     for (int64_t head = 0; head < n_heads; head++) {
       int64_t g = head / (n_heads / n_kv);
-      const float* q = qkv + m * qkv_dim + head * hd;
+      const float* qh = q + m * q_dim + head * hd;
       const float* keys = k_cache + m * batch_stride + g * head_stride;
       const float* vals = v_cache + m * batch_stride + g * head_stride;
       float* s = scores + (m * n_heads + head) * n_keys;
@@ -155,7 +192,7 @@ void decode_block(
       for (int64_t j = 0; j < n_keys; j++) {
         const float* kj = keys + (first + j) * hd;
         float dot = 0.f;
-        for (int64_t i = 0; i < hd; i++) dot += q[i] * kj[i];
+        for (int64_t i = 0; i < hd; i++) dot += qh[i] * kj[i];
         s[j] = dot * scale;
         if (s[j] > top) top = s[j];
       }
@@ -168,22 +205,22 @@ void decode_block(
         for (int64_t i = 0; i < hd; i++) o[i] += p * vj[i];
       }
     }
-  project(wdtype, o_w, o_s, o_b, att, out, d, q_dim, M);
+  Projection o_proj = PROJ(O, out, d);
+  project(wdtype, &o_proj, 1, att, q_dim, M);
   for (int64_t i = 0; i < M * d; i++) x[i] += out[i];
 
   normalize(norm_kind, eps, n2w, n2b, x, h, M, d);
-  project(wdtype, in_w, in_s, in_b, h, mid, in_dim, d, M);
-  for (int64_t m = 0; m < M; m++) {
-    float* r = mid + m * in_dim;
-    for (int64_t i = 0; i < d_mlp; i++) {
-      float a = r[i];
-      if (mlp_kind == MLP_SWIGLU) r[i] = a / (1.f + expf(-a)) * r[d_mlp + i];
-      else if (mlp_kind == MLP_GELU_TANH) r[i] = 0.5f * a * (1.f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
-      else r[i] = 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
-    }
-    if (mlp_kind == MLP_SWIGLU && M > 1) memmove(mid + m * d_mlp, r, sizeof(float) * d_mlp);
+  Projection mlp_in[2] = {PROJ(UP, up, d_mlp), PROJ(GATE, gate, d_mlp)};
+  project(wdtype, mlp_in, mlp_kind == MLP_SWIGLU ? 2 : 1, h, d, M);
+  for (int64_t i = 0; i < M * d_mlp; i++) {
+    float a = mlp_kind == MLP_SWIGLU ? gate[i] : up[i];
+    if (mlp_kind == MLP_SWIGLU) up[i] = a / (1.f + expf(-a)) * up[i];
+    else if (mlp_kind == MLP_GELU_TANH) up[i] = 0.5f * a * (1.f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
+    else up[i] = 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
   }
-  project(wdtype, down_w, down_s, down_b, mid, out, d, d_mlp, M);
+  Projection down = PROJ(DOWN, out, d);
+  project(wdtype, &down, 1, up, d_mlp, M);
   for (int64_t i = 0; i < M * d; i++) x[i] += out[i];
-  free(h); free(qkv); free(att); free(mid); free(out); free(scores);
+#undef PROJ
+  free(h); free(q); free(k); free(v); free(att); free(gate); free(up); free(out); free(scores);
 }

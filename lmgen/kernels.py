@@ -69,15 +69,16 @@ def library() -> ctypes.CDLL | None:
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError):
         return None
-    pointers, sizes = [ctypes.c_void_p] * 3, [ctypes.c_int64] * 3
-    lib.gemv_f32.argtypes = pointers + sizes
-    lib.gemv_bf16.argtypes = pointers + sizes
-    lib.gemv_i8.argtypes = [ctypes.c_void_p] + pointers + sizes
-    for fn in (lib.gemv_f32, lib.gemv_bf16, lib.gemv_i8):
-        fn.restype = None
+    return declare(lib)
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give the library's functions their C signatures."""
     i64, ptr, flt, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
+    lib.gemv.restype = None
     lib.decode_block.argtypes = (
-        [ptr, i64, i64, int_, flt] + [ptr] * 4 + [int_] + [ptr] * 12
+        [ptr, i64, i64, int_, flt] + [ptr] * 4 + [int_, ptr]
         + [i64, i64, i64, i64, int_] + [ptr, ptr, i64, i64, i64] + [ptr, ptr, i64]
     )
     lib.decode_block.restype = None
@@ -97,17 +98,11 @@ def usable(x: Tensor, weight: Tensor) -> bool:
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
     """x @ weight.T (* scale per output row) + bias, for x of shape (..., in_features)."""
-    lib = library()
     n_out, n_in = weight.shape
     rows = x.reshape(-1, n_in).to(torch.float32).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    args = (rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])
-    if weight.dtype == torch.int8:
-        lib.gemv_i8(weight.data_ptr(), scale.data_ptr(), *args)
-    elif weight.dtype == torch.bfloat16:
-        lib.gemv_bf16(weight.data_ptr(), *args)
-    else:
-        lib.gemv_f32(weight.data_ptr(), *args)
+    library().gemv(WEIGHT_CODES[weight.dtype], weight.data_ptr(), _ptr(scale), rows.data_ptr(), out.data_ptr(),
+                   n_out, n_in, rows.shape[0])
     out = out.view(*x.shape[:-1], n_out).to(x.dtype)
     return out if bias is None else out + bias
 
@@ -120,13 +115,15 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _projection(layer) -> tuple:
-    return layer.weight.data_ptr(), _ptr(getattr(layer, "scale", None)), _ptr(layer.bias)
+def _projections(block) -> list:
+    """The block's projections in the order decode_block takes them (gate is None for GELU)."""
+    attn, mlp = block.attn, block.mlp
+    return [attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down]
 
 
 def block_supported(block, x: Tensor, cache) -> bool:
     """Whether decode_block can run this block: one new fp32 token per sample on the CPU."""
-    layers = (block.attn.qkv, block.attn.o, block.mlp.w_in, block.mlp.down)
+    layers = [layer for layer in _projections(block) if layer is not None]
     dtypes = {layer.weight.dtype for layer in layers}
     return (
         x.device.type == "cpu"
@@ -142,6 +139,23 @@ def block_supported(block, x: Tensor, cache) -> bool:
     )
 
 
+def _block_pointers(block):
+    """A C array of (weight, scale, bias) pointers per projection, NULL where there is none.
+
+    Built once per block and reused while the tensors stay where they are: building it
+    costs more than the arithmetic of a small layer.
+    """
+    tensors = []
+    for layer in _projections(block):
+        tensors += (None, None, None) if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
+    key = tuple(t.data_ptr() if t is not None else None for t in tensors)
+    cached = block.__dict__.get("_native_pointers")
+    if cached is None or cached[0] != key:
+        cached = key, (ctypes.c_void_p * len(key))(*key)
+        block.__dict__["_native_pointers"] = cached
+    return cached[1]
+
+
 def decode_block(block, x: Tensor, ctx, layer: int) -> None:
     """Run one Block on x (batch, 1, d_model) in place, appending to the KV cache."""
     cfg = block.attn.cfg
@@ -151,9 +165,8 @@ def decode_block(block, x: Tensor, ctx, layer: int) -> None:
         x.data_ptr(), x.shape[0], cfg.d_model, NORM_CODES[cfg.norm], cfg.norm_eps,
         block.attn_norm.weight.data_ptr(), _ptr(getattr(block.attn_norm, "bias", None)),
         block.mlp_norm.weight.data_ptr(), _ptr(getattr(block.mlp_norm, "bias", None)),
-        WEIGHT_CODES[block.attn.qkv.weight.dtype],
-        *_projection(block.attn.qkv), *_projection(block.attn.o),
-        *_projection(block.mlp.w_in), *_projection(block.mlp.down),
+        WEIGHT_CODES[block.attn.q.weight.dtype],
+        _block_pointers(block),
         cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, MLP_CODES[(cfg.mlp, cfg.activation)],
         k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1), ctx.start_pos,
         _ptr(cos), _ptr(sin), cfg.sliding_window or 0,

@@ -21,6 +21,9 @@ class Linear(nn.Linear):
     """With weights narrower than the activations (bf16 weights on the CPU) the weights are
     widened for the product, so that prefill computes exactly what the decode kernels do."""
 
+    def reset_parameters(self) -> None:
+        """No random init: the weights always come from a checkpoint (as the Decoder's embeddings do)."""
+
     def forward(self, x: Tensor) -> Tensor:
         if kernels.usable(x, self.weight):
             return kernels.linear(x, self.weight, self.bias)

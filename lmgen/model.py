@@ -87,16 +87,17 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.qkv = Linear(cfg.d_model, cfg.q_dim + 2 * cfg.kv_dim, bias=cfg.qkv_bias)
+        self.q = Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
+        self.k = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
+        self.v = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
         self.o = Linear(cfg.q_dim, cfg.d_model, bias=cfg.o_bias)
 
     def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
         cfg = self.cfg
         batch, seq, _ = x.shape
-        q, k, v = self.qkv(x).split((cfg.q_dim, cfg.kv_dim, cfg.kv_dim), dim=-1)
-        q = q.view(batch, seq, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        q = self.q(x).view(batch, seq, cfg.n_heads, cfg.head_dim).transpose(1, 2)
+        k = self.k(x).view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        v = self.v(x).view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
         if ctx.rope is not None:
             q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
         if ctx.cache is not None:
@@ -126,27 +127,18 @@ def single_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
 
 
 class MLP(nn.Module):
-    """GELU MLP (``up`` → GELU → ``down``) or SwiGLU (``gate_up`` → silu(gate)·up → ``down``)."""
+    """GELU MLP (``up`` → GELU → ``down``) or SwiGLU (silu(``gate``)·``up`` → ``down``)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gated = cfg.mlp == "swiglu"
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-        if self.gated:
-            self.gate_up = Linear(cfg.d_model, 2 * cfg.d_mlp, bias=cfg.mlp_bias)
-        else:
-            self.up = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
+        self.gate = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias) if cfg.mlp == "swiglu" else None
+        self.up = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
         self.down = Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
 
-    @property
-    def w_in(self) -> nn.Module:
-        """The input projection: [gate; up] for SwiGLU, up for GELU."""
-        return self.gate_up if self.gated else self.up
-
     def forward(self, x: Tensor) -> Tensor:
-        if self.gated:
-            gate, up = self.gate_up(x).chunk(2, dim=-1)
-            return self.down(F.silu(gate) * up)
+        if self.gate is not None:
+            return self.down(F.silu(self.gate(x)) * self.up(x))
         return self.down(F.gelu(self.up(x), approximate=self.approximate))
 
 
@@ -209,6 +201,8 @@ def attention_mask(cfg: ModelConfig, start_pos: int, seq: int, device) -> tuple[
 
 
 class Decoder(nn.Module):
+    """The whole model. Its parameters start uninitialised: ``checkpoint.load_model`` fills them."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg

@@ -123,3 +123,53 @@ def test_bad_paths_are_reported(llama_dir, tmp_path, what):
         (path / ("config.json" if what == "no-config" else "model.safetensors")).unlink()
     with pytest.raises(CheckpointError):
         load_model(path)
+
+
+def test_weights_are_mapped_from_the_file_not_copied(llama_dir):
+    """fp32 tensors stored as the model uses them sit in the file's map, at the file's offsets."""
+    from lmgen.checkpoint import read_header
+
+    header, data_start = read_header(llama_dir / "model.safetensors")
+    model, _, _ = load_model(llama_dir)
+    params = {"model.embed_tokens.weight": model.embed.weight,
+              "model.layers.1.self_attn.q_proj.weight": model.blocks[1].attn.q.weight,
+              "model.layers.0.mlp.down_proj.weight": model.blocks[0].mlp.down.weight}
+    base = model.embed.weight.data_ptr() - header["model.embed_tokens.weight"]["data_offsets"][0]
+    stored = load_file(llama_dir / "model.safetensors")
+    for name, param in params.items():
+        assert param.data_ptr() == base + header[name]["data_offsets"][0]
+        assert torch.equal(param, stored[name])
+
+
+def test_writing_to_a_mapped_weight_leaves_the_file_alone(llama_dir):
+    before = (llama_dir / "model.safetensors").read_bytes()
+    model, _, _ = load_model(llama_dir)
+    with torch.no_grad():
+        model.embed.weight.add_(1.0)
+    assert (llama_dir / "model.safetensors").read_bytes() == before
+
+
+def test_converted_weights_match_the_file(llama_dir):
+    model, _, _ = load_model(llama_dir, dtype=torch.bfloat16, vector_dtype=torch.float32)
+    stored = load_file(llama_dir / "model.safetensors")
+    assert model.blocks[0].attn.k.weight.dtype == torch.bfloat16
+    assert torch.equal(model.blocks[0].attn.k.weight, stored["model.layers.0.self_attn.k_proj.weight"].bfloat16())
+    assert torch.equal(model.blocks[0].mlp_norm.weight, stored["model.layers.0.post_attention_layernorm.weight"])
+
+
+def test_tensors_at_unaligned_offsets_load(llama_dir, tmp_path):
+    """safetensors does not promise aligned data: pad the header so that every tensor starts at 2 mod 8."""
+    import struct
+
+    path = copy_dir(llama_dir, tmp_path / "shifted")
+    data = (path / "model.safetensors").read_bytes()
+    (size,) = struct.unpack("<Q", data[:8])
+    header = data[8 : 8 + size].rstrip(b" ")
+    header += b" " * ((2 - len(header)) % 8)
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data[8 + size :])
+    shifted, _, _ = load_model(path)
+    original, _, _ = load_model(llama_dir)
+    assert shifted.blocks[0].attn.q.weight.data_ptr() % 4 != 0
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        assert torch.equal(shifted(ids), original(ids))

@@ -57,9 +57,8 @@ def test_the_serial_fallback_build_computes_the_same(tmp_path):
     compiler = shutil.which("cc") or shutil.which("gcc")
     library = tmp_path / "serial.so"
     subprocess.run([compiler, *kernels.SERIAL_FLAGS, str(kernels.SOURCE), "-o", str(library)], check=True)
-    lib = ctypes.CDLL(str(library))
-    lib.gemv_f32.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3
+    lib = kernels.declare(ctypes.CDLL(str(library)))
     w, x = torch.randn(70, 130), torch.randn(2, 130)
     y = torch.empty(2, 70)
-    lib.gemv_f32(w.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 130, 2)
+    lib.gemv(kernels.WEIGHT_CODES[torch.float32], w.data_ptr(), None, x.data_ptr(), y.data_ptr(), 70, 130, 2)
     assert torch.allclose(y, x @ w.T, atol=1e-5)
