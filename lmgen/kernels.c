@@ -143,16 +143,19 @@ static void rope(float* v, const float* cos, const float* sin, int64_t hd) {
   }
 }
 
-/* params holds (weight, scale, bias) for each projection in turn: q, k, v, o, gate, up, down
- * (gate's weight is NULL for a GELU MLP; scale is NULL unless the weights are int8). */
-void decode_block(
-    float* x, int64_t M, int64_t d, int norm_kind, float eps,
-    const float* n1w, const float* n1b, const float* n2w, const float* n2b, int wdtype,
-    const void* const* params,
+/* One layer's weights, as a row of the table decode_layers takes: the two norms' weight and
+ * bias, then (weight, scale, bias) for each projection in turn: q, k, v, o, gate, up, down.
+ * NULL where there is none: biases mostly, scales unless the weights are int8, gate for GELU. */
+enum { NORM1_W, NORM1_B, NORM2_W, NORM2_B, PROJECTIONS, LAYER_POINTERS = PROJECTIONS + 3 * 7 };
+
+static void decode_block(
+    float* x, int64_t M, int64_t d, int norm_kind, float eps, int wdtype, const void* const* t,
     int64_t n_heads, int64_t n_kv, int64_t hd, int64_t d_mlp, int mlp_kind,
     float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride, int64_t pos,
     const float* cos, const float* sin, int64_t window) {
   enum { Q, K, V, O, GATE, UP, DOWN };
+  const float *n1w = t[NORM1_W], *n1b = t[NORM1_B], *n2w = t[NORM2_W], *n2b = t[NORM2_B];
+  const void* const* params = t + PROJECTIONS;
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd;
   int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
   float* h = malloc(sizeof(float) * M * d);
@@ -223,4 +226,18 @@ void decode_block(
   for (int64_t i = 0; i < M * d; i++) x[i] += out[i];
 #undef PROJ
   free(h); free(q); free(k); free(v); free(att); free(gate); free(up); free(out); free(scores);
+}
+
+/* Every block of the model for one new token per sample, in place on x (M, d). The KV cache
+ * holds all layers: layer l's keys start at k_cache + l * layer_stride. */
+void decode_layers(
+    float* x, int64_t M, int64_t d, int norm_kind, float eps, int wdtype,
+    int64_t n_layers, const void* const* table,
+    int64_t n_heads, int64_t n_kv, int64_t hd, int64_t d_mlp, int mlp_kind,
+    float* k_cache, float* v_cache, int64_t layer_stride, int64_t batch_stride, int64_t head_stride, int64_t pos,
+    const float* cos, const float* sin, int64_t window) {
+  for (int64_t l = 0; l < n_layers; l++)
+    decode_block(x, M, d, norm_kind, eps, wdtype, table + l * LAYER_POINTERS, n_heads, n_kv, hd, d_mlp, mlp_kind,
+                 k_cache + l * layer_stride, v_cache + l * layer_stride, batch_stride, head_stride, pos,
+                 cos, sin, window);
 }

@@ -27,7 +27,9 @@ SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
-MAX_ROWS = 16  # above this many rows (a long prompt) torch's matmul is the better tool
+# Above this many rows (a long prompt) torch's matmul is the better tool; for int8 weights,
+# which torch must first widen to fp32, only much later.
+MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16, torch.int8: 128}
 WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the weight dtypes kernels.c reads
 
 
@@ -77,11 +79,11 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, flt, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
     lib.gemv.restype = None
-    lib.decode_block.argtypes = (
-        [ptr, i64, i64, int_, flt] + [ptr] * 4 + [int_, ptr]
-        + [i64, i64, i64, i64, int_] + [ptr, ptr, i64, i64, i64] + [ptr, ptr, i64]
+    lib.decode_layers.argtypes = (
+        [ptr, i64, i64, int_, flt, int_, i64, ptr]
+        + [i64, i64, i64, i64, int_] + [ptr, ptr, i64, i64, i64, i64] + [ptr, ptr, i64]
     )
-    lib.decode_block.restype = None
+    lib.decode_layers.restype = None
     return lib
 
 
@@ -90,8 +92,8 @@ def usable(x: Tensor, weight: Tensor) -> bool:
     return (
         x.device.type == "cpu"
         and weight.is_contiguous()
-        and x.numel() <= MAX_ROWS * weight.shape[1]
         and weight.dtype in WEIGHT_CODES
+        and x.numel() <= MAX_ROWS[weight.dtype] * weight.shape[1]
         and library() is not None
     )
 
@@ -115,59 +117,58 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _projections(block) -> list:
-    """The block's projections in the order decode_block takes them (gate is None for GELU)."""
+def _layer_tensors(block) -> list[Tensor | None]:
+    """One row of decode_layers' table: the norms' weight and bias, then (weight, scale, bias)
+    for q, k, v, o, gate, up and down (gate is None for a GELU MLP)."""
     attn, mlp = block.attn, block.mlp
-    return [attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down]
+    row = [block.attn_norm.weight, getattr(block.attn_norm, "bias", None),
+           block.mlp_norm.weight, getattr(block.mlp_norm, "bias", None)]
+    for layer in (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down):
+        row += (None, None, None) if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
+    return row
 
 
-def block_supported(block, x: Tensor, cache) -> bool:
-    """Whether decode_block can run this block: one new fp32 token per sample on the CPU."""
-    layers = [layer for layer in _projections(block) if layer is not None]
-    dtypes = {layer.weight.dtype for layer in layers}
-    return (
-        x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and x.shape[1] == 1
-        and cache is not None
-        and cache.k.dtype == torch.float32
-        and len(dtypes) == 1
-        and dtypes.pop() in WEIGHT_CODES
-        and all(layer.weight.is_contiguous() for layer in layers)
-        and block.attn_norm.weight.dtype == torch.float32
+class DecodePlan:
+    """A Decoder's decode step — every block, one new token per sample — as one native call.
+
+    Holds a table of each layer's weight pointers and the tensors themselves, so the pointers
+    stay valid. A plan is made with each KV cache, that is once per generation: weights
+    swapped in the middle of one are seen from the next.
+    """
+
+    def __init__(self, model, rows: list[list[Tensor | None]]):
+        self.cfg = model.cfg
+        self.tensors = rows  # keeps what the table points into alive
+        pointers = [t.data_ptr() if t is not None else None for row in rows for t in row]
+        self.table = (ctypes.c_void_p * len(pointers))(*pointers)
+        self.weight_code = WEIGHT_CODES[rows[0][4].dtype]
+
+    def run(self, x: Tensor, cache, start_pos: int, rope: tuple[Tensor, Tensor] | None) -> None:
+        """Run every block on x (batch, 1, d_model), contiguous fp32, in place; append to the cache."""
+        cfg = self.cfg
+        cos, sin = rope if rope is not None else (None, None)
+        library().decode_layers(
+            x.data_ptr(), x.shape[0], cfg.d_model, NORM_CODES[cfg.norm], cfg.norm_eps, self.weight_code,
+            cfg.n_layers, self.table,
+            cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, MLP_CODES[(cfg.mlp, cfg.activation)],
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
+            start_pos, _ptr(cos), _ptr(sin), cfg.sliding_window or 0,
+        )
+
+
+def decode_plan(model) -> DecodePlan | None:
+    """The model's native decode step, or None where the kernels cannot run it: not on the
+    CPU, activations not fp32, weight dtypes mixed or unknown, or no compiled library."""
+    rows = [_layer_tensors(block) for block in model.blocks]
+    weights = [t for row in rows for t in row[4::3] if t is not None]
+    vectors = [t for row in rows for t in row if t is not None and t.dim() == 1]  # norms, scales, biases
+    usable = (
+        model.device.type == "cpu"
+        and model.dtype == torch.float32
+        and len({w.dtype for w in weights}) == 1
+        and weights[0].dtype in WEIGHT_CODES
+        and all(w.is_contiguous() for w in weights)
+        and all(v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
         and library() is not None
     )
-
-
-def _block_pointers(block):
-    """A C array of (weight, scale, bias) pointers per projection, NULL where there is none.
-
-    Built once per block and reused while the tensors stay where they are: building it
-    costs more than the arithmetic of a small layer.
-    """
-    tensors = []
-    for layer in _projections(block):
-        tensors += (None, None, None) if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
-    key = tuple(t.data_ptr() if t is not None else None for t in tensors)
-    cached = block.__dict__.get("_native_pointers")
-    if cached is None or cached[0] != key:
-        cached = key, (ctypes.c_void_p * len(key))(*key)
-        block.__dict__["_native_pointers"] = cached
-    return cached[1]
-
-
-def decode_block(block, x: Tensor, ctx, layer: int) -> None:
-    """Run one Block on x (batch, 1, d_model) in place, appending to the KV cache."""
-    cfg = block.attn.cfg
-    k_cache, v_cache = ctx.cache.k[layer], ctx.cache.v[layer]
-    cos, sin = ctx.rope if ctx.rope is not None else (None, None)
-    library().decode_block(
-        x.data_ptr(), x.shape[0], cfg.d_model, NORM_CODES[cfg.norm], cfg.norm_eps,
-        block.attn_norm.weight.data_ptr(), _ptr(getattr(block.attn_norm, "bias", None)),
-        block.mlp_norm.weight.data_ptr(), _ptr(getattr(block.mlp_norm, "bias", None)),
-        WEIGHT_CODES[block.attn.q.weight.dtype],
-        _block_pointers(block),
-        cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, MLP_CODES[(cfg.mlp, cfg.activation)],
-        k_cache.data_ptr(), v_cache.data_ptr(), k_cache.stride(0), k_cache.stride(1), ctx.start_pos,
-        _ptr(cos), _ptr(sin), cfg.sliding_window or 0,
-    )
+    return DecodePlan(model, rows) if usable else None

@@ -38,18 +38,24 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 
 class KVCache:
-    """Preallocated keys and values for every layer, sliced to the filled length."""
+    """Preallocated keys and values for every layer, sliced to the filled length.
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
+    ``plan`` is the model's native decode step (``kernels.DecodePlan``) when it has one:
+    made with the cache, it serves the one generation the cache is for.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 plan: "kernels.DecodePlan | None" = None):
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)  # only the filled part is ever read
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
+        self.plan = plan
 
     def row(self, i: int) -> "KVCache":
         """A batch-1 view of sample i's slots (writes go to this cache)."""
         view = object.__new__(KVCache)
-        view.k, view.v, view.max_len = self.k[:, i : i + 1], self.v[:, i : i + 1], self.max_len
+        view.k, view.v, view.max_len, view.plan = self.k[:, i : i + 1], self.v[:, i : i + 1], self.max_len, self.plan
         return view
 
     def copy_row_to_all(self, i: int, length: int) -> None:
@@ -151,10 +157,6 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
-        if kernels.block_supported(self, x, ctx.cache):  # the decode step, in one native call
-            x = x.contiguous()
-            kernels.decode_block(self, x, ctx, layer)
-            return x
         x = x + self.attn(self.attn_norm(x), ctx, layer)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -244,7 +246,8 @@ class Decoder(nn.Module):
         return total
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)
+        max_len = min(max_len, self.cfg.max_context)
+        return KVCache(self.cfg, batch, max_len, self.dtype, self.device, kernels.decode_plan(self))
 
     def forward(
         self, tokens: Tensor, start_pos: int = 0, cache: KVCache | None = None, last_only: bool = False
@@ -261,8 +264,12 @@ class Decoder(nn.Module):
         ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, ctx, layer)
+        if seq == 1 and cache is not None and cache.plan is not None:
+            x = x.contiguous()
+            cache.plan.run(x, cache, start_pos, ctx.rope)  # the decode step: every block in one native call
+        else:
+            for layer, block in enumerate(self.blocks):
+                x = block(x, ctx, layer)
         if last_only:
             x = x[:, -1:]
         return self.head(x)
