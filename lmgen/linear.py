@@ -48,7 +48,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if kernels.usable(x, self.weight):
             return kernels.linear(x, self.weight, self.bias, self.scale)
-        return F.linear(x, (self.weight * self.scale[:, None]).to(x.dtype), self.bias)  # one dequantizing op
+        y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)  # scaled after the sum, as the kernels do
+        return y if self.bias is None else y + self.bias
 
 
 class Int8Embedding(nn.Module):
