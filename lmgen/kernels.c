@@ -17,7 +17,8 @@ static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; fl
 
 #ifdef __AVX512F__
 /* Explicit AVX-512 with four accumulators: the compiler's own vectorisation of these loops
- * depends on how they are inlined, and was seen to fall back to scalar code. */
+ * depends on how they are inlined, and was seen to fall back to scalar code. Elsewhere (and
+ * for the last few elements) the loops below, vectorised by the compiler. */
 static inline __m512 load16_f32(const float* w) { return _mm512_loadu_ps(w); }
 static inline __m512 load16_bf16(const uint16_t* w) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)w)), 16));
@@ -43,7 +44,8 @@ static inline float dot_f32(const float* restrict w, const float* restrict x, in
 #ifdef __AVX512F__
   DOT_AVX512(load16_f32, w, x, K, k, acc);
 #endif
-  for (; k < K; k++) acc += w[k] * x[k];
+  #pragma omp simd reduction(+:acc)
+  for (int64_t i = k; i < K; i++) acc += w[i] * x[i];
   return acc;
 }
 static inline float dot_bf16(const uint16_t* restrict w, const float* restrict x, int64_t K) {
@@ -52,7 +54,8 @@ static inline float dot_bf16(const uint16_t* restrict w, const float* restrict x
 #ifdef __AVX512F__
   DOT_AVX512(load16_bf16, w, x, K, k, acc);
 #endif
-  for (; k < K; k++) acc += bf16_to_f32(w[k]) * x[k];
+  #pragma omp simd reduction(+:acc)
+  for (int64_t i = k; i < K; i++) acc += bf16_to_f32(w[i]) * x[i];
   return acc;
 }
 static inline float dot_i8(const int8_t* restrict w, const float* restrict x, int64_t K) {
