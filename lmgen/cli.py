@@ -182,8 +182,9 @@ def generate(
         raise InputError("--system needs --chat")
 
     from lmgen.generation import GenerationSettings, generate as run, load, parse_device, parse_dtype
-    freeze_imports()
     from lmgen.sampling import SamplingSettings
+
+    freeze_imports()
 
     sampling = SamplingSettings(temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                                 frequency_penalty, presence_penalty)
@@ -310,10 +311,11 @@ def score(
 ) -> None:
     """Score TEXT: each token's log-probability and rank, total NLL and perplexity."""
     from lmgen.generation import load, parse_device, parse_dtype
-    freeze_imports()
     from lmgen.paths import resolve_model
     from lmgen.render import print_score, score_record
     from lmgen.score import score as run
+
+    freeze_imports()
 
     parse_dtype(dtype)
     parse_device(device)

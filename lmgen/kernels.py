@@ -117,6 +117,9 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
+NORM_POINTERS = 4  # a layer's row in decode_layers' table starts with the norms' weight and bias
+
+
 def _layer_tensors(block) -> list[Tensor | None]:
     """One row of decode_layers' table: the norms' weight and bias, then (weight, scale, bias)
     for q, k, v, o, gate, up and down (gate is None for a GELU MLP)."""
@@ -136,12 +139,12 @@ class DecodePlan:
     swapped in the middle of one are seen from the next.
     """
 
-    def __init__(self, model, rows: list[list[Tensor | None]]):
-        self.cfg = model.cfg
+    def __init__(self, cfg, rows: list[list[Tensor | None]], weight_dtype: torch.dtype):
+        self.cfg = cfg
         self.tensors = rows  # keeps what the table points into alive
         pointers = [t.data_ptr() if t is not None else None for row in rows for t in row]
         self.table = (ctypes.c_void_p * len(pointers))(*pointers)
-        self.weight_code = WEIGHT_CODES[rows[0][4].dtype]
+        self.weight_code = WEIGHT_CODES[weight_dtype]
 
     def run(self, x: Tensor, cache, start_pos: int, rope: tuple[Tensor, Tensor] | None) -> None:
         """Run every block on x (batch, 1, d_model), contiguous fp32, in place; append to the cache."""
@@ -160,7 +163,7 @@ def decode_plan(model) -> DecodePlan | None:
     """The model's native decode step, or None where the kernels cannot run it: not on the
     CPU, activations not fp32, weight dtypes mixed or unknown, or no compiled library."""
     rows = [_layer_tensors(block) for block in model.blocks]
-    weights = [t for row in rows for t in row[4::3] if t is not None]
+    weights = [t for row in rows for t in row[NORM_POINTERS::3] if t is not None]
     vectors = [t for row in rows for t in row if t is not None and t.dim() == 1]  # norms, scales, biases
     usable = (
         model.device.type == "cpu"
@@ -171,4 +174,4 @@ def decode_plan(model) -> DecodePlan | None:
         and all(v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
         and library() is not None
     )
-    return DecodePlan(model, rows) if usable else None
+    return DecodePlan(model.cfg, rows, weights[0].dtype) if usable else None
