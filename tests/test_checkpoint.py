@@ -26,6 +26,12 @@ def copy_dir(src, dst):
     return dst
 
 
+def assert_same_logits(model, reference):
+    ids = torch.arange(20)[None]
+    with torch.no_grad():
+        assert torch.equal(model(ids), reference(ids))
+
+
 def test_tied_head_is_the_embedding_parameter(tmp_path):
     save_tiny("llama", tmp_path, tie_word_embeddings=True)
     model, cfg, _ = load_model(tmp_path)
@@ -50,22 +56,14 @@ def test_sharded_checkpoint_loads(llama_dir, tmp_path):
     assert (tmp_path / "model.safetensors.index.json").exists()
     files = locate(tmp_path)
     assert len(files.weights) > 1
-    sharded, _, _ = load_model(tmp_path)
-    single, _, _ = load_model(llama_dir)
-    ids = torch.arange(20)[None]
-    with torch.no_grad():
-        assert torch.equal(sharded(ids), single(ids))
+    assert_same_logits(load_model(tmp_path)[0], load_model(llama_dir)[0])
 
 
 def test_toml_config_directory_loads(llama_dir, tmp_path):
     cfg = from_hf(json.loads((llama_dir / "config.json").read_text()))
     (tmp_path / "config.toml").write_text(to_toml(cfg))
     shutil.copy(llama_dir / "model.safetensors", tmp_path / "model.safetensors")
-    from_toml, _, _ = load_model(tmp_path)
-    from_json, _, _ = load_model(llama_dir)
-    ids = torch.arange(20)[None]
-    with torch.no_grad():
-        assert torch.equal(from_toml(ids), from_json(ids))
+    assert_same_logits(load_model(tmp_path)[0], load_model(llama_dir)[0])
 
 
 def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
@@ -168,8 +166,5 @@ def test_tensors_at_unaligned_offsets_load(llama_dir, tmp_path):
     header += b" " * ((2 - len(header)) % 8)
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data[8 + size :])
     shifted, _, _ = load_model(path)
-    original, _, _ = load_model(llama_dir)
     assert shifted.blocks[0].attn.q.weight.data_ptr() % 4 != 0
-    ids = torch.arange(20)[None]
-    with torch.no_grad():
-        assert torch.equal(shifted(ids), original(ids))
+    assert_same_logits(shifted, load_model(llama_dir)[0])
