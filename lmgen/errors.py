@@ -23,3 +23,9 @@ class InputError(LmgenError):
     """A prompt or option value that lmgen cannot use."""
 
     exit_code = 2
+
+
+class EnvironmentFailure(LmgenError):
+    """The machine refused: a full disk, a read-only directory, a closed output."""
+
+    exit_code = 4
