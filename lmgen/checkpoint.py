@@ -13,16 +13,19 @@ headers does not.
 
 from __future__ import annotations
 
-import json
 import math
 import mmap
-import struct
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmgen import layout
 from lmgen.config import ModelConfig, load_hf_json, load_toml
 from lmgen.errors import CheckpointError
+from lmgen.files import read_json, regular_file
+from lmgen.resources import require_memory
+from lmgen.safetensors_header import read_header
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -53,29 +56,21 @@ def locate(path: str | Path) -> CheckpointFiles:
 
 def find_config(root: Path) -> Path:
     """config.json (Hugging Face) or config.toml (lmgen's own) in a directory."""
-    config = next((root / n for n in ("config.json", "config.toml") if (root / n).is_file()), None)
+    config = next((root / n for n in ("config.json", "config.toml") if (root / n).exists()), None)
     if config is None:
         raise CheckpointError(f"{root} has no config.json or config.toml")
-    return config
+    return regular_file(config, "config")
 
 
 def _optional(path: Path) -> Path | None:
-    return path if path.is_file() else None
+    return regular_file(path, path.name) if path.exists() else None
 
 
 def _weight_files(root: Path) -> tuple[Path, ...]:
-    if (root / SINGLE_FILE).is_file():
+    if (root / SINGLE_FILE).exists():
         return (root / SINGLE_FILE,)
-    if (root / INDEX_FILE).is_file():
-        try:
-            weight_map = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"cannot read {root / INDEX_FILE}: {exc}") from None
-        shards = tuple(root / name for name in sorted(set(weight_map.values())))
-        for shard in shards:
-            if not shard.is_file():
-                raise CheckpointError(f"shard {shard.name} listed in {INDEX_FILE} is missing")
-        return shards
+    if (root / INDEX_FILE).exists():
+        return _shards(root)
     pickles = [n for n in PICKLE_FILES if (root / n).exists()]
     if pickles:
         raise CheckpointError(
@@ -85,31 +80,28 @@ def _weight_files(root: Path) -> tuple[Path, ...]:
     raise CheckpointError(f"{root} has no {SINGLE_FILE} (or {INDEX_FILE})")
 
 
+def _shards(root: Path) -> tuple[Path, ...]:
+    """The shard files an index names: plain file names in the model's own directory."""
+    index = root / INDEX_FILE
+    weight_map = read_json(index, "shard index").get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index}: weight_map must be an object mapping tensor names to shard files")
+    for name in set(weight_map.values()):
+        if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
+            raise CheckpointError(f"{index} names the shard {name!r}; shards must be files in the model's directory")
+    shards = tuple(root / name for name in sorted(set(weight_map.values())))
+    for shard in shards:
+        if not shard.exists():
+            raise CheckpointError(f"shard {shard.name} listed in {INDEX_FILE} is missing")
+    return shards
+
+
 def read_config(files: CheckpointFiles) -> ModelConfig:
     return load_config_file(files.config)
 
 
 def load_config_file(path: Path) -> ModelConfig:
     return load_toml(path) if path.suffix == ".toml" else load_hf_json(path)
-
-
-def read_header(path: Path) -> tuple[dict[str, dict], int]:
-    """(tensor name → {dtype, shape, data_offsets}, byte offset where the data starts)."""
-    try:
-        with open(path, "rb") as f:
-            (size,) = struct.unpack("<Q", f.read(8))
-            if size > 100_000_000:
-                raise ValueError("header length is implausible")
-            header = json.loads(f.read(size))
-            f.seek(0, 2)
-            data_len = f.tell() - 8 - size
-    except (OSError, struct.error, ValueError) as exc:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
-    header.pop("__metadata__", None)
-    end = max((t["data_offsets"][1] for t in header.values()), default=0)
-    if end > data_len:
-        raise CheckpointError(f"{path} is truncated: the header needs {end} bytes of data, the file has {data_len}")
-    return header, 8 + size
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -130,8 +122,12 @@ class Stored:
     mapped: layout.Mapped
 
 
+STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}  # → torch dtype
+
+
 def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> list[Stored]:
-    """Map every stored tensor to canonical targets, checking names and shapes."""
+    """Map every stored tensor to canonical targets, checking names, dtypes and shapes: each
+    tensor the config implies is stored exactly once, in a dtype lmgen reads."""
     shapes = layout.canonical_shapes(cfg)
     plan: list[Stored] = []
     unexpected: list[str] = []
@@ -151,11 +147,17 @@ def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> list[Stored]:
                 raise CheckpointError(
                     f"tensor {name} in {path.name} has shape {_fmt(found)} but the config implies {_fmt(expected)}"
                 )
+            if info["dtype"] not in STORED_DTYPES:
+                raise CheckpointError(f"tensor {name} has dtype {info['dtype']}; lmgen reads {', '.join(STORED_DTYPES)}")
             start, end = info["data_offsets"]
             plan.append(Stored(path, name, info["dtype"], found, data_start + start, end - start, mapped))
     if unexpected:
         raise CheckpointError(f"unexpected tensor(s) that the config does not describe: {_some(unexpected)}")
-    covered = {t for stored in plan for t in stored.mapped.targets}
+    targets = [t for stored in plan for t in stored.mapped.targets]
+    covered = set(targets)
+    if len(covered) < len(targets):
+        twice = sorted(t for t, n in Counter(targets).items() if n > 1)
+        raise CheckpointError(f"tensor(s) stored more than once (in several shards or under two names): {_some(twice)}")
     missing = [t for t in shapes if t not in covered]
     if missing:
         raise CheckpointError(f"checkpoint is missing tensor(s) the config needs: {_some(missing)} (lmgen names)")
@@ -171,7 +173,6 @@ def _some(names: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
-STORED_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}  # → torch dtype
 
 
 def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=None, mapped: bool = True) -> dict:
@@ -185,6 +186,7 @@ def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=Non
     released, so that loading needs no memory beyond the weights themselves.
     """
     plan = _check_and_map(files, cfg)
+    require_memory(_copied_bytes(plan, dtype, vector_dtype or dtype, mapped), "loading the weights")
     shapes = layout.canonical_shapes(cfg)
     state: dict = {}
     for path in files.weights:
@@ -195,6 +197,17 @@ def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=Non
     if cfg.tied_embeddings:
         state["head.linear.weight"] = state["embed.weight"]
     return state
+
+
+def _copied_bytes(plan: list[Stored], dtype, vector_dtype, mapped: bool) -> int:
+    """An upper bound on the memory _unpack allocates: every tensor it cannot map is copied."""
+    total = 0
+    for stored in plan:
+        want = dtype if len(stored.shape) > 1 else vector_dtype
+        as_stored = STORED_DTYPES[stored.dtype] == str(want).removeprefix("torch.")
+        if not mapped or not as_stored or stored.mapped.transpose or len(stored.mapped.targets) > 1:
+            total += math.prod(stored.shape) * want.itemsize
+    return total
 
 
 def _map_file(path: Path):
@@ -212,8 +225,6 @@ def _map_file(path: Path):
 def _unpack(data, stored: Stored, state: dict, shapes: dict, dtype, vector_dtype, mapped: bool) -> None:
     import torch
 
-    if stored.dtype not in STORED_DTYPES:
-        raise CheckpointError(f"tensor {stored.name} has dtype {stored.dtype}; lmgen reads {', '.join(STORED_DTYPES)}")
     source_dtype = getattr(torch, STORED_DTYPES[stored.dtype])
     count = math.prod(stored.shape)
     if count * source_dtype.itemsize != stored.nbytes:

@@ -11,7 +11,6 @@ context window).
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 from lmgen.checkpoint import load_model
 from lmgen.config import ModelConfig
 from lmgen.errors import CheckpointError, InputError
+from lmgen.files import read_json
 from lmgen.model import Decoder
 from lmgen.sampling import SamplingSettings, TokenHistory, sample_next_token
 from lmgen.stops import StopStrings
@@ -40,6 +40,23 @@ class LanguageModel:
     config: ModelConfig
     path: Path
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of text, each checked to be a row of the model's embedding."""
+        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+        beyond = [i for i in ids if i >= self.config.vocab_size]
+        if beyond:
+            raise CheckpointError(
+                f"the tokenizer gave token id {beyond[0]}, beyond the model's vocabulary of {self.config.vocab_size}"
+            )
+        return ids
+
+
+def require_finite(logits: torch.Tensor) -> None:
+    """NaN or infinite logits mean broken weights (or an overflow): never sample text from them."""
+    if not bool(torch.isfinite(logits).all()):
+        raise CheckpointError("the model computed NaN or infinite logits: its weights are broken "
+                              "(or overflow in this dtype); no text was generated from them")
 
 
 def parse_dtype(name: str) -> torch.dtype:
@@ -82,6 +99,10 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
         raise CheckpointError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has only {cfg.vocab_size}"
         )
+    if tokenizer.max_added_id >= cfg.vocab_size:
+        raise CheckpointError(
+            f"the tokenizer's added token id {tokenizer.max_added_id} is beyond the model's vocabulary of {cfg.vocab_size}"
+        )
     return LanguageModel(model, tokenizer, cfg, files.root, frozenset(_eos_ids(cfg, files.root)))
 
 
@@ -89,12 +110,12 @@ def _eos_ids(cfg: ModelConfig, root: Path) -> set[int]:
     """EOS ids from the config, plus any that generation_config.json adds (a list for Llama 3)."""
     ids = set(cfg.eos_token_ids)
     gen_config = root / "generation_config.json"
-    if gen_config.is_file():
-        try:
-            value = json.loads(gen_config.read_text(encoding="utf-8")).get("eos_token_id")
-        except (OSError, ValueError):
-            value = None
-        ids.update(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
+    if gen_config.exists():
+        value = read_json(gen_config, "generation config").get("eos_token_id")
+        extra = value if isinstance(value, list) else [] if value is None else [value]
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < cfg.vocab_size for i in extra):
+            raise CheckpointError(f"{gen_config}: eos_token_id must be token ids below {cfg.vocab_size}, got {value!r}")
+        ids.update(extra)
     return ids
 
 
@@ -115,6 +136,10 @@ class GenerationSettings:
             raise InputError(f"num-samples must be >= 1, got {self.num_samples}")
         if self.show_probs < 0:
             raise InputError(f"show-probs must be >= 0, got {self.show_probs}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise InputError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
+        if any(not stop for stop in self.stop):
+            raise InputError("a --stop string must not be empty")
 
 
 @dataclass(frozen=True)
@@ -170,6 +195,7 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     cache = model.new_cache(batch=n, max_len=len(prompt_ids) + budget)
     forward = torch.inference_mode()(model)  # per call: the caller's code between steps keeps its own mode
     logits = forward(torch.tensor([prompt_ids], device=device), 0, cache.row(0), last_only=True)[:, -1]
+    require_finite(logits)
     cache.copy_row_to_all(0, len(prompt_ids))
     logits = logits.expand(n, -1)
     for step in range(budget):
@@ -180,11 +206,14 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
         if history is not None:
             history.add(tokens)
         logits = forward(tokens[:, None], len(prompt_ids) + step, cache, last_only=True)[:, -1]
+        require_finite(logits)
 
 
 def prompt_ids_for(lm: LanguageModel, prompt: str, settings: GenerationSettings, chat: bool = False) -> list[int]:
     """Token ids of the prompt (a rendered chat prompt already holds its special tokens)."""
-    ids = lm.tokenizer.encode(prompt, add_special_tokens=not chat)
+    if settings.show_probs > lm.config.vocab_size:
+        raise InputError(f"show-probs must be at most the vocabulary size ({lm.config.vocab_size}), got {settings.show_probs}")
+    ids = lm.encode(prompt, add_special_tokens=not chat)
     if settings.truncate:
         ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)
     check_fits(ids, lm.config.max_context)

@@ -8,6 +8,8 @@ bias, optional sliding window). It knows nothing of file formats: the loader in
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -15,6 +17,7 @@ from torch import Tensor, nn
 from lmgen import kernels
 from lmgen.config import ModelConfig
 from lmgen.linear import Linear
+from lmgen.resources import require_memory
 
 
 class RMSNorm(nn.Module):
@@ -47,6 +50,8 @@ class KVCache:
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
                  plan: "kernels.DecodePlan | None" = None):
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+        if torch.device(device).type == "cpu":
+            require_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache for {batch} × {max_len} tokens")
         self.k = torch.empty(shape, dtype=dtype, device=device)  # only the filled part is ever read
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len

@@ -19,6 +19,7 @@ Every filter keeps at least one token, and filtered tokens get -inf.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,6 +50,9 @@ class SamplingSettings:
             (0 < self.typical_p <= 1, f"typical-p must be in (0, 1], got {self.typical_p}"),
             (self.repetition_penalty > 0, f"repetition-penalty must be > 0 (1 disables it), got {self.repetition_penalty}"),
         ]
+        for name in ("temperature", "repetition_penalty", "frequency_penalty", "presence_penalty"):
+            value = getattr(self, name)
+            checks.append((math.isfinite(value), f"{name.replace('_', '-')} must be a finite number, got {value}"))
         for ok, message in checks:
             if not ok:  # also catches NaN
                 raise InputError(message)

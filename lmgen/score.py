@@ -17,6 +17,7 @@ import torch
 from lmgen.errors import InputError
 
 DEFAULT_WINDOW = 1024  # tokens per forward pass (capped by the context window)
+MAX_TEXT_BYTES = 16 * 1024 * 1024  # a longer text is refused before it is read whole
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,13 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 def score(lm, text: str, window: int | None = None, stride: int | None = None) -> Score:
-    ids = lm.tokenizer.encode(text)
+    from lmgen.generation import require_finite
+
+    ids = lm.encode(text)
     if len(ids) < 2:
         raise InputError(f"scoring needs at least two tokens; the text has {len(ids)}")
-    window = min(window or DEFAULT_WINDOW, lm.config.max_context)
-    stride = stride or max(1, window // 2)
+    window = min(DEFAULT_WINDOW if window is None else window, lm.config.max_context)
+    stride = max(1, window // 2) if stride is None else stride
     if window < 2:
         raise InputError(f"window must be >= 2 tokens, got {window}")
     if not 1 <= stride <= window - 1:
@@ -77,6 +80,7 @@ def score(lm, text: str, window: int | None = None, stride: int | None = None) -
     with torch.inference_mode():
         for begin, end, first in windows(len(ids), window, stride):
             logits = lm.model(torch.tensor([ids[begin:end]], device=device))[0].float()
+            require_finite(logits)
             predicting = logits[first - 1 - begin : end - 1 - begin]  # rows that predict first..end-1
             targets = torch.tensor(ids[first:end], device=device)
             target_logits = predicting.gather(-1, targets[:, None])

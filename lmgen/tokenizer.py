@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmgen.errors import CheckpointError
+from lmgen.files import read_text
 
 REPLACEMENT = "\ufffd"
 
@@ -13,14 +14,21 @@ class Tokenizer:
     def __init__(self, path: str | Path):
         from tokenizers import Tokenizer as HFTokenizer
 
+        text = read_text(Path(path), "tokenizer")
         try:
-            self.backend = HFTokenizer.from_file(str(path))
+            self.backend = HFTokenizer.from_str(text)
         except Exception as exc:  # tokenizers raises bare Exception subclasses
-            raise CheckpointError(f"cannot read tokenizer {path}: {exc}") from None
+            message = str(exc).replace("\n", " ")
+            raise CheckpointError(f"cannot read tokenizer {path}: {message}") from None
 
     @property
     def vocab_size(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
+
+    @property
+    def max_added_id(self) -> int:
+        """The largest id of an added (special) token, -1 if there are none."""
+        return max(self.backend.get_added_tokens_decoder(), default=-1)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids as transformers' tokenizer gives them (by default with special tokens such as BOS)."""
