@@ -22,9 +22,11 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError, UsageError
 
-from lmgen.errors import InputError, LmgenError
+from lmgen.errors import EnvironmentFailure, InputError, LmgenError
+from lmgen.threads import yielding_threads
 
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
 
 app = typer.Typer(
     add_completion=False,
@@ -40,16 +42,16 @@ def callback(debug: bool = typer.Option(False, "--debug", help="Show full traceb
 
 
 def error_line(message: str) -> None:
-    sys.stderr.write(f"lmgen: error: {message}\n")
-    sys.stderr.flush()
+    try:
+        sys.stderr.write(f"lmgen: error: {message}\n")
+        sys.stderr.flush()
+    except OSError:  # nowhere left to say it: the exit code still does
+        pass
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI and end the process: one-line errors, silent broken pipes, exit 130 on Ctrl-C."""
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> int:
+    """Run one command and return its exit code: errors become one line on stderr."""
     debug = "--debug" in argv
-    if hasattr(signal, "SIGPIPE"):
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lmgen … | head` ends quietly, like cat would
     try:
         code = app(args=argv, prog_name="lmgen", standalone_mode=False)
     except (KeyboardInterrupt, Abort):
@@ -68,13 +70,31 @@ def main(argv: list[str] | None = None) -> None:
         error_line(str(exc))
         code = exc.exit_code
     except BrokenPipeError:
-        code = 141
+        code = EXIT_BROKEN_PIPE
+    except OSError as exc:  # the machine refused: a full disk, a closed or read-only output
+        if debug:
+            raise
+        error_line(environment_message(exc))
+        code = EnvironmentFailure.exit_code
     except Exception as exc:  # a bug in lmgen, not bad input: still one line unless --debug
         if debug:
             raise
         error_line(f"internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)")
         code = 1
-    leave(code if isinstance(code, int) else 0)
+    return code if isinstance(code, int) else 0
+
+
+def environment_message(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: run, flush, and end the process (see ``leave``)."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lmgen … | head` ends quietly, like cat would
+    yielding_threads()
+    leave(run(sys.argv[1:] if argv is None else argv))
 
 
 def leave(code: int) -> None:
@@ -83,9 +103,15 @@ def leave(code: int) -> None:
     once per input would pay every time. Nothing lmgen writes is left unflushed."""
     try:
         sys.stdout.flush()
-        sys.stderr.flush()
     except BrokenPipeError:
-        code = 141
+        code = EXIT_BROKEN_PIPE
+    except OSError as exc:  # stdout on a full disk: the text did not arrive
+        error_line(environment_message(exc))
+        code = EnvironmentFailure.exit_code
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
     if "torch" in sys.modules:
         os._exit(code)
     sys.exit(code)
@@ -94,57 +120,46 @@ def leave(code: int) -> None:
 # ---------------------------------------------------------------------------------------- generate
 
 
-def read_prompt(prompt: Optional[str], file: Optional[Path]) -> str:
-    """The prompt from the argument, --file, or stdin (no argument, or '-')."""
-    if file is not None:
-        if prompt not in (None, "-"):
-            raise InputError("give the prompt either as an argument or with --file, not both")
-        try:
-            data = file.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read --file {file}: {exc.strerror}") from None
-        text = decode_utf8(data, f"--file {file}")
-    elif prompt is None or prompt == "-":
-        text = decode_utf8(read_stdin(), "stdin")
-    else:
-        text = prompt
-    text = text.removesuffix("\n")
-    if not text.strip():
-        raise InputError("the prompt is empty")
-    return text
+MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
+)
+FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
+DTYPE_OPTION = typer.Option(
+    "float32", "--dtype", help="Weights: float32, bfloat16, float16 or int8 (on the CPU activations stay fp32)."
+)
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
+THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
 
 
-def read_stdin() -> bytes:
-    if sys.stdin is None or sys.stdin.isatty():
-        raise InputError("no prompt: pass it as an argument, with --file, or on stdin")
-    return sys.stdin.buffer.read()
+def prepare(model: Optional[str], dtype: str, device: str, threads: Optional[int]):
+    """What generate and score do before reading input: check the options, pick the model and
+    its config (torch-free: a bad model fails before the slow load). Returns (path, config)."""
+    from lmgen.checkpoint import locate, read_config
+    from lmgen.generation import parse_device, parse_dtype
+    from lmgen.paths import resolve_model
+    from lmgen.threads import set_threads
+
+    freeze_imports()
+    parse_dtype(dtype)
+    parse_device(device)
+    set_threads(threads)
+    path = resolve_model(model)
+    return path, read_config(locate(path))
 
 
-def decode_utf8(data: bytes, where: str) -> str:
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{where} is not valid UTF-8 (byte {exc.start}: {data[exc.start]:#04x})") from None
+def load_model(path, dtype: str, device: str):
+    from lmgen.generation import load
 
-
-def each_line_prompts():
-    """Non-empty lines of stdin, one prompt each (decoded lazily, line by line)."""
-    if sys.stdin is None or sys.stdin.isatty():
-        raise InputError("--each-line reads prompts from stdin; pipe them in")
-    for number, raw in enumerate(sys.stdin.buffer, start=1):
-        line = decode_utf8(raw, f"stdin line {number}").rstrip("\r\n")
-        if line.strip():
-            yield line
+    with loading_status():
+        return load(path, dtype=dtype, device=device)
 
 
 @app.command()
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="Text to continue; '-' or nothing reads stdin."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the prompt from this file (UTF-8)."),
+    file: Optional[Path] = FILE_OPTION,
     each_line: bool = typer.Option(False, "--each-line", help="One completion per non-empty line of stdin."),
-    model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
-    ),
+    model: Optional[str] = MODEL_OPTION,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable); never printed."),
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random."),
@@ -163,16 +178,16 @@ def generate(
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weights: float32, bfloat16, float16 or int8 (on the CPU activations stay fp32)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    dtype: str = DTYPE_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per token, then a summary line."),
     stats: bool = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr."),
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
-    from lmgen import render
-    from lmgen.paths import resolve_model
+    from lmgen import prompts, render
 
     if as_json and jsonl:
         raise InputError("choose one of --json and --jsonl")
@@ -181,30 +196,26 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
 
-    from lmgen.generation import GenerationSettings, generate as run, load, parse_device, parse_dtype
+    from lmgen.generation import GenerationSettings, generate as run
     from lmgen.sampling import SamplingSettings
-
-    freeze_imports()
 
     sampling = SamplingSettings(temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                                 frequency_penalty, presence_penalty)
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs)
-    parse_dtype(dtype)  # refuse bad values before the slow load
-    parse_device(device)
-    prompts = each_line_prompts() if each_line else iter([read_prompt(prompt, file)])
-    path = resolve_model(model)
-    with loading_status():
-        lm = load(path, dtype=dtype, device=device)
+    path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
+    limit = prompts.max_bytes(cfg.max_context)
+    inputs = prompts.each_line(limit, truncate) if each_line else iter([prompts.read_prompt(prompt, file, limit, truncate)])
+    lm = load_model(path, dtype, device)
 
     if as_json or (jsonl and each_line):
         renderer = render.JsonRenderer()
     elif jsonl:
         renderer = render.JsonlRenderer(lm.tokenizer)
     else:
-        renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs)
+        renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line)
     from lmgen.chat import render_chat
 
-    for text in prompts:
+    for text in inputs:
         if chat:
             text = render_chat(lm.path, text, system)
         for record in generate_one(lm, text, settings, renderer, run, chat):
@@ -301,31 +312,26 @@ def inspect(
 @app.command()
 def score(
     text: Optional[str] = typer.Argument(None, help="Text to score; '-' or nothing reads stdin."),
-    file: Optional[Path] = typer.Option(None, "--file", "-f", help="Read the text from this file (UTF-8)."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Checkpoint directory (as for generate)."),
+    file: Optional[Path] = FILE_OPTION,
+    model: Optional[str] = MODEL_OPTION,
     window: Optional[int] = typer.Option(None, "--window", help="Tokens per forward pass (default 1024, at most the context)."),
     stride: Optional[int] = typer.Option(None, "--stride", help="Tokens between window starts (default window / 2)."),
-    dtype: str = typer.Option("float32", "--dtype", help="Weights: float32, bfloat16, float16 or int8 (on the CPU activations stay fp32)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    dtype: str = DTYPE_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Score TEXT: each token's log-probability and rank, total NLL and perplexity."""
-    from lmgen.generation import load, parse_device, parse_dtype
-    from lmgen.paths import resolve_model
+    from lmgen import prompts
     from lmgen.render import print_score, score_record
-    from lmgen.score import score as run
+    from lmgen.score import MAX_TEXT_BYTES, score as run
 
-    freeze_imports()
-
-    parse_dtype(dtype)
-    parse_device(device)
-    body = read_prompt(text, file)
-    path = resolve_model(model)
-    with loading_status():
-        lm = load(path, dtype=dtype, device=device)
+    path, _ = prepare(model, dtype, device, threads)
+    body = prompts.read_prompt(text, file, MAX_TEXT_BYTES)
+    lm = load_model(path, dtype, device)
     record = score_record(run(lm, body, window, stride), lm.tokenizer)
     if as_json:
-        print(json.dumps(record, ensure_ascii=False))
+        print(json.dumps(record, ensure_ascii=False, allow_nan=False))
     else:
         print_score(record)
 
@@ -337,11 +343,12 @@ def score(
 def convert(
     gguf_file: Path = typer.Argument(..., help="A .gguf file (llama or qwen2 architecture)."),
     out_dir: Path = typer.Argument(..., help="Directory to write config.json, model.safetensors, tokenizer.json."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it is not empty."),
 ) -> None:
     """Import a GGUF file: dequantize to fp32 and write an HF-layout directory."""
     from lmgen.gguf_import import convert_gguf
 
-    cfg = convert_gguf(gguf_file, out_dir)
+    cfg = convert_gguf(gguf_file, out_dir, force=force)
     sys.stderr.write(f"wrote {out_dir} ({cfg.family}, {cfg.n_layers} layers, vocab {cfg.vocab_size})\n")
 
 
@@ -355,6 +362,6 @@ def setup(force: bool = typer.Option(False, "--force", help="Convert again even 
     if (target / "config.json").is_file() and not force:
         sys.stderr.write(f"the default model is already at {target}\n")
         return
-    convert_gguf(bundled_gguf(), target)
+    convert_gguf(bundled_gguf(), target, force=True)
     sys.stderr.write(f"installed the default model at {target}\n")
 

@@ -67,7 +67,7 @@ def write_out(text: str) -> None:
 
 
 def json_line(record: dict) -> None:
-    write_out(json.dumps(record, ensure_ascii=False) + "\n")
+    write_out(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
 
 
 def rich_console(stream):
@@ -79,12 +79,20 @@ def rich_console(stream):
     return Console(file=stream, highlight=False, soft_wrap=True)
 
 
+def escape_line(text: str) -> str:
+    """Text on one line: backslash, newline and carriage return written as \\, \n and \r."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+
+
 class TextRenderer:
     """The continuation as text. One sample streams live; several are printed one after another
-    when all are done (on a terminal each under a "sample N" rule)."""
+    when all are done (on a terminal each under a "sample N" rule). Every sample ends with one
+    newline, even an empty one. With ``one_line`` (--each-line) each sample is exactly one line:
+    its own line breaks are escaped, so that output line N answers input line N."""
 
-    def __init__(self, echo: bool, num_samples: int, tokenizer, show_probs: int):
+    def __init__(self, echo: bool, num_samples: int, tokenizer, show_probs: int, one_line: bool = False):
         self.echo = echo
+        self.one_line = one_line
         self.console = rich_console(sys.stdout)
         self.buffered = num_samples > 1
         self.buffers = [""] * num_samples
@@ -93,6 +101,9 @@ class TextRenderer:
         self.probs = ProbabilityDisplay(tokenizer) if show_probs else None
 
     def write(self, text: str, style: str | None = None) -> None:
+        self.emit(escape_line(text) if self.one_line else text, style)
+
+    def emit(self, text: str, style: str | None = None) -> None:
         if not text:
             return
         self.at_line_start = text.endswith("\n")  # before writing: Ctrl-C may land mid-write
@@ -105,6 +116,7 @@ class TextRenderer:
     def start(self, prompt: str) -> None:
         self.prompt = prompt
         self.buffers = [""] * len(self.buffers)  # --each-line: every prompt starts afresh
+        self.at_line_start = False  # this prompt's line is open until its newline
         if self.echo and not self.buffered:
             self.write(prompt, style="bold")
 
@@ -128,6 +140,7 @@ class TextRenderer:
         if not self.buffered:
             return
         for i, text in enumerate(self.buffers):
+            self.at_line_start = False
             if self.console is not None:
                 self.console.rule(f"sample {i + 1}", style="dim")
             if self.echo:
@@ -138,7 +151,7 @@ class TextRenderer:
     def end_line(self) -> None:
         """Leave the cursor at the start of a line (also after Ctrl-C)."""
         if not self.at_line_start:
-            self.write("\n")
+            self.emit("\n")
 
 
 class ProbabilityDisplay:

@@ -66,7 +66,7 @@ def test_pickle_file_is_refused(lmgen_exe, tmp_path):
 
 
 def test_tokenizer_larger_than_vocabulary(lmgen_exe, tmp_path):
-    save_tiny("llama", tmp_path, vocab_size=200)  # the byte tokenizer has 257 tokens
+    save_tiny("llama", tmp_path, vocab_size=200, bos_token_id=1, eos_token_id=1)  # the byte tokenizer has 257 tokens
     result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path), "hello")
     assert_one_line_error(result, 3, "tokenizer has 257 tokens but the model's vocabulary has only 200")
 

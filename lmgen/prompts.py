@@ -1,0 +1,123 @@
+"""Where prompts come from: an argument, --file, stdin, or stdin line by line, read within bounds.
+
+A prompt can never use more than the context window, so lmgen never reads more bytes than
+``limit`` (``max_bytes``: the context × MAX_TOKEN_BYTES) before refusing: a 200 MB paste or
+``--file /dev/zero`` is refused after ``limit`` bytes instead of growing until the kernel kills
+the process. With ``truncate`` the prompt keeps its end: a regular file is read from
+``limit`` bytes before its end; a stream is read through, keeping only the last ``limit``
+bytes, up to MAX_STREAM_BYTES in all.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmgen.errors import InputError
+
+MAX_TOKEN_BYTES = 256  # no token of a byte-level vocabulary is near this long
+MAX_STREAM_BYTES = 1 << 30  # what --truncate reads of an endless stream before giving up
+CHUNK = 1 << 16
+
+
+def max_bytes(context: int) -> int:
+    """The most bytes of text that could still fit in a context of this many tokens."""
+    return context * MAX_TOKEN_BYTES
+
+
+def read_prompt(prompt: str | None, file: Path | None, limit: int, truncate: bool = False) -> str:
+    """The prompt from the argument, --file, or stdin (no argument, or '-')."""
+    if file is not None:
+        if prompt not in (None, "-"):
+            raise InputError("give the prompt either as an argument or with --file, not both")
+        text = decode_utf8(read_file(file, limit, truncate), f"--file {file}", truncate)
+    elif prompt is None or prompt == "-":
+        text = decode_utf8(read_bounded(stdin(), limit, truncate, "stdin"), "stdin", truncate)
+    else:
+        text = prompt
+    text = text.removesuffix("\n")
+    if not text.strip():
+        raise InputError("the prompt is empty")
+    return text
+
+
+def stdin():
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError("no prompt: pass it as an argument, with --file, or on stdin")
+    return sys.stdin.buffer
+
+
+def read_file(path: Path, limit: int, truncate: bool) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            if truncate and stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+            return read_bounded(f, limit, truncate, f"--file {path}")
+    except IsADirectoryError:
+        raise InputError(f"cannot read --file {path}: it is a directory") from None
+    except OSError as exc:
+        raise InputError(f"cannot read --file {path}: {exc.strerror}") from None
+
+
+def read_bounded(stream, limit: int, truncate: bool, where: str) -> bytes:
+    """At most limit bytes of stream: refused beyond that, or (truncate) its last limit bytes."""
+    data = stream.read(limit + 1)
+    if len(data) <= limit:
+        return data
+    if not truncate:
+        raise InputError(f"{where} is longer than the context could use ({limit:,} bytes); "
+                         "shorten it or pass --truncate to keep its end")
+    total = len(data)
+    while chunk := stream.read(CHUNK):
+        total += len(chunk)
+        if total > MAX_STREAM_BYTES:
+            raise InputError(f"{where} is longer than {MAX_STREAM_BYTES:,} bytes, even for --truncate")
+        data = (data + chunk)[-limit:]
+    return data[-limit:]
+
+
+def decode_utf8(data: bytes, where: str, truncated: bool = False) -> str:
+    if truncated:  # a cut may have split a character: drop its continuation bytes
+        data = data.lstrip(bytes(range(0x80, 0xC0)))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where} is not valid UTF-8 (byte {exc.start}: {data[exc.start]:#04x})") from None
+
+
+def each_line(limit: int, truncate: bool = False) -> Iterator[str]:
+    """Non-empty lines of stdin, one prompt each (read and decoded lazily, each within limit)."""
+    if sys.stdin is None or sys.stdin.isatty():
+        raise InputError("--each-line reads prompts from stdin; pipe them in")
+    stream = sys.stdin.buffer
+    number = 0
+    while True:
+        raw = stream.readline(limit + 1)
+        if not raw:
+            return
+        number += 1
+        where = f"stdin line {number}"
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            raw = _rest_of_line(stream, raw, limit, truncate, where)
+        line = decode_utf8(raw, where, truncate).rstrip("\r\n")
+        if line.strip():
+            yield line
+
+
+def _rest_of_line(stream, head: bytes, limit: int, truncate: bool, where: str) -> bytes:
+    if not truncate:
+        raise InputError(f"{where} is longer than the context could use ({limit:,} bytes); "
+                         "shorten it or pass --truncate to keep its end")
+    data, total = head, len(head)
+    while not data.endswith(b"\n"):
+        chunk = stream.readline(CHUNK)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > MAX_STREAM_BYTES:
+            raise InputError(f"{where} is longer than {MAX_STREAM_BYTES:,} bytes, even for --truncate")
+        data = (data + chunk)[-(limit + 1):]
+    return data[-limit:] if not data.endswith(b"\n") else data[-(limit + 1):]
