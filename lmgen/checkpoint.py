@@ -86,7 +86,7 @@ def _shards(root: Path) -> tuple[Path, ...]:
     weight_map = read_json(index, "shard index").get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index}: weight_map must be an object mapping tensor names to shard files")
-    for name in set(weight_map.values()):
+    for name in weight_map.values():
         if not isinstance(name, str) or os.path.basename(name) != name or name in ("", ".", ".."):
             raise CheckpointError(f"{index} names the shard {name!r}; shards must be files in the model's directory")
     shards = tuple(root / name for name in sorted(set(weight_map.values())))

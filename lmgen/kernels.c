@@ -77,6 +77,11 @@ static inline float dot_i8(const int8_t* restrict w, const float* restrict x, in
 }
 
 enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
+
+/* Threads per parallel region, set from Python (the cores available, or what decode found
+ * fastest while other processes compete for them). Ignored by a build without OpenMP. */
+static int n_threads = 1;
+void set_threads(int n) { n_threads = n > 0 ? n : 1; }
 enum { NORM_RMS = 0, NORM_LAYER = 1 };
 enum { MLP_SWIGLU = 0, MLP_GELU_TANH = 1, MLP_GELU = 2 };
 
@@ -94,7 +99,7 @@ static inline float dot_row(int dtype, const void* W, int64_t r, const float* x,
 static void project(int dtype, const Projection* p, int count, const float* x, int64_t K, int64_t M) {
   int64_t total = 0;
   for (int i = 0; i < count; i++) total += p[i].n;
-  #pragma omp parallel for schedule(static)
+  #pragma omp parallel for schedule(static) num_threads(n_threads)
   for (int64_t row = 0; row < total; row++) {
     int i = 0;
     int64_t r = row;
@@ -186,7 +191,7 @@ static void decode_block(
     }
   }
   float scale = 1.f / sqrtf((float)hd);
-  #pragma omp parallel for collapse(2) schedule(static)
+  #pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads)
   for (int64_t m = 0; m < M; m++)
     for (int64_t head = 0; head < n_heads; head++) {
       int64_t g = head / (n_heads / n_kv);

@@ -84,7 +84,17 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         + [i64, i64, i64, i64, int_] + [ptr, ptr, i64, i64, i64, i64] + [ptr, ptr, i64]
     )
     lib.decode_layers.restype = None
+    lib.set_threads.argtypes = [int_]
+    lib.set_threads.restype = None
+    lib.set_threads(torch.get_num_threads())
     return lib
+
+
+def set_threads(count: int) -> None:
+    """Threads for the kernels' parallel regions (torch's own count is set apart)."""
+    lib = library()
+    if lib is not None:
+        lib.set_threads(count)
 
 
 def usable(x: Tensor, weight: Tensor) -> bool:

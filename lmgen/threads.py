@@ -31,5 +31,8 @@ def set_threads(count: int | None) -> int:
     count = count or available_cores()
     import torch
 
+    from lmgen import kernels
+
     torch.set_num_threads(count)
+    kernels.set_threads(count)
     return count

@@ -3,19 +3,29 @@
     python scripts/bench.py                       # default model, fp32 both
     python scripts/bench.py --dtype bfloat16      # lmgen bf16 weights vs transformers fp32
     python scripts/bench.py --dtype int8 --tokens 64 --reps 3
+    python scripts/bench.py --loaded              # lmgen alone vs beside busy processes
 
 Same model directory, same prompt, greedy, the same number of new tokens (end-of-sequence
 ignored) and the same torch thread count for both; one warm-up run each, then --reps runs
 alternating between the two. Prints medians of time to first token, prefill tokens/s and
 decode tokens/s, and, as its last line, the ratios lmgen / transformers. It reports; it
 asserts nothing.
+
+With --loaded it measures how lmgen holds up on a busy machine instead: ``lmgen generate``
+runs as a fresh process, alternately on a quiet machine and beside one CPU-burning process
+(a busy Python loop) per available core; it prints the median decode tokens/s of each and
+the loaded/quiet ratio. ``--variant NAME:VAR=VALUE,...`` adds runs with other environment
+settings (e.g. ``spinning:OMP_WAIT_POLICY=active``, OpenMP's busy-waiting threads).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -90,6 +100,51 @@ def run_transformers(model, ids, tokens: int) -> Run:
     return Run(streamer.times[0] - start, end - streamer.times[0], ids.shape[1], new)
 
 
+def burn_cores(count: int) -> list[subprocess.Popen]:
+    """count processes that each keep one core busy until killed."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+
+def run_cli(path: Path, dtype: str, tokens: int, env: dict) -> float:
+    """Decode tokens/s of one `lmgen generate` process."""
+    exe = Path(sys.executable).parent / "lmgen"
+    result = subprocess.run([str(exe), "generate", "-m", str(path), "--dtype", dtype, "-n", str(tokens), "--json",
+                             PROMPT], capture_output=True, env={**os.environ, **env}, timeout=900, check=True)
+    return json.loads(result.stdout)["decode_tokens_per_s"]
+
+
+def loaded(args) -> None:
+    from lmgen.resources import available_cores
+
+    path = resolve_model(args.model)
+    variants = {"lmgen": {}}
+    for spec in args.variant:
+        name, _, assignments = spec.partition(":")
+        variants[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
+    cores = available_cores()
+    rates = {(name, load): [] for name in variants for load in ("quiet", "loaded")}
+    run_cli(path, args.dtype, 8, {})  # warm-up: page cache, compiled kernels
+    for _ in range(args.reps):
+        for name, env in variants.items():
+            rates[name, "quiet"].append(run_cli(path, args.dtype, args.tokens, env))
+            burners = burn_cores(cores)
+            try:
+                time.sleep(0.5)
+                rates[name, "loaded"].append(run_cli(path, args.dtype, args.tokens, env))
+            finally:
+                for p in burners:
+                    p.kill()
+                    p.wait()
+    print(f"model {path}  --dtype {args.dtype}, {args.tokens} new tokens, {cores} cores, loaded = {cores} "
+          f"busy processes beside lmgen; {args.reps} runs each, alternating (medians, decode tokens/s)")
+    print(f"{'':12}{'quiet':>10}{'loaded':>10}{'loaded/quiet':>14}   runs (quiet | loaded)")
+    for name in variants:
+        quiet, busy = (statistics.median(rates[name, load]) for load in ("quiet", "loaded"))
+        runs = " ".join(f"{r:.0f}" for r in rates[name, "quiet"]) + " | " + " ".join(
+            f"{r:.1f}" for r in rates[name, "loaded"])
+        print(f"{name:12}{quiet:10.1f}{busy:10.1f}{busy / quiet:14.2f}   {runs}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: lmgen's default model)")
@@ -98,7 +153,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
     parser.add_argument("--reps", type=int, default=5, help="timed runs of each")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
+    parser.add_argument("--loaded", action="store_true", help="quiet vs beside one busy process per core")
+    parser.add_argument("--variant", action="append", default=[], help="with --loaded: NAME:VAR=VALUE,...")
     args = parser.parse_args()
+    if args.loaded:
+        return loaded(args)
 
     import transformers
 

@@ -14,13 +14,6 @@ from lmgen.errors import CheckpointError
 from conftest import save_tiny
 
 
-@pytest.fixture(scope="module")
-def llama_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama")
-    save_tiny("llama", path)
-    return path
-
-
 def copy_dir(src, dst):
     shutil.copytree(src, dst)
     return dst
@@ -48,26 +41,26 @@ def test_gpt2_head_is_tied_by_default(tmp_path):
     assert model.head.linear.weight is model.embed.weight
 
 
-def test_sharded_checkpoint_loads(llama_dir, tmp_path):
+def test_sharded_checkpoint_loads(tiny_dir, tmp_path):
     import transformers
 
-    reference = transformers.AutoModelForCausalLM.from_pretrained(llama_dir)
+    reference = transformers.AutoModelForCausalLM.from_pretrained(tiny_dir)
     reference.save_pretrained(tmp_path, max_shard_size="100KB")
     assert (tmp_path / "model.safetensors.index.json").exists()
     files = locate(tmp_path)
     assert len(files.weights) > 1
-    assert_same_logits(load_model(tmp_path)[0], load_model(llama_dir)[0])
+    assert_same_logits(load_model(tmp_path)[0], load_model(tiny_dir)[0])
 
 
-def test_toml_config_directory_loads(llama_dir, tmp_path):
-    cfg = from_hf(json.loads((llama_dir / "config.json").read_text()))
+def test_toml_config_directory_loads(tiny_dir, tmp_path):
+    cfg = from_hf(json.loads((tiny_dir / "config.json").read_text()))
     (tmp_path / "config.toml").write_text(to_toml(cfg))
-    shutil.copy(llama_dir / "model.safetensors", tmp_path / "model.safetensors")
-    assert_same_logits(load_model(tmp_path)[0], load_model(llama_dir)[0])
+    shutil.copy(tiny_dir / "model.safetensors", tmp_path / "model.safetensors")
+    assert_same_logits(load_model(tmp_path)[0], load_model(tiny_dir)[0])
 
 
-def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
-    path = copy_dir(llama_dir, tmp_path / "bad")
+def test_shape_mismatch_names_the_tensor(tiny_dir, tmp_path):
+    path = copy_dir(tiny_dir, tmp_path / "bad")
     config = json.loads((path / "config.json").read_text())
     config["intermediate_size"] = 96
     (path / "config.json").write_text(json.dumps(config))
@@ -76,8 +69,8 @@ def test_shape_mismatch_names_the_tensor(llama_dir, tmp_path):
         load_model(path)
 
 
-def test_missing_tensor_is_reported(llama_dir, tmp_path):
-    path = copy_dir(llama_dir, tmp_path / "bad")
+def test_missing_tensor_is_reported(tiny_dir, tmp_path):
+    path = copy_dir(tiny_dir, tmp_path / "bad")
     tensors = load_file(path / "model.safetensors")
     del tensors["model.layers.1.self_attn.v_proj.weight"]
     save_file(tensors, path / "model.safetensors")
@@ -85,8 +78,8 @@ def test_missing_tensor_is_reported(llama_dir, tmp_path):
         load_model(path)
 
 
-def test_unexpected_tensor_is_reported(llama_dir, tmp_path):
-    path = copy_dir(llama_dir, tmp_path / "bad")
+def test_unexpected_tensor_is_reported(tiny_dir, tmp_path):
+    path = copy_dir(tiny_dir, tmp_path / "bad")
     tensors = load_file(path / "model.safetensors")
     tensors["model.layers.0.self_attn.q_proj.bias"] = torch.zeros(64)
     save_file(tensors, path / "model.safetensors")
@@ -94,16 +87,16 @@ def test_unexpected_tensor_is_reported(llama_dir, tmp_path):
         load_model(path)
 
 
-def test_pickle_checkpoint_is_refused(llama_dir, tmp_path):
-    path = copy_dir(llama_dir, tmp_path / "pickled")
+def test_pickle_checkpoint_is_refused(tiny_dir, tmp_path):
+    path = copy_dir(tiny_dir, tmp_path / "pickled")
     (path / "model.safetensors").unlink()
     (path / "pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(CheckpointError, match="pickle"):
         load_model(path)
 
 
-def test_truncated_safetensors_is_reported(llama_dir, tmp_path):
-    path = copy_dir(llama_dir, tmp_path / "cut")
+def test_truncated_safetensors_is_reported(tiny_dir, tmp_path):
+    path = copy_dir(tiny_dir, tmp_path / "cut")
     data = (path / "model.safetensors").read_bytes()
     (path / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="truncated"):
@@ -111,55 +104,55 @@ def test_truncated_safetensors_is_reported(llama_dir, tmp_path):
 
 
 @pytest.mark.parametrize("what", ["missing", "file", "no-config", "no-weights"])
-def test_bad_paths_are_reported(llama_dir, tmp_path, what):
+def test_bad_paths_are_reported(tiny_dir, tmp_path, what):
     if what == "missing":
         path = tmp_path / "nowhere"
     elif what == "file":
-        path = llama_dir / "config.json"
+        path = tiny_dir / "config.json"
     else:
-        path = copy_dir(llama_dir, tmp_path / what)
+        path = copy_dir(tiny_dir, tmp_path / what)
         (path / ("config.json" if what == "no-config" else "model.safetensors")).unlink()
     with pytest.raises(CheckpointError):
         load_model(path)
 
 
-def test_weights_are_mapped_from_the_file_not_copied(llama_dir):
+def test_weights_are_mapped_from_the_file_not_copied(tiny_dir):
     """fp32 tensors stored as the model uses them sit in the file's map, at the file's offsets."""
     from lmgen.checkpoint import read_header
 
-    header, data_start = read_header(llama_dir / "model.safetensors")
-    model, _, _ = load_model(llama_dir)
+    header, data_start = read_header(tiny_dir / "model.safetensors")
+    model, _, _ = load_model(tiny_dir)
     params = {"model.embed_tokens.weight": model.embed.weight,
               "model.layers.1.self_attn.q_proj.weight": model.blocks[1].attn.q.weight,
               "model.layers.0.mlp.down_proj.weight": model.blocks[0].mlp.down.weight}
     base = model.embed.weight.data_ptr() - header["model.embed_tokens.weight"]["data_offsets"][0]
-    stored = load_file(llama_dir / "model.safetensors")
+    stored = load_file(tiny_dir / "model.safetensors")
     for name, param in params.items():
         assert param.data_ptr() == base + header[name]["data_offsets"][0]
         assert torch.equal(param, stored[name])
 
 
-def test_writing_to_a_mapped_weight_leaves_the_file_alone(llama_dir):
-    before = (llama_dir / "model.safetensors").read_bytes()
-    model, _, _ = load_model(llama_dir)
+def test_writing_to_a_mapped_weight_leaves_the_file_alone(tiny_dir):
+    before = (tiny_dir / "model.safetensors").read_bytes()
+    model, _, _ = load_model(tiny_dir)
     with torch.no_grad():
         model.embed.weight.add_(1.0)
-    assert (llama_dir / "model.safetensors").read_bytes() == before
+    assert (tiny_dir / "model.safetensors").read_bytes() == before
 
 
-def test_converted_weights_match_the_file(llama_dir):
-    model, _, _ = load_model(llama_dir, dtype=torch.bfloat16, vector_dtype=torch.float32)
-    stored = load_file(llama_dir / "model.safetensors")
+def test_converted_weights_match_the_file(tiny_dir):
+    model, _, _ = load_model(tiny_dir, dtype=torch.bfloat16, vector_dtype=torch.float32)
+    stored = load_file(tiny_dir / "model.safetensors")
     assert model.blocks[0].attn.k.weight.dtype == torch.bfloat16
     assert torch.equal(model.blocks[0].attn.k.weight, stored["model.layers.0.self_attn.k_proj.weight"].bfloat16())
     assert torch.equal(model.blocks[0].mlp_norm.weight, stored["model.layers.0.post_attention_layernorm.weight"])
 
 
-def test_tensors_at_unaligned_offsets_load(llama_dir, tmp_path):
+def test_tensors_at_unaligned_offsets_load(tiny_dir, tmp_path):
     """safetensors does not promise aligned data: pad the header so that every tensor starts at 2 mod 8."""
     import struct
 
-    path = copy_dir(llama_dir, tmp_path / "shifted")
+    path = copy_dir(tiny_dir, tmp_path / "shifted")
     data = (path / "model.safetensors").read_bytes()
     (size,) = struct.unpack("<Q", data[:8])
     header = data[8 : 8 + size].rstrip(b" ")
@@ -167,4 +160,4 @@ def test_tensors_at_unaligned_offsets_load(llama_dir, tmp_path):
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header + data[8 + size :])
     shifted, _, _ = load_model(path)
     assert shifted.blocks[0].attn.q.weight.data_ptr() % 4 != 0
-    assert_same_logits(shifted, load_model(llama_dir)[0])
+    assert_same_logits(shifted, load_model(tiny_dir)[0])

@@ -14,10 +14,8 @@ from conftest import save_tiny
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama")
-    save_tiny("llama", path)
-    return lmgen.load(path)
+def lm(tiny_dir):
+    return lmgen.load(tiny_dir)
 
 
 def events(lm, prompt="The cat sat", **settings):
