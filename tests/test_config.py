@@ -1,11 +1,13 @@
 """ModelConfig from TOML and from Hugging Face config.json, and its validation."""
 
+import json
 from pathlib import Path
 
 import pytest
 
+from lmgen.checkpoint import load_config_file
 from lmgen.config import ModelConfig, from_hf, load_toml
-from lmgen.errors import ConfigError
+from lmgen.errors import ConfigError, LmgenError
 
 from conftest import tiny_hf_config
 
@@ -64,4 +66,62 @@ def test_toml_with_unknown_field_is_refused(tmp_path):
     text = (CONFIGS / "smollm2-135m.toml").read_text() + "n_experts = 8\n"
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(ConfigError, match="n_experts"):
+        load_toml(tmp_path / "c.toml")
+
+
+def write_config(tmp_path, text: str) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("data", [[1, 2], "a string", None, 3])
+def test_config_json_that_is_not_an_object(tmp_path, data):
+    with pytest.raises(LmgenError, match="must hold an object"):
+        load_config_file(write_config(tmp_path, json.dumps(data)))
+
+
+def test_deeply_nested_config_json(tmp_path):
+    with pytest.raises(LmgenError, match="nested too deeply|not valid JSON"):
+        load_config_file(write_config(tmp_path, '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"))
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(rope_parameters=[1, 2]), "rope_parameters"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": "abc"}), "rope_theta"),
+        (dict(rope_parameters=None, rope_theta="abc"), "rope_theta"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": 0}), "rope_theta"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": -5.0}), "rope_theta"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": float("nan")}), "rope_theta"),
+        (dict(rope_parameters={"rope_type": "default", "rope_theta": float("inf")}), "rope_theta"),
+        (dict(eos_token_id={"id": 2}), "eos_token_id"),
+        (dict(eos_token_id=[2, "x"]), "eos_token_id"),
+        (dict(eos_token_id=5000), "eos_token_id"),  # beyond the vocabulary
+        (dict(bos_token_id=-1), "bos_token_id"),
+        (dict(num_hidden_layers=1_000_000_000), "n_layers"),
+        (dict(num_hidden_layers=2.0), "num_hidden_layers"),
+        (dict(num_hidden_layers="2"), "num_hidden_layers"),
+        (dict(num_hidden_layers=True), "num_hidden_layers"),
+        (dict(hidden_size=2**40), "d_model"),
+        (dict(max_position_embeddings=-8), "max_context"),
+        (dict(tie_word_embeddings="yes"), "tie_word_embeddings"),
+        (dict(attention_bias=1), "attention_bias"),
+        (dict(rms_norm_eps=float("nan")), "norm_eps"),
+        (dict(rms_norm_eps="small"), "rms_norm_eps"),
+        (dict(num_attention_heads=0), "n_heads"),
+        (dict(rope_scaling="linear"), "rope_scaling"),
+    ],
+)
+def test_hostile_config_fields_are_refused_naming_the_field(change, field):
+    hf = {**tiny_hf_config("llama").to_dict(), **change}
+    with pytest.raises(ConfigError, match=field):
+        from_hf(hf)
+
+
+def test_toml_config_with_wrong_types_is_refused(tmp_path):
+    text = (CONFIGS / "smollm2-135m.toml").read_text().replace("tied_embeddings = true", 'tied_embeddings = "yes"')
+    (tmp_path / "c.toml").write_text(text)
+    with pytest.raises(ConfigError, match="tied_embeddings"):
         load_toml(tmp_path / "c.toml")

@@ -1,0 +1,164 @@
+"""Bad options, bad files and a hostile environment: one line on stderr, a documented exit code.
+
+In-process (lmgen.cli.run) except where a real process is the point.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import assert_one_line_error, run_lmgen
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--seed", str(2**64)], r"seed must be from 0 to 2\*\*64 - 1"),
+        (["--seed", "-1"], r"seed must be from 0"),
+        (["--show-probs", "1000000"], r"show-probs must be at most the vocabulary size \(300\)"),
+        (["--frequency-penalty", "inf"], "frequency-penalty must be a finite number"),
+        (["--presence-penalty", "nan"], "presence-penalty must be a finite number"),
+        (["--temperature", "inf"], "temperature must be a finite number"),
+        (["--stop", ""], "--stop string must not be empty"),
+        (["--threads", "0"], "threads must be >= 1"),
+    ],
+)
+def test_bad_option_values(cli, tiny_dir, args, pattern):
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)
+
+
+@pytest.mark.parametrize(
+    "args, pattern",
+    [(["--window", "0"], "window must be >= 2"), (["--stride", "0"], "stride must be between 1 and"),
+     (["--window", "8", "--stride", "8"], "stride must be between 1 and")],
+)
+def test_bad_score_windows(cli, tiny_dir, args, pattern):
+    assert_one_line_error(cli("score", "-m", str(tiny_dir), *args, "The cat sat on the mat"), 2, pattern)
+
+
+def test_prompt_larger_than_the_context_could_use_is_refused_unread(cli, tiny_dir):
+    # the tiny model's context is 128 tokens: 128 × 256 bytes is the most a prompt could use
+    result = cli("generate", "-m", str(tiny_dir), "-n", "2", input=b"x" * (128 * 256 + 1))
+    assert_one_line_error(result, 2, r"stdin is longer than the context could use \(32,768 bytes\).*--truncate")
+
+
+def test_file_dev_zero_is_refused(cli, tiny_dir):
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), "--file", "/dev/zero"), 2,
+                          r"--file /dev/zero is longer than the context could use")
+
+
+def test_truncate_keeps_the_end_of_a_huge_prompt(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "2", "--truncate", "--json", input=b"ab" * 100_000 + b"END")
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["prompt"].endswith("abEND") and len(record["prompt"].encode()) <= 128 * 256
+
+
+def test_truncate_of_an_endless_stream_gives_up(cli, tiny_dir, monkeypatch):
+    from lmgen import prompts
+
+    monkeypatch.setattr(prompts, "MAX_STREAM_BYTES", 1 << 20)
+    result = cli("generate", "-m", str(tiny_dir), "--truncate", "--file", "/dev/zero")
+    assert_one_line_error(result, 2, "even for --truncate")
+
+
+def test_each_line_refuses_an_overlong_line(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "1", "--each-line", input=b"hi\n" + b"y" * 40_000 + b"\n")
+    assert result.returncode == 2 and b"stdin line 2 is longer than the context" in result.stderr
+
+
+def nan_weights(tiny_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = shutil.copytree(tiny_dir, tmp_path / "nan")
+    state = load_file(path / "model.safetensors")
+    state["model.layers.0.mlp.down_proj.weight"][3, 5] = float("nan")
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+    return path
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"], ["--jsonl"]])
+def test_nan_weights_print_no_text(cli, tiny_dir, tmp_path, mode):
+    result = cli("generate", "-m", str(nan_weights(tiny_dir, tmp_path)), "-n", "4", *mode, "The cat")
+    assert_one_line_error(result, 3, "NaN or infinite logits")
+
+
+def test_nan_weights_in_score(cli, tiny_dir, tmp_path):
+    result = cli("score", "-m", str(nan_weights(tiny_dir, tmp_path)), "The cat sat")
+    assert_one_line_error(result, 3, "NaN or infinite logits")
+
+
+def test_tokenizer_id_beyond_the_vocabulary(cli, tiny_dir, tmp_path):
+    path = shutil.copytree(tiny_dir, tmp_path / "tok")
+    tokenizer = json.loads((path / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["h"] = 5000  # the byte token for "h" gets an id past the embedding's 300 rows
+    (path / "tokenizer.json").write_text(json.dumps(tokenizer))
+    result = cli("generate", "-m", str(path), "-n", "2", "hhhh")
+    assert_one_line_error(result, 3, r"token id 5000, beyond the model's vocabulary of 300")
+
+
+def sharded(tiny_dir, tmp_path, shard_name):
+    path = shutil.copytree(tiny_dir, tmp_path / "sharded")
+    weights = path / "model.safetensors"
+    names = json.loads(weights.read_bytes()[8 : 8 + int.from_bytes(weights.read_bytes()[:8], "little")])
+    weights.rename(path / "model-00001-of-00001.safetensors")
+    index = {"weight_map": {n: "model-00001-of-00001.safetensors" for n in names if n != "__metadata__"}}
+    index["weight_map"]["lm_head.weight"] = shard_name
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    return path
+
+
+@pytest.mark.parametrize("shard", ["../other/model.safetensors", "/etc/passwd", "sub/model.safetensors", ".."])
+def test_shard_index_pointing_outside_the_model_is_refused(cli, tiny_dir, tmp_path, shard):
+    result = cli("generate", "-m", str(sharded(tiny_dir, tmp_path, shard)), "-n", "2", "hi")
+    assert_one_line_error(result, 3, "shards must be files in the model's directory")
+
+
+def test_shard_index_weight_map_a_list(cli, tiny_dir, tmp_path):
+    path = sharded(tiny_dir, tmp_path, "model-00001-of-00001.safetensors")
+    (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": ["a", "b"]}))
+    assert_one_line_error(cli("generate", "-m", str(path), "hi"), 3, "weight_map must be an object")
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors", "tokenizer.json"])
+def test_fifo_in_place_of_a_checkpoint_file_is_refused(lmgen_exe, tiny_dir, tmp_path, name):
+    path = shutil.copytree(tiny_dir, tmp_path / "fifo")
+    (path / name).unlink()
+    os.mkfifo(path / name)
+    result = run_lmgen(lmgen_exe, "generate", "-m", str(path), "-n", "2", "hi", timeout=60)
+    assert_one_line_error(result, 3, rf"{name} is not a regular file")
+
+
+def test_inspect_of_a_fifo_does_not_block(lmgen_exe, tmp_path):
+    os.mkfifo(tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text("{}")
+    result = run_lmgen(lmgen_exe, "inspect", str(tmp_path / "model.safetensors"), timeout=60)
+    assert result.returncode in (2, 3) and b"Traceback" not in result.stderr
+
+
+def test_device_file_as_weights_is_refused(cli, tiny_dir, tmp_path):
+    path = shutil.copytree(tiny_dir, tmp_path / "dev")
+    (path / "model.safetensors").unlink()
+    (path / "model.safetensors").symlink_to("/dev/zero")
+    assert_one_line_error(cli("generate", "-m", str(path), "hi"), 3, "not a regular file")
+
+
+def test_stdout_on_a_full_disk(lmgen_exe, tiny_dir):
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "3", "hi"], stdout=full,
+                                stderr=subprocess.PIPE, timeout=120)
+    err = result.stderr.decode()
+    assert result.returncode == 4, err
+    assert err.startswith("lmgen: error: No space left on device") and len(err.splitlines()) == 1
+
+
+def test_setup_into_an_unwritable_home(lmgen_exe):
+    result = run_lmgen(lmgen_exe, "setup", env={"LMGEN_HOME": "/proc/lmgen-home"})
+    err = result.stderr.decode()
+    assert result.returncode == 4, err
+    assert err.startswith("lmgen: error: cannot write") and len(err.splitlines()) == 1
