@@ -6,33 +6,43 @@ projections, rebuilds the byte-level BPE tokenizer from ``tokenizer.ggml.*``
 metadata, and writes config.json + model.safetensors + tokenizer.json (+
 tokenizer_config.json with the chat template). The result loads in lmgen and
 in transformers alike. Needs numpy, gguf, safetensors and tokenizers; no torch.
+
+GGUF files come from strangers, so each way one can be wrong ends in one
+``LmgenError``: the reader stops at the end of the file and at absurd arrays,
+each metadata value is checked by key, each tensor's shape against the config
+before anything is dequantized, the fp32 weights must fit in memory, and the
+output is staged beside its target and renamed into place only when complete.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
-from lmgen.config import ModelConfig, to_hf
-from lmgen.errors import CheckpointError
+import numpy as np
+from gguf import GGUFReader, GGUFValueType
+
+from lmgen import layout
+from lmgen.config import LIMITS, ModelConfig, to_hf
+from lmgen.errors import CheckpointError, EnvironmentFailure
+from lmgen.files import regular_file, staged_directory
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
+
+# The reader makes ~1 KB of Python objects per metadata array item: this caps what a hostile
+# header can cost (~2 GB), above twice o200k's tokens + merges + token types (0.85 M items).
+MAX_METADATA_ITEMS = 1 << 21
+MEMORY_MARGIN = 512 << 20  # bytes kept free besides the fp32 weights: temporaries, the tokenizer
 
 # GGUF tensor name → Hugging Face name (layer index as {0})
 _BLOCK_NAMES = {
     "attn_norm.weight": "input_layernorm.weight",
-    "attn_q.weight": "self_attn.q_proj.weight",
-    "attn_k.weight": "self_attn.k_proj.weight",
-    "attn_v.weight": "self_attn.v_proj.weight",
-    "attn_q.bias": "self_attn.q_proj.bias",
-    "attn_k.bias": "self_attn.k_proj.bias",
-    "attn_v.bias": "self_attn.v_proj.bias",
+    **{f"attn_{p}.{kind}": f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")},
     "attn_output.weight": "self_attn.o_proj.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
-    "ffn_gate.weight": "mlp.gate_proj.weight",
-    "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+    **{f"ffn_{p}.weight": f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
 }
 _TOP_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -43,6 +53,24 @@ _TOP_NAMES = {
 # llama.cpp token types
 _CONTROL, _USER_DEFINED = 3, 4
 
+_INT = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731 (bool is an int to Python)
+_KINDS = {
+    "an integer": _INT,
+    "a number": lambda v: (_INT(v) or isinstance(v, float)) and math.isfinite(v),
+    "true or false": lambda v: isinstance(v, bool),
+    "a string": lambda v: isinstance(v, str),
+    "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "a non-empty list of strings": lambda v: v != [] and _KINDS["a list of strings"](v),
+    "a list of integers": lambda v: isinstance(v, list) and all(_INT(x) for x in v),
+}
+_REQUIRED = object()
+
+
+def printable(text: str, limit: int = 120) -> str:
+    """A stranger's text made safe for a one-line error: no newlines or escapes, not too long."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[:limit] + "..."
+
 
 def hf_tensor_name(gguf_name: str) -> str:
     if gguf_name in _TOP_NAMES:
@@ -50,7 +78,7 @@ def hf_tensor_name(gguf_name: str) -> str:
     match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
     if match and match.group(2) in _BLOCK_NAMES:
         return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}"
-    raise CheckpointError(f"GGUF tensor {gguf_name} has no known Hugging Face name")
+    raise CheckpointError(f"GGUF tensor {printable(gguf_name)} has no known Hugging Face name")
 
 
 def unpermute_rows(weight, n_heads: int):
@@ -60,60 +88,184 @@ def unpermute_rows(weight, n_heads: int):
     return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
+class BoundedReader(GGUFReader):
+    """GGUFReader that refuses an array longer than the rest of the file, or too many items in all.
+
+    The stock reader slices its memmap, so reads past the end give empty arrays, not errors: an
+    array that claims 2**60 one-byte items is walked item by item, a hang that also eats memory.
+    (Other fields read past the end fail on their own, as an IndexError or a bad reshape.)
+    """
+
+    items_seen = 0  # metadata array items so far, nested ones included
+
+    def _get_field_parts(self, orig_offs, raw_type):
+        if int(raw_type) == GGUFValueType.ARRAY:  # int(): numpy's == with an IntEnum is slow, per item
+            item_type, length = int(self._get(orig_offs, np.uint32)[0]), int(self._get(orig_offs + 4, np.uint64)[0])
+            scalar = self.gguf_scalar_to_np.get(item_type, np.uint8)
+            item_bytes = {GGUFValueType.STRING: 8, GGUFValueType.ARRAY: 12}.get(item_type, np.dtype(scalar).itemsize)
+            if orig_offs + 12 + length * item_bytes > len(self.data):
+                raise ValueError(f"an array at byte {orig_offs} runs past the end of the file")
+            self.items_seen += length
+            if self.items_seen > MAX_METADATA_ITEMS:
+                raise ValueError(f"its metadata arrays hold more than {MAX_METADATA_ITEMS} items")
+        return super()._get_field_parts(orig_offs, raw_type)
+
+
+def open_gguf(src: Path) -> GGUFReader:
+    """A reader for src, or a CheckpointError saying why not (a FIFO or device is refused unopened)."""
+    regular_file(Path(src), "GGUF file")
+    try:
+        return BoundedReader(src)
+    except OSError as exc:
+        raise CheckpointError(f"cannot read GGUF file {src}: {exc.strerror or exc}") from None
+    except IndexError:  # a field read past the end: the file is cut short, or a length in it is wrong
+        raise CheckpointError(f"{src} is not a readable GGUF file (a field runs past its end)") from None
+    except Exception as exc:  # gguf raises ValueError, KeyError, RecursionError, ... on bad files
+        raise CheckpointError(f"{src} is not a readable GGUF file ({printable(exc)})") from None
+
+
 def read_metadata(reader) -> dict:
     meta = {}
     for key, field in reader.fields.items():
         if key.startswith("GGUF."):
             continue
-        meta[key] = field.contents()
+        try:
+            meta[key] = field.contents()
+        except Exception as exc:  # bad UTF-8, an array of arrays, ...
+            raise CheckpointError(f"GGUF metadata {printable(key)} is unreadable ({printable(exc)})") from None
     return meta
 
 
+def typed(meta: dict, key: str, kind: str, default=_REQUIRED):
+    """meta[key], or a CheckpointError naming the key if it is missing (and required) or not ``kind``."""
+    if key not in meta:
+        if default is _REQUIRED:
+            raise CheckpointError(f"GGUF metadata lacks {key}")
+        return default
+    value = meta[key]
+    if not _KINDS[kind](value):
+        shown = f"a list of {len(value)}" if isinstance(value, list) else printable(repr(value), 40)
+        raise CheckpointError(f"GGUF metadata {key} must be {kind}, not {shown}")
+    return value
+
+
+def integer(meta: dict, key: str, low: int, high: int, default=_REQUIRED) -> int | None:
+    """typed(..., "an integer"), also refused (naming the key) outside [low, high]."""
+    value = typed(meta, key, "an integer", default)
+    if value is not None and not low <= value <= high:
+        raise CheckpointError(f"GGUF metadata {key} must be from {low} to {high}, got {value}")
+    return value
+
+
+def _token_id(meta: dict, name: str, n_tokens: int) -> int | None:
+    return integer(meta, f"tokenizer.ggml.{name}_token_id", 0, n_tokens - 1, None)
+
+
+def token_list(meta: dict) -> list[str]:
+    return typed(meta, "tokenizer.ggml.tokens", "a non-empty list of strings")
+
+
 def gguf_config(meta: dict, tied: bool) -> ModelConfig:
-    arch = meta.get("general.architecture")
+    arch = typed(meta, "general.architecture", "a string")
     if arch not in SUPPORTED_ARCHS:
-        raise CheckpointError(f"GGUF architecture {arch!r} is not supported (supported: {', '.join(SUPPORTED_ARCHS)})")
-
-    def get(key, default=None):
-        value = meta.get(f"{arch}.{key}", default)
-        if value is None:
-            raise CheckpointError(f"GGUF metadata lacks {arch}.{key}")
-        return value
-
-    d_model, n_heads = get("embedding_length"), get("attention.head_count")
-    eos = meta.get("tokenizer.ggml.eos_token_id")
+        supported = ", ".join(SUPPORTED_ARCHS)
+        raise CheckpointError(f"GGUF architecture {printable(repr(arch))} is not supported (supported: {supported})")
+    sizes = gguf_sizes(meta, arch)
+    n_tokens = len(token_list(meta)) if "tokenizer.ggml.tokens" in meta else sizes["vocab_size"]
+    if n_tokens > sizes["vocab_size"]:
+        raise CheckpointError(f"GGUF metadata has {n_tokens} tokens but {arch}.vocab_size is {sizes['vocab_size']}")
+    if meta.get(f"{arch}.rope.dimension_count", sizes["head_dim"]) != sizes["head_dim"]:
+        raise CheckpointError(f"GGUF metadata {arch}.rope.dimension_count must be the head size, {sizes['head_dim']}")
+    if typed(meta, f"{arch}.rope.scaling.type", "a string", "none") != "none":
+        raise CheckpointError(f"GGUF metadata {arch}.rope.scaling.type: only unscaled rotary positions are supported")
+    eos = _token_id(meta, "eos", n_tokens)
     return ModelConfig(
-        family=arch,
-        vocab_size=meta.get(f"{arch}.vocab_size") or len(meta["tokenizer.ggml.tokens"]),
-        d_model=d_model,
-        n_layers=get("block_count"),
-        n_heads=n_heads,
-        n_kv_heads=get("attention.head_count_kv", n_heads),
-        head_dim=get("attention.key_length", d_model // n_heads),
-        d_mlp=get("feed_forward_length"),
-        max_context=get("context_length"),
-        norm="rmsnorm",
-        norm_eps=get("attention.layer_norm_rms_epsilon"),
-        positions="rope",
-        rope_theta=float(get("rope.freq_base", 10000.0)),
-        mlp="swiglu",
-        activation="silu",
+        family=arch, **sizes, norm="rmsnorm", positions="rope", mlp="swiglu", activation="silu",
+        norm_eps=positive(meta, f"{arch}.attention.layer_norm_rms_epsilon"),
+        rope_theta=positive(meta, f"{arch}.rope.freq_base", 10000.0),
         qkv_bias=arch == "qwen2",
         tied_embeddings=tied,
-        bos_token_id=meta.get("tokenizer.ggml.bos_token_id"),
+        bos_token_id=_token_id(meta, "bos", n_tokens),
         eos_token_ids=[eos] if eos is not None else [],
     )
 
 
+def gguf_sizes(meta: dict, arch: str) -> dict[str, int]:
+    """ModelConfig's sizes, each bounded by config.LIMITS before anything is allocated for it."""
+
+    def size(field: str, key: str, default=_REQUIRED) -> int:
+        return integer(meta, f"{arch}.{key}", 1, LIMITS[field], default)
+
+    sizes = dict(d_model=size("d_model", "embedding_length"), n_layers=size("n_layers", "block_count"),
+                 n_heads=size("n_heads", "attention.head_count"), d_mlp=size("d_mlp", "feed_forward_length"),
+                 max_context=size("max_context", "context_length"))
+    sizes["n_kv_heads"] = size("n_kv_heads", "attention.head_count_kv", sizes["n_heads"])
+    sizes["head_dim"] = size("head_dim", "attention.key_length", sizes["d_model"] // sizes["n_heads"])
+    tokens = token_list(meta) if "tokenizer.ggml.tokens" in meta else None  # inspect can do without
+    sizes["vocab_size"] = size("vocab_size", "vocab_size", len(tokens) if tokens else _REQUIRED)
+    return sizes
+
+
+def positive(meta: dict, key: str, default=_REQUIRED) -> float:
+    value = float(typed(meta, key, "a number", default))
+    if value <= 0:
+        raise CheckpointError(f"GGUF metadata {key} must be positive, got {value}")
+    return value
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """GGUF tensor name → its shape (Hugging Face order) for every tensor the config implies."""
+    shapes = layout.canonical_shapes(cfg)
+    names = [*_TOP_NAMES, *(f"blk.{i}.{name}" for i in range(cfg.n_layers) for name in _BLOCK_NAMES)]
+    mapped = {name: layout.map_name(cfg.family, hf_tensor_name(name)) for name in names}
+    return {name: layout.stored_shape(m, shapes) for name, m in mapped.items() if shapes.keys() >= set(m.targets)}
+
+
+def check_tensors(reader, cfg: ModelConfig) -> None:
+    """Every tensor is one the config implies, with the shape it implies, and none is missing."""
+    expected = expected_shapes(cfg)
+    for t in reader.tensors:
+        hf_tensor_name(t.name)  # a name no model has is an error of its own
+        if t.name not in expected:
+            raise CheckpointError(f"GGUF tensor {printable(t.name)} is not part of the model its metadata describes")
+        shape = tuple(int(n) for n in reversed(t.shape.tolist()))
+        if shape != expected[t.name]:
+            raise CheckpointError(f"GGUF tensor {t.name} has shape {shape}; the metadata implies {expected[t.name]}")
+    missing = sorted(expected.keys() - {t.name for t in reader.tensors})
+    if missing:
+        raise CheckpointError(f"GGUF file lacks {len(missing)} tensor(s) its metadata implies, e.g. {missing[0]}")
+
+
+def available_memory() -> int | None:
+    """Linux's MemAvailable in bytes (free memory plus droppable cache), or None: no check."""
+    try:
+        meminfo = Path("/proc/meminfo").read_text(encoding="ascii")
+        return int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M).group(1)) * 1024
+    except (OSError, AttributeError, UnicodeDecodeError):
+        return None
+
+
+def check_memory(reader, src: Path) -> None:
+    """Refuse before dequantizing if the fp32 weights (held at once, for saving) would not fit."""
+    need = 4 * sum(int(t.n_elements) for t in reader.tensors) + MEMORY_MARGIN
+    free = available_memory()
+    if free is not None and need > free:
+        raise EnvironmentFailure(
+            f"converting {src} needs about {need / 2**30:.1f} GiB of memory; {free / 2**30:.1f} GiB is available"
+        )
+
+
 def gguf_tensors(reader, cfg: ModelConfig) -> dict:
-    """HF name → fp32 numpy array for every tensor in the file."""
-    import numpy as np
+    """HF name → fp32 numpy array for every tensor in the file (call check_tensors first)."""
     from gguf.quants import dequantize
 
     tensors = {}
     for t in reader.tensors:
         name = hf_tensor_name(t.name)
-        array = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        try:
+            array = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
+        except NotImplementedError:
+            raise CheckpointError(f"GGUF tensor {t.name} has type {t.tensor_type.name}, which gguf cannot read")
         array = array.reshape(tuple(int(n) for n in reversed(t.shape)))
         if cfg.family == "llama" and name.endswith("q_proj.weight"):
             array = unpermute_rows(array, cfg.n_heads)
@@ -127,26 +279,41 @@ def gguf_tokenizer(meta: dict):
     """A ``tokenizers.Tokenizer`` rebuilt from byte-level BPE metadata."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
-    kind = meta.get("tokenizer.ggml.model")
+    kind = typed(meta, "tokenizer.ggml.model", "a string")
     if kind != "gpt2":
-        raise CheckpointError(f"GGUF tokenizer model {kind!r} is not supported (only byte-level BPE, 'gpt2')")
-    tokens = list(meta["tokenizer.ggml.tokens"])
-    merges = [tuple(m.split(" ", 1)) for m in meta["tokenizer.ggml.merges"]]
-    tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
-    tokenizer.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre", "default"), pre_tokenizers)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
-    types = list(meta.get("tokenizer.ggml.token_type", []))
-    special = [AddedToken(tokens[i], special=True, normalized=False) for i, t in enumerate(types) if t == _CONTROL]
-    user = [AddedToken(tokens[i], special=False, normalized=False) for i, t in enumerate(types) if t == _USER_DEFINED]
-    tokenizer.add_special_tokens(special)
-    tokenizer.add_tokens(user)
-    bos = meta.get("tokenizer.ggml.bos_token_id")
-    if meta.get("tokenizer.ggml.add_bos_token") and bos is not None:
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{tokens[bos]} $A", pair=f"{tokens[bos]} $A $B", special_tokens=[(tokens[bos], bos)]
-        )
+        raise CheckpointError(f"GGUF tokenizer model {printable(repr(kind))} is not supported (only 'gpt2')")
+    tokens, merges = token_list(meta), gguf_merges(meta)
+    types = typed(meta, "tokenizer.ggml.token_type", "a list of integers", [])
+    if types and len(types) != len(tokens):
+        raise CheckpointError(f"GGUF metadata tokenizer.ggml.token_type has {len(types)} items, not {len(tokens)}")
+    bos = _token_id(meta, "bos", len(tokens))
+    pre = _pre_tokenizer(typed(meta, "tokenizer.ggml.pre", "a string", "default"), pre_tokenizers)
+    add_bos = typed(meta, "tokenizer.ggml.add_bos_token", "true or false", False)
+    try:  # tokenizers checks the rest (merges of unknown tokens, ...), with plain Exceptions
+        tokenizer = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        tokenizer.pre_tokenizer = pre
+        tokenizer.decoder = decoders.ByteLevel()
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+        added = [(AddedToken(tokens[i], special=t == _CONTROL, normalized=False), t) for i, t in enumerate(types)]
+        tokenizer.add_special_tokens([token for token, t in added if t == _CONTROL])
+        tokenizer.add_tokens([token for token, t in added if t == _USER_DEFINED])
+        if add_bos and bos is not None:
+            tokenizer.post_processor = processors.TemplateProcessing(
+                single=[tokens[bos], "$A"], pair=[tokens[bos], "$A", "$B"], special_tokens=[(tokens[bos], bos)]
+            )
+    except Exception as exc:
+        raise CheckpointError(f"GGUF tokenizer metadata is inconsistent ({printable(exc)})") from None
     return tokenizer
+
+
+def gguf_merges(meta: dict) -> list[tuple[str, str]]:
+    merges = []
+    for merge in typed(meta, "tokenizer.ggml.merges", "a list of strings"):
+        pair = tuple(merge.split(" "))
+        if len(pair) != 2 or not all(pair):
+            raise CheckpointError(f"GGUF metadata tokenizer.ggml.merges holds {printable(repr(merge))}, not 'a b'")
+        merges.append(pair)
+    return merges
 
 
 def _pre_tokenizer(pre: str, pre_tokenizers):
@@ -155,14 +322,14 @@ def _pre_tokenizer(pre: str, pre_tokenizers):
         return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     if pre in ("gpt2", "gpt-2", "default"):
         return byte_level
-    raise CheckpointError(f"GGUF pre-tokenizer {pre!r} is not supported (supported: smollm, gpt2, default)")
+    raise CheckpointError(f"GGUF pre-tokenizer {printable(repr(pre))} is not supported (smollm, gpt2, default are)")
 
 
 def tokenizer_config(meta: dict, cfg: ModelConfig) -> dict:
-    tokens = meta["tokenizer.ggml.tokens"]
+    tokens = token_list(meta)
 
     def token(key: str):
-        index = meta.get(f"tokenizer.ggml.{key}_token_id")
+        index = _token_id(meta, key, len(tokens))
         return tokens[index] if index is not None else None
 
     config = {
@@ -171,42 +338,36 @@ def tokenizer_config(meta: dict, cfg: ModelConfig) -> dict:
         "eos_token": token("eos"),
         "unk_token": token("unknown"),
         "pad_token": token("padding"),
-        "add_bos_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
+        "add_bos_token": typed(meta, "tokenizer.ggml.add_bos_token", "true or false", False),
         "model_max_length": cfg.max_context,
     }
-    if "tokenizer.chat_template" in meta:
-        config["chat_template"] = meta["tokenizer.chat_template"]
+    template = typed(meta, "tokenizer.chat_template", "a string", None)
+    if template is not None:
+        config["chat_template"] = template
     return config
 
 
-def open_gguf(src: Path):
-    """A ``gguf.GGUFReader`` for src, or a CheckpointError saying why not."""
-    from gguf import GGUFReader
+def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> ModelConfig:
+    """Write an HF-layout directory for the GGUF file ``src`` into ``out`` (if non-empty: with ``force``).
 
-    if not src.is_file():
-        raise CheckpointError(f"GGUF file {src} does not exist")
-    try:
-        return GGUFReader(src)
-    except Exception as exc:  # gguf raises ValueError, struct.error, ... on bad files
-        raise CheckpointError(f"{src} is not a readable GGUF file ({exc})") from None
-
-
-def convert_gguf(src: str | Path, out: str | Path) -> ModelConfig:
-    """Write an HF-layout directory for the GGUF file ``src`` into ``out``."""
+    All is checked before anything is dequantized, and written into a staging directory that
+    replaces ``out`` only when complete: a failure, or a second convert at once, leaves no half model.
+    """
     from safetensors.numpy import save_file
 
     src, out = Path(src), Path(out)
     reader = open_gguf(src)
     meta = read_metadata(reader)
-    tied = not any(t.name == "output.weight" for t in reader.tensors)
-    cfg = gguf_config(meta, tied)
-    tokenizer = gguf_tokenizer(meta)
-    tensors = gguf_tensors(reader, cfg)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt", "source": src.name})
-    tokenizer.save(str(out / "tokenizer.json"))
-    _write_json(out / "tokenizer_config.json", tokenizer_config(meta, cfg))
-    _write_json(out / "config.json", to_hf(cfg))  # last: its presence marks a complete import
+    cfg = gguf_config(meta, tied=not any(t.name == "output.weight" for t in reader.tensors))
+    check_tensors(reader, cfg)
+    tokenizer, tok_config = gguf_tokenizer(meta), tokenizer_config(meta, cfg)
+    check_memory(reader, src)
+    with staged_directory(out, force) as stage:
+        metadata = {"format": "pt", "source": src.name}
+        save_file(gguf_tensors(reader, cfg), str(stage / "model.safetensors"), metadata=metadata)
+        (stage / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
+        _write_json(stage / "tokenizer_config.json", tok_config)
+        _write_json(stage / "config.json", to_hf(cfg))
     return cfg
 
 
