@@ -138,3 +138,32 @@ def test_each_line_with_several_samples_prints_each_prompts_own_text(lmgen_exe, 
     ]
     text = run_lmgen(lmgen_exe, *args, "--each-line", input=b"Once\nThe cat\n").stdout.decode()
     assert text == "".join(r["text"] + "\n" for r in records)
+
+
+def test_each_line_prints_one_line_per_prompt_even_when_empty(cli, smollm2_dir):
+    stdin = b"The capital of France is\nThe cat sat\nThe capital of France is\n"
+    args = ["generate", "-m", str(smollm2_dir), "--each-line", "-n", "3", "--stop", " Paris"]
+    text = cli(*args, input=stdin)
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.decode().split("\n")
+    assert len(lines) == 4 and lines[-1] == "", lines  # three lines, each ended by a newline
+    assert lines[0] == lines[2] == ""  # " Paris" stops the completion before any text
+    assert lines[1]
+    records = [json.loads(line) for line in cli(*args, "--json", input=stdin).stdout.decode().splitlines()]
+    assert [r["text"] for r in records] == ["", lines[1], ""]
+
+
+def test_each_line_keeps_line_breaks_of_a_completion_on_its_line(cli, smollm2_dir):
+    stdin = b"Write a haiku about the sea.\n"
+    args = ["generate", "-m", str(smollm2_dir), "-n", "24", "--chat"]
+    record = json.loads(cli(*args, "--json", "Write a haiku about the sea.").stdout)
+    assert "\n" in record["text"]  # the model breaks its lines
+    text = cli(*args, "--each-line", input=stdin).stdout.decode()
+    assert text.count("\n") == 1
+    expected = record["text"].replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
+    assert text == expected + "\n"
+
+
+def test_generate_with_a_single_empty_completion_still_ends_its_line(cli, smollm2_dir):
+    result = cli("generate", "-m", str(smollm2_dir), "-n", "3", "--stop", " Paris", "The capital of France is")
+    assert result.returncode == 0 and result.stdout == b"\n"
