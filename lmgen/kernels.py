@@ -17,11 +17,15 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from lmgen.threads import ThreadTuner
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
@@ -91,10 +95,16 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
 
 
 def set_threads(count: int) -> None:
-    """Threads for the kernels' parallel regions (torch's own count is set apart)."""
+    """Threads for the kernels' parallel regions (torch's own count is set apart): the most a
+    decode step uses; its ThreadTuner may use fewer."""
+    global max_threads
+    max_threads = count
     lib = library()
     if lib is not None:
         lib.set_threads(count)
+
+
+max_threads = torch.get_num_threads()
 
 
 def usable(x: Tensor, weight: Tensor) -> bool:
@@ -155,6 +165,8 @@ class DecodePlan:
         pointers = [t.data_ptr() if t is not None else None for row in rows for t in row]
         self.table = (ctypes.c_void_p * len(pointers))(*pointers)
         self.weight_code = WEIGHT_CODES[weight_dtype]
+        self.tuner = ThreadTuner(max_threads)
+        library().set_threads(max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
 
     def run(self, x: Tensor, cache, start_pos: int, rope: tuple[Tensor, Tensor] | None) -> None:
         """Run every block on x (batch, 1, d_model), contiguous fp32, in place; append to the cache."""
@@ -167,6 +179,15 @@ class DecodePlan:
             cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
             start_pos, _ptr(cos), _ptr(sin), cfg.sliding_window or 0,
         )
+
+    @contextmanager
+    def timed_step(self):
+        """One decode step (blocks and LM head) with the thread count the tuner picks, timed for it."""
+        threads = self.tuner.pick()
+        library().set_threads(threads)
+        start = time.perf_counter()
+        yield
+        self.tuner.record(threads, time.perf_counter() - start)
 
 
 def decode_plan(model) -> DecodePlan | None:

@@ -270,11 +270,12 @@ class Decoder(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
         if seq == 1 and cache is not None and cache.plan is not None:
-            x = x.contiguous()
-            cache.plan.run(x, cache, start_pos, ctx.rope)  # the decode step: every block in one native call
-        else:
-            for layer, block in enumerate(self.blocks):
-                x = block(x, ctx, layer)
+            with cache.plan.timed_step():  # the decode step: every block in one native call, then the head
+                x = x.contiguous()
+                cache.plan.run(x, cache, start_pos, ctx.rope)
+                return self.head(x)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, ctx, layer)
         if last_only:
             x = x[:, -1:]
         return self.head(x)

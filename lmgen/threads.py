@@ -3,9 +3,10 @@
 OpenMP's worker threads (PyTorch's and the native kernels') spin while they wait for work,
 so that the next parallel region starts at once. On a machine whose cores are all busy with
 other processes, spinning threads take turns with the threads that have work, and every
-barrier waits for a time slice: decode fell 20-40× on a loaded 2-core machine. lmgen makes
-the waiting threads sleep instead (``OMP_WAIT_POLICY=passive``) unless the user has chosen a
-policy, and runs as many threads as the cores the process may use.
+barrier waits for a time slice: decode fell 20-40× on a loaded 2-core machine. So lmgen
+(1) lets waiting threads spin only briefly before they sleep, (2) runs as many threads as
+the cores the process may use, and (3) times its decode steps and drops to fewer threads
+when that is faster, as it is when other processes hold the cores (``ThreadTuner``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,32 @@ import os
 from lmgen.errors import InputError
 from lmgen.resources import available_cores
 
+# Spin about ten microseconds, then sleep: long enough to catch the next parallel region of
+# a decode step on a quiet machine (fully passive threads cost 40% of decode speed here),
+# short enough that an idle thread gives its core away.
+SPIN_COUNT = "10000"
+
 
 def yielding_threads() -> None:
-    """Ask OpenMP runtimes loaded from now on to sleep, not spin, while they wait.
+    """Ask OpenMP runtimes loaded from now on to spin only briefly before they sleep.
 
-    Must run before torch (or the kernels) are loaded: OpenMP reads the setting once.
+    Must run before torch (or the kernels) are loaded: OpenMP reads the setting once. Left
+    alone where the user has set a wait policy of their own.
     """
-    os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)  # GNU OpenMP (Linux): spin iterations
+    os.environ.setdefault("KMP_BLOCKTIME", "1")  # LLVM OpenMP (macOS): milliseconds
 
 
 def set_threads(count: int | None) -> int:
-    """Use count threads (default: the cores available to this process) for torch and the kernels."""
+    """Use count threads (default: $LMGEN_THREADS, else the cores available to this process)
+    for torch and the kernels."""
+    if count is None and os.environ.get("LMGEN_THREADS"):
+        try:
+            count = int(os.environ["LMGEN_THREADS"])
+        except ValueError:
+            raise InputError(f"LMGEN_THREADS must be a number, got {os.environ['LMGEN_THREADS']!r}") from None
     if count is not None and count < 1:
         raise InputError(f"threads must be >= 1, got {count}")
     count = count or available_cores()
@@ -36,3 +52,43 @@ def set_threads(count: int | None) -> int:
     torch.set_num_threads(count)
     kernels.set_threads(count)
     return count
+
+
+class ThreadTuner:
+    """Picks the decode step's thread count from how fast steps actually run.
+
+    With every core busy elsewhere, a parallel region waits at its barrier for whichever of
+    its threads the scheduler has set aside, once per region and ~150 regions per token; one
+    thread has no barrier to wait at. So the tuner times each step and keeps a moving average
+    per thread count (``max_threads``, its halves, 1), runs the fastest, and every
+    ``explore_every`` steps tries the next other count once, so that it notices when the
+    machine gets busy or quiet again. On a quiet machine that costs one slower step in
+    ``explore_every``.
+    """
+
+    def __init__(self, max_threads: int, explore_every: int = 32, smoothing: float = 0.3):
+        counts = {max_threads}
+        while max_threads > 1:
+            max_threads //= 2
+            counts.add(max_threads)
+        self.counts = sorted(counts, reverse=True)
+        self.seconds = {n: None for n in self.counts}  # moving average of a step's time
+        self.explore_every, self.smoothing = explore_every, smoothing
+        self.steps = 0
+        self.best = self.counts[0]
+        self.next_probe = 0
+
+    def pick(self) -> int:
+        """The thread count for the next step."""
+        self.steps += 1
+        if len(self.counts) > 1 and self.steps % self.explore_every == 0:
+            others = [n for n in self.counts if n != self.best]
+            self.next_probe = (self.next_probe + 1) % len(others)
+            return others[self.next_probe]
+        return self.best
+
+    def record(self, count: int, seconds: float) -> None:
+        old = self.seconds[count]
+        self.seconds[count] = seconds if old is None else old + self.smoothing * (seconds - old)
+        measured = {n: s for n, s in self.seconds.items() if s is not None}
+        self.best = min(measured, key=measured.get)

@@ -15,7 +15,8 @@ With --loaded it measures how lmgen holds up on a busy machine instead: ``lmgen 
 runs as a fresh process, alternately on a quiet machine and beside one CPU-burning process
 (a busy Python loop) per available core; it prints the median decode tokens/s of each and
 the loaded/quiet ratio. ``--variant NAME:VAR=VALUE,...`` adds runs with other environment
-settings (e.g. ``spinning:OMP_WAIT_POLICY=active``, OpenMP's busy-waiting threads).
+settings (e.g. ``spinning:OMP_WAIT_POLICY=active``, OpenMP's busy-waiting threads), or another
+checkout of lmgen (``before:LMGEN_SOURCE=/path/to/checkout``).
 """
 
 from __future__ import annotations
@@ -105,10 +106,17 @@ def burn_cores(count: int) -> list[subprocess.Popen]:
     return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
 
 
+# Run the lmgen found in $LMGEN_SOURCE (another checkout) instead of the installed one.
+OTHER_SOURCE = ("import os, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
+                "sys.path.insert(0, os.environ['LMGEN_SOURCE']); from lmgen.cli import main; main(sys.argv[1:])")
+
+
 def run_cli(path: Path, dtype: str, tokens: int, env: dict) -> float:
     """Decode tokens/s of one `lmgen generate` process."""
-    exe = Path(sys.executable).parent / "lmgen"
-    result = subprocess.run([str(exe), "generate", "-m", str(path), "--dtype", dtype, "-n", str(tokens), "--json",
+    exe = [str(Path(sys.executable).parent / "lmgen")]
+    if "LMGEN_SOURCE" in env:
+        exe = [sys.executable, "-c", OTHER_SOURCE]
+    result = subprocess.run([*exe, "generate", "-m", str(path), "--dtype", dtype, "-n", str(tokens), "--json",
                              PROMPT], capture_output=True, env={**os.environ, **env}, timeout=900, check=True)
     return json.loads(result.stdout)["decode_tokens_per_s"]
 
