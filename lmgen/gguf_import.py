@@ -26,8 +26,9 @@ from gguf import GGUFReader, GGUFValueType
 
 from lmgen import layout
 from lmgen.config import LIMITS, ModelConfig, to_hf
-from lmgen.errors import CheckpointError, EnvironmentFailure
+from lmgen.errors import CheckpointError
 from lmgen.files import regular_file, staged_directory
+from lmgen.resources import require_memory
 
 SUPPORTED_ARCHS = ("llama", "qwen2")
 
@@ -236,23 +237,9 @@ def check_tensors(reader, cfg: ModelConfig) -> None:
         raise CheckpointError(f"GGUF file lacks {len(missing)} tensor(s) its metadata implies, e.g. {missing[0]}")
 
 
-def available_memory() -> int | None:
-    """Linux's MemAvailable in bytes (free memory plus droppable cache), or None: no check."""
-    try:
-        meminfo = Path("/proc/meminfo").read_text(encoding="ascii")
-        return int(re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.M).group(1)) * 1024
-    except (OSError, AttributeError, UnicodeDecodeError):
-        return None
-
-
 def check_memory(reader, src: Path) -> None:
     """Refuse before dequantizing if the fp32 weights (held at once, for saving) would not fit."""
-    need = 4 * sum(int(t.n_elements) for t in reader.tensors) + MEMORY_MARGIN
-    free = available_memory()
-    if free is not None and need > free:
-        raise EnvironmentFailure(
-            f"converting {src} needs about {need / 2**30:.1f} GiB of memory; {free / 2**30:.1f} GiB is available"
-        )
+    require_memory(4 * sum(int(t.n_elements) for t in reader.tensors) + MEMORY_MARGIN, f"converting {src}")
 
 
 def gguf_tensors(reader, cfg: ModelConfig) -> dict:

@@ -265,10 +265,11 @@ def test_bad_tensors_are_refused_before_dequantizing(tmp_path, monkeypatch, tens
 
 def test_too_little_memory_is_refused_before_dequantizing(tiny_gguf, tmp_path, monkeypatch):
     import lmgen.gguf_import as gi
+    import lmgen.resources
 
-    monkeypatch.setattr(gi, "available_memory", lambda: 1 << 20)
+    monkeypatch.setattr(lmgen.resources, "available_memory", lambda: 1 << 20)
     monkeypatch.setattr(gi, "gguf_tensors", lambda *a: pytest.fail("dequantized without the memory"))
-    with pytest.raises(EnvironmentFailure, match="GiB of memory"):
+    with pytest.raises(EnvironmentFailure, match="GB of memory"):
         convert_gguf(tiny_gguf, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
