@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,6 +83,9 @@ def staged_directory(target: Path, force: bool = False):
     failure the temporary directory is removed and ``target`` is left as it was, so no reader
     ever sees half a directory, and two concurrent writers each rename a complete one.
     """
+    import shutil
+    import tempfile
+
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise InputError(f"{target} exists and is not a directory")
@@ -106,6 +107,9 @@ def staged_directory(target: Path, force: bool = False):
 
 def _swap_in(stage: Path, target: Path) -> None:
     """Rename stage to target; an existing target is moved aside first, then removed."""
+    import shutil
+    import tempfile
+
     old = None
     if target.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
