@@ -137,6 +137,7 @@ def cli(capsysbinary, monkeypatch):
     def call(*args: str, input: bytes | None = None) -> Result:
         if input is not None:
             monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(input)))
+        capsysbinary.readouterr()  # drop what the test printed before (transformers' progress bars)
         code = run(list(args))
         sys.stdout.flush()
         out, err = capsysbinary.readouterr()

@@ -31,9 +31,9 @@ def test_setup_installs_the_default_model_then_generate_uses_it(lmgen_exe, tmp_p
     assert result.stdout.decode().startswith("The capital of France is Paris")
 
 
-def test_prompt_from_stdin(lmgen_exe, tiny_dir):
-    piped = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", input=b"The cat sat\n")
-    argued = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", "The cat sat")
+def test_prompt_from_stdin(cli, tiny_dir):
+    piped = cli("generate", "-m", str(tiny_dir), "-n", "5", input=b"The cat sat\n")
+    argued = cli("generate", "-m", str(tiny_dir), "-n", "5", "The cat sat")
     assert piped.returncode == 0, piped.stderr.decode()
     assert piped.stdout == argued.stdout and piped.stdout
 
@@ -49,14 +49,14 @@ def test_inspect_and_help_do_not_import_torch(smollm2_dir):
     assert result.returncode == 0, result.stderr.decode()
 
 
-def test_shape_mismatch_fails_naming_the_tensor(lmgen_exe, tiny_dir, tmp_path):
+def test_shape_mismatch_fails_naming_the_tensor(cli, tiny_dir, tmp_path):
     import shutil
 
     bad = shutil.copytree(tiny_dir, tmp_path / "bad")
     config = json.loads((bad / "config.json").read_text())
     config["vocab_size"] = 320
     (bad / "config.json").write_text(json.dumps(config))
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(bad), "hello")
+    result = cli("generate", "-m", str(bad), "hello")
     assert_one_line_error(result, 3, r"tensor (model\.embed_tokens|lm_head)\.weight .*\(300, 64\).*\(320, 64\)")
 
 
@@ -66,8 +66,8 @@ def test_convert_refuses_a_non_gguf_file(lmgen_exe, tmp_path):
     assert_one_line_error(run_lmgen(lmgen_exe, "convert", str(bad), str(tmp_path / "o")), 3, "GGUF")
 
 
-def test_invalid_sampling_value_is_one_line(lmgen_exe, tiny_dir):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--top-p", "1.5", "hi")
+def test_invalid_sampling_value_is_one_line(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "--top-p", "1.5", "hi")
     assert_one_line_error(result, 2, "top-p")
 
 
@@ -76,43 +76,43 @@ def test_python_dash_m_runs_the_cli():
     assert result.returncode == 0 and b"generate" in result.stdout
 
 
-def test_seeded_sampling_through_the_cli_repeats(lmgen_exe, tiny_dir):
+def test_seeded_sampling_through_the_cli_repeats(cli, tiny_dir):
     args = ["generate", "-m", str(tiny_dir), "-n", "12", "-t", "0.9", "--top-k", "50", "--min-p", "0.01",
             "--repetition-penalty", "1.1", "--seed", "11", "Once"]
-    first, second = run_lmgen(lmgen_exe, *args), run_lmgen(lmgen_exe, *args)
+    first, second = cli(*args), cli(*args)
     assert first.returncode == 0, first.stderr.decode()
     assert first.stdout == second.stdout and first.stdout.strip()
 
 
-def test_stop_string_through_the_cli(lmgen_exe, tiny_dir):
-    full = json.loads(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "30", "--json", "Hi").stdout)
+def test_stop_string_through_the_cli(cli, tiny_dir):
+    full = json.loads(cli("generate", "-m", str(tiny_dir), "-n", "30", "--json", "Hi").stdout)
     stop = full["text"][6:9]
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "30", "--json", "--stop", "zzzz",
+    result = cli("generate", "-m", str(tiny_dir), "-n", "30", "--json", "--stop", "zzzz",
                        "--stop", stop, "Hi")
     record = json.loads(result.stdout)
     assert record["finish_reason"] == "stop"
     assert record["text"] == full["text"][: full["text"].index(stop)]
 
 
-def test_num_samples_as_json_lines(lmgen_exe, tiny_dir):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
+def test_num_samples_as_json_lines(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
                        "--num-samples", "3", "--json", "Once")
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert [r["sample"] for r in records] == [0, 1, 2]
     assert all(r["new_tokens"] == 8 for r in records)
-    text = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
+    text = cli("generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
                      "--num-samples", "3", "Once")
     assert text.stdout.decode() == "".join(r["text"] + "\n" for r in records)
 
 
-def test_show_probs_fields_and_stderr_lines(lmgen_exe, tiny_dir):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "3", "--show-probs", "4", "--jsonl", "Hi")
+def test_show_probs_fields_and_stderr_lines(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "3", "--show-probs", "4", "--jsonl", "Hi")
     tokens = [json.loads(line) for line in result.stdout.decode().splitlines()][:3]
     for token in tokens:
         assert len(token["top"]) == 4 and 0 < token["prob"] <= 1
         assert token["top"][0]["prob"] >= token["top"][-1]["prob"]
         assert token["top"][0]["id"] == token["id"]  # greedy chose the most likely
-    text = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "3", "--show-probs", "2", "Hi")
+    text = cli("generate", "-m", str(tiny_dir), "-n", "3", "--show-probs", "2", "Hi")
     lines = text.stderr.decode().splitlines()
     assert len(lines) == 3 and all(re.match(r"\s*[01]\.\d{3} ", line) for line in lines)
 
@@ -125,8 +125,8 @@ def test_show_probs_fields_and_stderr_lines(lmgen_exe, tiny_dir):
     (["--system", "be nice"], "--system needs --chat"),
     (["--chat"], "no chat template"),
 ])
-def test_bad_generation_controls(lmgen_exe, tiny_dir, args, pattern):
-    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)
+def test_bad_generation_controls(cli, tiny_dir, args, pattern):
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)
 
 
 def test_each_line_with_several_samples_prints_each_prompts_own_text(lmgen_exe, tiny_dir):

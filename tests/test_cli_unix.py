@@ -49,25 +49,25 @@ def broken_copy(tiny_dir, tmp_path, what):
         ("model_type", r"model_type 'bert' is not supported \(supported: gpt2, llama, qwen2, mistral\)"),
     ],
 )
-def test_bad_checkpoint_directories(lmgen_exe, tiny_dir, tmp_path, what, pattern):
+def test_bad_checkpoint_directories(cli, tiny_dir, tmp_path, what, pattern):
     path = broken_copy(tiny_dir, tmp_path, what)
-    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(path), "hello"), 3, pattern)
+    assert_one_line_error(cli("generate", "-m", str(path), "hello"), 3, pattern)
 
 
-def test_missing_path(lmgen_exe, tmp_path):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path / "nowhere"), "hello")
+def test_missing_path(cli, tmp_path):
+    result = cli("generate", "-m", str(tmp_path / "nowhere"), "hello")
     assert_one_line_error(result, 3, "does not exist")
 
 
-def test_pickle_file_is_refused(lmgen_exe, tmp_path):
+def test_pickle_file_is_refused(cli, tmp_path):
     (tmp_path / "model.pt").write_bytes(b"\x80\x04pickle")
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path / "model.pt"), "hello")
+    result = cli("generate", "-m", str(tmp_path / "model.pt"), "hello")
     assert_one_line_error(result, 3, "pickle checkpoint")
 
 
-def test_tokenizer_larger_than_vocabulary(lmgen_exe, tmp_path):
+def test_tokenizer_larger_than_vocabulary(cli, tmp_path):
     save_tiny("llama", tmp_path, vocab_size=200, bos_token_id=1, eos_token_id=1)  # the byte tokenizer has 257 tokens
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tmp_path), "hello")
+    result = cli("generate", "-m", str(tmp_path), "hello")
     assert_one_line_error(result, 3, "tokenizer has 257 tokens but the model's vocabulary has only 200")
 
 
@@ -86,39 +86,39 @@ def test_tokenizer_larger_than_vocabulary(lmgen_exe, tmp_path):
         (["--json", "--jsonl"], "choose one of --json and --jsonl"),
     ],
 )
-def test_bad_option_values(lmgen_exe, tiny_dir, args, pattern):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), *args, "hello")
+def test_bad_option_values(cli, tiny_dir, args, pattern):
+    result = cli("generate", "-m", str(tiny_dir), *args, "hello")
     assert_one_line_error(result, 2, pattern)
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])
-def test_empty_prompt(lmgen_exe, tiny_dir, prompt):
-    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), prompt), 2, "prompt is empty")
+def test_empty_prompt(cli, tiny_dir, prompt):
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), prompt), 2, "prompt is empty")
 
 
-def test_empty_stdin(lmgen_exe, tiny_dir):
-    assert_one_line_error(run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), input=b""), 2, "prompt is empty")
+def test_empty_stdin(cli, tiny_dir):
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), input=b""), 2, "prompt is empty")
 
 
-def test_non_utf8_stdin_and_file(lmgen_exe, tiny_dir, tmp_path):
+def test_non_utf8_stdin_and_file(cli, tiny_dir, tmp_path):
     bad = b"caf\xe9 au lait"
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), input=bad)
+    result = cli("generate", "-m", str(tiny_dir), input=bad)
     assert_one_line_error(result, 2, r"stdin is not valid UTF-8 \(byte 3: 0xe9\)")
     (tmp_path / "p.txt").write_bytes(bad)
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--file", str(tmp_path / "p.txt"))
+    result = cli("generate", "-m", str(tiny_dir), "--file", str(tmp_path / "p.txt"))
     assert_one_line_error(result, 2, r"p\.txt is not valid UTF-8")
 
 
-def test_unreadable_prompt_file(lmgen_exe, tiny_dir, tmp_path):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--file", str(tmp_path / "none.txt"))
+def test_unreadable_prompt_file(cli, tiny_dir, tmp_path):
+    result = cli("generate", "-m", str(tiny_dir), "--file", str(tmp_path / "none.txt"))
     assert_one_line_error(result, 2, "cannot read --file .*none.txt")
 
 
-def test_prompt_longer_than_context(lmgen_exe, tiny_dir):
+def test_prompt_longer_than_context(cli, tiny_dir):
     long_prompt = "x" * 200  # 200 byte tokens; the tiny models hold 128
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), long_prompt)
+    result = cli("generate", "-m", str(tiny_dir), long_prompt)
     assert_one_line_error(result, 2, "prompt has 200 tokens but the context window holds 128.*--truncate")
-    kept = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "--truncate", "-n", "8", "--json", long_prompt)
+    kept = cli("generate", "-m", str(tiny_dir), "--truncate", "-n", "8", "--json", long_prompt)
     assert kept.returncode == 0, kept.stderr.decode()
     record = json.loads(kept.stdout)
     assert record["prompt_tokens"] == 120 and record["new_tokens"] == 8
@@ -129,14 +129,14 @@ def test_debug_shows_the_traceback(lmgen_exe, tmp_path):
     assert result.returncode != 0 and b"Traceback" in result.stderr
 
 
-def test_prompt_sources_agree(lmgen_exe, tiny_dir, tmp_path):
+def test_prompt_sources_agree(cli, tiny_dir, tmp_path):
     args = ["generate", "-m", str(tiny_dir), "-n", "6"]
     (tmp_path / "p.txt").write_text("The cat sat\n")
     outputs = [
-        run_lmgen(lmgen_exe, *args, "The cat sat"),
-        run_lmgen(lmgen_exe, *args, input=b"The cat sat\n"),
-        run_lmgen(lmgen_exe, *args, "-", input=b"The cat sat"),
-        run_lmgen(lmgen_exe, *args, "--file", str(tmp_path / "p.txt")),
+        cli(*args, "The cat sat"),
+        cli(*args, input=b"The cat sat\n"),
+        cli(*args, "-", input=b"The cat sat"),
+        cli(*args, "--file", str(tmp_path / "p.txt")),
     ]
     for result in outputs:
         assert result.returncode == 0, result.stderr.decode()
@@ -144,9 +144,9 @@ def test_prompt_sources_agree(lmgen_exe, tiny_dir, tmp_path):
     assert len({r.stdout for r in outputs}) == 1 and outputs[0].stdout.strip()
 
 
-def test_echo_prints_the_prompt_first(lmgen_exe, tiny_dir):
-    plain = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "6", "The cat sat").stdout
-    echoed = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "6", "--echo", "The cat sat").stdout
+def test_echo_prints_the_prompt_first(cli, tiny_dir):
+    plain = cli("generate", "-m", str(tiny_dir), "-n", "6", "The cat sat").stdout
+    echoed = cli("generate", "-m", str(tiny_dir), "-n", "6", "--echo", "The cat sat").stdout
     assert echoed == b"The cat sat" + plain
 
 
@@ -158,8 +158,8 @@ def test_piped_output_is_plain_text_even_with_colour_forced(lmgen_exe, tiny_dir)
     assert result.stdout.endswith(b"\n")
 
 
-def test_json_output(lmgen_exe, tiny_dir):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "7", "--json", "The cat sat")
+def test_json_output(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "7", "--json", "The cat sat")
     assert result.returncode == 0, result.stderr.decode()
     record = json.loads(result.stdout)  # exactly one JSON document
     assert record["prompt"] == "The cat sat"
@@ -167,12 +167,12 @@ def test_json_output(lmgen_exe, tiny_dir):
     assert record["prompt_tokens"] == len("The cat sat")
     for key in ("time_to_first_token_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_per_s"):
         assert record[key] >= 0
-    text = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "7", "The cat sat").stdout.decode()
+    text = cli("generate", "-m", str(tiny_dir), "-n", "7", "The cat sat").stdout.decode()
     assert text == record["text"] + "\n"
 
 
-def test_jsonl_output(lmgen_exe, tiny_dir):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", "--jsonl", "The cat sat")
+def test_jsonl_output(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "5", "--jsonl", "The cat sat")
     lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
     events = [line["event"] for line in lines]
     assert events in (["token"] * 5 + ["done"], ["token"] * 5 + ["flush", "done"])
@@ -180,20 +180,20 @@ def test_jsonl_output(lmgen_exe, tiny_dir):
     assert "".join(line["text"] for line in lines[:-1]) == lines[-1]["text"]
 
 
-def test_each_line(lmgen_exe, tiny_dir):
+def test_each_line(cli, tiny_dir):
     stdin = b"The cat sat\n\n  \nOnce upon a time\n"
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "4", "--each-line", "--jsonl", input=stdin)
+    result = cli("generate", "-m", str(tiny_dir), "-n", "4", "--each-line", "--jsonl", input=stdin)
     assert result.returncode == 0, result.stderr.decode()
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert [r["prompt"] for r in records] == ["The cat sat", "Once upon a time"]
-    single = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "4", "--json", "Once upon a time")
+    single = cli("generate", "-m", str(tiny_dir), "-n", "4", "--json", "Once upon a time")
     assert json.loads(single.stdout)["text"] == records[1]["text"]
-    plain = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "4", "--each-line", input=stdin)
+    plain = cli("generate", "-m", str(tiny_dir), "-n", "4", "--each-line", input=stdin)
     assert plain.stdout.decode().count("\n") >= 2
 
 
-def test_stats_go_to_stderr(lmgen_exe, tiny_dir):
-    result = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_dir), "-n", "5", "--stats", "--json", "Hi")
+def test_stats_go_to_stderr(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "5", "--stats", "--json", "Hi")
     json.loads(result.stdout)
     assert re.search(r"time to first token \d+ ms .*decode [\d.]+ tokens/s", result.stderr.decode())
 
