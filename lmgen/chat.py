@@ -85,21 +85,44 @@ def _check(size: int = 0) -> None:
 
 
 def _weight(value) -> int:
-    """About how long str(value) is, without making it; counting stops past the cap. It looks inside
-    lists, dicts and namespaces: one holding a long string many times prints far more than it stores."""
+    """About how long str(value) is, without making it, capped just past the cap. It looks inside
+    lists, dicts and namespaces: one holding a long string many times prints far more than it stores.
+    Each container is sized once (by identity), so ``[x, x]`` doubled n times costs n steps, not 2^n."""
+    cap = _budget.get()[1]
+    sizes: dict[int, int] = {}
+    open_ = set()  # containers being sized: one that holds itself counts 1 there
+    stack = [value]
+    while stack:
+        item = stack[-1]
+        kids = _parts(item)
+        open_.add(id(item))
+        pending = [k for k in kids or () if _parts(k) is not None and id(k) not in sizes and id(k) not in open_]
+        if pending:
+            stack += pending
+            continue
+        stack.pop()
+        open_.discard(id(item))
+        size = _leaf(item) if kids is None else 1 + sum(sizes.get(id(k), 1) if _parts(k) is not None else _leaf(k)
+                                                        for k in kids)
+        sizes[id(item)] = min(size, cap + 1)
+    return sizes[id(value)]
+
+
+def _parts(item) -> list | None:
+    """What a container prints (None for a leaf)."""
     from jinja2.utils import Namespace
 
-    total, stack = 0, [value]
-    while stack and total <= _budget.get()[1]:
-        item = stack.pop()
-        total += len(item) if isinstance(item, str) else item.bit_length() // 3 + 1 if isinstance(item, int) else 1
-        if isinstance(item, Mapping):
-            stack += [*item.keys(), *item.values()]
-        elif isinstance(item, Namespace):
-            stack.append(item._Namespace__attrs)  # prints as <Namespace {...}>
-        elif isinstance(item, Collection) and not isinstance(item, (str, range)):
-            stack += item
-    return total
+    if isinstance(item, Mapping):
+        return [*item.keys(), *item.values()]
+    if isinstance(item, Namespace):
+        return [item._Namespace__attrs]  # prints as <Namespace {...}>
+    if isinstance(item, Collection) and not isinstance(item, (str, range, bytes)):
+        return list(item)
+    return None
+
+
+def _leaf(item) -> int:
+    return len(item) if isinstance(item, str) else item.bit_length() // 3 + 1 if isinstance(item, int) else 1
 
 
 def _check_binop(operator: str, left, right) -> None:

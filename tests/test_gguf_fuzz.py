@@ -378,12 +378,12 @@ def test_a_failure_midway_leaves_no_outdir_and_no_temp_dirs(tiny_gguf, tmp_path,
 
 
 def test_a_failing_tokenizer_step_leaves_nothing(tiny_gguf, tmp_path, monkeypatch):
-    import lmgen.gguf_import as gi
+    import lmgen.gguf_tokenizer
 
     def fail(meta):
         raise CheckpointError("no tokenizer")
 
-    monkeypatch.setattr(gi, "gguf_tokenizer", fail)
+    monkeypatch.setattr(lmgen.gguf_tokenizer, "rebuild", fail)
     with pytest.raises(CheckpointError, match="no tokenizer"):
         convert_gguf(tiny_gguf, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
