@@ -59,7 +59,7 @@ class ModelConfig:
             raise ConfigError(f"family '{self.family}' is not supported (supported: {', '.join(FAMILIES)})")
         for name, limit in LIMITS.items():
             value = getattr(self, name)
-            if not _is_int(value) or not 1 <= value <= limit:
+            if not is_int(value) or not 1 <= value <= limit:
                 raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
         for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS)):
             if getattr(self, name) not in allowed:
@@ -77,12 +77,12 @@ class ModelConfig:
             )
         if self.positions == "rope" and self.head_dim % 2:
             raise ConfigError(f"head_dim ({self.head_dim}) must be even for rotary positions")
-        if self.sliding_window is not None and (not _is_int(self.sliding_window) or self.sliding_window < 1):
+        if self.sliding_window is not None and (not is_int(self.sliding_window) or self.sliding_window < 1):
             raise ConfigError(f"sliding_window must be a positive integer, got {self.sliding_window!r}")
         if not isinstance(self.eos_token_ids, list):
             raise ConfigError(f"eos_token_ids must be a list of token ids, got {self.eos_token_ids!r}")
         for name, value in [("bos_token_id", self.bos_token_id)] + [("eos_token_id", i) for i in self.eos_token_ids]:
-            if value is not None and (not _is_int(value) or not 0 <= value < self.vocab_size):
+            if value is not None and (not is_int(value) or not 0 <= value < self.vocab_size):
                 raise ConfigError(f"{name} must be a token id below vocab_size ({self.vocab_size}), got {value!r}")
 
     @property
@@ -109,7 +109,8 @@ class ModelConfig:
 
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int that is not a bool (True is an int to Python, never a size or a token id)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -154,7 +155,7 @@ class HFFields:
 
     def int(self, key: str, default=MISSING) -> int:
         value = self.get(key, default)
-        if value is not default and not _is_int(value):
+        if value is not default and not is_int(value):
             raise self._wrong(key, "an integer")
         return value
 
@@ -179,7 +180,7 @@ class HFFields:
     def token_ids(self, key: str) -> list[int]:
         value = self.get(key, [])
         ids = value if isinstance(value, list) else [value]
-        if not all(_is_int(i) for i in ids):
+        if not all(is_int(i) for i in ids):
             raise self._wrong(key, "a token id or a list of them")
         return ids
 

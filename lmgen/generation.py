@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from lmgen.checkpoint import load_model
-from lmgen.config import ModelConfig
+from lmgen.config import ModelConfig, is_int
 from lmgen.errors import CheckpointError, InputError
 from lmgen.files import read_json
 from lmgen.model import Decoder
@@ -113,7 +113,7 @@ def _eos_ids(cfg: ModelConfig, root: Path) -> set[int]:
     if gen_config.exists():
         value = read_json(gen_config, "generation config").get("eos_token_id")
         extra = value if isinstance(value, list) else [] if value is None else [value]
-        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < cfg.vocab_size for i in extra):
+        if not all(is_int(i) and 0 <= i < cfg.vocab_size for i in extra):
             raise CheckpointError(f"{gen_config}: eos_token_id must be token ids below {cfg.vocab_size}, got {value!r}")
         ids.update(extra)
     return ids

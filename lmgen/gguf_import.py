@@ -25,7 +25,7 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from lmgen import layout
-from lmgen.config import LIMITS, ModelConfig, to_hf
+from lmgen.config import LIMITS, ModelConfig, is_int, to_hf
 from lmgen.errors import CheckpointError
 from lmgen.files import regular_file, staged_directory
 from lmgen.resources import require_memory
@@ -52,15 +52,14 @@ _TOP_NAMES = {
 }
 
 
-_INT = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731 (bool is an int to Python)
 _KINDS = {
-    "an integer": _INT,
-    "a number": lambda v: (_INT(v) or isinstance(v, float)) and math.isfinite(v),
+    "an integer": is_int,
+    "a number": lambda v: (is_int(v) or isinstance(v, float)) and math.isfinite(v),
     "true or false": lambda v: isinstance(v, bool),
     "a string": lambda v: isinstance(v, str),
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "a non-empty list of strings": lambda v: v != [] and _KINDS["a list of strings"](v),
-    "a list of integers": lambda v: isinstance(v, list) and all(_INT(x) for x in v),
+    "a list of integers": lambda v: isinstance(v, list) and all(is_int(x) for x in v),
 }
 _REQUIRED = object()
 
