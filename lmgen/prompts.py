@@ -68,15 +68,27 @@ def read_bounded(stream, limit: int, truncate: bool, where: str) -> bytes:
     if len(data) <= limit:
         return data
     if not truncate:
-        raise InputError(f"{where} is longer than the context could use ({limit:,} bytes); "
-                         "shorten it or pass --truncate to keep its end")
-    total = len(data)
-    while chunk := stream.read(CHUNK):
+        raise _too_long(where, limit)
+    return _tail(data, lambda: stream.read(CHUNK), limit, where)
+
+
+def _too_long(where: str, limit: int) -> InputError:
+    return InputError(f"{where} is longer than the context could use ({limit:,} bytes); "
+                      "shorten it or pass --truncate to keep its end")
+
+
+def _tail(head: bytes, next_chunk, keep: int, where: str, last=lambda chunk: False) -> bytes:
+    """The last ``keep`` bytes of head and the chunks after it, read until next_chunk() gives
+    nothing or ``last(chunk)`` holds, and refused past MAX_STREAM_BYTES."""
+    data, total = head, len(head)
+    while chunk := next_chunk():
         total += len(chunk)
         if total > MAX_STREAM_BYTES:
             raise InputError(f"{where} is longer than {MAX_STREAM_BYTES:,} bytes, even for --truncate")
-        data = (data + chunk)[-limit:]
-    return data[-limit:]
+        data = (data + chunk)[-keep:]
+        if last(chunk):
+            break
+    return data[-keep:]
 
 
 def decode_utf8(data: bytes, where: str, truncated: bool = False) -> str:
@@ -108,16 +120,8 @@ def each_line(limit: int, truncate: bool = False) -> Iterator[str]:
 
 
 def _rest_of_line(stream, head: bytes, limit: int, truncate: bool, where: str) -> bytes:
+    """An overlong line: refused, or (truncate) its last limit bytes and its newline."""
     if not truncate:
-        raise InputError(f"{where} is longer than the context could use ({limit:,} bytes); "
-                         "shorten it or pass --truncate to keep its end")
-    data, total = head, len(head)
-    while not data.endswith(b"\n"):
-        chunk = stream.readline(CHUNK)
-        if not chunk:
-            break
-        total += len(chunk)
-        if total > MAX_STREAM_BYTES:
-            raise InputError(f"{where} is longer than {MAX_STREAM_BYTES:,} bytes, even for --truncate")
-        data = (data + chunk)[-(limit + 1):]
-    return data[-limit:] if not data.endswith(b"\n") else data[-(limit + 1):]
+        raise _too_long(where, limit)
+    data = _tail(head, lambda: stream.readline(CHUNK), limit + 1, where, last=lambda c: c.endswith(b"\n"))
+    return data if data.endswith(b"\n") else data[-limit:]

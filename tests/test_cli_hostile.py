@@ -162,3 +162,12 @@ def test_setup_into_an_unwritable_home(lmgen_exe):
     err = result.stderr.decode()
     assert result.returncode == 4, err
     assert err.startswith("lmgen: error: cannot write") and len(err.splitlines()) == 1
+
+
+def test_each_line_truncate_keeps_the_end_of_an_overlong_line(cli, tiny_dir):
+    stdin = b"ab" * 40_000 + b"END\nnext\n"
+    result = cli("generate", "-m", str(tiny_dir), "-n", "1", "--each-line", "--truncate", "--jsonl", input=stdin)
+    assert result.returncode == 0, result.stderr
+    prompts = [json.loads(line)["prompt"] for line in result.stdout.decode().splitlines()]
+    assert len(prompts) == 2 and prompts[0].endswith("abEND") and prompts[1] == "next"
+    assert len(prompts[0].encode()) <= 128 * 256
