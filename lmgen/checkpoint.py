@@ -138,7 +138,7 @@ def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> list[Stored]:
             if mapped is layout.IGNORED:
                 continue
             if mapped is None or any(t not in shapes for t in mapped.targets):
-                if mapped and mapped.targets == ("head.linear.weight",) and cfg.tied_embeddings:
+                if mapped and all(t in layout.tied_aliases(cfg) for t in mapped.targets):
                     continue  # a tied head stored anyway: the embedding is the source of truth
                 unexpected.append(name)
                 continue
@@ -194,8 +194,8 @@ def read_state(files: CheckpointFiles, cfg: ModelConfig, dtype, vector_dtype=Non
         for stored in plan:
             if stored.path == path:
                 _unpack(data, stored, state, shapes, dtype, vector_dtype or dtype, mapped)
-    if cfg.tied_embeddings:
-        state["head.linear.weight"] = state["embed.weight"]
+    for alias, source in layout.tied_aliases(cfg).items():
+        state[alias] = state[source]
     return state
 
 

@@ -1,7 +1,9 @@
 """ModelConfig: one dataclass that describes every decoder lmgen can run.
 
 Read from lmgen's own TOML files (``configs/*.toml``) or from a Hugging Face
-``config.json``. This module imports no torch, so ``inspect`` stays fast.
+``config.json`` (``hf_config.py``). Each family's differences from a plain
+pre-norm Llama block are fields here, set from the family table in
+``hf_config.FAMILIES``. This module imports no torch, so ``inspect`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from pathlib import Path
 
 from lmgen.errors import ConfigError
 
-FAMILIES = ("gpt2", "llama", "qwen2", "mistral")
+FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3")
 NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "sandwich", "post")  # before each sublayer; before and after; after only
+QK_NORMS = (None, "head", "projection")  # RMSNorm of each query/key head, or of the whole projection
 POSITIONS = ("learned", "rope")
-MLPS = ("gelu", "swiglu")
+MLPS = ("plain", "gated")  # down(act(up x)), or down(act(gate x) * up x)
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
 
 # Upper bounds on a config's sizes: generous for any small decoder, and small enough that no
@@ -37,17 +41,33 @@ class ModelConfig:
     head_dim: int
     d_mlp: int
     max_context: int
+    # The block
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
-    positions: str = "rope"
-    rope_theta: float = 10000.0
-    mlp: str = "swiglu"
+    norm_placement: str = "pre"
+    norm_offset: float = 0.0  # Gemma's norms scale by (1 + weight)
+    mlp: str = "gated"
     activation: str = "silu"
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
-    tied_embeddings: bool = False
+    # Attention
+    qk_norm: str | None = None
+    attn_scale: float | None = None  # the query scaling; None: head_dim ** -0.5
+    attn_softcap: float | None = None  # scores → cap · tanh(scores / cap) (Gemma 2)
     sliding_window: int | None = None
+    sliding_layers: list[int] | None = None  # the layers that slide; None: all, when there is a window
+    # Positions
+    positions: str = "rope"
+    rope_theta: float = 10000.0
+    rope_dim: int | None = None  # rotated dims of each head; None: all (Phi-4-mini rotates 3/4)
+    rope_scaling: dict | None = None  # rope_type and its parameters, as transformers names them (rope.py)
+    local_rope_theta: float | None = None  # the sliding layers' own unscaled rotary base (Gemma 3)
+    nope_layers: list[int] = field(default_factory=list)  # layers without positions (SmolLM3)
+    # Embeddings and head
+    embed_scale: float = 1.0  # Gemma multiplies the embeddings by sqrt(d_model)
+    tied_embeddings: bool = False
+    logit_softcap: float | None = None
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
 
@@ -61,13 +81,18 @@ class ModelConfig:
             value = getattr(self, name)
             if not is_int(value) or not 1 <= value <= limit:
                 raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
-        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS)):
+        for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS),
+                              ("norm_placement", NORM_PLACEMENTS), ("qk_norm", QK_NORMS)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
-        for name in ("norm_eps", "rope_theta"):
-            value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
+                shown = ", ".join(str(a).lower() for a in allowed)
+                raise ConfigError(f"{name} must be one of {shown}, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "rope_theta", "embed_scale"):
+            _check_positive(name, getattr(self, name))
+        for name in ("attn_scale", "attn_softcap", "logit_softcap", "local_rope_theta"):
+            if getattr(self, name) is not None:
+                _check_positive(name, getattr(self, name))
+        if not _is_number(self.norm_offset) or not math.isfinite(self.norm_offset):
+            raise ConfigError(f"norm_offset must be a finite number, got {self.norm_offset!r}")
         for name in ("qkv_bias", "o_bias", "mlp_bias", "tied_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -75,10 +100,19 @@ class ModelConfig:
             raise ConfigError(
                 f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads}) for grouped-query attention"
             )
-        if self.positions == "rope" and self.head_dim % 2:
-            raise ConfigError(f"head_dim ({self.head_dim}) must be even for rotary positions")
+        if self.rope_dim is not None and (not is_int(self.rope_dim) or not 2 <= self.rope_dim <= self.head_dim):
+            raise ConfigError(f"rope_dim must be an integer from 2 to head_dim ({self.head_dim}), got {self.rope_dim!r}")
+        if self.positions == "rope" and self.rotary_dim % 2:
+            raise ConfigError(f"the rotated part of each head ({self.rotary_dim}) must be even for rotary positions")
+        if self.rope_scaling is not None:
+            _check_rope_scaling(self.rope_scaling, self.rotary_dim)
         if self.sliding_window is not None and (not is_int(self.sliding_window) or self.sliding_window < 1):
             raise ConfigError(f"sliding_window must be a positive integer, got {self.sliding_window!r}")
+        for name in ("sliding_layers", "nope_layers"):
+            layers = getattr(self, name)
+            if layers is not None and (not isinstance(layers, list) or
+                                       not all(is_int(i) and 0 <= i < self.n_layers for i in layers)):
+                raise ConfigError(f"{name} must be a list of layer numbers below n_layers ({self.n_layers}), got {layers!r}")
         if not isinstance(self.eos_token_ids, list):
             raise ConfigError(f"eos_token_ids must be a list of token ids, got {self.eos_token_ids!r}")
         for name, value in [("bos_token_id", self.bos_token_id)] + [("eos_token_id", i) for i in self.eos_token_ids]:
@@ -92,6 +126,24 @@ class ModelConfig:
     @property
     def kv_dim(self) -> int:
         return self.n_kv_heads * self.head_dim
+
+    @property
+    def rotary_dim(self) -> int:
+        return self.head_dim if self.rope_dim is None else self.rope_dim
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of a layer's attention, or None where it sees every earlier position."""
+        if self.sliding_window is None or (self.sliding_layers is not None and layer not in self.sliding_layers):
+            return None
+        return self.sliding_window
+
+    def layer_rope(self, layer: int) -> str | None:
+        """Which rotary table a layer uses: "global", "local" (Gemma 3's sliding layers) or None."""
+        if self.positions != "rope" or layer in self.nope_layers:
+            return None
+        if self.local_rope_theta is not None and self.layer_window(layer) is not None:
+            return "local"
+        return "global"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +159,47 @@ class ModelConfig:
             raise ConfigError(f"config is missing required field(s): {', '.join(missing)}")
         return cls(**data)
 
+
+# Rotary scaling as transformers names it: each type's required parameters (rope.py computes them).
+ROPE_SCALINGS = {
+    "linear": ("factor",),
+    "dynamic": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("original_max_position_embeddings",),  # factor: max_context / original by default
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
+}
+ROPE_OPTIONAL = ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate", "factor",
+                 "original_max_position_embeddings")
+
+
+def _check_rope_scaling(scaling, rotary_dim: int) -> None:
+    if not isinstance(scaling, dict) or scaling.get("rope_type") not in ROPE_SCALINGS:
+        shown = scaling.get("rope_type") if isinstance(scaling, dict) else scaling
+        raise ConfigError(f"rope_type {shown!r} is not supported (supported: default, {', '.join(ROPE_SCALINGS)})")
+    kind = scaling["rope_type"]
+    required = ROPE_SCALINGS[kind]
+    for key, value in scaling.items():
+        if key == "rope_type" or value is None:
+            continue
+        if key not in required and key not in ROPE_OPTIONAL:
+            raise ConfigError(f"rope scaling {kind!r} has an unknown parameter {key!r}")
+        if key in ("short_factor", "long_factor"):
+            if not isinstance(value, list) or len(value) != rotary_dim // 2 or not all(
+                    _is_number(v) and math.isfinite(v) and v > 0 for v in value):
+                raise ConfigError(f"rope scaling {key} must be {rotary_dim // 2} positive numbers (one per frequency)")
+        elif key == "truncate":
+            if not isinstance(value, bool):
+                raise ConfigError(f"rope scaling truncate must be true or false, got {value!r}")
+        else:
+            _check_positive(f"rope scaling {key}", value)
+    missing = [key for key in required if scaling.get(key) is None]
+    if missing:
+        raise ConfigError(f"rope scaling {kind!r} needs {', '.join(missing)}")
+
+
+def _check_positive(name: str, value) -> None:
+    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
 
 
 def is_int(value) -> bool:
@@ -133,183 +226,9 @@ def load_toml(path: Path) -> ModelConfig:
 
 def load_hf_json(path: Path) -> ModelConfig:
     from lmgen.files import read_json
+    from lmgen.hf_config import from_hf
 
     return from_hf(read_json(Path(path), "config"))
-
-
-class HFFields:
-    """Typed reads of a config.json dict: each wrong type is a ConfigError naming the field."""
-
-    def __init__(self, hf: dict, model_type: str):
-        self.hf, self.where = hf, f"config.json for {model_type}"
-
-    def get(self, key: str, default=MISSING):
-        if key in self.hf and self.hf[key] is not None:
-            return self.hf[key]
-        if default is MISSING:
-            raise ConfigError(f"{self.where} is missing the field {key!r}")
-        return default
-
-    def _wrong(self, key: str, expected: str):
-        return ConfigError(f"{self.where}: {key} must be {expected}, got {self.hf[key]!r}")
-
-    def int(self, key: str, default=MISSING) -> int:
-        value = self.get(key, default)
-        if value is not default and not is_int(value):
-            raise self._wrong(key, "an integer")
-        return value
-
-    def float(self, key: str, default=MISSING) -> float:
-        value = self.get(key, default)
-        if value is not default and not _is_number(value):
-            raise self._wrong(key, "a number")
-        return value if value is None else float(value)
-
-    def bool(self, key: str, default=MISSING) -> bool:
-        value = self.get(key, default)
-        if not isinstance(value, bool):
-            raise self._wrong(key, "true or false")
-        return value
-
-    def dict(self, key: str) -> dict:
-        value = self.get(key, {})
-        if not isinstance(value, dict):
-            raise self._wrong(key, "an object")
-        return value
-
-    def token_ids(self, key: str) -> list[int]:
-        value = self.get(key, [])
-        ids = value if isinstance(value, list) else [value]
-        if not all(is_int(i) for i in ids):
-            raise self._wrong(key, "a token id or a list of them")
-        return ids
-
-
-def from_hf(hf: dict) -> ModelConfig:
-    """Translate a Hugging Face config.json dict into a ModelConfig."""
-    if not isinstance(hf, dict):
-        raise ConfigError(f"config.json must hold an object, not {type(hf).__name__}")
-    model_type = hf.get("model_type")
-    if model_type not in FAMILIES:
-        raise ConfigError(
-            f"model_type {model_type!r} is not supported (supported: {', '.join(FAMILIES)})"
-        )
-    fields_ = HFFields(hf, model_type)
-    return _gpt2(fields_) if model_type == "gpt2" else _llama_like(fields_, model_type)
-
-
-def _divisible(d_model: int, n_heads: int, names: str) -> int:
-    if n_heads < 1 or d_model % n_heads:
-        raise ConfigError(f"{names.format(d_model, n_heads)}")
-    return d_model // n_heads
-
-
-def _gpt2(hf: HFFields) -> ModelConfig:
-    d_model, n_heads = hf.int("n_embd"), hf.int("n_head")
-    head_dim = _divisible(d_model, n_heads, "n_embd ({}) must be divisible by n_head ({})")
-    activation = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(
-        str(hf.get("activation_function", "gelu_new"))
-    )
-    if activation is None:
-        raise ConfigError(f"activation_function {hf.get('activation_function')!r} is not supported for gpt2")
-    return ModelConfig(
-        family="gpt2",
-        vocab_size=hf.int("vocab_size"),
-        d_model=d_model,
-        n_layers=hf.int("n_layer"),
-        n_heads=n_heads,
-        n_kv_heads=n_heads,
-        head_dim=head_dim,
-        d_mlp=hf.int("n_inner", 4 * d_model),
-        max_context=hf.int("n_positions"),
-        norm="layernorm",
-        norm_eps=hf.float("layer_norm_epsilon", 1e-5),
-        positions="learned",
-        mlp="gelu",
-        activation=activation,
-        qkv_bias=True,
-        o_bias=True,
-        mlp_bias=True,
-        tied_embeddings=hf.bool("tie_word_embeddings", True),
-        bos_token_id=hf.int("bos_token_id", None),
-        eos_token_ids=hf.token_ids("eos_token_id"),
-    )
-
-
-def _rope_theta(hf: HFFields) -> float:
-    params, scaling = hf.dict("rope_parameters"), hf.dict("rope_scaling")
-    rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-    if rope_type != "default":
-        raise ConfigError(f"rope_type {rope_type!r} is not supported (only the default rotary embedding)")
-    if "rope_theta" in params:
-        return HFFields(params, "rope_parameters").float("rope_theta")
-    return hf.float("rope_theta", 10000.0)
-
-
-def _llama_like(hf: HFFields, family: str) -> ModelConfig:
-    d_model, n_heads = hf.int("hidden_size"), hf.int("num_attention_heads")
-    head_dim = hf.int("head_dim", None)
-    if head_dim is None:
-        head_dim = _divisible(d_model, n_heads, "hidden_size ({}) must be divisible by num_attention_heads ({})")
-    if hf.get("hidden_act", "silu") != "silu":
-        raise ConfigError(f"hidden_act {hf.get('hidden_act')!r} is not supported for {family} (only silu)")
-    attention_bias = hf.bool("attention_bias", False)
-    sliding_window = None
-    if family == "mistral" or (family == "qwen2" and hf.bool("use_sliding_window", False)):
-        sliding_window = hf.int("sliding_window", None)
-    return ModelConfig(
-        family=family,
-        vocab_size=hf.int("vocab_size"),
-        d_model=d_model,
-        n_layers=hf.int("num_hidden_layers"),
-        n_heads=n_heads,
-        n_kv_heads=hf.int("num_key_value_heads", n_heads),
-        head_dim=head_dim,
-        d_mlp=hf.int("intermediate_size"),
-        max_context=hf.int("max_position_embeddings", 2048),
-        norm="rmsnorm",
-        norm_eps=hf.float("rms_norm_eps", 1e-6),
-        positions="rope",
-        rope_theta=_rope_theta(hf),
-        mlp="swiglu",
-        activation="silu",
-        qkv_bias=True if family == "qwen2" else attention_bias,
-        o_bias=attention_bias if family == "llama" else False,
-        mlp_bias=hf.bool("mlp_bias", False) if family == "llama" else False,
-        tied_embeddings=hf.bool("tie_word_embeddings", False),
-        sliding_window=sliding_window,
-        bos_token_id=hf.int("bos_token_id", None),
-        eos_token_ids=hf.token_ids("eos_token_id"),
-    )
-
-
-def to_hf(cfg: ModelConfig) -> dict:
-    """A Hugging Face config.json for a llama-family ModelConfig (used by GGUF import)."""
-    if cfg.family not in ("llama", "qwen2", "mistral"):
-        raise ConfigError(f"writing a config.json for family {cfg.family!r} is not supported")
-    arch = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM"}
-    hf = {
-        "architectures": [arch[cfg.family]],
-        "model_type": cfg.family,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.d_mlp,
-        "max_position_embeddings": cfg.max_context,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        "hidden_act": "silu",
-        "tie_word_embeddings": cfg.tied_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_ids[0] if len(cfg.eos_token_ids) == 1 else cfg.eos_token_ids or None,
-        "torch_dtype": "float32",
-    }
-    if cfg.family == "llama":
-        hf["attention_bias"] = cfg.qkv_bias
-    return hf
 
 
 def to_toml(cfg: ModelConfig) -> str:
@@ -318,5 +237,11 @@ def to_toml(cfg: ModelConfig) -> str:
     for key, value in cfg.to_dict().items():
         if value is None:
             continue
-        lines.append(f"{key} = {json.dumps(value)}")
+        lines.append(f"{key} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, dict):  # an inline table: TOML's keys are bare, its values as below
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None) + "}"
+    return json.dumps(value)

@@ -25,7 +25,8 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from lmgen import layout
-from lmgen.config import LIMITS, ModelConfig, is_int, to_hf
+from lmgen.config import LIMITS, ModelConfig, is_int
+from lmgen.hf_config import to_hf
 from lmgen.errors import CheckpointError
 from lmgen.files import regular_file, staged_directory
 from lmgen.resources import require_memory
@@ -163,6 +164,13 @@ def token_list(meta: dict) -> list[str]:
     return typed(meta, "tokenizer.ggml.tokens", "a non-empty list of strings")
 
 
+def read_gguf_config(reader, meta: dict | None = None) -> ModelConfig:
+    """The ModelConfig of an open GGUF file (``inspect`` and ``convert`` both read it here): its
+    metadata, and whether it stores an output (LM head) tensor of its own."""
+    tied = not any(t.name == "output.weight" for t in reader.tensors)
+    return gguf_config(read_metadata(reader) if meta is None else meta, tied)
+
+
 def gguf_config(meta: dict, tied: bool) -> ModelConfig:
     arch = typed(meta, "general.architecture", "a string")
     if arch not in SUPPORTED_ARCHS:
@@ -178,7 +186,7 @@ def gguf_config(meta: dict, tied: bool) -> ModelConfig:
         raise CheckpointError(f"GGUF metadata {arch}.rope.scaling.type: only unscaled rotary positions are supported")
     eos = _token_id(meta, "eos", n_tokens)
     return ModelConfig(
-        family=arch, **sizes, norm="rmsnorm", positions="rope", mlp="swiglu", activation="silu",
+        family=arch, **sizes, norm="rmsnorm", positions="rope", mlp="gated", activation="silu",
         norm_eps=positive(meta, f"{arch}.attention.layer_norm_rms_epsilon"),
         rope_theta=positive(meta, f"{arch}.rope.freq_base", 10000.0),
         qkv_bias=arch == "qwen2",
@@ -272,7 +280,7 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
     src, out = Path(src), Path(out)
     reader = open_gguf(src)
     meta = read_metadata(reader)
-    cfg = gguf_config(meta, tied=not any(t.name == "output.weight" for t in reader.tensors))
+    cfg = read_gguf_config(reader, meta)
     check_tensors(reader, cfg)
     tokenizer, tok_config = gguf_tokenizer.rebuild(meta), gguf_tokenizer.tokenizer_config(meta, cfg)
     check_memory(reader, src)

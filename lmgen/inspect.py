@@ -59,8 +59,10 @@ def part_of(canonical: str) -> str:
 
 def tensor_info(cfg: ModelConfig, name: str, hf_name: str, shape, dtype: str, nbytes: int) -> TensorInfo:
     mapped = layout.map_name(cfg.family, hf_name)
-    role = None if mapped is None or mapped is layout.IGNORED else part_of(mapped.targets[0])
-    return TensorInfo(name, tuple(shape), dtype, nbytes, role, tied=role == "head" and cfg.tied_embeddings)
+    if mapped is None or mapped is layout.IGNORED:
+        return TensorInfo(name, tuple(shape), dtype, nbytes, None)
+    tied = all(t in layout.tied_aliases(cfg) for t in mapped.targets)
+    return TensorInfo(name, tuple(shape), dtype, nbytes, part_of(mapped.targets[0]), tied=tied)
 
 
 def _safetensors_tensors(cfg: ModelConfig, files: tuple[Path, ...]) -> list[TensorInfo]:
@@ -81,11 +83,10 @@ def _config_tensors(cfg: ModelConfig) -> list[TensorInfo]:
 
 
 def _gguf(path: Path) -> tuple[ModelConfig, list[TensorInfo]]:
-    from lmgen.gguf_import import gguf_config, hf_tensor_name, open_gguf, read_metadata
+    from lmgen.gguf_import import hf_tensor_name, open_gguf, read_gguf_config
 
     reader = open_gguf(path)
-    tied = not any(t.name == "output.weight" for t in reader.tensors)
-    cfg = gguf_config(read_metadata(reader), tied)
+    cfg = read_gguf_config(reader)
     tensors = []
     for t in reader.tensors:
         shape = [int(n) for n in reversed(t.shape.tolist())]
@@ -158,6 +159,7 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
             "int8": total,
         },
         "kv_cache_bytes_per_token": {"fp32": 4 * kv_per_token, "bf16": 2 * kv_per_token},
+        "features": features(cfg),
         "config": cfg.to_dict(),
     }
     if tensor_glob is not None:
@@ -167,3 +169,44 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
             if fnmatch.fnmatchcase(t.name, tensor_glob)
         ]
     return info
+
+
+def _layers(layers: list[int], n_layers: int) -> str:
+    shown = ", ".join(map(str, layers[:8])) + (", …" if len(layers) > 8 else "")
+    return f"{len(layers)} of {n_layers} layers ({shown})"
+
+
+def features(cfg: ModelConfig) -> dict[str, str]:
+    """What sets this model apart from a plain pre-norm Llama, one line each (empty: nothing)."""
+    out = {}
+    offset = f" scaled by ({cfg.norm_offset:g} + weight)" if cfg.norm_offset else ""
+    placement = {"pre": "before each sublayer", "sandwich": "before and after each sublayer",
+                 "post": "after each sublayer (on its output)"}[cfg.norm_placement]
+    out["norms"] = f"{cfg.norm}{offset}, {placement}"
+    if cfg.qk_norm:
+        out["q/k norm"] = {"head": "RMSNorm of each query and key head",
+                           "projection": "RMSNorm of the whole query and key projections"}[cfg.qk_norm]
+    if cfg.attn_scale is not None:
+        out["attention scale"] = f"{cfg.attn_scale:.6g} (not 1/sqrt(head_dim) = {cfg.head_dim ** -0.5:.6g})"
+    caps = [f"{name} {value:g}" for name, value in (("attention scores", cfg.attn_softcap),
+                                                    ("final logits", cfg.logit_softcap)) if value]
+    if caps:
+        out["soft-capping"] = ", ".join(caps)
+    if cfg.sliding_window is not None:
+        sliding = [i for i in range(cfg.n_layers) if cfg.layer_window(i)]
+        out["sliding window"] = f"{cfg.sliding_window} tokens on {_layers(sliding, cfg.n_layers)}; full attention elsewhere"
+    if cfg.positions == "rope":
+        rope = f"theta {cfg.rope_theta:g}"
+        if cfg.rope_dim is not None:
+            rope += f", rotating {cfg.rope_dim} of {cfg.head_dim} dims per head"
+        if cfg.rope_scaling:
+            params = {k: v for k, v in cfg.rope_scaling.items() if k != "rope_type" and not isinstance(v, list)}
+            rope += f"; {cfg.rope_scaling['rope_type']} scaling (" + ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items()) + ")"
+        if cfg.local_rope_theta is not None:
+            rope += f"; sliding layers theta {cfg.local_rope_theta:g}, unscaled"
+        if cfg.nope_layers:
+            rope += f"; none on {_layers(cfg.nope_layers, cfg.n_layers)}"
+        out["rotary positions"] = rope
+    if cfg.embed_scale != 1.0:
+        out["embedding scale"] = f"× {cfg.embed_scale:.6g}"
+    return out

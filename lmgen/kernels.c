@@ -83,7 +83,8 @@ enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
 static int n_threads = 1;
 void set_threads(int n) { n_threads = n > 0 ? n : 1; }
 enum { NORM_RMS = 0, NORM_LAYER = 1 };
-enum { MLP_SWIGLU = 0, MLP_GELU_TANH = 1, MLP_GELU = 2 };
+enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
+enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 
 /* One projection of a block: y (M, n) = x (M, K) @ W.T * scale + bias. */
 typedef struct { const void* w; const float* scale; const float* bias; float* y; int64_t n; } Projection;
@@ -121,8 +122,16 @@ void gemv(int dtype, const void* W, const float* scale, const float* x, float* y
  * which for a 576-wide model is larger than the arithmetic itself.
  */
 
-static void normalize(int kind, float eps, const float* w, const float* b, const float* x, float* out,
-                      int64_t M, int64_t d) {
+/* The model's shape and its family's choices, as lmgen/config.py's ModelConfig has them. */
+typedef struct {
+  int64_t d, n_heads, n_kv, hd, d_mlp, rope_dim, n_layers;
+  int norm_kind, qk_norm, gated, activation, wdtype;
+  float eps, norm_offset, attn_scale, attn_softcap;
+} Shape;
+
+/* out = norm(x) per row of d values: RMSNorm scaled by (offset + w), or LayerNorm. In place is fine. */
+static void normalize(int kind, float eps, float offset, const float* w, const float* b, const float* x,
+                      float* out, int64_t M, int64_t d) {
   for (int64_t m = 0; m < M; m++) {
     const float* xm = x + m * d;
     float* om = out + m * d;
@@ -130,7 +139,7 @@ static void normalize(int kind, float eps, const float* w, const float* b, const
       float ss = 0.f;
       for (int64_t i = 0; i < d; i++) ss += xm[i] * xm[i];
       float r = 1.f / sqrtf(ss / (float)d + eps);
-      for (int64_t i = 0; i < d; i++) om[i] = w[i] * (xm[i] * r);
+      for (int64_t i = 0; i < d; i++) om[i] = (offset + w[i]) * (xm[i] * r);
     } else {
       float mean = 0.f, var = 0.f;
       for (int64_t i = 0; i < d; i++) mean += xm[i];
@@ -142,8 +151,9 @@ static void normalize(int kind, float eps, const float* w, const float* b, const
   }
 }
 
-static void rope(float* v, const float* cos, const float* sin, int64_t hd) {
-  int64_t half = hd / 2;
+/* Rotate the first n dims of one head (cos and sin hold n values); the rest pass unchanged. */
+static void rope(float* v, const float* cos, const float* sin, int64_t n) {
+  int64_t half = n / 2;
   for (int64_t i = 0; i < half; i++) {
     float a = v[i], b = v[i + half];
     v[i] = a * cos[i] - b * sin[i];
@@ -151,19 +161,42 @@ static void rope(float* v, const float* cos, const float* sin, int64_t hd) {
   }
 }
 
-/* One layer's weights, as a row of the table decode_layers takes: the two norms' weight and
- * bias, then (weight, scale, bias) for each projection in turn: q, k, v, o, gate, up, down.
- * NULL where there is none: biases mostly, scales unless the weights are int8, gate for GELU. */
-enum { NORM1_W, NORM1_B, NORM2_W, NORM2_B, PROJECTIONS, LAYER_POINTERS = PROJECTIONS + 3 * 7 };
+static inline float activate(int kind, float a) {
+  if (kind == ACT_SILU) return a / (1.f + expf(-a));
+  if (kind == ACT_GELU_TANH) return 0.5f * a * (1.f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
+  return 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
+}
 
-static void decode_block(
-    float* x, int64_t M, int64_t d, int norm_kind, float eps, int wdtype, const void* const* t,
-    int64_t n_heads, int64_t n_kv, int64_t hd, int64_t d_mlp, int mlp_kind,
-    float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride, int64_t pos,
-    const float* cos, const float* sin, int64_t window) {
+/* One layer's weights, as a row of the table decode_layers takes: the norms (each NULL where the
+ * family has none: pre-norms for OLMo 2, post-norms but for Gemma and OLMo 2, q/k norms but for
+ * Qwen3, Gemma 3 and OLMo 2), then (weight, scale, bias) for each projection in turn: q, k, v, o,
+ * gate, up, down. NULL where there is none: biases mostly, scales unless int8, gate unless gated. */
+enum { ATTN_NORM_W, ATTN_NORM_B, ATTN_POST_W, MLP_NORM_W, MLP_NORM_B, MLP_POST_W, Q_NORM_W, K_NORM_W,
+       PROJECTIONS, LAYER_POINTERS = PROJECTIONS + 3 * 7 };
+
+/* h = pre-norm of x, or x itself where the family has none. */
+static void pre_norm(const Shape* s, const float* w, const float* b, const float* x, float* h, int64_t M) {
+  if (w) normalize(s->norm_kind, s->eps, s->norm_offset, w, b, x, h, M, s->d);
+  else memcpy(h, x, sizeof(float) * M * s->d);
+}
+
+/* x += post-norm of out (or out itself). */
+static void add_residual(const Shape* s, const float* w, float* out, float* x, int64_t M) {
+  if (w) normalize(NORM_RMS, s->eps, s->norm_offset, w, NULL, out, out, M, s->d);
+  for (int64_t i = 0; i < M * s->d; i++) x[i] += out[i];
+}
+
+static void qk_norm(const Shape* s, const float* w, float* v, int64_t M, int64_t heads) {
+  if (s->qk_norm == QK_HEAD) normalize(NORM_RMS, s->eps, s->norm_offset, w, NULL, v, v, M * heads, s->hd);
+  else if (s->qk_norm == QK_PROJECTION) normalize(NORM_RMS, s->eps, s->norm_offset, w, NULL, v, v, M, heads * s->hd);
+}
+
+static void decode_block(const Shape* s, float* x, int64_t M, const void* const* t,
+                         float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride, int64_t pos,
+                         const float* cos, const float* sin, int64_t window) {
   enum { Q, K, V, O, GATE, UP, DOWN };
-  const float *n1w = t[NORM1_W], *n1b = t[NORM1_B], *n2w = t[NORM2_W], *n2b = t[NORM2_B];
   const void* const* params = t + PROJECTIONS;
+  int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd;
   int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
   float* h = malloc(sizeof(float) * M * d);
@@ -177,20 +210,22 @@ static void decode_block(
   float* scores = malloc(sizeof(float) * M * n_heads * n_keys);
 #define PROJ(i, y, n) ((Projection){params[3 * (i)], params[3 * (i) + 1], params[3 * (i) + 2], (y), (n)})
 
-  normalize(norm_kind, eps, n1w, n1b, x, h, M, d);
+  pre_norm(s, t[ATTN_NORM_W], t[ATTN_NORM_B], x, h, M);
   Projection qkv[3] = {PROJ(Q, q, q_dim), PROJ(K, k, kv_dim), PROJ(V, v, kv_dim)};
-  project(wdtype, qkv, 3, h, d, M);
+  project(s->wdtype, qkv, 3, h, d, M);
+  qk_norm(s, t[Q_NORM_W], q, M, n_heads);
+  qk_norm(s, t[K_NORM_W], k, M, n_kv);
   for (int64_t m = 0; m < M; m++) {  /* rotary positions, then append k and v to the cache */
     if (cos) {
-      for (int64_t j = 0; j < n_heads; j++) rope(q + m * q_dim + j * hd, cos, sin, hd);
-      for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, cos, sin, hd);
+      for (int64_t j = 0; j < n_heads; j++) rope(q + m * q_dim + j * hd, cos, sin, s->rope_dim);
+      for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, cos, sin, s->rope_dim);
     }
     for (int64_t g = 0; g < n_kv; g++) {
       memcpy(k_cache + m * batch_stride + g * head_stride + pos * hd, k + m * kv_dim + g * hd, sizeof(float) * hd);
       memcpy(v_cache + m * batch_stride + g * head_stride + pos * hd, v + m * kv_dim + g * hd, sizeof(float) * hd);
     }
   }
-  float scale = 1.f / sqrtf((float)hd);
+  float scale = s->attn_scale, cap = s->attn_softcap;
   #pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads)
   for (int64_t m = 0; m < M; m++)
     for (int64_t head = 0; head < n_heads; head++) {
@@ -198,54 +233,51 @@ static void decode_block(
       const float* qh = q + m * q_dim + head * hd;
       const float* keys = k_cache + m * batch_stride + g * head_stride;
       const float* vals = v_cache + m * batch_stride + g * head_stride;
-      float* s = scores + (m * n_heads + head) * n_keys;
+      float* sc = scores + (m * n_heads + head) * n_keys;
       float top = -INFINITY, total = 0.f;
       for (int64_t j = 0; j < n_keys; j++) {
         const float* kj = keys + (first + j) * hd;
         float dot = 0.f;
         for (int64_t i = 0; i < hd; i++) dot += qh[i] * kj[i];
-        s[j] = dot * scale;
-        if (s[j] > top) top = s[j];
+        sc[j] = dot * scale;
+        if (cap > 0.f) sc[j] = tanhf(sc[j] / cap) * cap;
+        if (sc[j] > top) top = sc[j];
       }
-      for (int64_t j = 0; j < n_keys; j++) { s[j] = expf(s[j] - top); total += s[j]; }
+      for (int64_t j = 0; j < n_keys; j++) { sc[j] = expf(sc[j] - top); total += sc[j]; }
       float* o = att + m * q_dim + head * hd;
       for (int64_t i = 0; i < hd; i++) o[i] = 0.f;
       for (int64_t j = 0; j < n_keys; j++) {
         const float* vj = vals + (first + j) * hd;
-        float p = s[j] / total;
+        float p = sc[j] / total;
         for (int64_t i = 0; i < hd; i++) o[i] += p * vj[i];
       }
     }
   Projection o_proj = PROJ(O, out, d);
-  project(wdtype, &o_proj, 1, att, q_dim, M);
-  for (int64_t i = 0; i < M * d; i++) x[i] += out[i];
+  project(s->wdtype, &o_proj, 1, att, q_dim, M);
+  add_residual(s, t[ATTN_POST_W], out, x, M);
 
-  normalize(norm_kind, eps, n2w, n2b, x, h, M, d);
+  pre_norm(s, t[MLP_NORM_W], t[MLP_NORM_B], x, h, M);
   Projection mlp_in[2] = {PROJ(UP, up, d_mlp), PROJ(GATE, gate, d_mlp)};
-  project(wdtype, mlp_in, mlp_kind == MLP_SWIGLU ? 2 : 1, h, d, M);
-  for (int64_t i = 0; i < M * d_mlp; i++) {
-    float a = mlp_kind == MLP_SWIGLU ? gate[i] : up[i];
-    if (mlp_kind == MLP_SWIGLU) up[i] = a / (1.f + expf(-a)) * up[i];
-    else if (mlp_kind == MLP_GELU_TANH) up[i] = 0.5f * a * (1.f + tanhf(0.7978845608028654f * (a + 0.044715f * a * a * a)));
-    else up[i] = 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
-  }
+  project(s->wdtype, mlp_in, s->gated ? 2 : 1, h, d, M);
+  for (int64_t i = 0; i < M * d_mlp; i++)
+    up[i] = s->gated ? activate(s->activation, gate[i]) * up[i] : activate(s->activation, up[i]);
   Projection down = PROJ(DOWN, out, d);
-  project(wdtype, &down, 1, up, d_mlp, M);
-  for (int64_t i = 0; i < M * d; i++) x[i] += out[i];
+  project(s->wdtype, &down, 1, up, d_mlp, M);
+  add_residual(s, t[MLP_POST_W], out, x, M);
 #undef PROJ
   free(h); free(q); free(k); free(v); free(att); free(gate); free(up); free(out); free(scores);
 }
 
 /* Every block of the model for one new token per sample, in place on x (M, d). The KV cache
- * holds all layers: layer l's keys start at k_cache + l * layer_stride. */
-void decode_layers(
-    float* x, int64_t M, int64_t d, int norm_kind, float eps, int wdtype,
-    int64_t n_layers, const void* const* table,
-    int64_t n_heads, int64_t n_kv, int64_t hd, int64_t d_mlp, int mlp_kind,
-    float* k_cache, float* v_cache, int64_t layer_stride, int64_t batch_stride, int64_t head_stride, int64_t pos,
-    const float* cos, const float* sin, int64_t window) {
-  for (int64_t l = 0; l < n_layers; l++)
-    decode_block(x, M, d, norm_kind, eps, wdtype, table + l * LAYER_POINTERS, n_heads, n_kv, hd, d_mlp, mlp_kind,
-                 k_cache + l * layer_stride, v_cache + l * layer_stride, batch_stride, head_stride, pos,
-                 cos, sin, window);
+ * holds all layers: layer l's keys start at k_cache + l * layer_stride. Each layer has its
+ * sliding window (0: none) and its rotary table: -1 none, else an index into cos and sin. */
+void decode_layers(const Shape* s, float* x, int64_t M, const void* const* table, const int64_t* windows,
+                   const int* rope_tables, const float* const* cos, const float* const* sin,
+                   float* k_cache, float* v_cache, int64_t layer_stride, int64_t batch_stride,
+                   int64_t head_stride, int64_t pos) {
+  for (int64_t l = 0; l < s->n_layers; l++) {
+    int r = rope_tables[l];
+    decode_block(s, x, M, table + l * LAYER_POINTERS, k_cache + l * layer_stride, v_cache + l * layer_stride,
+                 batch_stride, head_stride, pos, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r], windows[l]);
+  }
 }

@@ -83,10 +83,7 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, flt, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
     lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
     lib.gemv.restype = None
-    lib.decode_layers.argtypes = (
-        [ptr, i64, i64, int_, flt, int_, i64, ptr]
-        + [i64, i64, i64, i64, int_] + [ptr, ptr, i64, i64, i64, i64] + [ptr, ptr, i64]
-    )
+    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 4
     lib.decode_layers.restype = None
     lib.set_threads.argtypes = [int_]
     lib.set_threads.restype = None
@@ -130,22 +127,42 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor 
 
 
 NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
-MLP_CODES = {("swiglu", "silu"): 0, ("gelu", "gelu_tanh"): 1, ("gelu", "gelu"): 2}
+ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
+QK_NORM_CODES = {None: 0, "head": 1, "projection": 2}
+ROPE_TABLES = ("global", "local")  # a layer's rotary table, as an index into the cos and sin passed
+
+
+class Shape(ctypes.Structure):
+    """kernels.c's Shape: the model's sizes and its family's choices."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("d", "n_heads", "n_kv", "hd", "d_mlp", "rope_dim", "n_layers")] \
+        + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation", "wdtype")] \
+        + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")]
+
+    @classmethod
+    def of(cls, cfg, weight_dtype: torch.dtype) -> "Shape":
+        return cls(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.rotary_dim, cfg.n_layers,
+                   NORM_CODES[cfg.norm], QK_NORM_CODES[cfg.qk_norm], cfg.mlp == "gated",
+                   ACTIVATION_CODES[cfg.activation], WEIGHT_CODES[weight_dtype],
+                   cfg.norm_eps, cfg.norm_offset, cfg.attn_scale or cfg.head_dim**-0.5, cfg.attn_softcap or 0.0)
 
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-NORM_POINTERS = 4  # a layer's row in decode_layers' table starts with the norms' weight and bias
+NORM_POINTERS = 8  # a layer's row in decode_layers' table starts with its norms' weights (and biases)
 
 
 def _layer_tensors(block) -> list[Tensor | None]:
-    """One row of decode_layers' table: the norms' weight and bias, then (weight, scale, bias)
-    for q, k, v, o, gate, up and down (gate is None for a GELU MLP)."""
+    """One row of decode_layers' table: the norms (None where the family has none), then
+    (weight, scale, bias) for q, k, v, o, gate, up and down (gate is None for a plain MLP)."""
     attn, mlp = block.attn, block.mlp
-    row = [block.attn_norm.weight, getattr(block.attn_norm, "bias", None),
-           block.mlp_norm.weight, getattr(block.mlp_norm, "bias", None)]
+    row = [getattr(block.attn_norm, "weight", None), getattr(block.attn_norm, "bias", None),
+           getattr(block.attn_post_norm, "weight", None),
+           getattr(block.mlp_norm, "weight", None), getattr(block.mlp_norm, "bias", None),
+           getattr(block.mlp_post_norm, "weight", None),
+           getattr(attn.q_norm, "weight", None), getattr(attn.k_norm, "weight", None)]
     for layer in (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down):
         row += (None, None, None) if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
     return row
@@ -161,23 +178,26 @@ class DecodePlan:
 
     def __init__(self, cfg, rows: list[list[Tensor | None]], weight_dtype: torch.dtype):
         self.cfg = cfg
+        self.shape = Shape.of(cfg, weight_dtype)
         self.tensors = rows  # keeps what the table points into alive
         pointers = [t.data_ptr() if t is not None else None for row in rows for t in row]
         self.table = (ctypes.c_void_p * len(pointers))(*pointers)
-        self.weight_code = WEIGHT_CODES[weight_dtype]
+        layers = range(cfg.n_layers)
+        self.windows = (ctypes.c_int64 * cfg.n_layers)(*(cfg.layer_window(i) or 0 for i in layers))
+        self.ropes = (ctypes.c_int * cfg.n_layers)(*(
+            -1 if cfg.layer_rope(i) is None else ROPE_TABLES.index(cfg.layer_rope(i)) for i in layers))
         self.tuner = ThreadTuner(max_threads)
         library().set_threads(max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
 
-    def run(self, x: Tensor, cache, start_pos: int, rope: tuple[Tensor, Tensor] | None) -> None:
+    def run(self, x: Tensor, cache, start_pos: int, rope: dict[str, tuple[Tensor, Tensor]]) -> None:
         """Run every block on x (batch, 1, d_model), contiguous fp32, in place; append to the cache."""
-        cfg = self.cfg
-        cos, sin = rope if rope is not None else (None, None)
+        tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
+        cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
+        sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
         library().decode_layers(
-            x.data_ptr(), x.shape[0], cfg.d_model, NORM_CODES[cfg.norm], cfg.norm_eps, self.weight_code,
-            cfg.n_layers, self.table,
-            cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, MLP_CODES[(cfg.mlp, cfg.activation)],
+            ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.table, self.windows, self.ropes, cos, sin,
             cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
-            start_pos, _ptr(cos), _ptr(sin), cfg.sliding_window or 0,
+            start_pos,
         )
 
     @contextmanager

@@ -19,7 +19,8 @@ Shape = tuple[int, ...]
 
 
 def canonical_shapes(cfg: ModelConfig) -> dict[str, Shape]:
-    """Every tensor the model needs, in canonical names, with its shape."""
+    """Every tensor the model needs, in canonical names, with its shape (a tied head is none:
+    see ``tied_aliases``)."""
     d, ff = cfg.d_model, cfg.d_mlp
     shapes: dict[str, Shape] = {"embed.weight": (cfg.vocab_size, d)}
     if cfg.positions == "learned":
@@ -35,22 +36,41 @@ def canonical_shapes(cfg: ModelConfig) -> dict[str, Shape]:
         if bias:
             shapes[f"{name}.bias"] = (n_out,)
 
+    pre, post = cfg.norm_placement in ("pre", "sandwich"), cfg.norm_placement in ("sandwich", "post")
     for i in range(cfg.n_layers):
         b = f"blocks.{i}"
-        norm(f"{b}.attn_norm")
+        if pre:
+            norm(f"{b}.attn_norm")
         linear(f"{b}.attn.q", cfg.q_dim, d, cfg.qkv_bias)
         linear(f"{b}.attn.k", cfg.kv_dim, d, cfg.qkv_bias)
         linear(f"{b}.attn.v", cfg.kv_dim, d, cfg.qkv_bias)
         linear(f"{b}.attn.o", d, cfg.q_dim, cfg.o_bias)
-        norm(f"{b}.mlp_norm")
-        if cfg.mlp == "swiglu":
+        if cfg.qk_norm:
+            per_head = cfg.qk_norm == "head"
+            shapes[f"{b}.attn.q_norm.weight"] = (cfg.head_dim if per_head else cfg.q_dim,)
+            shapes[f"{b}.attn.k_norm.weight"] = (cfg.head_dim if per_head else cfg.kv_dim,)
+        if post:
+            norm(f"{b}.attn_post_norm")
+        if pre:
+            norm(f"{b}.mlp_norm")
+        if cfg.mlp == "gated":
             linear(f"{b}.mlp.gate", ff, d, cfg.mlp_bias)
         linear(f"{b}.mlp.up", ff, d, cfg.mlp_bias)
         linear(f"{b}.mlp.down", d, ff, cfg.mlp_bias)
+        if post:
+            norm(f"{b}.mlp_post_norm")
     norm("head.norm")
-    if not cfg.tied_embeddings:
-        shapes["head.linear.weight"] = (cfg.vocab_size, d)
+    shapes["head.linear.weight"] = (cfg.vocab_size, d)
+    for alias in tied_aliases(cfg):
+        del shapes[alias]
     return shapes
+
+
+def tied_aliases(cfg: ModelConfig) -> dict[str, str]:
+    """Canonical tensors that *are* another one: with tied embeddings, the LM head's weight is
+    the token embedding. The one place that reads ``tied_embeddings`` to shape a model: the
+    loader, the Decoder, int8 quantization and ``inspect`` all ask here."""
+    return {"head.linear.weight": "embed.weight"} if cfg.tied_embeddings else {}
 
 
 @dataclass(frozen=True)
@@ -97,21 +117,39 @@ GPT2_NAMES = FamilyNames(
     ignored=r"h\.\d+\.attn\.(bias|masked_bias)",
 )
 
-LLAMA_NAMES = FamilyNames(
-    prefix="model.",
-    rules=(
-        Rule(r"embed_tokens\.weight", ("embed.weight",)),
-        Rule(r"layers\.(\d+)\.input_layernorm\.weight", ("blocks.{0}.attn_norm.weight",)),
-        Rule(r"layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)", ("blocks.{0}.attn.{1}.{2}",)),
-        Rule(r"layers\.(\d+)\.post_attention_layernorm\.weight", ("blocks.{0}.mlp_norm.weight",)),
-        Rule(r"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)", ("blocks.{0}.mlp.{1}.{2}",)),
-        Rule(r"norm\.weight", ("head.norm.weight",)),
-        Rule(r"lm_head\.weight", ("head.linear.weight",)),
-    ),
-    ignored=r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq",
+# The Llama-like families share their projections, embedding and head; they differ in their norms.
+_PROJECTIONS = (
+    Rule(r"embed_tokens\.weight", ("embed.weight",)),
+    Rule(r"layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)", ("blocks.{0}.attn.{1}.{2}",)),
+    Rule(r"layers\.(\d+)\.self_attn\.([qk])_norm\.weight", ("blocks.{0}.attn.{1}_norm.weight",)),
+    Rule(r"layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)", ("blocks.{0}.mlp.{1}.{2}",)),
+    Rule(r"norm\.weight", ("head.norm.weight",)),
+    Rule(r"lm_head\.weight", ("head.linear.weight",)),
 )
+_ROTARY = r"layers\.\d+\.self_attn\.rotary_emb\.inv_freq"
 
-FAMILY_NAMES = {"gpt2": GPT2_NAMES, "llama": LLAMA_NAMES, "qwen2": LLAMA_NAMES, "mistral": LLAMA_NAMES}
+
+def _norms(**names: str) -> tuple[Rule, ...]:
+    """Rules for a family's block norms: its name for each of lmgen's."""
+    return tuple(Rule(rf"layers\.(\d+)\.{theirs}\.weight", (f"blocks.{{0}}.{ours}.weight",))
+                 for ours, theirs in names.items())
+
+
+LLAMA_NAMES = FamilyNames("model.", _norms(attn_norm="input_layernorm", mlp_norm="post_attention_layernorm")
+                          + _PROJECTIONS, _ROTARY)
+GEMMA_NAMES = FamilyNames("model.", _norms(attn_norm="input_layernorm", attn_post_norm="post_attention_layernorm",
+                                           mlp_norm="pre_feedforward_layernorm",
+                                           mlp_post_norm="post_feedforward_layernorm") + _PROJECTIONS, _ROTARY)
+OLMO2_NAMES = FamilyNames("model.", _norms(attn_post_norm="post_attention_layernorm",
+                                           mlp_post_norm="post_feedforward_layernorm") + _PROJECTIONS, _ROTARY)
+PHI3_NAMES = FamilyNames("model.", LLAMA_NAMES.rules + (  # fused: q, k, v stacked; gate and up stacked
+    Rule(r"layers\.(\d+)\.self_attn\.qkv_proj\.(weight)", _QKV),
+    Rule(r"layers\.(\d+)\.mlp\.gate_up_proj\.(weight)", ("blocks.{0}.mlp.gate.{1}", "blocks.{0}.mlp.up.{1}")),
+), _ROTARY)
+
+FAMILY_NAMES = {"gpt2": GPT2_NAMES, "llama": LLAMA_NAMES, "qwen2": LLAMA_NAMES, "mistral": LLAMA_NAMES,
+                "qwen3": LLAMA_NAMES, "smollm3": LLAMA_NAMES, "gemma2": GEMMA_NAMES, "gemma3_text": GEMMA_NAMES,
+                "olmo2": OLMO2_NAMES, "phi3": PHI3_NAMES}
 
 IGNORED = object()
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmgen import kernels
+from lmgen.layout import tied_aliases
 
 
 class Linear(nn.Linear):
@@ -73,7 +74,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                     setattr(parent, name, Int8Linear(*quantize_rows(child.weight), child.bias))
     q, scale = quantize_rows(model.embed.weight)
     model.embed = Int8Embedding(q, scale)
-    if model.cfg.tied_embeddings:
+    if "head.linear.weight" in tied_aliases(model.cfg):
         model.head.linear = Int8Linear(q, scale, None)  # the same int8 tensor as the embedding
     else:
         model.head.linear = Int8Linear(*quantize_rows(model.head.linear.weight), None)

@@ -1,8 +1,11 @@
 """A compact decoder-only transformer: embedding → blocks → LM head.
 
 One ``Decoder`` covers GPT-2 (LayerNorm, learned positions, GELU) and the
-Llama family (RMSNorm, RoPE, SwiGLU, grouped-query attention, optional q/k/v
-bias, optional sliding window). It knows nothing of file formats: the loader in
+Llama-like families (RMSNorm, rotary positions, gated MLP, grouped-query
+attention), with each family's differences read from its config: where the
+norms sit (pre, sandwich, post) and whether they scale by 1 + weight, the
+activation, q/k norms, the embedding scale, soft-caps, and each layer's window
+and rotary table. It knows nothing of file formats: the loader in
 ``checkpoint.py`` hands it tensors under its own parameter names.
 """
 
@@ -15,29 +18,41 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmgen import kernels
+from lmgen.attention import Attention, attention_mask, soft_cap
 from lmgen.config import ModelConfig
+from lmgen.layout import tied_aliases
 from lmgen.linear import Linear
 from lmgen.resources import require_memory
+from lmgen.rope import rope_tables
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """x / rms(x) · (offset + weight): Gemma's norms have offset 1, the others 0."""
+
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.eps = eps
+        self.eps, self.offset = eps, offset
         self.weight = nn.Parameter(torch.empty(dim))  # from the checkpoint; torch.ones costs 0.1 s on meta
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32:  # one fused kernel; the same arithmetic as below
+        if x.dtype == torch.float32 and not self.offset:  # one fused kernel; the same arithmetic as below
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-        x32 = x.float()  # half precision: normalise in fp32, round, then scale, as transformers does
+        x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if self.offset:  # Gemma scales in fp32, then rounds
+            return (x32 * (self.offset + self.weight.float())).to(x.dtype)
+        return self.weight * x32.to(x.dtype)  # Llama rounds, then scales (in half precision)
 
 
-def make_norm(cfg: ModelConfig) -> nn.Module:
-    if cfg.norm == "layernorm":
-        return nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
-    return RMSNorm(cfg.d_model, cfg.norm_eps)
+def norm_maker(cfg: ModelConfig):
+    """A function making the config's norm for a given width (d_model unless told)."""
+
+    def make(dim: int = cfg.d_model) -> nn.Module:
+        if cfg.norm == "layernorm":
+            return nn.LayerNorm(dim, eps=cfg.norm_eps)
+        return RMSNorm(dim, cfg.norm_eps, cfg.norm_offset)
+
+    return make
 
 
 class KVCache:
@@ -76,135 +91,74 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """cos and sin of shape (seq, head_dim), computed in fp32 as transformers does."""
-    half = torch.arange(0, cfg.head_dim, 2, dtype=torch.int64, device=positions.device).float()
-    inv_freq = 1.0 / (cfg.rope_theta ** (half / cfg.head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]
-    angles = torch.cat((freqs, freqs), dim=-1)
-    return angles.cos().to(dtype), angles.sin().to(dtype)
-
-
-def rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    return x * cos + rotate_half(x) * sin
-
-
-class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.q = Linear(cfg.d_model, cfg.q_dim, bias=cfg.qkv_bias)
-        self.k = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
-        self.v = Linear(cfg.d_model, cfg.kv_dim, bias=cfg.qkv_bias)
-        self.o = Linear(cfg.q_dim, cfg.d_model, bias=cfg.o_bias)
-
-    def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
-        cfg = self.cfg
-        batch, seq, _ = x.shape
-        q = self.q(x).view(batch, seq, cfg.n_heads, cfg.head_dim).transpose(1, 2)
-        k = self.k(x).view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        v = self.v(x).view(batch, seq, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
-        if ctx.rope is not None:
-            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
-        if ctx.cache is not None:
-            k, v = ctx.cache.update(layer, ctx.start_pos, k, v)
-        if seq == 1 and ctx.mask is None:
-            y = single_query_attention(q, k, v)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=ctx.mask, is_causal=ctx.causal, enable_gqa=cfg.n_kv_heads != cfg.n_heads
-            )
-        return self.o(y.transpose(1, 2).reshape(batch, seq, cfg.q_dim))
-
-
-def single_query_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Attention of one new query per head over the whole cache (the decode step).
-
-    Two batched matmuls with the query heads of each key/value group side by side:
-    several times faster on CPU than the fused kernel for this shape, and no copy
-    of the grouped keys and values.
-    """
-    batch, n_heads, _, head_dim = q.shape
-    n_kv = k.shape[1]
-    grouped = q.view(batch, n_kv, n_heads // n_kv, head_dim)
-    scores = torch.matmul(grouped, k.transpose(-1, -2)) * head_dim**-0.5
-    probs = scores.float().softmax(dim=-1).to(q.dtype)
-    return torch.matmul(probs, v).view(batch, n_heads, 1, head_dim)
+ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
 
 
 class MLP(nn.Module):
-    """GELU MLP (``up`` → GELU → ``down``) or SwiGLU (silu(``gate``)·``up`` → ``down``)."""
+    """Plain (``up`` → act → ``down``, GPT-2) or gated (act(``gate``)·``up`` → ``down``: SwiGLU,
+    or GeGLU with Gemma's tanh-approximated GELU)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-        self.gate = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias) if cfg.mlp == "swiglu" else None
+        self.act = ACTIVATIONS[cfg.activation]
+        self.gate = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias) if cfg.mlp == "gated" else None
         self.up = Linear(cfg.d_model, cfg.d_mlp, bias=cfg.mlp_bias)
         self.down = Linear(cfg.d_mlp, cfg.d_model, bias=cfg.mlp_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.gate is not None:
-            return self.down(F.silu(self.gate(x)) * self.up(x))
-        return self.down(F.gelu(self.up(x), approximate=self.approximate))
+            return self.down(self.act(self.gate(x)) * self.up(x))
+        return self.down(self.act(self.up(x)))
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.attn_norm = make_norm(cfg)
-        self.attn = Attention(cfg)
-        self.mlp_norm = make_norm(cfg)
-        self.mlp = MLP(cfg)
+    """x + post(attn(pre(x))), then x + post(mlp(pre(x))), with the norms the placement has:
+    pre only (most), pre and post (Gemma's sandwich), post only (OLMo 2)."""
 
-    def forward(self, x: Tensor, ctx: "StepContext", layer: int) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), ctx, layer)
-        return x + self.mlp(self.mlp_norm(x))
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        make = norm_maker(cfg)
+        pre, post = cfg.norm_placement in ("pre", "sandwich"), cfg.norm_placement in ("sandwich", "post")
+        self.attn_norm = make() if pre else nn.Identity()
+        self.attn = Attention(cfg, layer, make)
+        self.attn_post_norm = make() if post else nn.Identity()
+        self.mlp_norm = make() if pre else nn.Identity()
+        self.mlp = MLP(cfg)
+        self.mlp_post_norm = make() if post else nn.Identity()
+
+    def forward(self, x: Tensor, ctx: "StepContext") -> Tensor:
+        x = x + self.attn_post_norm(self.attn(self.attn_norm(x), ctx))
+        return x + self.mlp_post_norm(self.mlp(self.mlp_norm(x)))
 
 
 class LMHead(nn.Module):
-    """Final norm, then a bias-free Linear(d_model → vocab) giving next-token logits."""
+    """Final norm, then a bias-free Linear(d_model → vocab) giving next-token logits (soft-capped
+    for Gemma)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = make_norm(cfg)
+        self.norm = norm_maker(cfg)()
         self.linear = Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.softcap = cfg.logit_softcap
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.linear(self.norm(x))
+        return soft_cap(self.linear(self.norm(x)), self.softcap)
 
 
 class StepContext:
-    """What every layer needs to know about the current forward pass."""
+    """What every layer needs to know about the current forward pass: its positions, their
+    rotary tables ("global", and "local" for Gemma 3's sliding layers) and masks per window."""
 
     def __init__(self, cfg: ModelConfig, start_pos: int, seq: int, cache: KVCache | None, device, dtype):
-        self.start_pos = start_pos
-        self.cache = cache
-        positions = torch.arange(start_pos, start_pos + seq, device=device)
-        self.positions = positions
-        self.rope = rope_tables(cfg, positions, dtype) if cfg.positions == "rope" else None
-        self.mask, self.causal = attention_mask(cfg, start_pos, seq, device)
+        self.start_pos, self.seq, self.cache, self.device = start_pos, seq, cache, device
+        self.positions = torch.arange(start_pos, start_pos + seq, device=device)
+        self.rope = rope_tables(cfg, self.positions, dtype) if cfg.positions == "rope" else {}
+        self.masks: dict = {}
 
-
-def attention_mask(cfg: ModelConfig, start_pos: int, seq: int, device) -> tuple[Tensor | None, bool]:
-    """(mask, is_causal) for queries at start_pos.. attending keys 0..start_pos+seq-1."""
-    total = start_pos + seq
-    window = cfg.sliding_window
-    windowed = window is not None and total > window
-    if seq == 1 and not windowed:
-        return None, False
-    if start_pos == 0 and not windowed:
-        return None, True
-    q_pos = torch.arange(start_pos, total, device=device)[:, None]
-    k_pos = torch.arange(total, device=device)[None, :]
-    allowed = k_pos <= q_pos
-    if windowed:
-        allowed &= q_pos - k_pos < window
-    return allowed, False
+    def mask(self, window: int | None) -> tuple[Tensor | None, bool]:
+        if window not in self.masks:
+            self.masks[window] = attention_mask(self.start_pos, self.seq, window, self.device)
+        return self.masks[window]
 
 
 class Decoder(nn.Module):
@@ -221,14 +175,15 @@ class Decoder(nn.Module):
             if cfg.positions == "learned"
             else None
         )
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.head = LMHead(cfg)
         self.tie_weights()
 
     def tie_weights(self) -> None:
         """With tied embeddings the head's weight *is* the embedding Parameter."""
-        if self.cfg.tied_embeddings:
-            self.head.linear.weight = self.embed.weight
+        for alias, source in tied_aliases(self.cfg).items():
+            module, name = alias.rsplit(".", 1)
+            setattr(self.get_submodule(module), name, self.get_parameter(source))
 
     @property
     def device(self) -> torch.device:
@@ -266,6 +221,8 @@ class Decoder(nn.Module):
         if start_pos + seq > self.cfg.max_context:
             raise ValueError(f"positions up to {start_pos + seq} exceed the context window ({self.cfg.max_context})")
         x = self.embed(tokens).to(self.dtype)
+        if self.cfg.embed_scale != 1.0:  # Gemma: a tensor of the activations' dtype, as transformers has it
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
         ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
@@ -274,8 +231,8 @@ class Decoder(nn.Module):
                 x = x.contiguous()
                 cache.plan.run(x, cache, start_pos, ctx.rope)
                 return self.head(x)
-        for layer, block in enumerate(self.blocks):
-            x = block(x, ctx, layer)
+        for block in self.blocks:
+            x = block(x, ctx)
         if last_only:
             x = x[:, -1:]
         return self.head(x)

@@ -278,6 +278,7 @@ def print_inspect(info: dict) -> None:
         ["attention heads", f"{arch['heads']} query, {arch['kv_heads']} key/value, head dim {arch['head_dim']}"],
         ["MLP", f"{arch['mlp']}, width {arch['mlp_width']}"],
         ["norm, positions", f"{arch['norm']}, {arch['positions']}"],
+        *([name, text] for name, text in info["features"].items()),
         ["context length", str(arch["context_length"])],
         ["vocab size", str(arch["vocab_size"])],
         ["LM head", f"final {arch['norm']} → Linear {d_model} → {vocab}, no bias; weight {d_model} × {vocab} (d_model × vocab)"],

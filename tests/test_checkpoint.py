@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lmgen.checkpoint import load_model, locate
-from lmgen.config import from_hf, to_toml
+from lmgen.config import to_toml
+from lmgen.hf_config import from_hf
 from lmgen.errors import CheckpointError
 
 from conftest import save_tiny

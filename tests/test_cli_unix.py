@@ -46,7 +46,7 @@ def broken_copy(tiny_dir, tmp_path, what):
         ("truncated", r"not a readable safetensors|truncated"),
         ("corrupt", r"not a readable safetensors"),
         ("shape", r"tensor model\.layers\.0\.self_attn\.\w+\.weight .*has shape .* but the config implies"),
-        ("model_type", r"model_type 'bert' is not supported \(supported: gpt2, llama, qwen2, mistral\)"),
+        ("model_type", r"model_type 'bert' is not supported \(supported: gpt2, llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, olmo2, smollm3\)"),
     ],
 )
 def test_bad_checkpoint_directories(cli, tiny_dir, tmp_path, what, pattern):

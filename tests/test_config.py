@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from lmgen.checkpoint import load_config_file
-from lmgen.config import ModelConfig, from_hf, load_toml
+from lmgen.config import ModelConfig, load_toml
+from lmgen.hf_config import from_hf
 from lmgen.errors import ConfigError, LmgenError
 
 from conftest import tiny_hf_config
@@ -22,7 +23,7 @@ def test_hf_configs_translate(family):
     assert cfg.n_kv_heads == (4 if family == "gpt2" else 2)
     assert cfg.norm == ("layernorm" if family == "gpt2" else "rmsnorm")
     assert cfg.positions == ("learned" if family == "gpt2" else "rope")
-    assert cfg.mlp == ("gelu" if family == "gpt2" else "swiglu")
+    assert cfg.mlp == ("plain" if family == "gpt2" else "gated")
     assert cfg.qkv_bias == (family in ("gpt2", "qwen2"))
     assert cfg.sliding_window == (16 if family == "mistral" else None)
 
@@ -35,7 +36,7 @@ def test_shipped_toml_configs_load():
 
 
 def test_unknown_model_type_lists_the_supported_ones():
-    with pytest.raises(ConfigError, match=r"model_type 'bert' .*gpt2, llama, qwen2, mistral"):
+    with pytest.raises(ConfigError, match=r"model_type 'bert' .*gpt2, llama, mistral, qwen2, qwen3, gemma2"):
         from_hf({"model_type": "bert"})
 
 

@@ -1,0 +1,332 @@
+"""Hugging Face ``config.json`` → ModelConfig, and back (for GGUF import).
+
+Each family's differences from a Llama block are one row of ``FAMILIES``: the
+rest of this module reads the fields every Llama-like config shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import MISSING, dataclass
+
+from lmgen.config import ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, _is_number, is_int
+from lmgen.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one ``model_type`` differs from Llama (the defaults)."""
+
+    norm_placement: str = "pre"  # pre | sandwich (Gemma) | post (OLMo 2)
+    norm_offset: float = 0.0  # Gemma's norms scale by (1 + weight)
+    qk_norm: str | None = None  # head (Qwen3, Gemma 3) | projection (OLMo 2)
+    biases: str = "attention_bias"  # q/k/v/o biases: read from attention_bias, "qkv" (always) or "none"
+    mlp_bias: bool = False  # whether config.json's mlp_bias is read
+    activation_key: str = "hidden_act"
+    gemma: bool = False  # √d_model embedding scale, query_pre_attn_scalar, final-logit soft-cap
+    attn_softcap: bool = False  # attention-score soft-cap (Gemma 2; Gemma 3's is ignored by transformers too)
+    sliding: str | None = None  # which layers slide when not listed in layer_types (see _sliding)
+    local_rope: bool = False  # sliding layers use rope_local_base_freq, unscaled (Gemma 3)
+    nope: bool = False  # no_rope_layers (SmolLM3)
+    tied: bool = False  # tie_word_embeddings' default
+
+
+FAMILIES = {
+    "llama": Family(mlp_bias=True),
+    "mistral": Family(biases="none", sliding="all"),
+    "qwen2": Family(biases="qkv", sliding="from_max_window_layers"),
+    "qwen3": Family(qk_norm="head", sliding="from_max_window_layers"),
+    "gemma2": Family(norm_placement="sandwich", norm_offset=1.0, activation_key="hidden_activation", gemma=True,
+                     attn_softcap=True, sliding="alternate", tied=True),
+    "gemma3_text": Family(norm_placement="sandwich", norm_offset=1.0, qk_norm="head",
+                          activation_key="hidden_activation", gemma=True, sliding="pattern", local_rope=True,
+                          tied=True),
+    "phi3": Family(biases="none", sliding="all"),  # fused qkv_proj and gate_up_proj: see layout.py
+    "olmo2": Family(norm_placement="post", qk_norm="projection"),
+    "smollm3": Family(mlp_bias=True, sliding="nope_layers", nope=True, tied=True),
+}
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
+
+
+class HFFields:
+    """Typed reads of a config.json dict: each wrong type is a ConfigError naming the field."""
+
+    def __init__(self, hf: dict, model_type: str):
+        self.hf, self.where = hf, f"config.json for {model_type}"
+
+    def get(self, key: str, default=MISSING):
+        if key in self.hf and self.hf[key] is not None:
+            return self.hf[key]
+        if default is MISSING:
+            raise ConfigError(f"{self.where} is missing the field {key!r}")
+        return default
+
+    def _wrong(self, key: str, expected: str):
+        return ConfigError(f"{self.where}: {key} must be {expected}, got {self.hf[key]!r}")
+
+    def int(self, key: str, default=MISSING) -> int:
+        value = self.get(key, default)
+        if value is not default and not is_int(value):
+            raise self._wrong(key, "an integer")
+        return value
+
+    def float(self, key: str, default=MISSING) -> float:
+        value = self.get(key, default)
+        if value is not default and not _is_number(value):
+            raise self._wrong(key, "a number")
+        return value if value is None else float(value)
+
+    def bool(self, key: str, default=MISSING) -> bool:
+        value = self.get(key, default)
+        if not isinstance(value, bool):
+            raise self._wrong(key, "true or false")
+        return value
+
+    def dict(self, key: str) -> dict:
+        value = self.get(key, {})
+        if not isinstance(value, dict):
+            raise self._wrong(key, "an object")
+        return value
+
+    def token_ids(self, key: str) -> list[int]:
+        value = self.get(key, [])
+        ids = value if isinstance(value, list) else [value]
+        if not all(is_int(i) for i in ids):
+            raise self._wrong(key, "a token id or a list of them")
+        return ids
+
+
+def from_hf(hf: dict) -> ModelConfig:
+    """Translate a Hugging Face config.json dict into a ModelConfig."""
+    if not isinstance(hf, dict):
+        raise ConfigError(f"config.json must hold an object, not {type(hf).__name__}")
+    model_type = hf.get("model_type")
+    if model_type not in ("gpt2", *FAMILIES):
+        hint = " (the text model of a Gemma 3 vision checkpoint is not supported; gemma3_text is)" if model_type == "gemma3" else ""
+        raise ConfigError(
+            f"model_type {model_type!r} is not supported{hint} (supported: gpt2, {', '.join(FAMILIES)})"
+        )
+    fields_ = HFFields(hf, model_type)
+    return _gpt2(fields_) if model_type == "gpt2" else _llama_like(fields_, model_type)
+
+
+def _divisible(d_model: int, n_heads: int, names: str) -> int:
+    if n_heads < 1 or d_model % n_heads:
+        raise ConfigError(f"{names.format(d_model, n_heads)}")
+    return d_model // n_heads
+
+
+def _gpt2(hf: HFFields) -> ModelConfig:
+    d_model, n_heads = hf.int("n_embd"), hf.int("n_head")
+    head_dim = _divisible(d_model, n_heads, "n_embd ({}) must be divisible by n_head ({})")
+    return ModelConfig(
+        family="gpt2",
+        vocab_size=hf.int("vocab_size"),
+        d_model=d_model,
+        n_layers=hf.int("n_layer"),
+        n_heads=n_heads,
+        n_kv_heads=n_heads,
+        head_dim=head_dim,
+        d_mlp=hf.int("n_inner", 4 * d_model),
+        max_context=hf.int("n_positions"),
+        norm="layernorm",
+        norm_eps=hf.float("layer_norm_epsilon", 1e-5),
+        positions="learned",
+        mlp="plain",
+        activation=_activation(hf, "activation_function", "gelu_new"),
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        tied_embeddings=hf.bool("tie_word_embeddings", True),
+        bos_token_id=hf.int("bos_token_id", None),
+        eos_token_ids=hf.token_ids("eos_token_id"),
+    )
+
+
+def _activation(hf: HFFields, key: str, default: str) -> str:
+    name = hf.get(key, default)
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"{hf.where}: {key} {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
+    return ACTIVATIONS[name]
+
+
+def _llama_like(hf: HFFields, model_type: str) -> ModelConfig:
+    family = FAMILIES[model_type]
+    d_model, n_heads, n_layers = hf.int("hidden_size"), hf.int("num_attention_heads"), hf.int("num_hidden_layers")
+    head_dim = hf.int("head_dim", None)
+    if head_dim is None:
+        head_dim = _divisible(d_model, n_heads, "hidden_size ({}) must be divisible by num_attention_heads ({})")
+    attention_bias = hf.bool("attention_bias", False) if family.biases == "attention_bias" else False
+    nope_layers = _nope_layers(hf, n_layers) if family.nope else []
+    window, sliding_layers = _sliding(hf, family, n_layers, nope_layers)
+    rope = _rope(hf, family, head_dim)
+    context = hf.int("max_position_embeddings", 2048)
+    if (rope["rope_scaling"] or {}).get("rope_type") == "dynamic":  # NTK scaling is for going past it
+        context = int(context * rope["rope_scaling"]["factor"])
+    return ModelConfig(
+        family=model_type,
+        vocab_size=hf.int("vocab_size"),
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=hf.int("num_key_value_heads", n_heads),
+        head_dim=head_dim,
+        d_mlp=hf.int("intermediate_size"),
+        max_context=context,
+        norm_eps=hf.float("rms_norm_eps", 1e-6),
+        norm_placement=family.norm_placement,
+        norm_offset=family.norm_offset,
+        activation=_activation(hf, family.activation_key, "gelu_pytorch_tanh" if family.gemma else "silu"),
+        qkv_bias=attention_bias or family.biases == "qkv",
+        o_bias=attention_bias,
+        mlp_bias=hf.bool("mlp_bias", False) if family.mlp_bias else False,
+        qk_norm=family.qk_norm,
+        attn_scale=_positive(hf, "query_pre_attn_scalar", 256.0) ** -0.5 if family.gemma else None,
+        attn_softcap=hf.float("attn_logit_softcapping", None) if family.attn_softcap else None,
+        sliding_window=window,
+        sliding_layers=sliding_layers,
+        **rope,
+        nope_layers=nope_layers,
+        embed_scale=d_model**0.5 if family.gemma else 1.0,
+        tied_embeddings=hf.bool("tie_word_embeddings", family.tied),
+        logit_softcap=hf.float("final_logit_softcapping", None) if family.gemma else None,
+        bos_token_id=hf.int("bos_token_id", None),
+        eos_token_ids=hf.token_ids("eos_token_id"),
+    )
+
+
+def _positive(hf: HFFields, key: str, default: float) -> float:
+    value = hf.float(key, default)
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{hf.where}: {key} must be a finite positive number, got {value!r}")
+    return value
+
+
+def _nope_layers(hf: HFFields, n_layers: int) -> list[int]:
+    """SmolLM3's no_rope_layers: 1 where a layer uses rotary positions, 0 where it does not."""
+    flags = hf.get("no_rope_layers", None)
+    if flags is None:
+        interval = hf.int("no_rope_layer_interval", 4)
+        flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
+    if not isinstance(flags, list) or len(flags) != n_layers or not all(f in (0, 1) for f in flags):
+        raise ConfigError(f"{hf.where}: no_rope_layers must be {n_layers} flags of 0 or 1")
+    return [i for i, uses_rope in enumerate(flags) if not uses_rope]
+
+
+def _sliding(hf: HFFields, family: Family, n_layers: int, nope_layers: list[int]):
+    """(sliding_window, sliding_layers): the window, and which layers use it (None: all)."""
+    if family.sliding is None:
+        return None, None
+    always = family.sliding in ("all", "alternate", "pattern")  # no use_sliding_window switch
+    window = hf.int("sliding_window", None) if always or hf.bool("use_sliding_window", False) else None
+    if window is None:
+        return None, None
+    types = hf.get("layer_types", None)
+    if types is not None and family.sliding != "all":  # Mistral and Phi-3 slide everywhere, listed or not
+        if not isinstance(types, list) or len(types) != n_layers or \
+                not set(types) <= {"sliding_attention", "full_attention"}:
+            raise ConfigError(f"{hf.where}: layer_types must list sliding_attention or full_attention "
+                              f"for each of the {n_layers} layers")
+        return window, [i for i, kind in enumerate(types) if kind == "sliding_attention"]
+    if family.sliding == "all":
+        return window, None
+    if family.sliding == "from_max_window_layers":
+        return window, list(range(hf.int("max_window_layers", 28), n_layers))
+    if family.sliding == "alternate":
+        return window, list(range(0, n_layers, 2))
+    if family.sliding == "pattern":
+        pattern = hf.int("sliding_window_pattern", 6)
+        return window, [i for i in range(n_layers) if (i + 1) % pattern]
+    return window, nope_layers  # SmolLM3 slides where it has no positions
+
+
+def _rope(hf: HFFields, family: Family, head_dim: int) -> dict:
+    """rope_theta, rope_dim, rope_scaling and local_rope_theta, from either way transformers has
+    written them: rope_scaling beside a top-level rope_theta, or rope_parameters (per layer type
+    for Gemma 3)."""
+    params, scaling = hf.dict("rope_parameters"), hf.dict("rope_scaling")
+    nested = "full_attention" in params or "sliding_attention" in params
+    rope = dict(params.get("full_attention") or {}) if nested else {**scaling, **params}
+    local = (params.get("sliding_attention") or {}) if nested else {}
+    reader = HFFields(rope, "rope_parameters")
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if hf.hf["model_type"] == "phi3" and kind in ("su", "yarn"):
+        kind = "longrope"  # Phi-3's early names for it, as transformers reads them
+    factor = reader.float("partial_rotary_factor", hf.float("partial_rotary_factor", 1.0))
+    if not 0 < factor <= 1:
+        raise ConfigError(f"{hf.where}: partial_rotary_factor must be above 0 and at most 1, got {factor!r}")
+    out = dict(
+        rope_theta=reader.float("rope_theta", hf.float("rope_theta", 1e6 if family.local_rope else 10000.0)),
+        rope_dim=int(head_dim * factor) if factor != 1.0 else None,
+        rope_scaling=None if kind == "default" else _scaling(hf, rope, kind),
+    )
+    if family.local_rope:
+        if (local.get("rope_type") or "default") != "default":
+            raise ConfigError(f"{hf.where}: the sliding layers' rope_type must be default, got {local['rope_type']!r}")
+        out["local_rope_theta"] = HFFields(local, "rope_parameters").float(
+            "rope_theta", hf.float("rope_local_base_freq", 10000.0))
+    return out
+
+
+def _scaling(hf: HFFields, rope: dict, kind: str) -> dict:
+    known = ROPE_SCALINGS.get(kind, ()) + ROPE_OPTIONAL
+    scaling = {"rope_type": kind, **{key: rope[key] for key in known if rope.get(key) is not None}}
+    trained = hf.int("max_position_embeddings", 2048)
+    if kind == "dynamic":  # transformers scales from max_position_embeddings, whatever else is set
+        scaling["original_max_position_embeddings"] = trained
+    elif kind in ("llama3", "yarn", "longrope"):
+        original = hf.int("original_max_position_embeddings", None)  # Phi-3 keeps it outside: it wins there
+        scaling["original_max_position_embeddings"] = original or scaling.get("original_max_position_embeddings") or trained
+    return scaling
+
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                 "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                 "phi3": "Phi3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+
+
+def to_hf(cfg: ModelConfig) -> dict:
+    """A Hugging Face config.json for a Llama-like ModelConfig (GGUF import writes it), which
+    from_hf reads back to the same ModelConfig."""
+    if cfg.family not in FAMILIES:
+        raise ConfigError(f"writing a config.json for family {cfg.family!r} is not supported")
+    family = FAMILIES[cfg.family]
+    activation = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.activation]
+    hf = {
+        "architectures": [ARCHITECTURES[cfg.family]],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "intermediate_size": cfg.d_mlp,
+        "max_position_embeddings": cfg.max_context,
+        "rms_norm_eps": cfg.norm_eps,
+        "rope_theta": cfg.rope_theta,
+        family.activation_key: activation,
+        "attention_bias": cfg.o_bias,
+        "tie_word_embeddings": cfg.tied_embeddings,
+        "bos_token_id": cfg.bos_token_id,
+        "eos_token_id": cfg.eos_token_ids[0] if len(cfg.eos_token_ids) == 1 else cfg.eos_token_ids or None,
+        "torch_dtype": "float32",
+    }
+    if cfg.rope_scaling:
+        hf["rope_scaling"] = dict(cfg.rope_scaling)
+        if cfg.rope_scaling["rope_type"] == "dynamic":
+            hf["max_position_embeddings"] = cfg.rope_scaling["original_max_position_embeddings"]
+    if cfg.rope_dim is not None:
+        hf["partial_rotary_factor"] = cfg.rope_dim / cfg.head_dim
+    if cfg.sliding_window is not None:
+        hf.update(sliding_window=cfg.sliding_window, use_sliding_window=True)
+        if cfg.sliding_layers is not None:
+            hf["layer_types"] = ["sliding_attention" if cfg.layer_window(i) else "full_attention"
+                                 for i in range(cfg.n_layers)]
+    if family.nope:
+        hf["no_rope_layers"] = [int(i not in cfg.nope_layers) for i in range(cfg.n_layers)]
+    if family.local_rope:
+        hf["rope_local_base_freq"] = cfg.local_rope_theta
+    if family.gemma:
+        hf.update(query_pre_attn_scalar=cfg.attn_scale**-2, final_logit_softcapping=cfg.logit_softcap,
+                  attn_logit_softcapping=cfg.attn_softcap)
+    return hf
