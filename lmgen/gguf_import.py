@@ -26,32 +26,18 @@ from gguf import GGUFReader, GGUFValueType
 
 from lmgen import layout
 from lmgen.config import LIMITS, ModelConfig, is_int
-from lmgen.hf_config import to_hf
 from lmgen.errors import CheckpointError
+from lmgen.gguf_arch import ARCHS, ROPE_TENSORS, Arch, block_names, gemma_query_scalar, hf_tensor_name, restore, \
+    rope_config
 from lmgen.files import regular_file, staged_directory
 from lmgen.resources import require_memory
 
-SUPPORTED_ARCHS = ("llama", "qwen2")
+SUPPORTED_ARCHS = tuple(ARCHS)
 
 # The reader makes ~1 KB of Python objects per metadata array item: this caps what a hostile
 # header can cost (~2 GB), above twice o200k's tokens + merges + token types (0.85 M items).
 MAX_METADATA_ITEMS = 1 << 21
 MEMORY_MARGIN = 512 << 20  # bytes kept free besides the fp32 weights: temporaries, the tokenizer
-
-# GGUF tensor name → Hugging Face name (layer index as {0})
-_BLOCK_NAMES = {
-    "attn_norm.weight": "input_layernorm.weight",
-    **{f"attn_{p}.{kind}": f"self_attn.{p}_proj.{kind}" for p in "qkv" for kind in ("weight", "bias")},
-    "attn_output.weight": "self_attn.o_proj.weight",
-    "ffn_norm.weight": "post_attention_layernorm.weight",
-    **{f"ffn_{p}.weight": f"mlp.{p}_proj.weight" for p in ("gate", "up", "down")},
-}
-_TOP_NAMES = {
-    "token_embd.weight": "model.embed_tokens.weight",
-    "output_norm.weight": "model.norm.weight",
-    "output.weight": "lm_head.weight",
-}
-
 
 _KINDS = {
     "an integer": is_int,
@@ -69,22 +55,6 @@ def printable(text: str, limit: int = 120) -> str:
     """A stranger's text made safe for a one-line error: no newlines or escapes, not too long."""
     text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
     return text if len(text) <= limit else text[:limit] + "..."
-
-
-def hf_tensor_name(gguf_name: str) -> str:
-    if gguf_name in _TOP_NAMES:
-        return _TOP_NAMES[gguf_name]
-    match = re.fullmatch(r"blk\.(\d+)\.(.+)", gguf_name)
-    if match and match.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{match.group(1)}.{_BLOCK_NAMES[match.group(2)]}"
-    raise CheckpointError(f"GGUF tensor {printable(gguf_name)} has no known Hugging Face name")
-
-
-def unpermute_rows(weight, n_heads: int):
-    """Undo llama.cpp's interleaving of the rotary halves in Q/K rows (per head)."""
-    rows = weight.shape[0]
-    half = rows // n_heads // 2
-    return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 class BoundedReader(GGUFReader):
@@ -165,35 +135,64 @@ def token_list(meta: dict) -> list[str]:
 
 
 def read_gguf_config(reader, meta: dict | None = None) -> ModelConfig:
-    """The ModelConfig of an open GGUF file (``inspect`` and ``convert`` both read it here): its
-    metadata, and whether it stores an output (LM head) tensor of its own."""
-    tied = not any(t.name == "output.weight" for t in reader.tensors)
-    return gguf_config(read_metadata(reader) if meta is None else meta, tied)
+    """The ModelConfig of an open GGUF file (``inspect`` and ``convert`` both read it here)."""
+    from lmgen.hf_config import from_hf
+
+    return from_hf(gguf_hf_config(reader, read_metadata(reader) if meta is None else meta))
 
 
-def gguf_config(meta: dict, tied: bool) -> ModelConfig:
-    arch = typed(meta, "general.architecture", "a string")
-    if arch not in SUPPORTED_ARCHS:
+def gguf_hf_config(reader, meta: dict) -> dict:
+    """The config.json a GGUF file stands for: its metadata, its architecture's fixed facts
+    (gguf_arch.py), and what its tensors tell: a head of its own, biases, rotary scaling."""
+    name = typed(meta, "general.architecture", "a string")
+    if name not in ARCHS:
         supported = ", ".join(SUPPORTED_ARCHS)
-        raise CheckpointError(f"GGUF architecture {printable(repr(arch))} is not supported (supported: {supported})")
-    sizes = gguf_sizes(meta, arch)
+        raise CheckpointError(f"GGUF architecture {printable(repr(name))} is not supported (supported: {supported})")
+    arch, sizes = ARCHS[name], gguf_sizes(meta, name)
     n_tokens = len(token_list(meta)) if "tokenizer.ggml.tokens" in meta else sizes["vocab_size"]
     if n_tokens > sizes["vocab_size"]:
-        raise CheckpointError(f"GGUF metadata has {n_tokens} tokens but {arch}.vocab_size is {sizes['vocab_size']}")
-    if meta.get(f"{arch}.rope.dimension_count", sizes["head_dim"]) != sizes["head_dim"]:
-        raise CheckpointError(f"GGUF metadata {arch}.rope.dimension_count must be the head size, {sizes['head_dim']}")
-    if typed(meta, f"{arch}.rope.scaling.type", "a string", "none") != "none":
-        raise CheckpointError(f"GGUF metadata {arch}.rope.scaling.type: only unscaled rotary positions are supported")
-    eos = _token_id(meta, "eos", n_tokens)
-    return ModelConfig(
-        family=arch, **sizes, norm="rmsnorm", positions="rope", mlp="gated", activation="silu",
-        norm_eps=positive(meta, f"{arch}.attention.layer_norm_rms_epsilon"),
-        rope_theta=positive(meta, f"{arch}.rope.freq_base", 10000.0),
-        qkv_bias=arch == "qwen2",
-        tied_embeddings=tied,
-        bos_token_id=_token_id(meta, "bos", n_tokens),
-        eos_token_ids=[eos] if eos is not None else [],
-    )
+        raise CheckpointError(f"GGUF metadata has {n_tokens} tokens but {name}.vocab_size is {sizes['vocab_size']}")
+    names = {t.name for t in reader.tensors}
+    from lmgen.hf_config import ARCHITECTURES
+
+    hf = {
+        "architectures": [ARCHITECTURES[arch.model_type]], "model_type": arch.model_type,
+        "vocab_size": sizes["vocab_size"], "hidden_size": sizes["d_model"], "num_hidden_layers": sizes["n_layers"],
+        "num_attention_heads": sizes["n_heads"], "num_key_value_heads": sizes["n_kv_heads"],
+        "head_dim": sizes["head_dim"], "intermediate_size": sizes["d_mlp"], "max_position_embeddings": sizes["max_context"],
+        "rms_norm_eps": positive(meta, f"{name}.attention.layer_norm_rms_epsilon"),
+        "rope_theta": positive(meta, f"{name}.rope.freq_base", 1e6 if name == "gemma3" else 10000.0),
+        "attention_bias": "blk.0.attn_q.bias" in names,
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _token_id(meta, "bos", n_tokens),
+        "eos_token_id": _token_id(meta, "eos", n_tokens),
+        "torch_dtype": "float32",
+    }
+    hf |= rope_config(meta, name, sizes["head_dim"], _rope_tensors(reader), lambda *args: typed(meta, *args))
+    for key, gguf_key in arch.extra.items():
+        value = typed(meta, f"{name}.{gguf_key}", "a number", None)
+        if value:  # 0 is llama.cpp's "none" for a sliding window
+            hf[key] = value
+    if arch.model_type.startswith("gemma"):
+        hf["query_pre_attn_scalar"] = gemma_query_scalar(name, sizes["n_layers"], sizes["d_model"],
+                                                         sizes["n_heads"], sizes["head_dim"])
+    return hf
+
+
+def _rope_tensors(reader) -> dict[str, np.ndarray]:
+    """The small tensors that hold rotary scaling, as fp32 vectors."""
+    from gguf.quants import dequantize
+
+    tensors = {}
+    for t in reader.tensors:
+        if t.name in ROPE_TENSORS:
+            try:
+                tensors[t.name] = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(-1)
+            except NotImplementedError:
+                raise CheckpointError(f"GGUF tensor {t.name} has type {t.tensor_type.name}, which gguf cannot read")
+            if not np.isfinite(tensors[t.name]).all():
+                raise CheckpointError(f"GGUF tensor {t.name} holds values that are not finite")
+    return tensors
 
 
 def gguf_sizes(meta: dict, arch: str) -> dict[str, int]:
@@ -219,19 +218,26 @@ def positive(meta: dict, key: str, default=_REQUIRED) -> float:
     return value
 
 
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: ModelConfig, arch: Arch) -> dict[str, tuple[int, ...]]:
     """GGUF tensor name → its shape (Hugging Face order) for every tensor the config implies."""
     shapes = layout.canonical_shapes(cfg)
-    names = [*_TOP_NAMES, *(f"blk.{i}.{name}" for i in range(cfg.n_layers) for name in _BLOCK_NAMES)]
-    mapped = {name: layout.map_name(cfg.family, hf_tensor_name(name)) for name in names}
+    names = ["token_embd.weight", "output_norm.weight", "output.weight",
+             *(f"blk.{i}.{name}" for i in range(cfg.n_layers) for name in block_names(arch))]
+    mapped = {name: layout.map_name(cfg.family, hf_tensor_name(arch, name)) for name in names}
     return {name: layout.stored_shape(m, shapes) for name, m in mapped.items() if shapes.keys() >= set(m.targets)}
 
 
-def check_tensors(reader, cfg: ModelConfig) -> None:
-    """Every tensor is one the config implies, with the shape it implies, and none is missing."""
-    expected = expected_shapes(cfg)
+def gguf_arch(meta: dict) -> Arch:
+    return ARCHS[meta["general.architecture"]]  # checked by gguf_hf_config
+
+
+def check_tensors(reader, cfg: ModelConfig, arch: Arch) -> None:
+    """Every tensor is one the config implies, with the shape it implies, and none is missing
+    (the rotary-scaling tensors were checked as the config was read)."""
+    expected = expected_shapes(cfg, arch)
     for t in reader.tensors:
-        hf_tensor_name(t.name)  # a name no model has is an error of its own
+        if hf_tensor_name(arch, t.name) is None:  # a name no model has is an error of its own
+            continue
         if t.name not in expected:
             raise CheckpointError(f"GGUF tensor {printable(t.name)} is not part of the model its metadata describes")
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
@@ -247,23 +253,21 @@ def check_memory(reader, src: Path) -> None:
     require_memory(4 * sum(int(t.n_elements) for t in reader.tensors) + MEMORY_MARGIN, f"converting {src}")
 
 
-def gguf_tensors(reader, cfg: ModelConfig) -> dict:
-    """HF name → fp32 numpy array for every tensor in the file (call check_tensors first)."""
+def gguf_tensors(reader, cfg: ModelConfig, arch: Arch) -> dict:
+    """HF name → fp32 numpy array for every weight in the file (call check_tensors first)."""
     from gguf.quants import dequantize
 
     tensors = {}
     for t in reader.tensors:
-        name = hf_tensor_name(t.name)
+        name = hf_tensor_name(arch, t.name)
+        if name is None:
+            continue
         try:
             array = dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         except NotImplementedError:
             raise CheckpointError(f"GGUF tensor {t.name} has type {t.tensor_type.name}, which gguf cannot read")
         array = array.reshape(tuple(int(n) for n in reversed(t.shape)))
-        if cfg.family == "llama" and name.endswith("q_proj.weight"):
-            array = unpermute_rows(array, cfg.n_heads)
-        elif cfg.family == "llama" and name.endswith("k_proj.weight"):
-            array = unpermute_rows(array, cfg.n_kv_heads)
-        tensors[name] = np.ascontiguousarray(array)
+        tensors[name] = np.ascontiguousarray(restore(arch, t.name, array, cfg.n_heads, cfg.n_kv_heads))
     return tensors
 
 
@@ -276,20 +280,22 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
     from safetensors.numpy import save_file
 
     from lmgen import gguf_tokenizer
+    from lmgen.hf_config import from_hf
 
     src, out = Path(src), Path(out)
     reader = open_gguf(src)
     meta = read_metadata(reader)
-    cfg = read_gguf_config(reader, meta)
-    check_tensors(reader, cfg)
+    hf = gguf_hf_config(reader, meta)
+    cfg, arch = from_hf(hf), gguf_arch(meta)
+    check_tensors(reader, cfg, arch)
     tokenizer, tok_config = gguf_tokenizer.rebuild(meta), gguf_tokenizer.tokenizer_config(meta, cfg)
     check_memory(reader, src)
     with staged_directory(out, force) as stage:
         metadata = {"format": "pt", "source": src.name}
-        save_file(gguf_tensors(reader, cfg), str(stage / "model.safetensors"), metadata=metadata)
+        save_file(gguf_tensors(reader, cfg, arch), str(stage / "model.safetensors"), metadata=metadata)
         (stage / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
         _write_json(stage / "tokenizer_config.json", tok_config)
-        _write_json(stage / "config.json", to_hf(cfg))
+        _write_json(stage / "config.json", hf)
     return cfg
 
 

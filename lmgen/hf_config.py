@@ -1,4 +1,4 @@
-"""Hugging Face ``config.json`` → ModelConfig, and back (for GGUF import).
+"""Hugging Face ``config.json`` → ModelConfig (GGUF import writes one too: gguf_arch.py).
 
 Each family's differences from a Llama block are one row of ``FAMILIES``: the
 rest of this module reads the fields every Llama-like config shares.
@@ -282,51 +282,3 @@ def _scaling(hf: HFFields, rope: dict, kind: str) -> dict:
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
                  "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
                  "phi3": "Phi3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
-
-
-def to_hf(cfg: ModelConfig) -> dict:
-    """A Hugging Face config.json for a Llama-like ModelConfig (GGUF import writes it), which
-    from_hf reads back to the same ModelConfig."""
-    if cfg.family not in FAMILIES:
-        raise ConfigError(f"writing a config.json for family {cfg.family!r} is not supported")
-    family = FAMILIES[cfg.family]
-    activation = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu"}[cfg.activation]
-    hf = {
-        "architectures": [ARCHITECTURES[cfg.family]],
-        "model_type": cfg.family,
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.d_mlp,
-        "max_position_embeddings": cfg.max_context,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        family.activation_key: activation,
-        "attention_bias": cfg.o_bias,
-        "tie_word_embeddings": cfg.tied_embeddings,
-        "bos_token_id": cfg.bos_token_id,
-        "eos_token_id": cfg.eos_token_ids[0] if len(cfg.eos_token_ids) == 1 else cfg.eos_token_ids or None,
-        "torch_dtype": "float32",
-    }
-    if cfg.rope_scaling:
-        hf["rope_scaling"] = dict(cfg.rope_scaling)
-        if cfg.rope_scaling["rope_type"] == "dynamic":
-            hf["max_position_embeddings"] = cfg.rope_scaling["original_max_position_embeddings"]
-    if cfg.rope_dim is not None:
-        hf["partial_rotary_factor"] = cfg.rope_dim / cfg.head_dim
-    if cfg.sliding_window is not None:
-        hf.update(sliding_window=cfg.sliding_window, use_sliding_window=True)
-        if cfg.sliding_layers is not None:
-            hf["layer_types"] = ["sliding_attention" if cfg.layer_window(i) else "full_attention"
-                                 for i in range(cfg.n_layers)]
-    if family.nope:
-        hf["no_rope_layers"] = [int(i not in cfg.nope_layers) for i in range(cfg.n_layers)]
-    if family.local_rope:
-        hf["rope_local_base_freq"] = cfg.local_rope_theta
-    if family.gemma:
-        hf.update(query_pre_attn_scalar=cfg.attn_scale**-2, final_logit_softcapping=cfg.logit_softcap,
-                  attn_logit_softcapping=cfg.attn_softcap)
-    return hf

@@ -58,7 +58,7 @@ def part_of(canonical: str) -> str:
 
 
 def tensor_info(cfg: ModelConfig, name: str, hf_name: str, shape, dtype: str, nbytes: int) -> TensorInfo:
-    mapped = layout.map_name(cfg.family, hf_name)
+    mapped = layout.map_name(cfg.family, hf_name) if hf_name is not None else None  # None: rotary factors
     if mapped is None or mapped is layout.IGNORED:
         return TensorInfo(name, tuple(shape), dtype, nbytes, None)
     tied = all(t in layout.tied_aliases(cfg) for t in mapped.targets)
@@ -83,14 +83,16 @@ def _config_tensors(cfg: ModelConfig) -> list[TensorInfo]:
 
 
 def _gguf(path: Path) -> tuple[ModelConfig, list[TensorInfo]]:
-    from lmgen.gguf_import import hf_tensor_name, open_gguf, read_gguf_config
+    from lmgen.gguf_arch import hf_tensor_name
+    from lmgen.gguf_import import gguf_arch, open_gguf, read_gguf_config, read_metadata
 
     reader = open_gguf(path)
-    cfg = read_gguf_config(reader)
+    meta = read_metadata(reader)
+    cfg, arch = read_gguf_config(reader, meta), gguf_arch(meta)
     tensors = []
     for t in reader.tensors:
         shape = [int(n) for n in reversed(t.shape.tolist())]
-        tensors.append(tensor_info(cfg, t.name, hf_tensor_name(t.name), shape, t.tensor_type.name, int(t.n_bytes)))
+        tensors.append(tensor_info(cfg, t.name, hf_tensor_name(arch, t.name), shape, t.tensor_type.name, int(t.n_bytes)))
     return cfg, tensors
 
 

@@ -252,7 +252,8 @@ def _tensors(changes: dict) -> dict:
     (_tensors({"token_embd.weight": np.zeros((301, D_MODEL), np.float32)}), "token_embd.weight has shape"),
     (_tensors({"blk.1.ffn_down.weight": None}), r"lacks 1 tensor.*blk\.1\.ffn_down\.weight"),
     (_tensors({"blk.2.attn_q.weight": np.zeros((D_MODEL, D_MODEL), np.float32)}), "blk.2.attn_q.weight"),
-    (_tensors({"blk.0.attn_q.bias": np.zeros(D_MODEL, np.float32)}), "blk.0.attn_q.bias"),  # llama has none
+    # a q bias means attention biases (as in config.json's attention_bias): the others are missing
+    (_tensors({"blk.0.attn_q.bias": np.zeros(D_MODEL, np.float32)}), r"lacks 7 tensor.*blk\.0\.attn_k\.bias"),
     (_tensors({"rope_freqs.weight": np.zeros(8, np.float32)}), "rope_freqs.weight"),
 ])
 def test_bad_tensors_are_refused_before_dequantizing(tmp_path, monkeypatch, tensors, pattern):

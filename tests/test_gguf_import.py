@@ -6,7 +6,8 @@ import torch
 
 from lmgen.errors import CheckpointError
 from lmgen.generation import GenerationSettings, generate, load
-from lmgen.gguf_import import convert_gguf, unpermute_rows
+from lmgen.gguf_arch import unpermute_rows
+from lmgen.gguf_import import convert_gguf
 
 PROMPT = "The capital of France is"
 
