@@ -149,10 +149,11 @@ class StepContext:
     """What every layer needs to know about the current forward pass: its positions, their
     rotary tables ("global", and "local" for Gemma 3's sliding layers) and masks per window."""
 
-    def __init__(self, cfg: ModelConfig, start_pos: int, seq: int, cache: KVCache | None, device, dtype):
+    def __init__(self, cfg: ModelConfig, start_pos: int, seq: int, cache: KVCache | None, device, dtype,
+                 rope_memo: dict | None = None):
         self.start_pos, self.seq, self.cache, self.device = start_pos, seq, cache, device
         self.positions = torch.arange(start_pos, start_pos + seq, device=device)
-        self.rope = rope_tables(cfg, self.positions, dtype) if cfg.positions == "rope" else {}
+        self.rope = rope_tables(cfg, self.positions, dtype, rope_memo) if cfg.positions == "rope" else {}
         self.masks: dict = {}
 
     def mask(self, window: int | None) -> tuple[Tensor | None, bool]:
@@ -177,6 +178,7 @@ class Decoder(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.head = LMHead(cfg)
+        self.rope_memo: dict = {}  # rotary frequencies, kept between forward passes (rope.rope_tables)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -223,7 +225,7 @@ class Decoder(nn.Module):
         x = self.embed(tokens).to(self.dtype)
         if self.cfg.embed_scale != 1.0:  # Gemma: a tensor of the activations' dtype, as transformers has it
             x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
-        ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype)
+        ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype, self.rope_memo)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
         if seq == 1 and cache is not None and cache.plan is not None:

@@ -107,13 +107,26 @@ def frequencies(cfg: ModelConfig, kind: str, seq_len: int) -> tuple[Tensor, floa
     return SCALINGS[cfg.rope_scaling["rope_type"]](cfg, cfg.rope_scaling, seq_len)
 
 
-def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype) -> dict[str, tuple[Tensor, Tensor]]:
-    """cos and sin, each (seq, rotary_dim), for every rotary table some layer uses."""
-    kinds = {cfg.layer_rope(i) for i in range(cfg.n_layers)} - {None}
+LENGTH_DEPENDENT = ("dynamic", "longrope")
+
+
+def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype,
+                memo: dict | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+    """cos and sin, each (seq, rotary_dim), for every rotary table some layer uses. ``memo``
+    keeps the frequencies between calls (they change with the length only for dynamic and
+    longrope scaling): a decode step then costs a few small products, not a recomputation."""
+    memo = {} if memo is None else memo
+    if "kinds" not in memo:
+        memo["kinds"] = sorted({cfg.layer_rope(i) for i in range(cfg.n_layers)} - {None})
     seq_len = int(positions[-1]) + 1
     tables = {}
-    for kind in sorted(kinds):
-        inv_freq, attention = frequencies(cfg, kind, seq_len)
+    for kind in memo["kinds"]:
+        if kind == "global" and (cfg.rope_scaling or {}).get("rope_type") in LENGTH_DEPENDENT:
+            inv_freq, attention = frequencies(cfg, kind, seq_len)
+        else:
+            if kind not in memo:
+                memo[kind] = frequencies(cfg, kind, seq_len)
+            inv_freq, attention = memo[kind]
         freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]
         angles = torch.cat((freqs, freqs), dim=-1)
         tables[kind] = ((angles.cos() * attention).to(dtype), (angles.sin() * attention).to(dtype))
