@@ -91,7 +91,7 @@ class ModelConfig:
         for name in ("attn_scale", "attn_softcap", "logit_softcap", "local_rope_theta"):
             if getattr(self, name) is not None:
                 _check_positive(name, getattr(self, name))
-        if not _is_number(self.norm_offset) or not math.isfinite(self.norm_offset):
+        if not is_number(self.norm_offset) or not math.isfinite(self.norm_offset):
             raise ConfigError(f"norm_offset must be a finite number, got {self.norm_offset!r}")
         for name in ("qkv_bias", "o_bias", "mlp_bias", "tied_embeddings"):
             if not isinstance(getattr(self, name), bool):
@@ -105,7 +105,7 @@ class ModelConfig:
         if self.positions == "rope" and self.rotary_dim % 2:
             raise ConfigError(f"the rotated part of each head ({self.rotary_dim}) must be even for rotary positions")
         if self.rope_scaling is not None:
-            _check_rope_scaling(self.rope_scaling, self.rotary_dim)
+            _check_rope_scaling(self.rope_scaling, self.rotary_dim, self.rope_theta)
         if self.sliding_window is not None and (not is_int(self.sliding_window) or self.sliding_window < 1):
             raise ConfigError(f"sliding_window must be a positive integer, got {self.sliding_window!r}")
         for name in ("sliding_layers", "nope_layers"):
@@ -172,7 +172,7 @@ ROPE_OPTIONAL = ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale
                  "original_max_position_embeddings")
 
 
-def _check_rope_scaling(scaling, rotary_dim: int) -> None:
+def _check_rope_scaling(scaling, rotary_dim: int, theta: float) -> None:
     if not isinstance(scaling, dict) or scaling.get("rope_type") not in ROPE_SCALINGS:
         shown = scaling.get("rope_type") if isinstance(scaling, dict) else scaling
         raise ConfigError(f"rope_type {shown!r} is not supported (supported: default, {', '.join(ROPE_SCALINGS)})")
@@ -185,20 +185,31 @@ def _check_rope_scaling(scaling, rotary_dim: int) -> None:
             raise ConfigError(f"rope scaling {kind!r} has an unknown parameter {key!r}")
         if key in ("short_factor", "long_factor"):
             if not isinstance(value, list) or len(value) != rotary_dim // 2 or not all(
-                    _is_number(v) and math.isfinite(v) and v > 0 for v in value):
+                    is_number(v) and math.isfinite(v) and v > 0 for v in value):
                 raise ConfigError(f"rope scaling {key} must be {rotary_dim // 2} positive numbers (one per frequency)")
         elif key == "truncate":
             if not isinstance(value, bool):
                 raise ConfigError(f"rope scaling truncate must be true or false, got {value!r}")
         else:
             _check_positive(f"rope scaling {key}", value)
+            if value > LIMITS["max_context"]:
+                raise ConfigError(f"rope scaling {key} must be at most {LIMITS['max_context']}, got {value!r}")
     missing = [key for key in required if scaling.get(key) is None]
     if missing:
         raise ConfigError(f"rope scaling {kind!r} needs {', '.join(missing)}")
+    # What the formulas in rope.py divide by, or take the logarithm of, must not be 0.
+    if kind == "llama3" and not scaling["high_freq_factor"] > scaling["low_freq_factor"]:
+        raise ConfigError("rope scaling llama3 needs high_freq_factor above low_freq_factor")
+    if kind == "dynamic" and rotary_dim < 4:
+        raise ConfigError("rope scaling dynamic needs at least 4 rotated dims per head")
+    if kind in ("yarn", "longrope") and not scaling["original_max_position_embeddings"] >= 2:
+        raise ConfigError(f"rope scaling {kind} needs original_max_position_embeddings of at least 2")
+    if kind == "yarn" and not theta > 1:
+        raise ConfigError(f"rope scaling yarn needs rope_theta above 1, got {theta!r}")
 
 
 def _check_positive(name: str, value) -> None:
-    if not _is_number(value) or not math.isfinite(value) or value <= 0:
+    if not is_number(value) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a finite positive number, got {value!r}")
 
 
@@ -207,7 +218,7 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 

@@ -98,7 +98,7 @@ def unpermute_rows(weight, n_heads: int):
     return weight.reshape(n_heads, half, 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def rope_config(meta: dict, name: str, head_dim: int, rope_tensors: dict[str, np.ndarray], read) -> dict:
+def rope_config(name: str, head_dim: int, rope_tensors: dict[str, np.ndarray], read) -> dict:
     """config.json's rotary fields: partial rotary, and scaling from metadata or tensors.
     ``read(key, kind, default)`` is gguf_import's typed metadata read."""
     hf: dict = {}
@@ -121,7 +121,8 @@ def rope_config(meta: dict, name: str, head_dim: int, rope_tensors: dict[str, np
         raise CheckpointError(f"GGUF metadata {name}.rope.scaling.type {kind!r} is not supported "
                               "(none, linear, yarn, longrope are)")
     if "rope_freqs.weight" in rope_tensors:
-        hf["rope_scaling"] = llama3_scaling(rope_tensors["rope_freqs.weight"], meta, name, head_dim, original)
+        theta = read(f"{name}.rope.freq_base", "a number", 10000.0)
+        hf["rope_scaling"] = llama3_scaling(rope_tensors["rope_freqs.weight"], theta, head_dim, original)
     if "rope_factors_long.weight" in rope_tensors or kind == "longrope":
         if name != "phi3" or original is None or set(ROPE_TENSORS[1:]) - rope_tensors.keys():
             raise CheckpointError(f"GGUF longrope scaling needs Phi-3's rope_factors_long/short tensors and "
@@ -132,14 +133,13 @@ def rope_config(meta: dict, name: str, head_dim: int, rope_tensors: dict[str, np
     return hf
 
 
-def llama3_scaling(freqs: np.ndarray, meta: dict, name: str, head_dim: int, original: int | None) -> dict:
+def llama3_scaling(freqs: np.ndarray, theta: float, head_dim: int, original: int | None) -> dict:
     """Llama 3.1's scaling from the per-frequency divisors llama.cpp stores as rope_freqs: factor is
     their largest; the frequency factors are not stored, so llama.cpp's defaults (1 and 4, with an
     8192-token original context) are assumed and checked by recomputing every divisor."""
-    theta = float(meta.get(f"{name}.rope.freq_base", 10000.0))
-    factor, low, high, context = float(freqs.max()), 1.0, 4.0, original or 8192
-    if freqs.shape != (head_dim // 2,) or not factor >= 1:
+    if freqs.shape != (head_dim // 2,) or not freqs.min() >= 1 or not theta > 0:
         raise CheckpointError(f"GGUF tensor rope_freqs.weight must hold {head_dim // 2} factors of at least 1")
+    factor, low, high, context = float(freqs.max()), 1.0, 4.0, original or 8192
     wavelen = 2 * math.pi * theta ** (np.arange(0, head_dim, 2) / head_dim)
     smooth = (context / wavelen - low) / (high - low)
     expected = np.where(wavelen < context / high, 1.0,

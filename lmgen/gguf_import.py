@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +167,7 @@ def gguf_hf_config(reader, meta: dict) -> dict:
         "eos_token_id": _token_id(meta, "eos", n_tokens),
         "torch_dtype": "float32",
     }
-    hf |= rope_config(meta, name, sizes["head_dim"], _rope_tensors(reader), lambda *args: typed(meta, *args))
+    hf |= rope_config(name, sizes["head_dim"], _rope_tensors(reader), lambda *args: typed(meta, *args))
     for key, gguf_key in arch.extra.items():
         value = typed(meta, f"{name}.{gguf_key}", "a number", None)
         if value:  # 0 is llama.cpp's "none" for a sliding window

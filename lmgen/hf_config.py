@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from lmgen.config import ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, _is_number, is_int
+from lmgen.config import LIMITS, ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, is_int, is_number
 from lmgen.errors import ConfigError
 
 
@@ -71,7 +71,7 @@ class HFFields:
 
     def float(self, key: str, default=MISSING) -> float:
         value = self.get(key, default)
-        if value is not default and not _is_number(value):
+        if value is not default and not is_number(value):
             raise self._wrong(key, "a number")
         return value if value is None else float(value)
 
@@ -144,14 +144,14 @@ def _gpt2(hf: HFFields) -> ModelConfig:
 
 def _activation(hf: HFFields, key: str, default: str) -> str:
     name = hf.get(key, default)
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise ConfigError(f"{hf.where}: {key} {name!r} is not supported (supported: {', '.join(ACTIVATIONS)})")
     return ACTIVATIONS[name]
 
 
 def _llama_like(hf: HFFields, model_type: str) -> ModelConfig:
     family = FAMILIES[model_type]
-    d_model, n_heads, n_layers = hf.int("hidden_size"), hf.int("num_attention_heads"), hf.int("num_hidden_layers")
+    d_model, n_heads, n_layers = hf.int("hidden_size"), hf.int("num_attention_heads"), _layers(hf)
     head_dim = hf.int("head_dim", None)
     if head_dim is None:
         head_dim = _divisible(d_model, n_heads, "hidden_size ({}) must be divisible by num_attention_heads ({})")
@@ -160,8 +160,10 @@ def _llama_like(hf: HFFields, model_type: str) -> ModelConfig:
     window, sliding_layers = _sliding(hf, family, n_layers, nope_layers)
     rope = _rope(hf, family, head_dim)
     context = hf.int("max_position_embeddings", 2048)
-    if (rope["rope_scaling"] or {}).get("rope_type") == "dynamic":  # NTK scaling is for going past it
-        context = int(context * rope["rope_scaling"]["factor"])
+    factor = (rope["rope_scaling"] or {}).get("factor")
+    if rope["rope_scaling"] and rope["rope_scaling"]["rope_type"] == "dynamic" and is_number(factor) \
+            and 0 < factor < LIMITS["max_context"]:  # NTK scaling is for going past the trained context
+        context = int(context * factor)
     return ModelConfig(
         family=model_type,
         vocab_size=hf.int("vocab_size"),
@@ -194,6 +196,21 @@ def _llama_like(hf: HFFields, model_type: str) -> ModelConfig:
     )
 
 
+def _layers(hf: HFFields) -> int:
+    """num_hidden_layers, bounded before any per-layer list is made from it."""
+    n_layers = hf.int("num_hidden_layers")
+    if not 1 <= n_layers <= LIMITS["n_layers"]:
+        raise ConfigError(f"n_layers must be an integer from 1 to {LIMITS['n_layers']}, got {n_layers!r}")
+    return n_layers
+
+
+def _period(hf: HFFields, key: str, default: int) -> int:
+    value = hf.int(key, default)
+    if value < 1:
+        raise ConfigError(f"{hf.where}: {key} must be a positive integer, got {value!r}")
+    return value
+
+
 def _positive(hf: HFFields, key: str, default: float) -> float:
     value = hf.float(key, default)
     if not value > 0 or value == float("inf"):
@@ -205,7 +222,7 @@ def _nope_layers(hf: HFFields, n_layers: int) -> list[int]:
     """SmolLM3's no_rope_layers: 1 where a layer uses rotary positions, 0 where it does not."""
     flags = hf.get("no_rope_layers", None)
     if flags is None:
-        interval = hf.int("no_rope_layer_interval", 4)
+        interval = _period(hf, "no_rope_layer_interval", 4)
         flags = [int((i + 1) % interval != 0) for i in range(n_layers)]
     if not isinstance(flags, list) or len(flags) != n_layers or not all(f in (0, 1) for f in flags):
         raise ConfigError(f"{hf.where}: no_rope_layers must be {n_layers} flags of 0 or 1")
@@ -230,11 +247,11 @@ def _sliding(hf: HFFields, family: Family, n_layers: int, nope_layers: list[int]
     if family.sliding == "all":
         return window, None
     if family.sliding == "from_max_window_layers":
-        return window, list(range(hf.int("max_window_layers", 28), n_layers))
+        return window, list(range(max(0, hf.int("max_window_layers", 28)), n_layers))
     if family.sliding == "alternate":
         return window, list(range(0, n_layers, 2))
     if family.sliding == "pattern":
-        pattern = hf.int("sliding_window_pattern", 6)
+        pattern = _period(hf, "sliding_window_pattern", 6)
         return window, [i for i in range(n_layers) if (i + 1) % pattern]
     return window, nope_layers  # SmolLM3 slides where it has no positions
 
@@ -245,10 +262,12 @@ def _rope(hf: HFFields, family: Family, head_dim: int) -> dict:
     for Gemma 3)."""
     params, scaling = hf.dict("rope_parameters"), hf.dict("rope_scaling")
     nested = "full_attention" in params or "sliding_attention" in params
-    rope = dict(params.get("full_attention") or {}) if nested else {**scaling, **params}
-    local = (params.get("sliding_attention") or {}) if nested else {}
+    rope = HFFields(params, "rope_parameters").dict("full_attention") if nested else {**scaling, **params}
+    local = HFFields(params, "rope_parameters").dict("sliding_attention") if nested else {}
     reader = HFFields(rope, "rope_parameters")
     kind = rope.get("rope_type") or rope.get("type") or "default"
+    if not isinstance(kind, str):
+        raise ConfigError(f"rope_type {kind!r} is not supported")
     if hf.hf["model_type"] == "phi3" and kind in ("su", "yarn"):
         kind = "longrope"  # Phi-3's early names for it, as transformers reads them
     factor = reader.float("partial_rotary_factor", hf.float("partial_rotary_factor", 1.0))

@@ -80,7 +80,7 @@ def library() -> ctypes.CDLL | None:
 
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Give the library's functions their C signatures."""
-    i64, ptr, flt, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
+    i64, ptr, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
     lib.gemv.restype = None
     lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 4

@@ -91,3 +91,41 @@ def test_an_unknown_rope_type_is_named(rope_type):
 def test_bad_family_fields_are_config_errors(change, message):
     with pytest.raises(ConfigError, match=message):
         from_hf({**LLAMA_3_2_1B, **change})
+
+
+GEMMA_2 = {**GEMMA_3_1B, "model_type": "gemma2", "attn_logit_softcapping": 50.0, "final_logit_softcapping": 30.0,
+           "sliding_window": 4096}
+YARN = {**LLAMA_3_2_1B, "rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8192,
+                                         "beta_fast": 32, "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 0.5}}
+DYNAMIC = {**LLAMA_3_2_1B, "rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}
+OLMO_2 = {**LLAMA_3_2_1B, "model_type": "olmo2", "rope_scaling": None}
+QWEN_3 = {**LLAMA_3_2_1B, "model_type": "qwen3", "rope_scaling": None, "use_sliding_window": True,
+          "sliding_window": 4096, "max_window_layers": 8}
+FUZZ_BASES = [LLAMA_3_2_1B, GEMMA_3_1B, GEMMA_2, PHI_4_MINI, SMOLLM3_3B, YARN, DYNAMIC, OLMO_2, QWEN_3]
+
+
+def test_fuzzed_family_configs_fail_cleanly():
+    """Each config.json mutated in one field: a ModelConfig whose rotary tables compute, or one
+    ConfigError — never another exception (which the CLI would report as a bug, exit 1)."""
+    import copy
+    import random
+
+    import torch
+
+    from lmgen.rope import frequencies
+    from test_fuzz import ITERATIONS, mutate_json
+
+    rng, outcomes = random.Random(7), {"ok": 0, "refused": 0}
+    for i in range(ITERATIONS):
+        hf = mutate_json(rng, copy.deepcopy(FUZZ_BASES[i % len(FUZZ_BASES)]))
+        try:
+            cfg = from_hf(hf)
+        except ConfigError:
+            outcomes["refused"] += 1
+            continue
+        for kind in {cfg.layer_rope(layer) for layer in range(cfg.n_layers)} - {None}:
+            for length in (1, cfg.max_context):
+                inv_freq, attention = frequencies(cfg, kind, length)
+                assert inv_freq.shape == (cfg.rotary_dim // 2,) and inv_freq.dtype == torch.float32
+        outcomes["ok"] += 1
+    assert outcomes["ok"] > ITERATIONS // 10 and outcomes["refused"] > ITERATIONS // 10, outcomes
