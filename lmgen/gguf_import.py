@@ -1,10 +1,9 @@
 """Import a GGUF file (llama.cpp's format) as a Hugging Face-layout directory.
 
 ``convert_gguf`` dequantizes every tensor to fp32 with the ``gguf`` library,
-undoes the row permutation that llama.cpp applies to Llama's Q and K
-projections, rebuilds the byte-level BPE tokenizer from ``tokenizer.ggml.*``
-metadata (``gguf_tokenizer.py``), and writes config.json + model.safetensors + tokenizer.json (+
-tokenizer_config.json with the chat template). The result loads in lmgen and
+undoes what llama.cpp's converter did to each architecture's tensors (``gguf_arch.py``),
+rebuilds the tokenizer from ``tokenizer.ggml.*`` metadata (``gguf_tokenizer.py``), and writes
+config.json + model.safetensors + tokenizer.json (+ tokenizer_config.json with the chat template). The result loads in lmgen and
 in transformers alike. Needs numpy, gguf, safetensors and tokenizers; no torch.
 
 GGUF files come from strangers, so each way one can be wrong ends in one
@@ -46,6 +45,7 @@ _KINDS = {
     "a list of strings": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
     "a non-empty list of strings": lambda v: v != [] and _KINDS["a list of strings"](v),
     "a list of integers": lambda v: isinstance(v, list) and all(is_int(x) for x in v),
+    "a list of numbers": lambda v: isinstance(v, list) and all(_KINDS["a number"](x) for x in v),
 }
 _REQUIRED = object()
 

@@ -188,7 +188,7 @@ def features(cfg: ModelConfig) -> dict[str, str]:
     if cfg.qk_norm:
         out["q/k norm"] = {"head": "RMSNorm of each query and key head",
                            "projection": "RMSNorm of the whole query and key projections"}[cfg.qk_norm]
-    if cfg.attn_scale is not None:
+    if cfg.attn_scale is not None and not math.isclose(cfg.attn_scale, cfg.head_dim**-0.5):
         out["attention scale"] = f"{cfg.attn_scale:.6g} (not 1/sqrt(head_dim) = {cfg.head_dim ** -0.5:.6g})"
     caps = [f"{name} {value:g}" for name, value in (("attention scores", cfg.attn_softcap),
                                                     ("final logits", cfg.logit_softcap)) if value]

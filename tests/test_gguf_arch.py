@@ -19,6 +19,7 @@ from lmgen.gguf_import import convert_gguf
 
 from test_families import save_family
 from test_gguf_fuzz import MERGES, tiny_vocab
+from test_gguf_tokenizer import WORDS
 
 CASES = {
     "llama-llama3": ("llama", dict(rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,
@@ -66,7 +67,7 @@ def llama3_rope_freqs(p: dict, head_dim: int, theta: float) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def write_like_llama_cpp(reference, model_type: str, path) -> None:
+def write_like_llama_cpp(reference, model_type: str, path, sentencepiece: bool = False) -> None:
     cfg, name = reference.config, GGUF_ARCH[model_type]
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = GGUFWriter(str(path), arch=name)
@@ -109,13 +110,23 @@ def write_like_llama_cpp(reference, model_type: str, path) -> None:
         writer.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(cfg.original_max_position_embeddings)))
         tensors["rope_factors_long.weight"] = np.array(rope["long_factor"], dtype=np.float32)
         tensors["rope_factors_short.weight"] = np.array(rope["short_factor"], dtype=np.float32)
-    tokens, types = tiny_vocab()
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(MERGES)
-    writer.add_eos_token_id(256)
+    if sentencepiece:  # Gemma's own kind of tokenizer: scores, byte fallback, no merges
+        tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + [f"<0x{b:02X}>" for b in range(256)] + WORDS
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_types([3, 3, 3, 2] + [6] * 256 + [1] * len(WORDS))
+        writer.add_token_scores([0.0] * 260 + [-float(i) for i in range(len(WORDS))])
+        writer.add_bos_token_id(2)
+        writer.add_eos_token_id(1)
+        writer.add_add_bos_token(True)
+    else:
+        tokens, types = tiny_vocab()
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges(MERGES)
+        writer.add_eos_token_id(256)
     names = get_tensor_name_map(MODEL_ARCH[name.upper()], cfg.num_hidden_layers)
     for hf_name, tensor in reference.state_dict().items():
         if hf_name == "lm_head.weight" and cfg.tie_word_embeddings:
@@ -170,3 +181,26 @@ def test_inspect_reads_the_gguf_as_convert_does(imported, tmp_path_factory):
     assert info["config"] == model.cfg.to_dict()
     assert FEATURES[case] in info["features"]
     assert info["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+
+
+def test_a_gemma_gguf_with_its_sentencepiece_tokenizer_converts_and_generates(tmp_path, cli):
+    from transformers import AutoTokenizer
+
+    from lmgen.generation import GenerationSettings, decode_loop, load
+
+    model_type, overrides = CASES["gemma3"]
+    vocab = 4 + 256 + len(WORDS)  # llama.cpp cuts Gemma 3's embedding to the tokenizer's size
+    reference = save_family(model_type, {**overrides, "vocab_size": vocab}, tmp_path / "hf")
+    write_like_llama_cpp(reference, model_type, tmp_path / "model.gguf", sentencepiece=True)
+    result = cli("convert", str(tmp_path / "model.gguf"), str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    expected_ids = AutoTokenizer.from_pretrained(tmp_path, gguf_file="model.gguf")("The cat sat")["input_ids"]
+    lm = load(tmp_path / "out")
+    assert lm.tokenizer.encode("The cat sat") == expected_ids
+    reference.generation_config.eos_token_id = None
+    reference.generation_config.pad_token_id = 0
+    expected = reference.generate(torch.tensor([expected_ids]), max_new_tokens=8, do_sample=False)[0, len(expected_ids):]
+    settings = GenerationSettings(max_new_tokens=8)
+    assert [int(t) for t, _ in decode_loop(lm.model, expected_ids, settings)] == expected.tolist()
+    result = cli("generate", "--model", str(tmp_path / "out"), "-n", "4", "The cat sat")
+    assert result.returncode == 0 and result.stdout, result.stderr
