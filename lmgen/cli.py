@@ -137,6 +137,7 @@ def prepare(model: Optional[str], dtype: str, device: str, threads: Optional[int
     from lmgen.checkpoint import locate, read_config
     from lmgen.generation import parse_device, parse_dtype
     from lmgen.paths import resolve_model
+    from lmgen.startup import freeze_imports
     from lmgen.threads import set_threads
 
     freeze_imports()
@@ -149,6 +150,7 @@ def prepare(model: Optional[str], dtype: str, device: str, threads: Optional[int
 
 def load_model(path, dtype: str, device: str):
     from lmgen.generation import load
+    from lmgen.startup import loading_status
 
     with loading_status():
         return load(path, dtype=dtype, device=device)
@@ -251,40 +253,6 @@ def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dic
         raise
     renderer.close()
     return sorted(records, key=lambda r: r["sample"])
-
-
-def freeze_imports() -> None:
-    """Exempt everything imported so far (torch: over a million objects) from garbage collection.
-
-    Otherwise the first full collection, which model loading triggers, walks them all: 0.1 s
-    before the first token. Nothing imported is ever garbage, so nothing is lost.
-    """
-    import gc
-
-    gc.freeze()
-
-
-class loading_status:
-    """A spinner on stderr while the model loads, if stderr is a terminal and loading takes a while."""
-
-    def __enter__(self):
-        self.timer = None
-        delay = float(os.environ.get("LMGEN_SPINNER_DELAY", "0.5"))
-        if sys.stderr.isatty():
-            import threading
-
-            from rich.console import Console
-
-            self.status = Console(stderr=True).status("loading model…")
-            self.timer = threading.Timer(delay, self.status.start)
-            self.timer.daemon = True
-            self.timer.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.status.stop()
 
 
 # ----------------------------------------------------------------------------------------- inspect
