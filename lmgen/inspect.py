@@ -126,6 +126,7 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
     parts = {part: sum(t.numel for t in counted if t.part == part) for part in PARTS}
     total = sum(parts.values())
     head_params = cfg.d_model * cfg.vocab_size
+    tied = "head.linear.weight" in layout.tied_aliases(cfg)
     head_stored = any(t.role == "head" for t in tensors)
     kv_per_token = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim
     info = {
@@ -147,12 +148,12 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
         },
         "lm_head": {
             "shape": [cfg.d_model, cfg.vocab_size],
-            "tied_in_config": cfg.tied_embeddings,
+            "tied_in_config": tied,
             "separate_tensor_stored": head_stored,
             "parameters": head_params,
             "share_of_model": head_params / total if total else 0.0,
         },
-        "parameters": {**parts, "total": total, "tied_counted_once": cfg.tied_embeddings},
+        "parameters": {**parts, "total": total, "tied_counted_once": tied},
         "memory_bytes": {
             "stored": sum(t.nbytes for t in counted),
             "stored_dtypes": sorted({t.dtype for t in counted}),
