@@ -48,7 +48,7 @@ class Attention(nn.Module):
         if self.rope is not None:
             q, k = apply_rope(q, *ctx.rope[self.rope]), apply_rope(k, *ctx.rope[self.rope])
         if ctx.cache is not None:
-            k, v = ctx.cache.update(self.layer, ctx.start_pos, k, v)
+            k, v = ctx.store(self.layer, k, v)
         mask, causal = ctx.mask(self.window)
         y = attend(q, k, v, mask, causal, self.scale, cfg.attn_softcap)
         return self.o(y.transpose(1, 2).reshape(batch, seq, cfg.q_dim))

@@ -149,6 +149,7 @@ class Token:
     sample: int = 0
     prob: float | None = None  # softmax of the LM head's logits for the chosen token (with show_probs)
     top: tuple[tuple[int, float], ...] = ()  # the most likely (id, probability) pairs (with show_probs)
+    index: int = 0  # the prompt's, with several prompts (batching.generate_many)
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ class Finished:
     prefill_seconds: float  # prompt forward pass and first token: time to first token
     decode_seconds: float  # every later token
     sample: int = 0
+    index: int = 0  # the prompt's, with several prompts (batching.generate_many)
 
 
 def check_fits(prompt_ids: list[int], context: int) -> None:

@@ -191,14 +191,18 @@ static void qk_norm(const Shape* s, const float* w, float* v, int64_t M, int64_t
   else if (s->qk_norm == QK_PROJECTION) normalize(NORM_RMS, s->eps, s->norm_offset, w, NULL, v, v, M, heads * s->hd);
 }
 
-static void decode_block(const Shape* s, float* x, int64_t M, const void* const* t,
-                         float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride, int64_t pos,
+/* Where each of the M rows decodes: its row of the KV cache and its position there (rows of a
+ * batch may be at different positions, as prompts of different lengths are), and its rotary
+ * table (rope_dim values per row). */
+typedef struct { const int64_t* cache_row; const int64_t* pos; int64_t max_pos; } Rows;
+
+static void decode_block(const Shape* s, float* x, int64_t M, const void* const* t, const Rows* rows,
+                         float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride,
                          const float* cos, const float* sin, int64_t window) {
   enum { Q, K, V, O, GATE, UP, DOWN };
   const void* const* params = t + PROJECTIONS;
   int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
-  int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd;
-  int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
+  int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
   float* h = malloc(sizeof(float) * M * d);
   float* q = malloc(sizeof(float) * M * q_dim);
   float* k = malloc(sizeof(float) * M * kv_dim);
@@ -207,7 +211,7 @@ static void decode_block(const Shape* s, float* x, int64_t M, const void* const*
   float* gate = malloc(sizeof(float) * M * d_mlp);
   float* up = malloc(sizeof(float) * M * d_mlp);
   float* out = malloc(sizeof(float) * M * d);
-  float* scores = malloc(sizeof(float) * M * n_heads * n_keys);
+  float* scores = malloc(sizeof(float) * M * n_heads * max_keys);
 #define PROJ(i, y, n) ((Projection){params[3 * (i)], params[3 * (i) + 1], params[3 * (i) + 2], (y), (n)})
 
   pre_norm(s, t[ATTN_NORM_W], t[ATTN_NORM_B], x, h, M);
@@ -217,23 +221,26 @@ static void decode_block(const Shape* s, float* x, int64_t M, const void* const*
   qk_norm(s, t[K_NORM_W], k, M, n_kv);
   for (int64_t m = 0; m < M; m++) {  /* rotary positions, then append k and v to the cache */
     if (cos) {
-      for (int64_t j = 0; j < n_heads; j++) rope(q + m * q_dim + j * hd, cos, sin, s->rope_dim);
-      for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, cos, sin, s->rope_dim);
+      const float *c = cos + m * s->rope_dim, *sn = sin + m * s->rope_dim;
+      for (int64_t j = 0; j < n_heads; j++) rope(q + m * q_dim + j * hd, c, sn, s->rope_dim);
+      for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, c, sn, s->rope_dim);
     }
+    int64_t row = rows->cache_row[m] * batch_stride, pos = rows->pos[m];
     for (int64_t g = 0; g < n_kv; g++) {
-      memcpy(k_cache + m * batch_stride + g * head_stride + pos * hd, k + m * kv_dim + g * hd, sizeof(float) * hd);
-      memcpy(v_cache + m * batch_stride + g * head_stride + pos * hd, v + m * kv_dim + g * hd, sizeof(float) * hd);
+      memcpy(k_cache + row + g * head_stride + pos * hd, k + m * kv_dim + g * hd, sizeof(float) * hd);
+      memcpy(v_cache + row + g * head_stride + pos * hd, v + m * kv_dim + g * hd, sizeof(float) * hd);
     }
   }
   float scale = s->attn_scale, cap = s->attn_softcap;
   #pragma omp parallel for collapse(2) schedule(static) num_threads(n_threads)
   for (int64_t m = 0; m < M; m++)
     for (int64_t head = 0; head < n_heads; head++) {
-      int64_t g = head / (n_heads / n_kv);
+      int64_t g = head / (n_heads / n_kv), pos = rows->pos[m];
+      int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
       const float* qh = q + m * q_dim + head * hd;
-      const float* keys = k_cache + m * batch_stride + g * head_stride;
-      const float* vals = v_cache + m * batch_stride + g * head_stride;
-      float* sc = scores + (m * n_heads + head) * n_keys;
+      const float* keys = k_cache + rows->cache_row[m] * batch_stride + g * head_stride;
+      const float* vals = v_cache + rows->cache_row[m] * batch_stride + g * head_stride;
+      float* sc = scores + (m * n_heads + head) * max_keys;
       float top = -INFINITY, total = 0.f;
       for (int64_t j = 0; j < n_keys; j++) {
         const float* kj = keys + (first + j) * hd;
@@ -268,16 +275,19 @@ static void decode_block(const Shape* s, float* x, int64_t M, const void* const*
   free(h); free(q); free(k); free(v); free(att); free(gate); free(up); free(out); free(scores);
 }
 
-/* Every block of the model for one new token per sample, in place on x (M, d). The KV cache
+/* Every block of the model for one new token per row, in place on x (M, d). The KV cache
  * holds all layers: layer l's keys start at k_cache + l * layer_stride. Each layer has its
  * sliding window (0: none) and its rotary table: -1 none, else an index into cos and sin. */
 void decode_layers(const Shape* s, float* x, int64_t M, const void* const* table, const int64_t* windows,
                    const int* rope_tables, const float* const* cos, const float* const* sin,
                    float* k_cache, float* v_cache, int64_t layer_stride, int64_t batch_stride,
-                   int64_t head_stride, int64_t pos) {
+                   int64_t head_stride, const int64_t* cache_row, const int64_t* pos) {
+  Rows rows = {cache_row, pos, 0};
+  for (int64_t m = 0; m < M; m++) if (pos[m] > rows.max_pos) rows.max_pos = pos[m];
   for (int64_t l = 0; l < s->n_layers; l++) {
     int r = rope_tables[l];
-    decode_block(s, x, M, table + l * LAYER_POINTERS, k_cache + l * layer_stride, v_cache + l * layer_stride,
-                 batch_stride, head_stride, pos, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r], windows[l]);
+    decode_block(s, x, M, table + l * LAYER_POINTERS, &rows, k_cache + l * layer_stride,
+                 v_cache + l * layer_stride, batch_stride, head_stride,
+                 r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r], windows[l]);
   }
 }

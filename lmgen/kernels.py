@@ -83,7 +83,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
     lib.gemv.restype = None
-    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 4
+    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 3 \
+        + [ptr, ptr]
     lib.decode_layers.restype = None
     lib.set_threads.argtypes = [int_]
     lib.set_threads.restype = None
@@ -189,15 +190,17 @@ class DecodePlan:
         self.tuner = ThreadTuner(max_threads)
         library().set_threads(max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
 
-    def run(self, x: Tensor, cache, start_pos: int, rope: dict[str, tuple[Tensor, Tensor]]) -> None:
-        """Run every block on x (batch, 1, d_model), contiguous fp32, in place; append to the cache."""
+    def run(self, x: Tensor, cache, positions: Tensor, rows: Tensor, rope: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Run every block on x (M, 1, d_model), contiguous fp32, in place: row m is the token at
+        positions[m] of the sequence in cache row rows[m] (int64 tensors), whose keys and values
+        it appends; rope holds one (M, rotary_dim) cos and sin table per kind."""
         tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
         cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
         sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
         library().decode_layers(
             ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.table, self.windows, self.ropes, cos, sin,
             cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
-            start_pos,
+            rows.data_ptr(), positions.data_ptr(),
         )
 
     @contextmanager

@@ -23,7 +23,7 @@ from lmgen.config import ModelConfig
 from lmgen.layout import tied_aliases
 from lmgen.linear import Linear
 from lmgen.resources import require_memory
-from lmgen.rope import rope_tables
+from lmgen.rope import rope_rows, rope_tables
 
 
 class RMSNorm(nn.Module):
@@ -161,6 +161,35 @@ class StepContext:
             self.masks[window] = attention_mask(self.start_pos, self.seq, window, self.device)
         return self.masks[window]
 
+    def store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append this pass's keys and values to the cache; all keys and values so far."""
+        return self.cache.update(layer, self.start_pos, k, v)
+
+
+class RaggedStep:
+    """One new token per row, each row at its own position in its own row of the cache (prompts
+    of different lengths decoding together): rotary tables per row, masks per row's length."""
+
+    def __init__(self, positions: Tensor, rows: Tensor, cache: KVCache, rope: dict):
+        self.positions, self.rows, self.cache = positions, rows, cache
+        self.rope = {kind: (cos[:, None, None], sin[:, None, None]) for kind, (cos, sin) in rope.items()}
+        self.keys = int(positions.max()) + 1
+        self.masks: dict = {}
+
+    def mask(self, window: int | None) -> tuple[Tensor, bool]:
+        if window not in self.masks:
+            keys, pos = torch.arange(self.keys, device=self.positions.device)[None, :], self.positions[:, None]
+            allowed = keys <= pos
+            if window is not None:
+                allowed &= pos - keys < window
+            self.masks[window] = (allowed[:, None, None, :], False)
+        return self.masks[window]
+
+    def store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        self.cache.k[layer, self.rows, :, self.positions] = k[:, :, 0]
+        self.cache.v[layer, self.rows, :, self.positions] = v[:, :, 0]
+        return self.cache.k[layer, self.rows, :, : self.keys], self.cache.v[layer, self.rows, :, : self.keys]
+
 
 class Decoder(nn.Module):
     """The whole model. Its parameters start uninitialised: ``checkpoint.load_model`` fills them."""
@@ -229,12 +258,35 @@ class Decoder(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
         if seq == 1 and cache is not None and cache.plan is not None:
-            with cache.plan.timed_step():  # the decode step: every block in one native call, then the head
-                x = x.contiguous()
-                cache.plan.run(x, cache, start_pos, ctx.rope)
-                return self.head(x)
+            positions = torch.full((tokens.shape[0],), start_pos, dtype=torch.int64)
+            return self.decode_step(tokens[:, 0], positions, cache)[:, None]
         for block in self.blocks:
             x = block(x, ctx)
         if last_only:
             x = x[:, -1:]
         return self.head(x)
+
+    def decode_step(self, tokens: Tensor, positions: Tensor, cache: KVCache, rows: Tensor | None = None) -> Tensor:
+        """Logits (B, vocab) of one new token per row: tokens[b] (B,) at positions[b] (int64) of the
+        sequence held in cache row rows[b] (default b). Rows may be at different positions: a batch
+        of prompts of different lengths, each decoding as it would alone. With the native kernels
+        every block runs in one call that reads each weight once for all rows."""
+        if int(positions.max()) >= self.cfg.max_context:
+            raise ValueError(f"position {int(positions.max())} is beyond the context window ({self.cfg.max_context})")
+        rows = torch.arange(len(tokens)) if rows is None else rows
+        x = self.embed(tokens[:, None]).to(self.dtype)
+        if self.cfg.embed_scale != 1.0:
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)[:, None]
+        rope = rope_rows(self.cfg, positions, x.dtype, self.rope_memo) if self.cfg.positions == "rope" else {}
+        if cache.plan is not None:
+            with cache.plan.timed_step():  # every block in one native call, then the head
+                x = x.contiguous()
+                cache.plan.run(x, cache, positions.contiguous(), rows.contiguous(),
+                               {kind: (cos.contiguous(), sin.contiguous()) for kind, (cos, sin) in rope.items()})
+                return self.head(x)[:, -1]
+        ctx = RaggedStep(positions, rows, cache, rope)
+        for block in self.blocks:
+            x = block(x, ctx)
+        return self.head(x)[:, -1]

@@ -133,6 +133,15 @@ def rope_tables(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype,
     return tables
 
 
+def rope_rows(cfg: ModelConfig, positions: Tensor, dtype: torch.dtype, memo: dict) -> dict[str, tuple[Tensor, Tensor]]:
+    """Tables with one row per sequence of a ragged batch, each at its own position: (B, rotary_dim).
+    Where the frequencies follow the length (dynamic, longrope), each row's are its own."""
+    if (cfg.rope_scaling or {}).get("rope_type") not in LENGTH_DEPENDENT:
+        return rope_tables(cfg, positions, dtype, memo)
+    per_row = [rope_tables(cfg, positions[i : i + 1], dtype, memo) for i in range(len(positions))]
+    return {kind: tuple(torch.cat([t[kind][j] for t in per_row]) for j in range(2)) for kind in per_row[0]}
+
+
 def rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)

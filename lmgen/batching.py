@@ -1,0 +1,165 @@
+"""Continuous batching: many prompts decoding together, each exactly as it would alone.
+
+``generate_many`` keeps up to ``batch_size`` prompts in flight, one per row of a KV cache. Each
+row has its own position, sampler (seeded from the settings' seed and the prompt's index, so a
+prompt's text does not depend on its neighbours or the batch size), token history, incremental
+detokenizer and stop strings. A prompt joins when a row is free — prefilled alone, straight into
+that row — and leaves when it finishes (end of sequence, a stop string, its token budget or the
+context window), freeing the row for the next prompt at the next step. Every step decodes one
+token for every row in flight with one ``Decoder.decode_step``, which reads each weight once for
+all of them: that is where the speed comes from. Prompts are read from the iterable as rows free
+up, so any number of them takes bounded memory.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lmgen.generation import (Finished, GenerationSettings, LanguageModel, Token, _probabilities, _Sample,
+                              prompt_ids_for, require_finite)
+from lmgen.model import KVCache
+from lmgen.sampling import TokenHistory, sample_next_token
+
+GOLDEN = 0x9E3779B97F4A7C15  # spreads the seeds of neighbouring prompts
+
+
+def prompt_seed(seed: int | None, index: int) -> int | None:
+    """The sampling seed of prompt ``index``: the settings' seed itself for the first prompt."""
+    return None if seed is None else (seed + index * GOLDEN) % 2**64
+
+
+@dataclass
+class Row:
+    """One prompt in flight."""
+
+    index: int
+    prompt_ids: list[int]
+    budget: int  # new tokens it may generate (max_new_tokens, or less near the context's end)
+    sample: _Sample
+    generator: torch.Generator | None
+    history: TokenHistory | None
+    start: float
+    first: float = 0.0  # when its first token was chosen
+    token: int = 0  # the last token chosen, fed back at the next step
+    done: bool = False
+
+    @property
+    def position(self) -> int:
+        """Where the last chosen token goes in the cache."""
+        return len(self.prompt_ids) + self.sample.count - 1
+
+
+def generate_many(lm: LanguageModel, prompts: Iterable[str], settings: GenerationSettings = GenerationSettings(),
+                  batch_size: int = 8, chat: bool = False) -> Iterator[Token | Finished]:
+    """``Token`` and ``Finished`` events for every prompt, each tagged with its prompt's 0-based
+    ``index``; a prompt's events are in order, but the prompts' are interleaved. With ``chat``
+    the prompts are already rendered chat templates. A prompt that cannot be used raises when
+    its turn comes (events of earlier prompts have been yielded by then)."""
+    if batch_size < 1:
+        from lmgen.errors import InputError
+
+        raise InputError(f"batch-size must be >= 1, got {batch_size}")
+    if settings.num_samples != 1:
+        from lmgen.errors import InputError
+
+        raise InputError("generate_many takes one sample per prompt")
+    engine = _Engine(lm, settings, batch_size)
+    pending = enumerate(prompts)
+    while True:
+        for slot in engine.free_slots():
+            item = next(pending, None)
+            if item is None:
+                break
+            yield from engine.join(slot, *item, chat)
+        if not engine.in_flight():
+            return
+        yield from engine.step()
+
+
+class _Engine:
+    def __init__(self, lm: LanguageModel, settings: GenerationSettings, batch_size: int):
+        self.lm, self.settings, self.model = lm, settings, lm.model
+        self.rows: list[Row | None] = [None] * batch_size
+        self.cache: KVCache | None = None
+        self.forward = torch.inference_mode()(self.model)
+        self.decode = torch.inference_mode()(self.model.decode_step)
+        self.prefills = self.steps = 0  # counted, for the tests and benchmarks
+
+    def free_slots(self) -> list[int]:
+        return [slot for slot, row in enumerate(self.rows) if row is None]
+
+    def in_flight(self) -> list[int]:
+        return [slot for slot, row in enumerate(self.rows) if row is not None]
+
+    def join(self, slot: int, index: int, prompt: str, chat: bool) -> Iterator:
+        """Prefill prompt ``index`` into row ``slot`` and choose its first token."""
+        lm, settings = self.lm, self.settings
+        ids = prompt_ids_for(lm, prompt, settings, chat)
+        budget = min(settings.max_new_tokens, lm.config.max_context - len(ids))
+        self._reserve(len(ids) + budget)
+        seed = prompt_seed(settings.seed, index)
+        device = self.model.device
+        row = Row(index, ids, budget, _Sample(lm, settings.stop),
+                  torch.Generator(device).manual_seed(seed) if seed is not None else None,
+                  TokenHistory(ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
+                  time.perf_counter())
+        logits = self.forward(torch.tensor([ids], device=device), 0, self.cache.row(slot), last_only=True)[:, -1]
+        self.prefills += 1
+        require_finite(logits)
+        row.first = time.perf_counter()
+        self.rows[slot] = row
+        yield from self._choose(slot, logits)
+
+    def step(self) -> Iterator:
+        """One token for every row in flight."""
+        slots = self.in_flight()
+        rows = [self.rows[slot] for slot in slots]
+        device = self.model.device
+        tokens = torch.tensor([row.token for row in rows], device=device)
+        positions = torch.tensor([row.position for row in rows], dtype=torch.int64, device=device)
+        logits = self.decode(tokens, positions, self.cache, torch.tensor(slots, dtype=torch.int64, device=device))
+        self.steps += 1
+        require_finite(logits)
+        for i, slot in enumerate(slots):
+            yield from self._choose(slot, logits[i : i + 1])
+
+    def _choose(self, slot: int, logits: torch.Tensor) -> Iterator:
+        """Sample row ``slot``'s next token from its logits (1, vocab); its events."""
+        row = self.rows[slot]
+        token = sample_next_token(logits, self.settings.sampling, row.generator, row.history)
+        if row.history is not None:
+            row.history.add(token)
+        row.token = int(token)
+        if row.token in self.lm.eos_ids:
+            yield self._finish(slot, "stop", row.sample.flush())
+            return
+        text, stopped = row.sample.push(row.token)
+        probs = _probabilities(logits, token, self.settings.show_probs)
+        prob, top = probs[0] if probs else (None, ())
+        yield Token(row.token, text, 0, prob, top, row.index)
+        if stopped:
+            yield self._finish(slot, "stop", "")
+        elif row.sample.count >= row.budget:
+            yield self._finish(slot, "length", row.sample.flush())
+
+    def _finish(self, slot: int, reason: str, tail: str) -> Finished:
+        row, self.rows[slot] = self.rows[slot], None
+        end = time.perf_counter()
+        return Finished(reason, tail, len(row.prompt_ids), row.sample.count, row.first - row.start, end - row.first,
+                        0, row.index)
+
+    def _reserve(self, length: int) -> None:
+        """A cache with room for ``length`` positions per row, grown (and its rows kept) if need be."""
+        if self.cache is not None and self.cache.max_len >= length:
+            return
+        grown = max(length, 2 * self.cache.max_len if self.cache else 256)
+        cache = self.model.new_cache(len(self.rows), min(grown, self.lm.config.max_context))
+        if self.cache is not None:
+            cache.k[:, :, :, : self.cache.max_len] = self.cache.k
+            cache.v[:, :, :, : self.cache.max_len] = self.cache.v
+        self.cache = cache
+
