@@ -176,6 +176,7 @@ def generate(
     presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output."),
     num_samples: int = typer.Option(1, "--num-samples", help="Independent continuations, batched."),
+    batch_size: int = typer.Option(8, "--batch-size", help="With --each-line: prompts decoded together (1: one at a time)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
@@ -217,20 +218,51 @@ def generate(
         renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line)
     from lmgen.chat import render_chat
 
-    for text in inputs:
-        if chat:
-            text = render_chat(lm.path, text, system)
-        for record in generate_one(lm, text, settings, renderer, run, chat):
-            if stats:
-                sys.stderr.write(render.stats_line(record) + "\n")
+    texts = (render_chat(lm.path, text, system) if chat else text for text in inputs)
+    if each_line and num_samples == 1:
+        records = generate_in_order(lm, texts, settings, renderer, batch_size, chat)
+    else:
+        records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run, chat))
+    for record in records:
+        if stats:
+            sys.stderr.write(render.stats_line(record) + "\n")
+
+
+def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool):
+    """Many prompts decoded together (batching.generate_many), each printed as soon as it and
+    every earlier one are done: output in input order. Yields each prompt's summary record."""
+    from lmgen.batching import generate_many
+    from lmgen.generation import Finished
+
+    prompts: dict[int, str] = {}
+    events: dict[int, list] = {}
+    done, next_index = set(), 0
+
+    def remembered():
+        for index, text in enumerate(texts):
+            prompts[index] = text
+            yield text
+
+    for event in generate_many(lm, remembered(), settings, batch_size, chat):
+        events.setdefault(event.index, []).append(event)
+        if isinstance(event, Finished):
+            done.add(event.index)
+        while next_index in done:
+            yield from render_events(lm, prompts.pop(next_index), events.pop(next_index), settings, renderer)
+            next_index += 1
 
 
 def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dict]:
     """Run one prompt through the renderer; return each sample's summary record."""
+    events = run(lm, text, settings, chat=chat)  # a bad prompt fails here, before anything is printed
+    return render_events(lm, text, events, settings, renderer)
+
+
+def render_events(lm, text: str, events, settings, renderer) -> list[dict]:
+    """Feed one prompt's events to the renderer; return each sample's summary record."""
     from lmgen.generation import Finished
     from lmgen.render import summary
 
-    events = run(lm, text, settings, chat=chat)  # a bad prompt fails here, before anything is printed
     renderer.start(text)
     tokens: list[list] = [[] for _ in range(settings.num_samples)]
     pieces: list[list[str]] = [[] for _ in range(settings.num_samples)]

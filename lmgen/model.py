@@ -168,7 +168,9 @@ class StepContext:
 
 class RaggedStep:
     """One new token per row, each row at its own position in its own row of the cache (prompts
-    of different lengths decoding together): rotary tables per row, masks per row's length."""
+    of different lengths decoding together): rotary tables per row, masks per row's length.
+    The cache must hold finite values beyond each row's length (zeros): attention multiplies
+    them by 0."""
 
     def __init__(self, positions: Tensor, rows: Tensor, cache: KVCache, rope: dict):
         self.positions, self.rows, self.cache = positions, rows, cache

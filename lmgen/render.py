@@ -29,6 +29,7 @@ def summary(prompt: str, tokens: list, text: str, done, with_probs: bool, tokeni
         "decode_tokens_per_s": decode_rate,
         "weights_gb_per_s": round(decode_rate * bytes_per_token / 1e9, 3),
         "sample": done.sample,
+        "index": done.index,
     }
     if with_probs:
         record["tokens"] = [token_record(t, tokenizer) for t in tokens]

@@ -1,0 +1,114 @@
+"""Continuous batching: every prompt's output is what it is alone, whatever shares its batch."""
+
+import json
+import random
+
+import pytest
+import torch
+
+from lmgen import kernels
+from lmgen.batching import generate_many, prompt_seed
+from lmgen.generation import Finished, GenerationSettings, generate, load
+from lmgen.sampling import SamplingSettings
+
+from conftest import save_tiny
+
+PROMPTS = ["".join(random.Random(i).choice("abcdefgh ijklmnop\n") for _ in range(1 + 7 * i % 61)) for i in range(22)]
+
+
+@pytest.fixture(scope="module", params=["llama", "mistral"])  # mistral: a 16-token sliding window
+def lm(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    save_tiny(request.param, path)
+    return load(path)
+
+
+def alone(lm, settings, prompts=PROMPTS) -> dict[int, str]:
+    out = {}
+    for i, p in enumerate(prompts):
+        s = GenerationSettings(**{**settings.__dict__, "seed": prompt_seed(settings.seed, i)})
+        out[i] = "".join(e.text for e in generate(lm, p, s))
+    return out
+
+
+def batched(lm, settings, batch_size, prompts=PROMPTS) -> dict[int, str]:
+    out: dict[int, str] = {}
+    for event in generate_many(lm, prompts, settings, batch_size=batch_size):
+        out[event.index] = out.get(event.index, "") + event.text
+    return out
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_batched_greedy_equals_each_prompt_alone(lm, native, monkeypatch):
+    if not native:
+        monkeypatch.setattr(kernels, "library", lambda: None)
+    assert (lm.model.new_cache(1, 4).plan is not None) == native
+    settings = GenerationSettings(max_new_tokens=20)
+    expected = alone(lm, settings)
+    assert len(set(map(len, PROMPTS))) > 15  # prompts of many lengths
+    for batch_size in (3, 8):
+        assert batched(lm, settings, batch_size) == expected
+
+
+def test_seeded_sampling_does_not_depend_on_the_batch(lm):
+    settings = GenerationSettings(max_new_tokens=12, seed=42,
+                                  sampling=SamplingSettings(temperature=1.0, top_k=50, repetition_penalty=1.3))
+    one = batched(lm, settings, 1)
+    assert batched(lm, settings, 5) == one == alone(lm, settings)
+    assert len(set(one.values())) > 1
+
+
+def test_stop_strings_and_eos_end_each_row_on_its_own(lm):
+    settings = GenerationSettings(max_new_tokens=24, stop=("a", "\n"))
+    assert batched(lm, settings, 6) == alone(lm, settings)
+
+
+def test_a_finished_prompt_frees_its_row_for_the_next(lm, monkeypatch):
+    """Two rows; the second prompt fills the context after 2 tokens, so the third takes its row
+    at once: 31 steps in all (not 31 + 31, as when a batch waits for its slowest row)."""
+    steps = []
+    decode_step = lm.model.decode_step
+    monkeypatch.setattr(lm.model, "decode_step", lambda *a: steps.append(len(a[0])) or decode_step(*a))
+    context = lm.config.max_context
+    prompts = ["x" * 8, "y" * (context - 2), "z" * 8]
+    events = list(generate_many(lm, prompts, GenerationSettings(max_new_tokens=32), batch_size=2))
+    finished = {e.index: e for e in events if isinstance(e, Finished)}
+    assert [finished[i].new_tokens for i in range(3)] == [32, 2, 32]
+    assert len(steps) == 31 + 1  # the third prompt joins when the second leaves
+    assert max(steps) == 2
+
+
+def test_cli_prints_each_line_in_input_order_with_its_index(tiny_dir, cli):
+    lines = [p.replace("\n", " ").strip() or "x" for p in PROMPTS[:10]]
+    stdin = ("\n".join(lines) + "\n").encode()
+    one = cli("generate", "--model", str(tiny_dir), "--each-line", "-n", "6", "--batch-size", "1", input=stdin)
+    many = cli("generate", "--model", str(tiny_dir), "--each-line", "-n", "6", "--batch-size", "4", input=stdin)
+    assert one.returncode == many.returncode == 0
+    assert many.stdout == one.stdout and len(one.stdout.splitlines()) == 10
+    result = cli("generate", "--model", str(tiny_dir), "--each-line", "-n", "6", "--jsonl", input=stdin)
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["index"] for r in records] == list(range(10))
+    assert [r["prompt"] for r in records] == lines
+
+
+def test_batch_size_must_be_positive(tiny_dir, cli):
+    result = cli("generate", "--model", str(tiny_dir), "--each-line", "--batch-size", "0", input=b"hi\n")
+    assert result.returncode == 2 and b"batch-size" in result.stderr
+
+
+def test_torch_decode_step_matches_full_passes_per_row(lm):
+    """The ragged step itself: rows at different positions, logits as a full pass of each."""
+    model = lm.model
+    prompts = [torch.randint(0, 256, (n,), generator=torch.Generator().manual_seed(n)) for n in (5, 17, 30)]
+    with torch.no_grad():
+        cache = model.new_cache(3, 40)
+        cache.plan = None  # the PyTorch path
+        cache.k.zero_()  # as the engine's: never NaN where a row's mask hides it
+        cache.v.zero_()
+        for slot, ids in enumerate(prompts):
+            model(ids[None, :-1], 0, cache.row(slot))
+        last = torch.stack([ids[-1] for ids in prompts])
+        positions = torch.tensor([len(ids) - 1 for ids in prompts])
+        logits = model.decode_step(last, positions, cache)
+        for i, ids in enumerate(prompts):
+            assert (logits[i] - model(ids[None])[0, -1]).abs().max() < 1e-4
