@@ -28,6 +28,7 @@ from torch import Tensor
 from lmgen.threads import ThreadTuner
 
 SOURCE = Path(__file__).with_name("kernels.c")
+HEADERS = [Path(__file__).with_name("kernels_dot.h")]  # included by kernels.c
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
@@ -67,7 +68,8 @@ def library() -> ctypes.CDLL | None:
         return None
     from lmgen.paths import cache_dir
 
-    key = hashlib.sha256(SOURCE.read_bytes() + " ".join(FLAGS).encode() + _cpu_fingerprint().encode())
+    sources = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_fingerprint().encode())
     target = cache_dir() / "kernels" / f"lmgen-kernels-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
