@@ -9,7 +9,7 @@ Importing the package is cheap; torch loads on first use of ``load``/``generate`
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "GenerationSettings", "SamplingSettings"]
+__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings"]
 
 
 def __getattr__(name):
@@ -17,6 +17,10 @@ def __getattr__(name):
         from lmgen import generation as module
 
         return getattr(module, name)
+    if name == "generate_many":
+        from lmgen.batching import generate_many
+
+        return generate_many
     if name == "SamplingSettings":
         from lmgen.sampling import SamplingSettings
 
