@@ -132,22 +132,21 @@ static void qk_norm(const Shape* s, const float* w, float* v, int64_t M, int64_t
  * table (rope_dim values per row). */
 typedef struct { const int64_t* cache_row; const int64_t* pos; int64_t max_pos; } Rows;
 
-static void decode_block(const Shape* s, float* x, int64_t M, const void* const* t, const Rows* rows,
+/* Floats of scratch one block needs for M rows (decode_layers allocates them once per step). */
+static int64_t scratch_floats(const Shape* s, int64_t M, int64_t max_keys) {
+  int64_t q_dim = s->n_heads * s->hd, kv_dim = s->n_kv * s->hd;
+  return M * (2 * s->d + 2 * q_dim + 2 * kv_dim + 2 * s->d_mlp + s->n_heads * max_keys);
+}
+
+static void decode_block(const Shape* s, float* x, int64_t M, const void* const* t, const Rows* rows, float* scratch,
                          float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride,
                          const float* cos, const float* sin, int64_t window) {
   enum { Q, K, V, O, GATE, UP, DOWN };
   const void* const* params = t + PROJECTIONS;
   int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
-  float* h = malloc(sizeof(float) * M * d);
-  float* q = malloc(sizeof(float) * M * q_dim);
-  float* k = malloc(sizeof(float) * M * kv_dim);
-  float* v = malloc(sizeof(float) * M * kv_dim);
-  float* att = malloc(sizeof(float) * M * q_dim);
-  float* gate = malloc(sizeof(float) * M * d_mlp);
-  float* up = malloc(sizeof(float) * M * d_mlp);
-  float* out = malloc(sizeof(float) * M * d);
-  float* scores = malloc(sizeof(float) * M * n_heads * max_keys);
+  float *h = scratch, *q = h + M * d, *k = q + M * q_dim, *v = k + M * kv_dim, *att = v + M * kv_dim;
+  float *gate = att + M * q_dim, *up = gate + M * d_mlp, *out = up + M * d_mlp, *scores = out + M * d;
 #define PROJ(i, y, n) ((Projection){params[3 * (i)], params[3 * (i) + 1], params[3 * (i) + 2], (y), (n)})
 
   pre_norm(s, t[ATTN_NORM_W], t[ATTN_NORM_B], x, h, M);
@@ -208,7 +207,6 @@ static void decode_block(const Shape* s, float* x, int64_t M, const void* const*
   project(s->wdtype, &down, 1, up, d_mlp, M);
   add_residual(s, t[MLP_POST_W], out, x, M);
 #undef PROJ
-  free(h); free(q); free(k); free(v); free(att); free(gate); free(up); free(out); free(scores);
 }
 
 /* Every block of the model for one new token per row, in place on x (M, d). The KV cache
@@ -220,10 +218,12 @@ void decode_layers(const Shape* s, float* x, int64_t M, const void* const* table
                    int64_t head_stride, const int64_t* cache_row, const int64_t* pos) {
   Rows rows = {cache_row, pos, 0};
   for (int64_t m = 0; m < M; m++) if (pos[m] > rows.max_pos) rows.max_pos = pos[m];
+  float* scratch = malloc(sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
   for (int64_t l = 0; l < s->n_layers; l++) {
     int r = rope_tables[l];
-    decode_block(s, x, M, table + l * LAYER_POINTERS, &rows, k_cache + l * layer_stride,
+    decode_block(s, x, M, table + l * LAYER_POINTERS, &rows, scratch, k_cache + l * layer_stride,
                  v_cache + l * layer_stride, batch_stride, head_stride,
                  r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r], windows[l]);
   }
+  free(scratch);
 }
