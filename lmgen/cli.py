@@ -234,6 +234,8 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool
     from lmgen.batching import generate_many
     from lmgen.generation import Finished
 
+    from lmgen.startup import progress
+
     prompts: dict[int, str] = {}
     events: dict[int, list] = {}
     done, next_index = set(), 0
@@ -243,13 +245,15 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool
             prompts[index] = text
             yield text
 
-    for event in generate_many(lm, remembered(), settings, batch_size, chat):
-        events.setdefault(event.index, []).append(event)
-        if isinstance(event, Finished):
-            done.add(event.index)
-        while next_index in done:
-            yield from render_events(lm, prompts.pop(next_index), events.pop(next_index), settings, renderer)
-            next_index += 1
+    with progress() as report:
+        for event in generate_many(lm, remembered(), settings, batch_size, chat):
+            events.setdefault(event.index, []).append(event)
+            if isinstance(event, Finished):
+                done.add(event.index)
+                report(event)
+            while next_index in done:
+                yield from render_events(lm, prompts.pop(next_index), events.pop(next_index), settings, renderer)
+                next_index += 1
 
 
 def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dict]:

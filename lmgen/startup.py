@@ -1,5 +1,6 @@
-"""What the command line does around loading a model: freeze the imports out of the garbage
-collector's way, and show a spinner on a terminal while the weights load."""
+"""What the command line shows and does around the work: freeze the imports out of the garbage
+collector's way, a spinner on a terminal while the weights load, and a running count of the
+prompts done with --each-line."""
 
 from __future__ import annotations
 
@@ -39,3 +40,35 @@ class loading_status:
         if self.timer is not None:
             self.timer.cancel()
             self.status.stop()
+
+
+class progress:
+    """A running count on stderr of the prompts done, their tokens and the aggregate rate, if
+    stderr is a terminal (in a pipe: nothing). The context gives a function to call per prompt."""
+
+    def __enter__(self):
+        import time
+
+        self.live, self.prompts, self.tokens, self.start = None, 0, 0, time.perf_counter()
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.live import Live
+
+            # stdout left alone: the completions go there, not through rich
+            self.live = Live("", console=Console(stderr=True), transient=True, redirect_stdout=False,
+                             redirect_stderr=False)
+            self.live.start()
+        return self.report
+
+    def report(self, finished) -> None:
+        import time
+
+        self.prompts += 1
+        self.tokens += finished.new_tokens
+        if self.live is not None:
+            rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
+            self.live.update(f"{self.prompts} prompts done, {self.tokens} tokens, {rate:.1f} tokens/s", refresh=True)
+
+    def __exit__(self, *exc) -> None:
+        if self.live is not None:
+            self.live.stop()

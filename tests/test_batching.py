@@ -112,3 +112,30 @@ def test_torch_decode_step_matches_full_passes_per_row(lm):
         logits = model.decode_step(last, positions, cache)
         for i, ids in enumerate(prompts):
             assert (logits[i] - model(ids[None])[0, -1]).abs().max() < 1e-4
+
+
+def test_progress_on_a_terminal_leaves_stdout_to_the_completions(lmgen_exe, tiny_dir):
+    import os
+    import pty
+    import select
+    import subprocess
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([lmgen_exe, "generate", "-m", str(tiny_dir), "--each-line", "-n", "4"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=terminal,
+                            env={**os.environ, "TERM": "xterm-256color"})
+    out, _ = proc.communicate(b"one\ntwo\nthree\n", timeout=120)
+    os.close(terminal)
+    shown = b""
+    while select.select([controller], [], [], 0.5)[0]:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(controller)
+    assert proc.returncode == 0
+    assert len(out.splitlines()) == 3 and b"\x1b" not in out
+    assert b"prompts done" in shown
