@@ -13,7 +13,11 @@ __all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingS
 
 
 def __getattr__(name):
-    if name in ("load", "generate", "GenerationSettings"):
+    if name == "load":
+        from lmgen.loading import load
+
+        return load
+    if name in ("generate", "GenerationSettings"):
         from lmgen import generation as module
 
         return getattr(module, name)

@@ -135,7 +135,7 @@ def prepare(model: Optional[str], dtype: str, device: str, threads: Optional[int
     """What generate and score do before reading input: check the options, pick the model and
     its config (torch-free: a bad model fails before the slow load). Returns (path, config)."""
     from lmgen.checkpoint import locate, read_config
-    from lmgen.generation import parse_device, parse_dtype
+    from lmgen.loading import parse_device, parse_dtype
     from lmgen.paths import resolve_model
     from lmgen.startup import freeze_imports
     from lmgen.threads import set_threads
@@ -149,7 +149,7 @@ def prepare(model: Optional[str], dtype: str, device: str, threads: Optional[int
 
 
 def load_model(path, dtype: str, device: str):
-    from lmgen.generation import load
+    from lmgen.loading import load
     from lmgen.startup import loading_status
 
     with loading_status():

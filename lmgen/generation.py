@@ -13,43 +13,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from lmgen.checkpoint import load_model
-from lmgen.config import ModelConfig, is_int
 from lmgen.errors import CheckpointError, InputError
-from lmgen.files import read_json
+from lmgen.loading import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
 from lmgen.model import Decoder
 from lmgen.sampling import SamplingSettings, TokenHistory, sample_next_token
 from lmgen.stops import StopStrings
-from lmgen.tokenizer import Tokenizer
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "int8": torch.int8}
-
-
-@dataclass
-class LanguageModel:
-    """A loaded model with its tokenizer: what ``generate`` needs."""
-
-    model: Decoder
-    tokenizer: Tokenizer
-    config: ModelConfig
-    path: Path
-    eos_ids: frozenset[int] = field(default_factory=frozenset)
-
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Token ids of text, each checked to be a row of the model's embedding."""
-        ids = self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-        beyond = [i for i in ids if i >= self.config.vocab_size]
-        if beyond:
-            raise CheckpointError(
-                f"the tokenizer gave token id {beyond[0]}, beyond the model's vocabulary of {self.config.vocab_size}"
-            )
-        return ids
 
 
 def require_finite(logits: torch.Tensor) -> None:
@@ -57,66 +29,6 @@ def require_finite(logits: torch.Tensor) -> None:
     if not bool(torch.isfinite(logits).all()):
         raise CheckpointError("the model computed NaN or infinite logits: its weights are broken "
                               "(or overflow in this dtype); no text was generated from them")
-
-
-def parse_dtype(name: str) -> torch.dtype:
-    if name not in DTYPES:
-        raise InputError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
-    return DTYPES[name]
-
-
-def parse_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r} (try cpu or cuda)") from None
-    if device.type not in ("cpu", "cuda"):
-        raise InputError(f"device {name!r} is not supported (use cpu or cuda)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {name!r} is not available on this machine (no CUDA GPU)")
-    return device
-
-
-def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
-    """Load a checkpoint directory (config + safetensors + tokenizer.json)."""
-    torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
-    int8 = torch_dtype == torch.int8  # int8 weights, fp32 activations
-    # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
-    # stay fp32 (more exact, and what the native decode kernels take). On a GPU all is dtype.
-    vector_dtype = torch.float32 if torch_device.type == "cpu" or int8 else torch_dtype
-    # fp32 weights about to be quantized are copied out of the file rather than mapped: as
-    # anonymous memory each is freed when its int8 copy replaces it.
-    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device, vector_dtype,
-                                   mapped=not int8)
-    if int8:
-        from lmgen.linear import quantize_int8
-
-        quantize_int8(model)
-    if files.tokenizer is None:
-        raise CheckpointError(f"{files.root} has no tokenizer.json")
-    tokenizer = Tokenizer(files.tokenizer)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise CheckpointError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has only {cfg.vocab_size}"
-        )
-    if tokenizer.max_added_id >= cfg.vocab_size:
-        raise CheckpointError(
-            f"the tokenizer's added token id {tokenizer.max_added_id} is beyond the model's vocabulary of {cfg.vocab_size}"
-        )
-    return LanguageModel(model, tokenizer, cfg, files.root, frozenset(_eos_ids(cfg, files.root)))
-
-
-def _eos_ids(cfg: ModelConfig, root: Path) -> set[int]:
-    """EOS ids from the config, plus any that generation_config.json adds (a list for Llama 3)."""
-    ids = set(cfg.eos_token_ids)
-    gen_config = root / "generation_config.json"
-    if gen_config.exists():
-        value = read_json(gen_config, "generation config").get("eos_token_id")
-        extra = value if isinstance(value, list) else [] if value is None else [value]
-        if not all(is_int(i) and 0 <= i < cfg.vocab_size for i in extra):
-            raise CheckpointError(f"{gen_config}: eos_token_id must be token ids below {cfg.vocab_size}, got {value!r}")
-        ids.update(extra)
-    return ids
 
 
 @dataclass(frozen=True)
