@@ -148,9 +148,7 @@ class _Engine:
 
     def _finish(self, slot: int, reason: str, tail: str) -> Finished:
         row, self.rows[slot] = self.rows[slot], None
-        end = time.perf_counter()
-        return Finished(reason, tail, len(row.prompt_ids), row.sample.count, row.first - row.start, end - row.first,
-                        0, row.index)
+        return row.sample.finished(reason, tail, len(row.prompt_ids), row.start, row.first, 0, row.index)
 
     def _reserve(self, length: int) -> None:
         """A cache with room for ``length`` positions per row, grown (and its rows kept) if need be."""

@@ -265,24 +265,22 @@ def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dic
 def render_events(lm, text: str, events, settings, renderer) -> list[dict]:
     """Feed one prompt's events to the renderer; return each sample's summary record."""
     from lmgen.generation import Finished
-    from lmgen.render import summary
+    from lmgen.records import summary
 
     renderer.start(text)
-    tokens: list[list] = [[] for _ in range(settings.num_samples)]
-    pieces: list[list[str]] = [[] for _ in range(settings.num_samples)]
+    tokens: list[list] = [[] for _ in range(settings.num_samples)]  # kept for --show-probs
     records: list[dict] = []
     bytes_per_token = lm.model.weight_bytes_per_token()
     try:
         for event in events:
             if isinstance(event, Finished):
-                pieces[event.sample].append(event.text)
-                record = summary(text, tokens[event.sample], "".join(pieces[event.sample]), event,
-                                 settings.show_probs > 0, lm.tokenizer, bytes_per_token)
+                probs = (tokens[event.sample], lm.tokenizer) if settings.show_probs else ()
+                record = summary(text, event, bytes_per_token, *probs)
                 renderer.finish(record, event.text)
                 records.append(record)
                 continue
-            tokens[event.sample].append(event)
-            pieces[event.sample].append(event.text)
+            if settings.show_probs:
+                tokens[event.sample].append(event)
             renderer.token(event)
     except KeyboardInterrupt:
         renderer.end_line()

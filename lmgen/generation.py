@@ -74,6 +74,8 @@ class Finished:
     decode_seconds: float  # every later token
     sample: int = 0
     index: int = 0  # the prompt's, with several prompts (batching.generate_many)
+    output: str = ""  # the sample's whole text (every Token's text, then this event's)
+    token_ids: tuple[int, ...] = ()  # the sample's tokens (an end-of-sequence token is not one)
 
 
 def check_fits(prompt_ids: list[int], context: int) -> None:
@@ -151,16 +153,32 @@ class _Sample:
     def __init__(self, lm: LanguageModel, stops: tuple[str, ...]):
         self.stream = lm.tokenizer.stream()
         self.stops = StopStrings(list(stops))
-        self.count = 0
+        self.ids: list[int] = []
+        self.text = ""  # released so far
         self.done = False
 
+    @property
+    def count(self) -> int:
+        return len(self.ids)
+
     def push(self, token: int) -> tuple[str, bool]:
-        self.count += 1
-        return self.stops.push(self.stream.push(token))
+        self.ids.append(token)
+        text, stopped = self.stops.push(self.stream.push(token))
+        self.text += text
+        return text, stopped
 
     def flush(self) -> str:
         text, stopped = self.stops.push(self.stream.flush())
-        return text if stopped else text + self.stops.flush()
+        tail = text if stopped else text + self.stops.flush()
+        self.text += tail
+        return tail
+
+    def finished(self, reason: str, tail: str, prompt_tokens: int, start: float, first: float, sample: int,
+                 index: int = 0) -> "Finished":
+        """The sample's closing event; tail is what the sample released last (already counted)."""
+        self.done = True
+        return Finished(reason, tail, prompt_tokens, self.count, first - start, time.perf_counter() - first,
+                        sample, index, self.text, tuple(self.ids))
 
 
 def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator:
@@ -169,9 +187,7 @@ def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettin
     first = None
 
     def finished(i: int, reason: str, tail: str) -> Finished:
-        samples[i].done = True
-        end = time.perf_counter()
-        return Finished(reason, tail, len(prompt_ids), samples[i].count, first - start, end - first, i)
+        return samples[i].finished(reason, tail, len(prompt_ids), start, first, i)
 
     for tokens, logits in decode_loop(lm.model, prompt_ids, settings):
         first = first or time.perf_counter()

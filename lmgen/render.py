@@ -12,46 +12,6 @@ import os
 import sys
 
 
-def summary(prompt: str, tokens: list, text: str, done, with_probs: bool, tokenizer, bytes_per_token: int) -> dict:
-    """The closing record of one sample, for --json and --jsonl."""
-    decode_tokens = max(done.new_tokens - 1, 0)
-    decode_rate = _rate(decode_tokens, done.decode_seconds)
-    record = {
-        "prompt": prompt,
-        "text": text,
-        "token_ids": [t.id for t in tokens],
-        "finish_reason": done.reason,
-        "prompt_tokens": done.prompt_tokens,
-        "new_tokens": done.new_tokens,
-        "time_to_first_token_s": round(done.prefill_seconds, 6),
-        "decode_s": round(done.decode_seconds, 6),
-        "prefill_tokens_per_s": _rate(done.prompt_tokens, done.prefill_seconds),
-        "decode_tokens_per_s": decode_rate,
-        "weights_gb_per_s": round(decode_rate * bytes_per_token / 1e9, 3),
-        "sample": done.sample,
-        "index": done.index,
-    }
-    if with_probs:
-        record["tokens"] = [token_record(t, tokenizer) for t in tokens]
-    return record
-
-
-def token_record(token, tokenizer) -> dict:
-    record = {"id": token.id, "text": token.text}
-    if token.prob is not None:
-        record["token"] = tokenizer.decode([token.id], skip_special_tokens=False)
-        record["prob"] = round(token.prob, 6)
-        record["top"] = [
-            {"id": i, "token": tokenizer.decode([i], skip_special_tokens=False), "prob": round(p, 6)}
-            for i, p in token.top
-        ]
-    return record
-
-
-def _rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 3) if seconds > 0 and count > 0 else 0.0
-
-
 def stats_line(record: dict) -> str:
     return (
         f"prompt {record['prompt_tokens']} tokens, generated {record['new_tokens']} ({record['finish_reason']}); "
@@ -206,6 +166,8 @@ class JsonlRenderer(JsonRenderer):
         self.tokenizer = tokenizer
 
     def token(self, event) -> None:
+        from lmgen.records import token_record
+
         json_line({"event": "token", "sample": event.sample, **token_record(event, self.tokenizer)})
 
     def finish(self, record: dict, tail: str) -> None:

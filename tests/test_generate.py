@@ -186,3 +186,24 @@ def test_eos_ids_from_config_and_generation_config(tmp_path):
     assert lmgen.load(tmp_path).eos_ids == frozenset({256})
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 256]}))
     assert lmgen.load(tmp_path).eos_ids == frozenset({7, 256})
+
+
+def test_finished_carries_the_whole_text_and_token_ids(tiny_dir):
+    from lmgen.batching import generate_many
+    from lmgen.generation import load
+
+    lm = load(tiny_dir)
+    for events in (list(lmgen.generate(lm, "The cat", GenerationSettings(max_new_tokens=12, stop=("e",)))),
+                   list(generate_many(lm, ["The cat", "A dog"], GenerationSettings(max_new_tokens=12), batch_size=2))):
+        for done in [e for e in events if isinstance(e, Finished)]:
+            mine = [e for e in events if e.index == done.index]
+            assert done.output == "".join(e.text for e in mine)
+            assert list(done.token_ids) == [e.id for e in mine if isinstance(e, Token)]
+
+
+def test_records_are_built_without_the_cli_libraries():
+    import subprocess
+    import sys
+
+    code = "import sys, lmgen.records; print(any(m in sys.modules for m in ('typer', 'rich')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
