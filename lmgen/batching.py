@@ -39,36 +39,36 @@ class Row:
     index: int
     prompt_ids: list[int]
     budget: int  # new tokens it may generate (max_new_tokens, or less near the context's end)
-    sample: _Sample
+    sample_text: _Sample
     generator: torch.Generator | None
     history: TokenHistory | None
     start: float
     first: float = 0.0  # when its first token was chosen
     token: int = 0  # the last token chosen, fed back at the next step
-    done: bool = False
+    sample: int = 0  # which of the prompt's samples (--num-samples)
+    prompt_logits: torch.Tensor | None = None  # the prefill's, for the prompt's later samples
 
     @property
     def position(self) -> int:
         """Where the last chosen token goes in the cache."""
-        return len(self.prompt_ids) + self.sample.count - 1
+        return len(self.prompt_ids) + self.sample_text.count - 1
 
 
-def generate_many(lm: LanguageModel, prompts: Iterable[str], settings: GenerationSettings = GenerationSettings(),
-                  batch_size: int = 8, chat: bool = False) -> Iterator[Token | Finished]:
-    """``Token`` and ``Finished`` events for every prompt, each tagged with its prompt's 0-based
-    ``index``; a prompt's events are in order, but the prompts' are interleaved. With ``chat``
-    the prompts are already rendered chat templates. A prompt that cannot be used raises when
-    its turn comes (events of earlier prompts have been yielded by then)."""
+def generate_many(lm: LanguageModel, prompts: Iterable[str | list[int]],
+                  settings: GenerationSettings = GenerationSettings(), batch_size: int = 8,
+                  chat: bool = False) -> Iterator[Token | Finished]:
+    """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
+    each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
+    order, but the samples' are interleaved. A prompt is text (with ``chat``: an already rendered
+    chat template) or token ids. One that cannot be used raises when its turn comes (events of
+    earlier prompts have been yielded by then)."""
     if batch_size < 1:
         from lmgen.errors import InputError
 
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
-    if settings.num_samples != 1:
-        from lmgen.errors import InputError
-
-        raise InputError("generate_many takes one sample per prompt")
     engine = _Engine(lm, settings, batch_size)
-    pending = enumerate(prompts)
+    pending = ((index, sample, prompt) for index, prompt in enumerate(prompts)
+               for sample in range(settings.num_samples))
     while True:
         for slot in engine.free_slots():
             item = next(pending, None)
@@ -95,21 +95,30 @@ class _Engine:
     def in_flight(self) -> list[int]:
         return [slot for slot, row in enumerate(self.rows) if row is not None]
 
-    def join(self, slot: int, index: int, prompt: str, chat: bool) -> Iterator:
-        """Prefill prompt ``index`` into row ``slot`` and choose its first token."""
+    def join(self, slot: int, index: int, sample: int, prompt: str | list[int], chat: bool) -> Iterator:
+        """Put sample ``sample`` of prompt ``index`` in row ``slot`` and choose its first token. The
+        prompt is prefilled there, or, when another sample of it is in flight, its keys and values
+        are copied from that row (a prompt is prefilled once for all its samples)."""
         lm, settings = self.lm, self.settings
-        ids = prompt_ids_for(lm, prompt, settings, chat)
+        ids = list(prompt) if isinstance(prompt, list) else prompt_ids_for(lm, prompt, settings, chat)
         budget = min(settings.max_new_tokens, lm.config.max_context - len(ids))
         self._reserve(len(ids) + budget)
-        seed = prompt_seed(settings.seed, index)
+        seed = prompt_seed(prompt_seed(settings.seed, index), sample)
         device = self.model.device
         row = Row(index, ids, budget, _Sample(lm, settings.stop),
                   torch.Generator(device).manual_seed(seed) if seed is not None else None,
                   TokenHistory(ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
-                  time.perf_counter())
-        logits = self.forward(torch.tensor([ids], device=device), 0, self.cache.row(slot), last_only=True)[:, -1]
-        self.prefills += 1
-        require_finite(logits)
+                  time.perf_counter(), sample=sample)
+        sibling = next((s for s, r in enumerate(self.rows) if r is not None and r.index == index), None)
+        if sibling is not None:  # its first len(ids) positions are the prompt's, whatever it has generated since
+            self.cache.k[:, slot, :, : len(ids)] = self.cache.k[:, sibling, :, : len(ids)]
+            self.cache.v[:, slot, :, : len(ids)] = self.cache.v[:, sibling, :, : len(ids)]
+            logits = self.rows[sibling].prompt_logits
+        else:
+            logits = self.forward(torch.tensor([ids], device=device), 0, self.cache.row(slot), last_only=True)[:, -1]
+            self.prefills += 1
+            require_finite(logits)
+        row.prompt_logits = logits
         row.first = time.perf_counter()
         self.rows[slot] = row
         yield from self._choose(slot, logits)
@@ -135,20 +144,21 @@ class _Engine:
             row.history.add(token)
         row.token = int(token)
         if row.token in self.lm.eos_ids:
-            yield self._finish(slot, "stop", row.sample.flush())
+            yield self._finish(slot, "stop", row.sample_text.flush())
             return
-        text, stopped = row.sample.push(row.token)
+        text, stopped = row.sample_text.push(row.token)
         probs = _probabilities(logits, token, self.settings.show_probs)
         prob, top = probs[0] if probs else (None, ())
-        yield Token(row.token, text, 0, prob, top, row.index)
+        yield Token(row.token, text, row.sample, prob, top, row.index)
         if stopped:
             yield self._finish(slot, "stop", "")
-        elif row.sample.count >= row.budget:
-            yield self._finish(slot, "length", row.sample.flush())
+        elif row.sample_text.count >= row.budget:
+            yield self._finish(slot, "length", row.sample_text.flush())
 
     def _finish(self, slot: int, reason: str, tail: str) -> Finished:
         row, self.rows[slot] = self.rows[slot], None
-        return row.sample.finished(reason, tail, len(row.prompt_ids), row.start, row.first, 0, row.index)
+        return row.sample_text.finished(reason, tail, len(row.prompt_ids), row.start, row.first, row.sample,
+                                        row.index)
 
     def _reserve(self, length: int) -> None:
         """A cache with room for ``length`` positions per row, grown (and its rows kept) if need be."""

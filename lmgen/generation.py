@@ -144,7 +144,12 @@ def generate(
     A prompt that cannot be used raises here, before any event is produced. With ``chat`` the
     prompt is an already rendered chat template (see ``lmgen.chat``).
     """
-    return _events(lm, prompt_ids_for(lm, prompt, settings, chat), settings)
+    ids = prompt_ids_for(lm, prompt, settings, chat)
+    if settings.num_samples > 1:  # one row per sample; a sample that finishes stops being decoded
+        from lmgen.batching import generate_many
+
+        return generate_many(lm, [ids], settings, batch_size=settings.num_samples)
+    return _events(lm, ids, settings)
 
 
 class _Sample:

@@ -137,19 +137,21 @@ class ProbabilityDisplay:
 
 
 class JsonRenderer:
-    """One JSON object per sample, printed when it is finished."""
+    """One JSON object per sample, printed when all the prompt's samples are done, in sample order
+    (they may finish in any order)."""
 
     def start(self, prompt: str) -> None:
-        pass
+        self.records: list[dict] = []
 
     def token(self, event) -> None:
         pass
 
     def finish(self, record: dict, tail: str) -> None:
-        json_line(record)
+        self.records.append(record)
 
     def close(self) -> None:
-        pass
+        for record in sorted(self.records, key=lambda r: r["sample"]):
+            json_line(record)
 
     def end_line(self) -> None:
         pass

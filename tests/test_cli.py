@@ -95,12 +95,12 @@ def test_stop_string_through_the_cli(cli, tiny_dir):
 
 
 def test_num_samples_as_json_lines(cli, tiny_dir):
-    result = cli("generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
+    result = cli("generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "3",  # no sample draws EOS
                        "--num-samples", "3", "--json", "Once")
     records = [json.loads(line) for line in result.stdout.decode().splitlines()]
     assert [r["sample"] for r in records] == [0, 1, 2]
     assert all(r["new_tokens"] == 8 for r in records)
-    text = cli("generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "2",
+    text = cli("generate", "-m", str(tiny_dir), "-n", "8", "-t", "1", "--seed", "3",
                      "--num-samples", "3", "Once")
     assert text.stdout.decode() == "".join(r["text"] + "\n" for r in records)
 

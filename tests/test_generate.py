@@ -132,16 +132,32 @@ def test_num_samples_are_independent_and_match_single_runs(lm):
 
 def test_batched_samples_share_one_forward_per_step(lm, monkeypatch):
     calls = []
-    original = lm.model.forward
+    forward, decode_step = lm.model.forward, lm.model.decode_step
 
-    def counting(tokens, *args, **kwargs):
-        calls.append(tuple(tokens.shape))
-        return original(tokens, *args, **kwargs)
+    def counting_forward(tokens, *args, **kwargs):
+        calls.append(("prefill", tuple(tokens.shape)))
+        return forward(tokens, *args, **kwargs)
 
-    monkeypatch.setattr(lm.model, "forward", counting)
+    def counting_step(tokens, *args, **kwargs):
+        calls.append(("step", tuple(tokens.shape)))
+        return decode_step(tokens, *args, **kwargs)
+
+    monkeypatch.setattr(lm.model, "forward", counting_forward)
+    monkeypatch.setattr(lm.model, "decode_step", counting_step)
     events(lm, "Once", max_new_tokens=6, num_samples=4, sampling=SamplingSettings(temperature=1.0), seed=0)
-    assert calls[0] == (1, 4)  # the prompt is prefilled once
-    assert calls[1:] == [(4, 1)] * 5  # then one batched step per token
+    assert calls[0] == ("prefill", (1, 4))  # the prompt is prefilled once, for all four samples
+    assert calls[1:] == [("step", (4,))] * 5  # then one batched step per token
+
+
+def test_a_finished_sample_stops_being_decoded(lm, monkeypatch):
+    rows = []
+    decode_step = lm.model.decode_step
+    monkeypatch.setattr(lm.model, "decode_step", lambda tokens, *a: rows.append(len(tokens)) or decode_step(tokens, *a))
+    often_eos = dataclasses.replace(lm, eos_ids=frozenset(range(0, 300, 5)))  # a fifth of the tokens end a sample
+    evs = events(often_eos, "Once", max_new_tokens=12, num_samples=4, seed=3, sampling=SamplingSettings(temperature=1.0))
+    lengths = sorted(e.new_tokens for e in evs if isinstance(e, Finished))
+    assert lengths[0] < lengths[-1]  # the samples end at different steps
+    assert rows == sorted(rows, reverse=True) and rows[-1] < 4  # and the batch shrinks as they do
 
 
 def test_show_probs_reports_softmax_of_the_head(lm):
