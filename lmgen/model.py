@@ -56,26 +56,21 @@ def norm_maker(cfg: ModelConfig):
 
 
 class KVCache:
-    """Preallocated keys and values for every layer, sliced to the filled length.
+    """Preallocated keys and values for every layer and row, sliced to the filled length: plain
+    storage, which the PyTorch attention and the native decode step both write and read."""
 
-    ``plan`` is the model's native decode step (``kernels.DecodePlan``) when it has one:
-    made with the cache, it serves the one generation the cache is for.
-    """
-
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device,
-                 plan: "kernels.DecodePlan | None" = None):
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
         shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
         if torch.device(device).type == "cpu":
             require_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache for {batch} × {max_len} tokens")
         self.k = torch.empty(shape, dtype=dtype, device=device)  # only the filled part is ever read
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.max_len = max_len
-        self.plan = plan
 
     def row(self, i: int) -> "KVCache":
         """A batch-1 view of sample i's slots (writes go to this cache)."""
         view = object.__new__(KVCache)
-        view.k, view.v, view.max_len, view.plan = self.k[:, i : i + 1], self.v[:, i : i + 1], self.max_len, self.plan
+        view.k, view.v, view.max_len = self.k[:, i : i + 1], self.v[:, i : i + 1], self.max_len
         return view
 
     def copy_row_to_all(self, i: int, length: int) -> None:
@@ -210,6 +205,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.head = LMHead(cfg)
         self.rope_memo: dict = {}  # rotary frequencies, kept between forward passes (rope.rope_tables)
+        self.plan: "kernels.DecodePlan | None" = None  # the native decode step (see new_cache)
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -239,8 +235,11 @@ class Decoder(nn.Module):
         return total
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
-        max_len = min(max_len, self.cfg.max_context)
-        return KVCache(self.cfg, batch, max_len, self.dtype, self.device, kernels.decode_plan(self))
+        """A KV cache for a generation; the native decode step (``self.plan``: every block in one
+        call, or None where the kernels cannot run this model) is made afresh with it, so that
+        weights swapped between generations (int8 quantization) are the ones it reads."""
+        self.plan = kernels.decode_plan(self)
+        return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)
 
     def forward(
         self, tokens: Tensor, start_pos: int = 0, cache: KVCache | None = None, last_only: bool = False
@@ -259,7 +258,7 @@ class Decoder(nn.Module):
         ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype, self.rope_memo)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
-        if seq == 1 and cache is not None and cache.plan is not None:
+        if seq == 1 and cache is not None and self.plan is not None:
             positions = torch.full((tokens.shape[0],), start_pos, dtype=torch.int64)
             return self.decode_step(tokens[:, 0], positions, cache)[:, None]
         for block in self.blocks:
@@ -282,10 +281,10 @@ class Decoder(nn.Module):
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)[:, None]
         rope = rope_rows(self.cfg, positions, x.dtype, self.rope_memo) if self.cfg.positions == "rope" else {}
-        if cache.plan is not None:
-            with cache.plan.timed_step():  # every block in one native call, then the head
+        if self.plan is not None:
+            with self.plan.timed_step():  # every block in one native call, then the head
                 x = x.contiguous()
-                cache.plan.run(x, cache, positions.contiguous(), rows.contiguous(),
+                self.plan.run(x, cache, positions.contiguous(), rows.contiguous(),
                                {kind: (cos.contiguous(), sin.contiguous()) for kind, (cos, sin) in rope.items()})
                 return self.head(x)[:, -1]
         ctx = RaggedStep(positions, rows, cache, rope)
