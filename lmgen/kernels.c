@@ -103,12 +103,20 @@ static inline float activate(int kind, float a) {
   return 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
 }
 
-/* One layer's weights, as a row of the table decode_layers takes: the norms (each NULL where the
- * family has none: pre-norms for OLMo 2, post-norms but for Gemma and OLMo 2, q/k norms but for
- * Qwen3, Gemma 3 and OLMo 2), then (weight, scale, bias) for each projection in turn: q, k, v, o,
- * gate, up, down. NULL where there is none: biases mostly, scales unless int8, gate unless gated. */
-enum { ATTN_NORM_W, ATTN_NORM_B, ATTN_POST_W, MLP_NORM_W, MLP_NORM_B, MLP_POST_W, Q_NORM_W, K_NORM_W,
-       PROJECTIONS, LAYER_POINTERS = PROJECTIONS + 3 * 7 };
+/* A projection's weight (in the model's weight format), its int8 scales and its bias. */
+typedef struct { const void* w; const float* scale; const float* bias; } Weights;
+
+/* One layer, as lmgen/kernels.py's Layer describes it: the norms' weights and biases (NULL where
+ * the family has none: pre-norms for OLMo 2, post-norms but for Gemma and OLMo 2, q/k norms but
+ * for Qwen3, Gemma 3 and OLMo 2), each projection (NULL parts: biases mostly, scales unless int8,
+ * gate unless gated), its sliding window (0: none) and its rotary table (-1: none, else an index
+ * into the cos and sin tables of the step). */
+typedef struct {
+  const float *attn_norm_w, *attn_norm_b, *attn_post_w, *mlp_norm_w, *mlp_norm_b, *mlp_post_w, *q_norm_w, *k_norm_w;
+  Weights q, k, v, o, gate, up, down;
+  int64_t window;
+  int64_t rope;
+} Layer;
 
 /* h = pre-norm of x, or x itself where the family has none. */
 static void pre_norm(const Shape* s, const float* w, const float* b, const float* x, float* h, int64_t M) {
@@ -138,22 +146,21 @@ static int64_t scratch_floats(const Shape* s, int64_t M, int64_t max_keys) {
   return M * (2 * s->d + 2 * q_dim + 2 * kv_dim + 2 * s->d_mlp + s->n_heads * max_keys);
 }
 
-static void decode_block(const Shape* s, float* x, int64_t M, const void* const* t, const Rows* rows, float* scratch,
+static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, const Rows* rows, float* scratch,
                          float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride,
-                         const float* cos, const float* sin, int64_t window) {
-  enum { Q, K, V, O, GATE, UP, DOWN };
-  const void* const* params = t + PROJECTIONS;
+                         const float* cos, const float* sin) {
+  int64_t window = t->window;
   int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
   float *h = scratch, *q = h + M * d, *k = q + M * q_dim, *v = k + M * kv_dim, *att = v + M * kv_dim;
   float *gate = att + M * q_dim, *up = gate + M * d_mlp, *out = up + M * d_mlp, *scores = out + M * d;
-#define PROJ(i, y, n) ((Projection){params[3 * (i)], params[3 * (i) + 1], params[3 * (i) + 2], (y), (n)})
+#define PROJ(p, y, n) ((Projection){t->p.w, t->p.scale, t->p.bias, (y), (n)})
 
-  pre_norm(s, t[ATTN_NORM_W], t[ATTN_NORM_B], x, h, M);
-  Projection qkv[3] = {PROJ(Q, q, q_dim), PROJ(K, k, kv_dim), PROJ(V, v, kv_dim)};
+  pre_norm(s, t->attn_norm_w, t->attn_norm_b, x, h, M);
+  Projection qkv[3] = {PROJ(q, q, q_dim), PROJ(k, k, kv_dim), PROJ(v, v, kv_dim)};
   project(s->wdtype, qkv, 3, h, d, M);
-  qk_norm(s, t[Q_NORM_W], q, M, n_heads);
-  qk_norm(s, t[K_NORM_W], k, M, n_kv);
+  qk_norm(s, t->q_norm_w, q, M, n_heads);
+  qk_norm(s, t->k_norm_w, k, M, n_kv);
   for (int64_t m = 0; m < M; m++) {  /* rotary positions, then append k and v to the cache */
     if (cos) {
       const float *c = cos + m * s->rope_dim, *sn = sin + m * s->rope_dim;
@@ -194,36 +201,35 @@ static void decode_block(const Shape* s, float* x, int64_t M, const void* const*
         for (int64_t i = 0; i < hd; i++) o[i] += p * vj[i];
       }
     }
-  Projection o_proj = PROJ(O, out, d);
+  Projection o_proj = PROJ(o, out, d);
   project(s->wdtype, &o_proj, 1, att, q_dim, M);
-  add_residual(s, t[ATTN_POST_W], out, x, M);
+  add_residual(s, t->attn_post_w, out, x, M);
 
-  pre_norm(s, t[MLP_NORM_W], t[MLP_NORM_B], x, h, M);
-  Projection mlp_in[2] = {PROJ(UP, up, d_mlp), PROJ(GATE, gate, d_mlp)};
+  pre_norm(s, t->mlp_norm_w, t->mlp_norm_b, x, h, M);
+  Projection mlp_in[2] = {PROJ(up, up, d_mlp), PROJ(gate, gate, d_mlp)};
   project(s->wdtype, mlp_in, s->gated ? 2 : 1, h, d, M);
   for (int64_t i = 0; i < M * d_mlp; i++)
     up[i] = s->gated ? activate(s->activation, gate[i]) * up[i] : activate(s->activation, up[i]);
-  Projection down = PROJ(DOWN, out, d);
+  Projection down = PROJ(down, out, d);
   project(s->wdtype, &down, 1, up, d_mlp, M);
-  add_residual(s, t[MLP_POST_W], out, x, M);
+  add_residual(s, t->mlp_post_w, out, x, M);
 #undef PROJ
 }
 
 /* Every block of the model for one new token per row, in place on x (M, d). The KV cache
- * holds all layers: layer l's keys start at k_cache + l * layer_stride. Each layer has its
- * sliding window (0: none) and its rotary table: -1 none, else an index into cos and sin. */
-void decode_layers(const Shape* s, float* x, int64_t M, const void* const* table, const int64_t* windows,
-                   const int* rope_tables, const float* const* cos, const float* const* sin,
+ * holds all layers: layer l's keys start at k_cache + l * layer_stride. cos and sin hold the
+ * step's rotary tables (M rows each), which each layer picks by its rope index. */
+void decode_layers(const Shape* s, float* x, int64_t M, const Layer* layers, const float* const* cos,
+                   const float* const* sin,
                    float* k_cache, float* v_cache, int64_t layer_stride, int64_t batch_stride,
                    int64_t head_stride, const int64_t* cache_row, const int64_t* pos) {
   Rows rows = {cache_row, pos, 0};
   for (int64_t m = 0; m < M; m++) if (pos[m] > rows.max_pos) rows.max_pos = pos[m];
   float* scratch = malloc(sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
   for (int64_t l = 0; l < s->n_layers; l++) {
-    int r = rope_tables[l];
-    decode_block(s, x, M, table + l * LAYER_POINTERS, &rows, scratch, k_cache + l * layer_stride,
-                 v_cache + l * layer_stride, batch_stride, head_stride,
-                 r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r], windows[l]);
+    int64_t r = layers[l].rope;
+    decode_block(s, x, M, layers + l, &rows, scratch, k_cache + l * layer_stride, v_cache + l * layer_stride,
+                 batch_stride, head_stride, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
   }
   free(scratch);
 }

@@ -85,8 +85,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     i64, ptr, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
     lib.gemv.restype = None
-    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, ptr] + [i64] * 3 \
-        + [ptr, ptr]
+    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr] \
+        + [i64] * 3 + [ptr, ptr]
     lib.decode_layers.restype = None
     lib.set_threads.argtypes = [int_]
     lib.set_threads.restype = None
@@ -154,41 +154,60 @@ def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-NORM_POINTERS = 8  # a layer's row in decode_layers' table starts with its norms' weights (and biases)
+NORMS = ("attn_norm_w", "attn_norm_b", "attn_post_w", "mlp_norm_w", "mlp_norm_b", "mlp_post_w", "q_norm_w", "k_norm_w")
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
-def _layer_tensors(block) -> list[Tensor | None]:
-    """One row of decode_layers' table: the norms (None where the family has none), then
-    (weight, scale, bias) for q, k, v, o, gate, up and down (gate is None for a plain MLP)."""
+class Weights(ctypes.Structure):
+    """kernels.c's Weights: a projection's weight, int8 scales and bias (NULL where none)."""
+
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+
+
+class Layer(ctypes.Structure):
+    """kernels.c's Layer: one block's norms and projections, its window and rotary table."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in NORMS] + [(name, Weights) for name in PROJECTIONS] \
+        + [("window", ctypes.c_int64), ("rope", ctypes.c_int64)]
+
+
+def _layer_tensors(block) -> dict[str, Tensor | tuple | None]:
+    """A block's tensors by Layer field: the norms (None where the family has none), then
+    (weight, scale, bias) for each projection (gate is None for a plain MLP)."""
     attn, mlp = block.attn, block.mlp
-    row = [getattr(block.attn_norm, "weight", None), getattr(block.attn_norm, "bias", None),
-           getattr(block.attn_post_norm, "weight", None),
-           getattr(block.mlp_norm, "weight", None), getattr(block.mlp_norm, "bias", None),
-           getattr(block.mlp_post_norm, "weight", None),
-           getattr(attn.q_norm, "weight", None), getattr(attn.k_norm, "weight", None)]
-    for layer in (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down):
-        row += (None, None, None) if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
-    return row
+    norms = (block.attn_norm, "weight"), (block.attn_norm, "bias"), (block.attn_post_norm, "weight"), \
+        (block.mlp_norm, "weight"), (block.mlp_norm, "bias"), (block.mlp_post_norm, "weight"), \
+        (attn.q_norm, "weight"), (attn.k_norm, "weight")
+    tensors = {name: getattr(module, attr, None) for name, (module, attr) in zip(NORMS, norms)}
+    for name, layer in zip(PROJECTIONS, (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)):
+        tensors[name] = None if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
+    return tensors
+
+
+def _layer(cfg, index: int, tensors: dict) -> Layer:
+    layer = Layer(window=cfg.layer_window(index) or 0,
+                  rope=-1 if cfg.layer_rope(index) is None else ROPE_TABLES.index(cfg.layer_rope(index)))
+    for name in NORMS:
+        setattr(layer, name, _ptr(tensors[name]))
+    for name in PROJECTIONS:
+        if tensors[name] is not None:
+            setattr(layer, name, Weights(*(_ptr(t) for t in tensors[name])))
+    return layer
 
 
 class DecodePlan:
     """A Decoder's decode step — every block, one new token per sample — as one native call.
 
-    Holds a table of each layer's weight pointers and the tensors themselves, so the pointers
+    Holds the Layer structs kernels.c reads and the tensors they point into, so the pointers
     stay valid. A plan is made with each KV cache, that is once per generation: weights
     swapped in the middle of one are seen from the next.
     """
 
-    def __init__(self, cfg, rows: list[list[Tensor | None]], weight_dtype: torch.dtype):
+    def __init__(self, cfg, layers: list[dict], weight_dtype: torch.dtype):
         self.cfg = cfg
         self.shape = Shape.of(cfg, weight_dtype)
-        self.tensors = rows  # keeps what the table points into alive
-        pointers = [t.data_ptr() if t is not None else None for row in rows for t in row]
-        self.table = (ctypes.c_void_p * len(pointers))(*pointers)
-        layers = range(cfg.n_layers)
-        self.windows = (ctypes.c_int64 * cfg.n_layers)(*(cfg.layer_window(i) or 0 for i in layers))
-        self.ropes = (ctypes.c_int * cfg.n_layers)(*(
-            -1 if cfg.layer_rope(i) is None else ROPE_TABLES.index(cfg.layer_rope(i)) for i in layers))
+        self.tensors = layers  # keeps what the structs point into alive
+        self.layers = (Layer * cfg.n_layers)(*(_layer(cfg, i, tensors) for i, tensors in enumerate(layers)))
         self.tuner = ThreadTuner(max_threads)
         library().set_threads(max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
 
@@ -200,7 +219,7 @@ class DecodePlan:
         cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
         sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
         library().decode_layers(
-            ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.table, self.windows, self.ropes, cos, sin,
+            ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.layers, cos, sin,
             cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
             rows.data_ptr(), positions.data_ptr(),
         )
@@ -218,9 +237,11 @@ class DecodePlan:
 def decode_plan(model) -> DecodePlan | None:
     """The model's native decode step, or None where the kernels cannot run it: not on the
     CPU, activations not fp32, weight dtypes mixed or unknown, or no compiled library."""
-    rows = [_layer_tensors(block) for block in model.blocks]
-    weights = [t for row in rows for t in row[NORM_POINTERS::3] if t is not None]
-    vectors = [t for row in rows for t in row if t is not None and t.dim() == 1]  # norms, scales, biases
+    layers = [_layer_tensors(block) for block in model.blocks]
+    projections = [layer[name] for layer in layers for name in PROJECTIONS if layer[name] is not None]
+    weights = [weight for weight, _, _ in projections]
+    vectors = [layer[name] for layer in layers for name in NORMS if layer[name] is not None] + \
+        [t for _, scale, bias in projections for t in (scale, bias) if t is not None]
     usable = (
         model.device.type == "cpu"
         and model.dtype == torch.float32
@@ -230,4 +251,4 @@ def decode_plan(model) -> DecodePlan | None:
         and all(v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
         and library() is not None
     )
-    return DecodePlan(model.cfg, rows, weights[0].dtype) if usable else None
+    return DecodePlan(model.cfg, layers, weights[0].dtype) if usable else None
