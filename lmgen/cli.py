@@ -218,6 +218,8 @@ def generate(
         renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line)
     from lmgen.chat import render_chat
 
+    from lmgen.output import generate_in_order, generate_one
+
     texts = (render_chat(lm.path, text, system) if chat else text for text in inputs)
     if each_line and num_samples == 1:
         records = generate_in_order(lm, texts, settings, renderer, batch_size, chat)
@@ -226,67 +228,6 @@ def generate(
     for record in records:
         if stats:
             sys.stderr.write(render.stats_line(record) + "\n")
-
-
-def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool):
-    """Many prompts decoded together (batching.generate_many), each printed as soon as it and
-    every earlier one are done: output in input order. Yields each prompt's summary record."""
-    from lmgen.batching import generate_many
-    from lmgen.generation import Finished
-
-    from lmgen.startup import progress
-
-    prompts: dict[int, str] = {}
-    events: dict[int, list] = {}
-    done, next_index = set(), 0
-
-    def remembered():
-        for index, text in enumerate(texts):
-            prompts[index] = text
-            yield text
-
-    with progress() as report:
-        for event in generate_many(lm, remembered(), settings, batch_size, chat):
-            events.setdefault(event.index, []).append(event)
-            if isinstance(event, Finished):
-                done.add(event.index)
-                report(event)
-            while next_index in done:
-                yield from render_events(lm, prompts.pop(next_index), events.pop(next_index), settings, renderer)
-                next_index += 1
-
-
-def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dict]:
-    """Run one prompt through the renderer; return each sample's summary record."""
-    events = run(lm, text, settings, chat=chat)  # a bad prompt fails here, before anything is printed
-    return render_events(lm, text, events, settings, renderer)
-
-
-def render_events(lm, text: str, events, settings, renderer) -> list[dict]:
-    """Feed one prompt's events to the renderer; return each sample's summary record."""
-    from lmgen.generation import Finished
-    from lmgen.records import summary
-
-    renderer.start(text)
-    tokens: list[list] = [[] for _ in range(settings.num_samples)]  # kept for --show-probs
-    records: list[dict] = []
-    bytes_per_token = lm.model.weight_bytes_per_token()
-    try:
-        for event in events:
-            if isinstance(event, Finished):
-                probs = (tokens[event.sample], lm.tokenizer) if settings.show_probs else ()
-                record = summary(text, event, bytes_per_token, *probs)
-                renderer.finish(record, event.text)
-                records.append(record)
-                continue
-            if settings.show_probs:
-                tokens[event.sample].append(event)
-            renderer.token(event)
-    except KeyboardInterrupt:
-        renderer.end_line()
-        raise
-    renderer.close()
-    return sorted(records, key=lambda r: r["sample"])
 
 
 # ----------------------------------------------------------------------------------------- inspect

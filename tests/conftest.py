@@ -108,6 +108,39 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
+def run_on_a_terminal(exe: str, args, env: dict, stream: str = "stdout", input: bytes = b""):
+    """Run with stdout (or stderr) on a pseudo-terminal: (what the terminal received, what the
+    other stream wrote to its pipe). The command must succeed."""
+    import pty
+    import threading
+
+    controller, terminal = pty.openpty()
+    streams = {"stdout": terminal, "stderr": subprocess.PIPE} if stream == "stdout" else \
+        {"stdout": subprocess.PIPE, "stderr": terminal}
+    proc = subprocess.Popen([exe, *args], stdin=subprocess.PIPE, **streams, env={**os.environ, **env})
+    os.close(terminal)
+    other = []
+    pipe = proc.stderr if stream == "stdout" else proc.stdout
+    reader = threading.Thread(target=lambda: other.append(pipe.read()))
+    reader.start()
+    proc.stdin.write(input)
+    proc.stdin.close()
+    received = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not chunk:
+            break
+        received += chunk
+    proc.wait(timeout=120)
+    reader.join()
+    os.close(controller)
+    assert proc.returncode == 0
+    return received, other[0]
+
+
 def assert_one_line_error(result, code: int, pattern: str) -> None:
     """The CLI failed with `code`: one 'lmgen: error:' line matching pattern, no traceback, no stdout."""
     err = result.stderr.decode()

@@ -11,7 +11,7 @@ from lmgen.batching import generate_many, prompt_seed
 from lmgen.generation import Finished, GenerationSettings, generate, load
 from lmgen.sampling import SamplingSettings
 
-from conftest import save_tiny
+from conftest import run_on_a_terminal, save_tiny
 
 PROMPTS = ["".join(random.Random(i).choice("abcdefgh ijklmnop\n") for _ in range(1 + 7 * i % 61)) for i in range(22)]
 
@@ -116,27 +116,7 @@ def test_torch_decode_step_matches_full_passes_per_row(lm):
 
 
 def test_progress_on_a_terminal_leaves_stdout_to_the_completions(lmgen_exe, tiny_dir):
-    import os
-    import pty
-    import select
-    import subprocess
-
-    controller, terminal = pty.openpty()
-    proc = subprocess.Popen([lmgen_exe, "generate", "-m", str(tiny_dir), "--each-line", "-n", "4"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=terminal,
-                            env={**os.environ, "TERM": "xterm-256color"})
-    out, _ = proc.communicate(b"one\ntwo\nthree\n", timeout=120)
-    os.close(terminal)
-    shown = b""
-    while select.select([controller], [], [], 0.5)[0]:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # EIO: the terminal closed
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(controller)
-    assert proc.returncode == 0
+    args = ["generate", "-m", str(tiny_dir), "--each-line", "-n", "4"]
+    shown, out = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color"}, "stderr", b"one\ntwo\nthree\n")
     assert len(out.splitlines()) == 3 and b"\x1b" not in out
     assert b"prompts done" in shown

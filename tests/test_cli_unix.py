@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import ANSI, assert_one_line_error, run_lmgen, save_tiny
+from conftest import ANSI, assert_one_line_error, run_lmgen, run_on_a_terminal, save_tiny
 
 
 def broken_copy(tiny_dir, tmp_path, what):
@@ -222,44 +222,20 @@ def test_sigint_stops_at_once_with_a_final_newline(lmgen_exe, smollm2_dir):
     assert out.endswith(b"\n") and len(out) < 4000
 
 
-def run_on_a_terminal(exe, args, env, stream="stdout"):
-    """Run with stdout (or stderr) on a pseudo-terminal; return what the terminal received."""
-    import pty
-
-    controller, terminal = pty.openpty()
-    other = subprocess.PIPE
-    streams = {"stdout": terminal, "stderr": other} if stream == "stdout" else {"stdout": other, "stderr": terminal}
-    proc = subprocess.Popen([exe, *args], **streams, env={**os.environ, **env})
-    os.close(terminal)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # EIO: the terminal closed
-            break
-        if not chunk:
-            break
-        received += chunk
-    proc.wait(timeout=120)
-    os.close(controller)
-    assert proc.returncode == 0
-    return received
-
-
 def test_terminal_gets_rich_styling_unless_no_color(lmgen_exe, tiny_dir):
     args = ["generate", "-m", str(tiny_dir), "-n", "4", "--echo", "The cat sat"]
-    styled = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": ""})
+    styled, _ = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": ""})
     assert ANSI.search(styled) and b"The cat sat" in styled
-    plain = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": "1"})
+    plain, _ = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "NO_COLOR": "1"})
     assert not ANSI.search(plain) and b"The cat sat" in plain
 
 
 def test_loading_spinner_only_on_a_terminal(lmgen_exe, smollm2_dir):
     args = ["generate", "-m", str(smollm2_dir), "-n", "2", "Hi"]
     show_at_once = {"TERM": "xterm-256color", "LMGEN_SPINNER_DELAY": "0"}
-    on_terminal = run_on_a_terminal(lmgen_exe, args, show_at_once, stream="stderr")
+    on_terminal, _ = run_on_a_terminal(lmgen_exe, args, show_at_once, stream="stderr")
     assert b"loading model" in on_terminal
     piped = run_lmgen(lmgen_exe, *args, env=show_at_once)
     assert piped.returncode == 0 and piped.stderr == b""
-    quick = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "LMGEN_SPINNER_DELAY": "60"}, "stderr")
+    quick, _ = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "LMGEN_SPINNER_DELAY": "60"}, "stderr")
     assert b"loading model" not in quick  # loading took less than the delay: no spinner
