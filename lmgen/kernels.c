@@ -1,8 +1,9 @@
-/* Matrix-vector products for the decode step, where reading the weights is all the work.
+/* Matrix-vector products for the decode step, where reading the weights is most of the work.
  *
- * y[m, r] = sum_k W[r, k] * x[m, k] for a few rows m (one per sample), with W stored as
- * PyTorch stores a Linear weight: (out_features, in_features), row-major. Each output row is
- * one contiguous dot product, rows are split across threads with OpenMP, and x stays in L1.
+ * y[m, r] = sum_k W[r, k] * x[m, k] for a few rows m (one per sample or prompt), with W stored
+ * as PyTorch stores a Linear weight: (out_features, in_features), row-major. Output rows are
+ * split across threads with OpenMP in groups of eight, x stays in L1, and the dot products come
+ * in tiles (kernels_dot.h) summed in one order whatever the number of rows m.
  * W is fp32, bf16 (upper half of an fp32) or int8 with one fp32 scale per row; x and y are
  * always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
  */
@@ -27,22 +28,24 @@ typedef struct { const void* w; const float* scale; const float* bias; float* y;
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
 static void project(int dtype, const Projection* p, int count, const float* x, int64_t K, int64_t M) {
-  int64_t total = 0;
-  for (int i = 0; i < count; i++) total += p[i].n;
+  int64_t groups = 0;  /* eight output rows each (fewer at a projection's end) */
+  for (int i = 0; i < count; i++) groups += (p[i].n + 7) / 8;
   #pragma omp parallel for schedule(static) num_threads(n_threads)
-  for (int64_t row = 0; row < total; row++) {
+  for (int64_t group = 0; group < groups; group++) {
     int i = 0;
-    int64_t r = row;
-    while (r >= p[i].n) r -= p[i++].n;
-    float s = p[i].scale ? p[i].scale[r] : 1.f, b = p[i].bias ? p[i].bias[r] : 0.f;
-    int64_t m = 0;
-#ifdef __AVX512F__
-    for (float d4[4]; m + 4 <= M; m += 4) {  /* four rows of x per pass over the weight row */
-      dot_rows4(dtype, p[i].w, r, x + m * K, K, d4);
-      for (int j = 0; j < 4; j++) p[i].y[(m + j) * p[i].n + r] = d4[j] * s + b;
+    int64_t g = group;
+    while (g >= (p[i].n + 7) / 8) g -= (p[i++].n + 7) / 8;
+    int64_t r = 8 * g;
+    int nr = p[i].n - r < 8 ? (int)(p[i].n - r) : 8;
+    for (int64_t m = 0; m < M; m += 4) {
+      int nb = M - m < 4 ? (int)(M - m) : 4;
+      float out[8][4];
+      dot_tile(dtype, p[i].w, r, nr, x + m * K, nb, K, out);
+      for (int j = 0; j < nr; j++) {
+        float s = p[i].scale ? p[i].scale[r + j] : 1.f, b = p[i].bias ? p[i].bias[r + j] : 0.f;
+        for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] * s + b;
+      }
     }
-#endif
-    for (; m < M; m++) p[i].y[m * p[i].n + r] = dot_row(dtype, p[i].w, r, x + m * K, K) * s + b;
   }
 }
 
