@@ -1,12 +1,12 @@
 """The generation loop: prefill the prompt once, then one token at a time.
 
 ``decode_loop`` is the model side: it prefills the prompt, then yields the next
-token of every sample (and the logits it came from) until the token budget is
-spent. ``generate`` is the text side and the one place where stopping rules are
-decided: it turns tokens into ``Token`` events (text that is safe to print) and
-ends each sample with a ``Finished`` event whose reason is "stop" (an
-end-of-sequence token or a stop string) or "length" (``max_new_tokens`` or the
-context window).
+token (and the logits it came from) until the token budget is spent.
+``generate`` is the text side: it turns tokens into ``Token`` events (text that is
+safe to print) and ends each sample with a ``Finished`` event whose reason is
+"stop" (an end-of-sequence token or a stop string) or "length" (``max_new_tokens``
+or the context window). Several samples of one prompt, like many prompts, decode
+together on the engine of ``batching.py``, which keeps the same rules per row.
 """
 
 from __future__ import annotations
@@ -95,25 +95,23 @@ def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[i
 
 
 def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple]:
-    """Yield (tokens, logits) per step: the next token of each sample, shape (num_samples,), and
-    the LM head's logits it was chosen from, (num_samples, vocab).
+    """Yield (tokens, logits) per step for one continuation of the prompt: the next token, shape
+    (1,), and the LM head's logits it was chosen from, (1, vocab). (Several samples, or several
+    prompts, decode together in ``batching``.)
 
-    The prompt is prefilled once; its keys and values are shared by every sample. The loop ends
-    after max_new_tokens steps or when the context window is full; the caller may stop earlier.
+    The prompt is prefilled once. The loop ends after max_new_tokens steps or when the context
+    window is full; the caller may stop earlier.
     """
     context = model.cfg.max_context
     check_fits(prompt_ids, context)
     budget = min(settings.max_new_tokens, context - len(prompt_ids))
-    n = settings.num_samples
     device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
-    history = TokenHistory(prompt_ids, n, model.cfg.vocab_size, device) if settings.sampling.uses_history else None
-    cache = model.new_cache(batch=n, max_len=len(prompt_ids) + budget)
+    history = TokenHistory(prompt_ids, 1, model.cfg.vocab_size, device) if settings.sampling.uses_history else None
+    cache = model.new_cache(batch=1, max_len=len(prompt_ids) + budget)
     forward = torch.inference_mode()(model)  # per call: the caller's code between steps keeps its own mode
-    logits = forward(torch.tensor([prompt_ids], device=device), 0, cache.row(0), last_only=True)[:, -1]
+    logits = forward(torch.tensor([prompt_ids], device=device), 0, cache, last_only=True)[:, -1]
     require_finite(logits)
-    cache.copy_row_to_all(0, len(prompt_ids))
-    logits = logits.expand(n, -1)
     for step in range(budget):
         tokens = sample_next_token(logits, settings.sampling, generator, history)
         yield tokens, logits
@@ -160,7 +158,6 @@ class _Sample:
         self.stops = StopStrings(list(stops))
         self.ids: list[int] = []
         self.text = ""  # released so far
-        self.done = False
 
     @property
     def count(self) -> int:
@@ -181,39 +178,28 @@ class _Sample:
     def finished(self, reason: str, tail: str, prompt_tokens: int, start: float, first: float, sample: int,
                  index: int = 0) -> "Finished":
         """The sample's closing event; tail is what the sample released last (already counted)."""
-        self.done = True
         return Finished(reason, tail, prompt_tokens, self.count, first - start, time.perf_counter() - first,
                         sample, index, self.text, tuple(self.ids))
 
 
 def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator:
-    samples = [_Sample(lm, settings.stop) for _ in range(settings.num_samples)]
+    sample = _Sample(lm, settings.stop)
     start = time.perf_counter()
     first = None
-
-    def finished(i: int, reason: str, tail: str) -> Finished:
-        return samples[i].finished(reason, tail, len(prompt_ids), start, first, i)
-
     for tokens, logits in decode_loop(lm.model, prompt_ids, settings):
         first = first or time.perf_counter()
-        probs = _probabilities(logits, tokens, settings.show_probs)
-        for i, token in enumerate(tokens.tolist()):
-            sample = samples[i]
-            if sample.done:
-                continue
-            if token in lm.eos_ids:
-                yield finished(i, "stop", sample.flush())
-                continue
-            text, stopped = sample.push(token)
-            prob, top = probs[i] if probs else (None, ())
-            yield Token(token, text, i, prob, top)
-            if stopped:
-                yield finished(i, "stop", "")
-        if all(s.done for s in samples):
+        token = int(tokens[0])
+        if token in lm.eos_ids:
+            yield sample.finished("stop", sample.flush(), len(prompt_ids), start, first, 0)
             return
-    for i, sample in enumerate(samples):
-        if not sample.done:
-            yield finished(i, "length", sample.flush())
+        text, stopped = sample.push(token)
+        probs = _probabilities(logits, tokens, settings.show_probs)
+        prob, top = probs[0] if probs else (None, ())
+        yield Token(token, text, 0, prob, top)
+        if stopped:
+            yield sample.finished("stop", "", len(prompt_ids), start, first, 0)
+            return
+    yield sample.finished("length", sample.flush(), len(prompt_ids), start, first, 0)
 
 
 def _probabilities(logits, tokens, k: int) -> list[tuple[float, tuple]] | None:

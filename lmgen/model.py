@@ -73,12 +73,6 @@ class KVCache:
         view.k, view.v, view.max_len = self.k[:, i : i + 1], self.v[:, i : i + 1], self.max_len
         return view
 
-    def copy_row_to_all(self, i: int, length: int) -> None:
-        """Share sample i's first ``length`` positions (a prefilled prompt) with every sample."""
-        if self.k.shape[1] > 1:
-            self.k[:, :, :, :length] = self.k[:, i : i + 1, :, :length].clone()
-            self.v[:, :, :, :length] = self.v[:, i : i + 1, :, :length].clone()
-
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         end = start + k.shape[2]
         self.k[layer, :, :, start:end] = k
