@@ -235,6 +235,14 @@ class Decoder(nn.Module):
         self.plan = kernels.decode_plan(self)
         return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)
 
+    def embed_tokens(self, tokens: Tensor) -> Tensor:
+        """Token embeddings in the activations' dtype, scaled where the family scales them (Gemma:
+        by a tensor of that dtype, as transformers has it)."""
+        x = self.embed(tokens).to(self.dtype)
+        if self.cfg.embed_scale != 1.0:
+            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        return x
+
     def forward(
         self, tokens: Tensor, start_pos: int = 0, cache: KVCache | None = None, last_only: bool = False
     ) -> Tensor:
@@ -246,15 +254,13 @@ class Decoder(nn.Module):
         seq = tokens.shape[1]
         if start_pos + seq > self.cfg.max_context:
             raise ValueError(f"positions up to {start_pos + seq} exceed the context window ({self.cfg.max_context})")
-        x = self.embed(tokens).to(self.dtype)
-        if self.cfg.embed_scale != 1.0:  # Gemma: a tensor of the activations' dtype, as transformers has it
-            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        if seq == 1 and cache is not None and self.plan is not None:  # the native decode step
+            positions = torch.full((tokens.shape[0],), start_pos, dtype=torch.int64)
+            return self.decode_step(tokens[:, 0], positions, cache)[:, None]
+        x = self.embed_tokens(tokens)
         ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype, self.rope_memo)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
-        if seq == 1 and cache is not None and self.plan is not None:
-            positions = torch.full((tokens.shape[0],), start_pos, dtype=torch.int64)
-            return self.decode_step(tokens[:, 0], positions, cache)[:, None]
         for block in self.blocks:
             x = block(x, ctx)
         if last_only:
@@ -269,9 +275,7 @@ class Decoder(nn.Module):
         if int(positions.max()) >= self.cfg.max_context:
             raise ValueError(f"position {int(positions.max())} is beyond the context window ({self.cfg.max_context})")
         rows = torch.arange(len(tokens)) if rows is None else rows
-        x = self.embed(tokens[:, None]).to(self.dtype)
-        if self.cfg.embed_scale != 1.0:
-            x = x * torch.tensor(self.cfg.embed_scale, dtype=x.dtype)
+        x = self.embed_tokens(tokens[:, None])
         if self.pos_embed is not None:
             x = x + self.pos_embed(positions)[:, None]
         rope = rope_rows(self.cfg, positions, x.dtype, self.rope_memo) if self.cfg.positions == "rope" else {}
