@@ -67,14 +67,20 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[int]],
 
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
     engine = _Engine(lm, settings, batch_size)
-    pending = ((index, sample, prompt) for index, prompt in enumerate(prompts)
-               for sample in range(settings.num_samples))
+
+    def pending():  # (index, sample, token ids), each prompt tokenized once for all its samples
+        for index, prompt in enumerate(prompts):
+            ids = list(prompt) if isinstance(prompt, list) else prompt_ids_for(lm, prompt, settings, chat)
+            for sample in range(settings.num_samples):
+                yield index, sample, ids
+
+    queue = pending()
     while True:
         for slot in engine.free_slots():
-            item = next(pending, None)
+            item = next(queue, None)
             if item is None:
                 break
-            yield from engine.join(slot, *item, chat)
+            yield from engine.join(slot, *item)
         if not engine.in_flight():
             return
         yield from engine.step()
@@ -95,12 +101,11 @@ class _Engine:
     def in_flight(self) -> list[int]:
         return [slot for slot, row in enumerate(self.rows) if row is not None]
 
-    def join(self, slot: int, index: int, sample: int, prompt: str | list[int], chat: bool) -> Iterator:
-        """Put sample ``sample`` of prompt ``index`` in row ``slot`` and choose its first token. The
-        prompt is prefilled there, or, when another sample of it is in flight, its keys and values
-        are copied from that row (a prompt is prefilled once for all its samples)."""
+    def join(self, slot: int, index: int, sample: int, ids: list[int]) -> Iterator:
+        """Put sample ``sample`` of prompt ``index`` (token ids) in row ``slot`` and choose its first
+        token. The prompt is prefilled there, or, when another sample of it is in flight, its keys
+        and values are copied from that row (a prompt is prefilled once for all its samples)."""
         lm, settings = self.lm, self.settings
-        ids = list(prompt) if isinstance(prompt, list) else prompt_ids_for(lm, prompt, settings, chat)
         budget = min(settings.max_new_tokens, lm.config.max_context - len(ids))
         self._reserve(len(ids) + budget)
         seed = prompt_seed(prompt_seed(settings.seed, index), sample)
