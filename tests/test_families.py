@@ -6,6 +6,8 @@ small enough to bite, post-norms, q/k norms, head_dim ≠ d_model / heads, tied 
 heads, GQA and MHA. Norm weights get noise, so a norm applied wrongly shows.
 """
 
+import copy
+
 import pytest
 import torch
 
@@ -16,6 +18,9 @@ from lmgen.generation import GenerationSettings, decode_loop
 from conftest import TINY, byte_tokenizer
 
 PROMPT = 40  # longer than the windows (16) and the original contexts (32) below
+# Gemma 3: linear scaling on the full-attention layers, an unscaled base of their own on the sliding ones
+GEMMA3_ROPE = dict(full_attention=dict(rope_type="linear", factor=2.0, rope_theta=100000.0),
+                   sliding_attention=dict(rope_type="default", rope_theta=10000.0))
 LONGROPE = dict(rope_type="longrope", short_factor=[1.0, 1.2, 1.5, 2.0], long_factor=[1.0, 2.0, 4.0, 8.0])
 
 CASES = {
@@ -38,10 +43,7 @@ CASES = {
     "gemma3": ("gemma3_text", dict(head_dim=32, num_hidden_layers=4, sliding_window=16, query_pre_attn_scalar=32,
                                    layer_types=["sliding_attention", "full_attention"] * 2,
                                    final_logit_softcapping=1.5,
-                                   rope_parameters=dict(full_attention=dict(rope_type="linear", factor=2.0,
-                                                                            rope_theta=100000.0),
-                                                        sliding_attention=dict(rope_type="default",
-                                                                               rope_theta=10000.0)))),
+                                   rope_parameters=GEMMA3_ROPE)),
     "phi3-longrope-partial": ("phi3", dict(partial_rotary_factor=0.5, original_max_position_embeddings=32,
                                            rope_parameters=dict(LONGROPE, rope_theta=10000.0,
                                                                 partial_rotary_factor=0.5))),
@@ -61,7 +63,7 @@ def save_family(model_type: str, overrides: dict, path, seed: int = 0):
     import transformers
 
     torch.manual_seed(seed)
-    args = {**TINY, "num_key_value_heads": 2, "pad_token_id": 0, **overrides}
+    args = {**TINY, "num_key_value_heads": 2, "pad_token_id": 0, **copy.deepcopy(overrides)}  # transformers edits them
     cfg = transformers.AutoConfig.for_model(model_type, **args)
     cfg._attn_implementation = "eager"  # the reference: soft-capping is only in eager attention
     model = transformers.AutoModelForCausalLM.from_config(cfg).eval()

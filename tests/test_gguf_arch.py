@@ -17,7 +17,7 @@ from gguf import MODEL_ARCH, GGUFWriter, RopeScalingType, get_tensor_name_map
 from lmgen.checkpoint import load_model
 from lmgen.gguf_import import convert_gguf
 
-from test_families import save_family
+from test_families import GEMMA3_ROPE, save_family
 from test_gguf_fuzz import MERGES, tiny_vocab
 from test_gguf_tokenizer import WORDS
 
@@ -32,10 +32,7 @@ CASES = {
                               attn_logit_softcapping=2.0, final_logit_softcapping=1.5)),
     "gemma3": ("gemma3_text", dict(head_dim=32, num_hidden_layers=6, sliding_window=16, query_pre_attn_scalar=32,
                                    final_logit_softcapping=1.5,
-                                   rope_parameters=dict(full_attention=dict(rope_type="linear", factor=2.0,
-                                                                            rope_theta=100000.0),
-                                                        sliding_attention=dict(rope_type="default",
-                                                                               rope_theta=10000.0)))),
+                                   rope_parameters=GEMMA3_ROPE)),
     "phi3": ("phi3", dict(partial_rotary_factor=0.5, original_max_position_embeddings=32,
                           rope_parameters=dict(rope_type="longrope", rope_theta=10000.0, partial_rotary_factor=0.5,
                                                short_factor=[1.0, 1.2, 1.5, 2.0], long_factor=[1.0, 2.0, 4.0, 8.0]))),
