@@ -93,7 +93,6 @@ class _Engine:
         self.cache: KVCache | None = None
         self.forward = torch.inference_mode()(self.model)
         self.decode = torch.inference_mode()(self.model.decode_step)
-        self.prefills = self.steps = 0  # counted, for the tests and benchmarks
 
     def free_slots(self) -> list[int]:
         return [slot for slot, row in enumerate(self.rows) if row is None]
@@ -121,7 +120,6 @@ class _Engine:
             logits = self.rows[sibling].prompt_logits
         else:
             logits = self.forward(torch.tensor([ids], device=device), 0, self.cache.row(slot), last_only=True)[:, -1]
-            self.prefills += 1
             require_finite(logits)
         row.prompt_logits = logits
         row.first = time.perf_counter()
@@ -136,7 +134,6 @@ class _Engine:
         tokens = torch.tensor([row.token for row in rows], device=device)
         positions = torch.tensor([row.position for row in rows], dtype=torch.int64, device=device)
         logits = self.decode(tokens, positions, self.cache, torch.tensor(slots, dtype=torch.int64, device=device))
-        self.steps += 1
         require_finite(logits)
         for i, slot in enumerate(slots):
             yield from self._choose(slot, logits[i : i + 1])

@@ -222,7 +222,8 @@ def generate(
 
     texts = (render_chat(lm.path, text, system) if chat else text for text in inputs)
     if each_line and num_samples == 1:
-        records = generate_in_order(lm, texts, settings, renderer, batch_size, chat)
+        total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
+        records = generate_in_order(lm, texts, settings, renderer, batch_size, chat, total)
     else:
         records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run, chat))
     for record in records:

@@ -6,9 +6,10 @@ Shared by the command line's ``generate`` paths; the records come from ``records
 from __future__ import annotations
 
 
-def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool):
+def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool, total: int | None = None):
     """Many prompts decoded together (batching.generate_many), each printed as soon as it and
-    every earlier one are done: output in input order. Yields each prompt's summary record."""
+    every earlier one are done: output in input order. Yields each prompt's summary record.
+    ``total``: how many prompts there are, if known (the progress bar's length)."""
     from lmgen.batching import generate_many
     from lmgen.generation import Finished
 
@@ -23,7 +24,7 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool
             prompts[index] = text
             yield text
 
-    with progress() as report:
+    with progress(total) as report:
         for event in generate_many(lm, remembered(), settings, batch_size, chat):
             events.setdefault(event.index, []).append(event)
             if isinstance(event, Finished):

@@ -119,6 +119,32 @@ def each_line(limit: int, truncate: bool = False) -> Iterator[str]:
             yield line
 
 
+COUNTED_BYTES = 1 << 28  # a larger file of prompts gets a running count, not a bar
+
+
+def count_lines() -> int | None:
+    """How many prompts --each-line will read, when stdin is a regular file no larger than
+    COUNTED_BYTES (for the progress bar's total); None for a pipe or terminal. The file is read
+    from stdin's offset in chunks with pread, which leaves that offset alone: nothing is consumed
+    and memory stays bounded. A line counts if it has a non-blank byte, as each_line's rule."""
+    try:
+        info = os.fstat(0)
+        offset = os.lseek(0, 0, os.SEEK_CUR)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size - offset > COUNTED_BYTES:
+        return None
+    count, filled = 0, False
+    while chunk := os.pread(0, CHUNK, offset):
+        offset += len(chunk)
+        *ended, rest = chunk.split(b"\n")
+        for line in ended:
+            count += filled or bool(line.strip())
+            filled = False
+        filled = filled or bool(rest.strip())
+    return count + filled
+
+
 def _rest_of_line(stream, head: bytes, limit: int, truncate: bool, where: str) -> bytes:
     """An overlong line: refused, or (truncate) its last limit bytes and its newline."""
     if not truncate:

@@ -1,5 +1,5 @@
 """What the command line shows and does around the work: freeze the imports out of the garbage
-collector's way, a spinner on a terminal while the weights load, and a running count of the
+collector's way, a spinner on a terminal while the weights load, and a progress bar of the
 prompts done with --each-line."""
 
 from __future__ import annotations
@@ -43,32 +43,38 @@ class loading_status:
 
 
 class progress:
-    """A running count on stderr of the prompts done, their tokens and the aggregate rate, if
-    stderr is a terminal (in a pipe: nothing). The context gives a function to call per prompt."""
+    """A progress bar on stderr of the prompts done (out of ``total``, when known: a running count
+    otherwise), their tokens and the aggregate rate, if stderr is a terminal (in a pipe: nothing).
+    The context gives a function to call per finished prompt."""
+
+    def __init__(self, total: int | None = None):
+        self.total = total
 
     def __enter__(self):
         import time
 
-        self.live, self.prompts, self.tokens, self.start = None, 0, 0, time.perf_counter()
+        self.bar, self.tokens, self.start = None, 0, time.perf_counter()
         if sys.stderr.isatty():
             from rich.console import Console
-            from rich.live import Live
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
             # stdout left alone: the completions go there, not through rich
-            self.live = Live("", console=Console(stderr=True), transient=True, redirect_stdout=False,
-                             redirect_stderr=False)
-            self.live.start()
+            self.bar = Progress(BarColumn(), MofNCompleteColumn(), TextColumn("prompts done, {task.description}"),
+                                console=Console(stderr=True), transient=True, redirect_stdout=False,
+                                redirect_stderr=False)
+            self.task = self.bar.add_task("0 tokens", total=self.total)
+            self.bar.start()
         return self.report
 
     def report(self, finished) -> None:
         import time
 
-        self.prompts += 1
         self.tokens += finished.new_tokens
-        if self.live is not None:
+        if self.bar is not None:
             rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
-            self.live.update(f"{self.prompts} prompts done, {self.tokens} tokens, {rate:.1f} tokens/s", refresh=True)
+            self.bar.update(self.task, advance=1, description=f"{self.tokens} tokens, {rate:.1f} tokens/s",
+                            refresh=True)
 
     def __exit__(self, *exc) -> None:
-        if self.live is not None:
-            self.live.stop()
+        if self.bar is not None:
+            self.bar.stop()

@@ -7,7 +7,8 @@ The same prompts of mixed lengths (greedy, end-of-sequence ignored by giving eve
 same token budget through a stop-free run) go through ``batching.generate_many`` at each batch
 size, in turn, in one process; each line gives the aggregate generated tokens/s (all prompts'
 new tokens over the whole job's wall time, prefills included), its ratio to batch size 1 in
-this run, and the KV-cache memory each extra row costs. ``--transformers`` adds the same job
+this run, the share of the wall time spent in batched decode steps (the rest: prefills of
+joining prompts, sampling, detokenizing) and the KV-cache memory each extra row costs. ``--transformers`` adds the same job
 through transformers' ``generate`` with left-padded batches of 16. It reports; it asserts
 nothing.
 """
@@ -35,14 +36,28 @@ def mixed_prompts(count: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))).capitalize() for _ in range(count)]
 
 
-def run_lmgen(lm, prompts: list[str], tokens: int, batch_size: int) -> tuple[float, int]:
+def run_lmgen(lm, prompts: list[str], tokens: int, batch_size: int) -> tuple[float, float]:
+    """(aggregate generated tokens/s, share of the time in decode steps)."""
     settings = GenerationSettings(max_new_tokens=tokens)
     lm.eos_ids = frozenset()  # every prompt generates its full budget: the same work at every size
+    decode_step, in_steps = lm.model.decode_step, [0.0]
+
+    def timed_step(*args):
+        begin = time.perf_counter()
+        logits = decode_step(*args)
+        in_steps[0] += time.perf_counter() - begin
+        return logits
+
+    lm.model.decode_step = timed_step
     start, generated = time.perf_counter(), 0
-    for event in generate_many(lm, prompts, settings, batch_size=batch_size):
-        if isinstance(event, Finished):
-            generated += event.new_tokens
-    return generated / (time.perf_counter() - start), generated
+    try:
+        for event in generate_many(lm, prompts, settings, batch_size=batch_size):
+            if isinstance(event, Finished):
+                generated += event.new_tokens
+    finally:
+        del lm.model.decode_step
+    wall = time.perf_counter() - start
+    return generated / wall, in_steps[0] / wall
 
 
 def run_transformers(path: Path, prompts: list[str], tokens: int, batch_size: int) -> float:
@@ -82,10 +97,10 @@ def main() -> None:
         base = None
         print(f"{dtype}: {len(prompts)} prompts × {args.tokens} new tokens, greedy")
         for size in map(int, args.sizes.split(",")):
-            rate, generated = run_lmgen(lm, prompts, args.tokens, size)
+            rate, in_steps = run_lmgen(lm, prompts, args.tokens, size)
             base = base or rate
             print(f"  batch {size:3}  {rate:7.1f} tokens/s  {rate / base:5.2f}x batch 1   "
-                  f"KV cache {row_bytes / 2**20:.1f} MiB per row")
+                  f"{100 * in_steps:3.0f}% in decode steps   KV cache {row_bytes / 2**20:.1f} MiB per row")
     if args.transformers:
         rate = run_transformers(path, prompts, args.tokens, 16)
         print(f"transformers fp32, left-padded batches of 16: {rate:.1f} tokens/s")

@@ -108,23 +108,27 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
-def run_on_a_terminal(exe: str, args, env: dict, stream: str = "stdout", input: bytes = b""):
+def run_on_a_terminal(exe: str, args, env: dict, stream: str = "stdout", input=b""):
     """Run with stdout (or stderr) on a pseudo-terminal: (what the terminal received, what the
-    other stream wrote to its pipe). The command must succeed."""
+    other stream wrote to its pipe). ``input``: bytes piped to stdin, or an open file that is
+    stdin. The command must succeed."""
     import pty
     import threading
 
     controller, terminal = pty.openpty()
     streams = {"stdout": terminal, "stderr": subprocess.PIPE} if stream == "stdout" else \
         {"stdout": subprocess.PIPE, "stderr": terminal}
-    proc = subprocess.Popen([exe, *args], stdin=subprocess.PIPE, **streams, env={**os.environ, **env})
+    piped = isinstance(input, bytes)
+    proc = subprocess.Popen([exe, *args], stdin=subprocess.PIPE if piped else input, **streams,
+                            env={**os.environ, **env})
     os.close(terminal)
     other = []
     pipe = proc.stderr if stream == "stdout" else proc.stdout
     reader = threading.Thread(target=lambda: other.append(pipe.read()))
     reader.start()
-    proc.stdin.write(input)
-    proc.stdin.close()
+    if piped:
+        proc.stdin.write(input)
+        proc.stdin.close()
     received = b""
     while True:
         try:

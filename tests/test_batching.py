@@ -119,4 +119,14 @@ def test_progress_on_a_terminal_leaves_stdout_to_the_completions(lmgen_exe, tiny
     args = ["generate", "-m", str(tiny_dir), "--each-line", "-n", "4"]
     shown, out = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color"}, "stderr", b"one\ntwo\nthree\n")
     assert len(out.splitlines()) == 3 and b"\x1b" not in out
-    assert b"prompts done" in shown
+    assert b"prompts done" in shown and b"3/?" in shown  # a pipe: a running count
+
+
+def test_progress_bar_knows_the_lines_of_a_file(lmgen_exe, tiny_dir, tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"one\n\ntwo\nthree\n")
+    with open(path, "rb") as stdin:
+        shown, out = run_on_a_terminal(lmgen_exe, ["generate", "-m", str(tiny_dir), "--each-line", "-n", "4"],
+                                       {"TERM": "xterm-256color"}, "stderr", stdin)
+    assert len(out.splitlines()) == 3
+    assert b"3/3" in shown and b"prompts done" in shown
