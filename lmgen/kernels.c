@@ -4,15 +4,16 @@
  * as PyTorch stores a Linear weight: (out_features, in_features), row-major. Output rows are
  * split across threads with OpenMP in groups of eight, x stays in L1, and the dot products come
  * in tiles (kernels_dot.h) summed in one order whatever the number of rows m.
- * W is fp32, bf16 (upper half of an fp32) or int8 with one fp32 scale per row; x and y are
- * always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
+ * W is fp32, bf16 (upper half of an fp32), int8 with one fp32 scale per row, or blocks of
+ * llama.cpp's Q8_0, Q4_0 or Q4_1 (a row of K values is K / 32 blocks); x and y are always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels_dot.h"  /* the dot products, per weight format */
+#include "kernels_dot.h"  /* the dot products of float weights */
+#include "kernels_quant.h"  /* ... and of block-quantized ones */
 
 /* Threads per parallel region, set from Python (the cores available, or what decode found
  * fastest while other processes compete for them). Ignored by a build without OpenMP. */
@@ -28,6 +29,8 @@ typedef struct { const void* w; const float* scale; const float* bias; float* y;
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
 static void project(int dtype, const Projection* p, int count, const float* x, int64_t K, int64_t M) {
+  int blocked = dtype >= W_Q8_0;
+  QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
   int64_t groups = 0;  /* eight output rows each (fewer at a projection's end) */
   for (int i = 0; i < count; i++) groups += (p[i].n + 7) / 8;
   #pragma omp parallel for schedule(static) num_threads(n_threads)
@@ -40,13 +43,15 @@ static void project(int dtype, const Projection* p, int count, const float* x, i
     for (int64_t m = 0; m < M; m += 4) {
       int nb = M - m < 4 ? (int)(M - m) : 4;
       float out[8][4];
-      dot_tile(dtype, p[i].w, r, nr, x + m * K, nb, K, out);
+      if (blocked) block_tile(dtype, p[i].w, r, nr, &a, m, nb, out);
+      else dot_tile(dtype, p[i].w, r, nr, x + m * K, nb, K, out);
       for (int j = 0; j < nr; j++) {
         float s = p[i].scale ? p[i].scale[r + j] : 1.f, b = p[i].bias ? p[i].bias[r + j] : 0.f;
         for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] * s + b;
       }
     }
   }
+  if (blocked) free_x(a);
 }
 
 /* y (M, N) = x (M, K) @ W.T (* scale per row): a Linear layer's few-row product. */

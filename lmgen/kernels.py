@@ -28,7 +28,7 @@ from torch import Tensor
 from lmgen.threads import ThreadTuner
 
 SOURCE = Path(__file__).with_name("kernels.c")
-HEADERS = [Path(__file__).with_name("kernels_dot.h")]  # included by kernels.c
+HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels_quant.h")]  # included by kernels.c
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
@@ -129,6 +129,22 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor 
     return out if bias is None else out + bias
 
 
+def block_usable(x: Tensor) -> bool:
+    """Whether the kernels can multiply x by block-quantized weights (any number of rows: they
+    are the only fast way to, and prefill then computes exactly what decode does)."""
+    return x.device.type == "cpu" and library() is not None
+
+
+def block_linear(x: Tensor, blocks: Tensor, fmt, n_in: int, bias: Tensor | None = None) -> Tensor:
+    """x @ W.T + bias for W (n_out, n_in) stored as blocks of ``fmt`` (lmgen.quant)."""
+    n_out = blocks.shape[0]
+    rows = x.reshape(-1, n_in).to(torch.float32).contiguous()
+    out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
+    library().gemv(fmt.code, blocks.data_ptr(), None, rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])
+    out = out.view(*x.shape[:-1], n_out).to(x.dtype)
+    return out if bias is None else out + bias
+
+
 NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
 ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 QK_NORM_CODES = {None: 0, "head": 1, "projection": 2}
@@ -143,10 +159,10 @@ class Shape(ctypes.Structure):
         + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")]
 
     @classmethod
-    def of(cls, cfg, weight_dtype: torch.dtype) -> "Shape":
+    def of(cls, cfg, weight_code: int) -> "Shape":
         return cls(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.rotary_dim, cfg.n_layers,
                    NORM_CODES[cfg.norm], QK_NORM_CODES[cfg.qk_norm], cfg.mlp == "gated",
-                   ACTIVATION_CODES[cfg.activation], WEIGHT_CODES[weight_dtype],
+                   ACTIVATION_CODES[cfg.activation], weight_code,
                    cfg.norm_eps, cfg.norm_offset, cfg.attn_scale or cfg.head_dim**-0.5, cfg.attn_softcap or 0.0)
 
 
@@ -171,16 +187,23 @@ class Layer(ctypes.Structure):
         + [("window", ctypes.c_int64), ("rope", ctypes.c_int64)]
 
 
+def weight_code(linear) -> int | None:
+    """The number kernels.c gives a projection's weight format (None: one it cannot read)."""
+    fmt = getattr(linear, "format", None)
+    return fmt.code if fmt is not None else WEIGHT_CODES.get(linear.weight.dtype)
+
+
 def _layer_tensors(block) -> dict[str, Tensor | tuple | None]:
     """A block's tensors by Layer field: the norms (None where the family has none), then
-    (weight, scale, bias) for each projection (gate is None for a plain MLP)."""
+    (weight, scale, bias, weight code) for each projection (gate is None for a plain MLP)."""
     attn, mlp = block.attn, block.mlp
     norms = (block.attn_norm, "weight"), (block.attn_norm, "bias"), (block.attn_post_norm, "weight"), \
         (block.mlp_norm, "weight"), (block.mlp_norm, "bias"), (block.mlp_post_norm, "weight"), \
         (attn.q_norm, "weight"), (attn.k_norm, "weight")
     tensors = {name: getattr(module, attr, None) for name, (module, attr) in zip(NORMS, norms)}
     for name, layer in zip(PROJECTIONS, (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)):
-        tensors[name] = None if layer is None else (layer.weight, getattr(layer, "scale", None), layer.bias)
+        tensors[name] = None if layer is None else \
+            (layer.weight, getattr(layer, "scale", None), layer.bias, weight_code(layer))
     return tensors
 
 
@@ -191,7 +214,7 @@ def _layer(cfg, index: int, tensors: dict) -> Layer:
         setattr(layer, name, _ptr(tensors[name]))
     for name in PROJECTIONS:
         if tensors[name] is not None:
-            setattr(layer, name, Weights(*(_ptr(t) for t in tensors[name])))
+            setattr(layer, name, Weights(*(_ptr(t) for t in tensors[name][:3])))
     return layer
 
 
@@ -203,9 +226,9 @@ class DecodePlan:
     swapped in the middle of one are seen from the next.
     """
 
-    def __init__(self, cfg, layers: list[dict], weight_dtype: torch.dtype):
+    def __init__(self, cfg, layers: list[dict], weight_code: int):
         self.cfg = cfg
-        self.shape = Shape.of(cfg, weight_dtype)
+        self.shape = Shape.of(cfg, weight_code)
         self.tensors = layers  # keeps what the structs point into alive
         self.layers = (Layer * cfg.n_layers)(*(_layer(cfg, i, tensors) for i, tensors in enumerate(layers)))
         self.tuner = ThreadTuner(max_threads)
@@ -239,16 +262,17 @@ def decode_plan(model) -> DecodePlan | None:
     CPU, activations not fp32, weight dtypes mixed or unknown, or no compiled library."""
     layers = [_layer_tensors(block) for block in model.blocks]
     projections = [layer[name] for layer in layers for name in PROJECTIONS if layer[name] is not None]
-    weights = [weight for weight, _, _ in projections]
+    weights = [weight for weight, _, _, _ in projections]
+    codes = {code for _, _, _, code in projections}
     vectors = [layer[name] for layer in layers for name in NORMS if layer[name] is not None] + \
-        [t for _, scale, bias in projections for t in (scale, bias) if t is not None]
+        [t for _, scale, bias, _ in projections for t in (scale, bias) if t is not None]
     usable = (
         model.device.type == "cpu"
         and model.dtype == torch.float32
-        and len({w.dtype for w in weights}) == 1
-        and weights[0].dtype in WEIGHT_CODES
+        and len(codes) == 1
+        and None not in codes
         and all(w.is_contiguous() for w in weights)
         and all(v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
         and library() is not None
     )
-    return DecodePlan(model.cfg, layers, weights[0].dtype) if usable else None
+    return DecodePlan(model.cfg, layers, codes.pop()) if usable else None

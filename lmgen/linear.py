@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmgen import kernels
+from lmgen import kernels, quant
 from lmgen.layout import tied_aliases
 
 
@@ -78,4 +78,56 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         model.head.linear = Int8Linear(q, scale, None)  # the same int8 tensor as the embedding
     else:
         model.head.linear = Int8Linear(*quantize_rows(model.head.linear.weight), None)
+    return model
+
+
+class BlockLinear(nn.Module):
+    """A projection whose weight is block-quantized (``quant.FORMATS``): ``weight`` holds the
+    blocks' bytes, (out_features, in_features / 32 * block bytes), in the native kernels' and
+    GGUF's layout. Without the kernels it is dequantized for each product (slow, same values)."""
+
+    def __init__(self, blocks: Tensor, fmt: quant.BlockFormat, in_features: int, bias: Tensor | None):
+        super().__init__()
+        self.format, self.in_features = fmt, in_features
+        self.register_buffer("weight", blocks)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if kernels.block_usable(x):
+            return kernels.block_linear(x, self.weight, self.format, self.in_features, self.bias)
+        return F.linear(x, quant.dequantize(self.weight, self.format).to(x.dtype), self.bias)
+
+
+class BlockEmbedding(nn.Module):
+    """Token embedding rows dequantized from blocks (the tensor a tied LM head also uses)."""
+
+    def __init__(self, blocks: Tensor, fmt: quant.BlockFormat, dim: int):
+        super().__init__()
+        self.format, self.in_features = fmt, dim
+        self.register_buffer("weight", blocks)
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return quant.dequantize_rows(self.weight, self.format, ids)
+
+
+def _block_linear(linear: nn.Module, fmt: quant.BlockFormat) -> BlockLinear:
+    return BlockLinear(quant.quantize(linear.weight, fmt), fmt, linear.weight.shape[1], linear.bias)
+
+
+def quantize_blocks(model: nn.Module, fmt: quant.BlockFormat, embed_fmt: quant.BlockFormat) -> nn.Module:
+    """Replace every projection with block-quantized copies in ``fmt``, one tensor at a time (each
+    float weight is freed as its blocks replace it); the token embedding and the LM head in
+    ``embed_fmt`` (llama.cpp keeps them at 8 bits in its 4-bit files)."""
+    for block in model.blocks:
+        for parent in (block.attn, block.mlp):
+            for name, child in list(parent.named_children()):
+                if isinstance(child, nn.Linear):
+                    setattr(parent, name, _block_linear(child, fmt))
+    dim = model.embed.weight.shape[1]
+    blocks = quant.quantize(model.embed.weight, embed_fmt)
+    model.embed = BlockEmbedding(blocks, embed_fmt, dim)
+    if "head.linear.weight" in tied_aliases(model.cfg):
+        model.head.linear = BlockLinear(blocks, embed_fmt, dim, None)  # the same blocks as the embedding
+    else:
+        model.head.linear = _block_linear(model.head.linear, embed_fmt)
     return model

@@ -1,5 +1,6 @@
 """Loading a model for generation: a checkpoint directory, its tokenizer and end-of-sequence
-ids, with the weights in the dtype asked for (int8 quantized after loading) on the device."""
+ids, with the weights in the dtype asked for (block-quantized after loading for q8 and q4) on
+the device."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ from lmgen.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "int8": torch.int8}
+# Block-quantized weights (lmgen.quant), fp32 activations: --dtype name → (projections' format,
+# the token embedding's and LM head's). 4-bit keeps those two at 8 bits, as llama.cpp does.
+QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q8_0"), "q4_1": ("q4_1", "q8_0"),
+             "q4_0": ("q4_0", "q8_0")}
 
 
 @dataclass
@@ -41,8 +46,11 @@ class LanguageModel:
 
 
 def parse_dtype(name: str) -> torch.dtype:
+    """The torch dtype the weights are loaded in (float32 for those quantized after loading)."""
+    if name in QUANTIZED:
+        return torch.float32
     if name not in DTYPES:
-        raise InputError(f"unknown dtype {name!r} (choose from {', '.join(DTYPES)})")
+        raise InputError(f"unknown dtype {name!r} (choose from {', '.join([*DTYPES, *QUANTIZED])})")
     return DTYPES[name]
 
 
@@ -61,7 +69,7 @@ def parse_device(name: str) -> torch.device:
 def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
     """Load a checkpoint directory (config + safetensors + tokenizer.json)."""
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
-    int8 = torch_dtype == torch.int8  # int8 weights, fp32 activations
+    int8 = torch_dtype == torch.int8 or dtype in QUANTIZED  # narrow weights, fp32 activations
     # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
     # stay fp32 (more exact, and what the native decode kernels take). On a GPU all is dtype.
     vector_dtype = torch.float32 if torch_device.type == "cpu" or int8 else torch_dtype
@@ -69,10 +77,15 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
     # anonymous memory each is freed when its int8 copy replaces it.
     model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device, vector_dtype,
                                    mapped=not int8)
-    if int8:
+    if torch_dtype == torch.int8:
         from lmgen.linear import quantize_int8
 
         quantize_int8(model)
+    if dtype in QUANTIZED:
+        from lmgen.linear import quantize_blocks
+        from lmgen.quant import FORMATS
+
+        quantize_blocks(model, *(FORMATS[name] for name in QUANTIZED[dtype]))
     if files.tokenizer is None:
         raise CheckpointError(f"{files.root} has no tokenizer.json")
     tokenizer = Tokenizer(files.tokenizer)
