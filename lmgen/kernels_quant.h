@@ -4,7 +4,7 @@
  * The activations are rounded to 16-bit integers with one scale per block of 32 (xs = max|x| /
  * 32767: a relative error of 1.5e-5 of the block's largest value, 250 times finer than the
  * weights' own 8-bit rounding and finer than bf16), so that each block's products are summed
- * exactly in integers — 32 of them in one AVX-512 VNNI instruction (vpdpwssd), with the 4-bit
+ * exactly in integers — 32 of them in one AVX-512BW instruction (vpmaddwd), with the 4-bit
  * values unpacked from their nibbles in registers. Each block's integer sums are then scaled by
  * d · xs (plus m · Σx for Q4_1) into fp32 accumulators. As for the float formats, work comes in
  * tiles of 4 weight rows × 4 rows of x, and every dot product is summed in one order whatever
@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __AVX512BW__
+#if defined(__AVX512BW__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 
@@ -25,6 +25,9 @@ static inline int block_bytes(int dtype) { return dtype == W_Q8_0 ? 34 : dtype =
 
 static inline float half_to_float(const uint8_t* p) {
   uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
+#ifdef __F16C__
+  return _cvtsh_ss(h);
+#endif
   uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
   if (exp == 0x1f) u = sign | 0x7f800000u | (man << 13);  /* inf, nan */
   else if (exp) u = sign | ((exp + 112) << 23) | (man << 13);
@@ -78,13 +81,9 @@ static inline __m512i block_values(int dtype, const uint8_t* blk, float* d, floa
   return dtype == W_Q4_0 ? _mm512_sub_epi16(q, _mm512_set1_epi16(8)) : q;
 }
 
-static inline __m512i block_dot(__m512i w, const int16_t* x) {
-#ifdef __AVX512VNNI__
-  return _mm512_dpwssd_epi32(_mm512_setzero_si512(), w, _mm512_loadu_si512(x));
-#else
-  return _mm512_madd_epi16(w, _mm512_loadu_si512(x));
-#endif
-}
+/* Pairs of adjacent products summed into 16 int32 lanes (vpmaddwd: what VNNI's vpdpwssd does
+ * with a zero accumulator, one instruction as well). */
+static inline __m512i block_dot(__m512i w, const int16_t* x) { return _mm512_madd_epi16(w, _mm512_loadu_si512(x)); }
 
 /* out[i][b] = weight row i · x row b, for R weight rows (row bytes apart) and B rows of x. */
 #define QTILE(NAME, R, B)                                                                          \
@@ -154,7 +153,7 @@ static void block_tile(int dtype, const void* W, int64_t r, int nr, const Quanti
   const uint8_t* w = (const uint8_t*)W + r * row_bytes;
   float one[4][4];
   int i = 0;
-  if (nb < 4) {  /* a row or few of x (decoding one prompt): weight rows one after another, a stream */
+  if (nb < 4) {  /* a row or few of x (decoding one prompt) */
     for (; i < nr; i++)
       for (int b = 0; b < nb; b++) {
         qtile11(dtype, w + i * row_bytes, row_bytes, a, x0 + b, one);
