@@ -23,13 +23,14 @@ enum { NORM_RMS = 0, NORM_LAYER = 1 };
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
 enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 
-/* One projection of a block: y (M, n) = x (M, K) @ W.T * scale + bias. */
-typedef struct { const void* w; const float* scale; const float* bias; float* y; int64_t n; } Projection;
+/* One projection of a block: y (M, n) = x (M, K) @ W.T * scale + bias, W in weight format dtype. */
+typedef struct { int dtype; const void* w; const float* scale; const float* bias; float* y; int64_t n; } Projection;
 
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
-static void project(int dtype, const Projection* p, int count, const float* x, int64_t K, int64_t M) {
-  int blocked = dtype >= W_Q8_0;
+static void project(const Projection* p, int count, const float* x, int64_t K, int64_t M) {
+  int blocked = 0;
+  for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0;
   QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
   int64_t groups = 0;  /* eight output rows each (fewer at a projection's end) */
   for (int i = 0; i < count; i++) groups += (p[i].n + 7) / 8;
@@ -43,8 +44,8 @@ static void project(int dtype, const Projection* p, int count, const float* x, i
     for (int64_t m = 0; m < M; m += 4) {
       int nb = M - m < 4 ? (int)(M - m) : 4;
       float out[8][4];
-      if (blocked) block_tile(dtype, p[i].w, r, nr, &a, m, nb, out);
-      else dot_tile(dtype, p[i].w, r, nr, x + m * K, nb, K, out);
+      if (p[i].dtype >= W_Q8_0) block_tile(p[i].dtype, p[i].w, r, nr, &a, m, nb, out);
+      else dot_tile(p[i].dtype, p[i].w, r, nr, x + m * K, nb, K, out);
       for (int j = 0; j < nr; j++) {
         float s = p[i].scale ? p[i].scale[r + j] : 1.f, b = p[i].bias ? p[i].bias[r + j] : 0.f;
         for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] * s + b;
@@ -56,8 +57,8 @@ static void project(int dtype, const Projection* p, int count, const float* x, i
 
 /* y (M, N) = x (M, K) @ W.T (* scale per row): a Linear layer's few-row product. */
 void gemv(int dtype, const void* W, const float* scale, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
-  Projection p = {W, scale, NULL, y, N};
-  project(dtype, &p, 1, x, K, M);
+  Projection p = {dtype, W, scale, NULL, y, N};
+  project(&p, 1, x, K, M);
 }
 
 /* ------------------------------------------------------------------------------------------------
@@ -69,7 +70,7 @@ void gemv(int dtype, const void* W, const float* scale, const float* x, float* y
 /* The model's shape and its family's choices, as lmgen/config.py's ModelConfig has them. */
 typedef struct {
   int64_t d, n_heads, n_kv, hd, d_mlp, rope_dim, n_layers;
-  int norm_kind, qk_norm, gated, activation, wdtype;
+  int norm_kind, qk_norm, gated, activation;
   float eps, norm_offset, attn_scale, attn_softcap;
 } Shape;
 
@@ -111,8 +112,8 @@ static inline float activate(int kind, float a) {
   return 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
 }
 
-/* A projection's weight (in the model's weight format), its int8 scales and its bias. */
-typedef struct { const void* w; const float* scale; const float* bias; } Weights;
+/* A projection's weight, its int8 scales and its bias, and the weight's format (W_F32...). */
+typedef struct { const void* w; const float* scale; const float* bias; int64_t format; } Weights;
 
 /* One layer, as lmgen/kernels.py's Layer describes it: the norms' weights and biases (NULL where
  * the family has none: pre-norms for OLMo 2, post-norms but for Gemma and OLMo 2, q/k norms but
@@ -162,11 +163,11 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
   float *h = scratch, *q = h + M * d, *k = q + M * q_dim, *v = k + M * kv_dim, *att = v + M * kv_dim;
   float *gate = att + M * q_dim, *up = gate + M * d_mlp, *out = up + M * d_mlp, *scores = out + M * d;
-#define PROJ(p, y, n) ((Projection){t->p.w, t->p.scale, t->p.bias, (y), (n)})
+#define PROJ(p, y, n) ((Projection){(int)t->p.format, t->p.w, t->p.scale, t->p.bias, (y), (n)})
 
   pre_norm(s, t->attn_norm_w, t->attn_norm_b, x, h, M);
   Projection qkv[3] = {PROJ(q, q, q_dim), PROJ(k, k, kv_dim), PROJ(v, v, kv_dim)};
-  project(s->wdtype, qkv, 3, h, d, M);
+  project(qkv, 3, h, d, M);
   qk_norm(s, t->q_norm_w, q, M, n_heads);
   qk_norm(s, t->k_norm_w, k, M, n_kv);
   for (int64_t m = 0; m < M; m++) {  /* rotary positions, then append k and v to the cache */
@@ -210,16 +211,16 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       }
     }
   Projection o_proj = PROJ(o, out, d);
-  project(s->wdtype, &o_proj, 1, att, q_dim, M);
+  project(&o_proj, 1, att, q_dim, M);
   add_residual(s, t->attn_post_w, out, x, M);
 
   pre_norm(s, t->mlp_norm_w, t->mlp_norm_b, x, h, M);
   Projection mlp_in[2] = {PROJ(up, up, d_mlp), PROJ(gate, gate, d_mlp)};
-  project(s->wdtype, mlp_in, s->gated ? 2 : 1, h, d, M);
+  project(mlp_in, s->gated ? 2 : 1, h, d, M);
   for (int64_t i = 0; i < M * d_mlp; i++)
     up[i] = s->gated ? activate(s->activation, gate[i]) * up[i] : activate(s->activation, up[i]);
   Projection down = PROJ(down, out, d);
-  project(s->wdtype, &down, 1, up, d_mlp, M);
+  project(&down, 1, up, d_mlp, M);
   add_residual(s, t->mlp_post_w, out, x, M);
 #undef PROJ
 }

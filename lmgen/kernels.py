@@ -155,14 +155,14 @@ class Shape(ctypes.Structure):
     """kernels.c's Shape: the model's sizes and its family's choices."""
 
     _fields_ = [(name, ctypes.c_int64) for name in ("d", "n_heads", "n_kv", "hd", "d_mlp", "rope_dim", "n_layers")] \
-        + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation", "wdtype")] \
+        + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation")] \
         + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")]
 
     @classmethod
-    def of(cls, cfg, weight_code: int) -> "Shape":
+    def of(cls, cfg) -> "Shape":
         return cls(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.rotary_dim, cfg.n_layers,
                    NORM_CODES[cfg.norm], QK_NORM_CODES[cfg.qk_norm], cfg.mlp == "gated",
-                   ACTIVATION_CODES[cfg.activation], weight_code,
+                   ACTIVATION_CODES[cfg.activation],
                    cfg.norm_eps, cfg.norm_offset, cfg.attn_scale or cfg.head_dim**-0.5, cfg.attn_softcap or 0.0)
 
 
@@ -175,9 +175,11 @@ PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class Weights(ctypes.Structure):
-    """kernels.c's Weights: a projection's weight, int8 scales and bias (NULL where none)."""
+    """kernels.c's Weights: a projection's weight, int8 scales and bias (NULL where none), and
+    the weight's format (``weight_code``)."""
 
-    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p)]
+    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
+                ("format", ctypes.c_int64)]
 
 
 class Layer(ctypes.Structure):
@@ -214,7 +216,8 @@ def _layer(cfg, index: int, tensors: dict) -> Layer:
         setattr(layer, name, _ptr(tensors[name]))
     for name in PROJECTIONS:
         if tensors[name] is not None:
-            setattr(layer, name, Weights(*(_ptr(t) for t in tensors[name][:3])))
+            *parts, code = tensors[name]
+            setattr(layer, name, Weights(*(_ptr(t) for t in parts), code))
     return layer
 
 
@@ -226,9 +229,9 @@ class DecodePlan:
     swapped in the middle of one are seen from the next.
     """
 
-    def __init__(self, cfg, layers: list[dict], weight_code: int):
+    def __init__(self, cfg, layers: list[dict]):
         self.cfg = cfg
-        self.shape = Shape.of(cfg, weight_code)
+        self.shape = Shape.of(cfg)
         self.tensors = layers  # keeps what the structs point into alive
         self.layers = (Layer * cfg.n_layers)(*(_layer(cfg, i, tensors) for i, tensors in enumerate(layers)))
         self.tuner = ThreadTuner(max_threads)
@@ -259,7 +262,8 @@ class DecodePlan:
 
 def decode_plan(model) -> DecodePlan | None:
     """The model's native decode step, or None where the kernels cannot run it: not on the
-    CPU, activations not fp32, weight dtypes mixed or unknown, or no compiled library."""
+    CPU, activations not fp32, a weight format it cannot read, or no compiled library. The
+    projections may differ in format (a GGUF file mixes them), each read as it is stored."""
     layers = [_layer_tensors(block) for block in model.blocks]
     projections = [layer[name] for layer in layers for name in PROJECTIONS if layer[name] is not None]
     weights = [weight for weight, _, _, _ in projections]
@@ -269,10 +273,9 @@ def decode_plan(model) -> DecodePlan | None:
     usable = (
         model.device.type == "cpu"
         and model.dtype == torch.float32
-        and len(codes) == 1
         and None not in codes
         and all(w.is_contiguous() for w in weights)
         and all(v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
         and library() is not None
     )
-    return DecodePlan(model.cfg, layers, codes.pop()) if usable else None
+    return DecodePlan(model.cfg, layers) if usable else None
