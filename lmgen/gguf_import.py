@@ -278,7 +278,6 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
     """
     from safetensors.numpy import save_file
 
-    from lmgen import gguf_tokenizer
     from lmgen.hf_config import from_hf
 
     src, out = Path(src), Path(out)
@@ -287,16 +286,23 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
     hf = gguf_hf_config(reader, meta)
     cfg, arch = from_hf(hf), gguf_arch(meta)
     check_tensors(reader, cfg, arch)
-    tokenizer, tok_config = gguf_tokenizer.rebuild(meta), gguf_tokenizer.tokenizer_config(meta, cfg)
     check_memory(reader, src)
     with staged_directory(out, force) as stage:
+        write_small_files(stage, meta, hf, cfg)
         metadata = {"format": "pt", "source": src.name}
         save_file(gguf_tensors(reader, cfg, arch), str(stage / "model.safetensors"), metadata=metadata)
-        (stage / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
-        _write_json(stage / "tokenizer_config.json", tok_config)
-        _write_json(stage / "config.json", hf)
     return cfg
 
 
-def _write_json(path: Path, data: dict) -> None:
+def write_small_files(directory: Path, meta: dict, hf: dict, cfg: ModelConfig) -> None:
+    """config.json, tokenizer.json and tokenizer_config.json (the chat template) from the metadata."""
+    from lmgen import gguf_tokenizer
+
+    tokenizer, tok_config = gguf_tokenizer.rebuild(meta), gguf_tokenizer.tokenizer_config(meta, cfg)
+    (directory / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
+    write_json(directory / "tokenizer_config.json", tok_config)
+    write_json(directory / "config.json", hf)
+
+
+def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

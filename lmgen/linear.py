@@ -110,24 +110,30 @@ class BlockEmbedding(nn.Module):
         return quant.dequantize_rows(self.weight, self.format, ids)
 
 
-def _block_linear(linear: nn.Module, fmt: quant.BlockFormat) -> BlockLinear:
-    return BlockLinear(quant.quantize(linear.weight, fmt), fmt, linear.weight.shape[1], linear.bias)
+def set_block_weight(model: nn.Module, name: str, blocks: Tensor, fmt: quant.BlockFormat,
+                     bias: Tensor | None) -> None:
+    """Make the canonical weight ``name`` (``blocks.3.attn.q.weight``, ``embed.weight``,
+    ``head.linear.weight``) block-quantized: its module replaced by a BlockLinear (or, for the
+    token embedding, a BlockEmbedding) holding ``blocks``."""
+    path, _ = name.rsplit(".", 1)
+    parent, attr = path.rsplit(".", 1) if "." in path else ("", path)
+    owner = model.get_submodule(parent)
+    in_features = getattr(owner, attr).weight.shape[1]
+    module = BlockEmbedding(blocks, fmt, in_features) if name == "embed.weight" else \
+        BlockLinear(blocks, fmt, in_features, bias)
+    setattr(owner, attr, module)
 
 
 def quantize_blocks(model: nn.Module, fmt: quant.BlockFormat, embed_fmt: quant.BlockFormat) -> nn.Module:
     """Replace every projection with block-quantized copies in ``fmt``, one tensor at a time (each
     float weight is freed as its blocks replace it); the token embedding and the LM head in
     ``embed_fmt`` (llama.cpp keeps them at 8 bits in its 4-bit files)."""
-    for block in model.blocks:
-        for parent in (block.attn, block.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, _block_linear(child, fmt))
-    dim = model.embed.weight.shape[1]
-    blocks = quant.quantize(model.embed.weight, embed_fmt)
-    model.embed = BlockEmbedding(blocks, embed_fmt, dim)
-    if "head.linear.weight" in tied_aliases(model.cfg):
-        model.head.linear = BlockLinear(blocks, embed_fmt, dim, None)  # the same blocks as the embedding
-    else:
-        model.head.linear = _block_linear(model.head.linear, embed_fmt)
+    for name, child in list(model.named_modules()):
+        if isinstance(child, nn.Linear) and name.startswith("blocks."):
+            set_block_weight(model, f"{name}.weight", quant.quantize(child.weight, fmt), fmt, child.bias)
+    embedding = quant.quantize(model.embed.weight, embed_fmt)
+    set_block_weight(model, "embed.weight", embedding, embed_fmt, None)
+    tied = "head.linear.weight" in tied_aliases(model.cfg)  # then the head reads the embedding's blocks
+    head = embedding if tied else quant.quantize(model.head.linear.weight, embed_fmt)
+    set_block_weight(model, "head.linear.weight", head, embed_fmt, None)
     return model

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from lmgen.checkpoint import load_model
+from lmgen.checkpoint import gguf_file, load_model
 from lmgen.config import ModelConfig, is_int
 from lmgen.errors import CheckpointError, InputError
 from lmgen.files import read_json
@@ -33,6 +33,7 @@ class LanguageModel:
     config: ModelConfig
     path: Path
     eos_ids: frozenset[int] = field(default_factory=frozenset)
+    notes: list[str] = field(default_factory=list)  # worth telling the user (on stderr), as loading did
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of text, each checked to be a row of the model's embedding."""
@@ -66,8 +67,18 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> LanguageModel:
-    """Load a checkpoint directory (config + safetensors + tokenizer.json)."""
+def load(path: str | Path, dtype: str | None = None, device: str = "cpu") -> LanguageModel:
+    """Load a checkpoint directory (config + safetensors + tokenizer.json) or a GGUF file.
+
+    ``dtype`` None: a GGUF file's weights as stored (its Q8_0/Q4_0/Q4_1 blocks read in place),
+    a checkpoint's in float32. A GGUF file with a dtype is expanded to fp32 first (``lmgen
+    convert``, kept in the cache) and loaded from there in that dtype."""
+    src = gguf_file(Path(path), dtype)
+    if src is not None and dtype is None:
+        return _load_gguf(src, parse_device(device))
+    if src is not None:
+        path = _expanded(src)
+    dtype = dtype or "float32"
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
     int8 = torch_dtype == torch.int8 or dtype in QUANTIZED  # narrow weights, fp32 activations
     # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
@@ -86,9 +97,34 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
         from lmgen.quant import FORMATS
 
         quantize_blocks(model, *(FORMATS[name] for name in QUANTIZED[dtype]))
-    if files.tokenizer is None:
-        raise CheckpointError(f"{files.root} has no tokenizer.json")
-    tokenizer = Tokenizer(files.tokenizer)
+    return _language_model(model, cfg, files.root, files.tokenizer)
+
+
+def _load_gguf(src: Path, device: torch.device) -> LanguageModel:
+    from lmgen.gguf_load import load_gguf
+
+    model, cfg, root, requantized = load_gguf(src)
+    lm = _language_model(model.to(device), cfg, root, root / "tokenizer.json")
+    lm.notes = [requantized.summary()] if requantized else []
+    return lm
+
+
+def _expanded(src: Path) -> Path:
+    """An HF-layout fp32 directory converted from a GGUF file, made once and kept in the cache."""
+    from lmgen.gguf_import import convert_gguf
+    from lmgen.gguf_index import cache_key
+    from lmgen.paths import cache_dir
+
+    target = cache_dir() / "gguf" / f"{src.stem}-{cache_key(src)}-fp32"
+    if not (target / "config.json").exists():
+        convert_gguf(src, target, force=True)
+    return target
+
+
+def _language_model(model: Decoder, cfg: ModelConfig, root: Path, tokenizer_file: Path | None) -> LanguageModel:
+    if tokenizer_file is None:
+        raise CheckpointError(f"{root} has no tokenizer.json")
+    tokenizer = Tokenizer(tokenizer_file)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise CheckpointError(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary has only {cfg.vocab_size}"
@@ -97,7 +133,7 @@ def load(path: str | Path, dtype: str = "float32", device: str = "cpu") -> Langu
         raise CheckpointError(
             f"the tokenizer's added token id {tokenizer.max_added_id} is beyond the model's vocabulary of {cfg.vocab_size}"
         )
-    return LanguageModel(model, tokenizer, cfg, files.root, frozenset(_eos_ids(cfg, files.root)))
+    return LanguageModel(model, tokenizer, cfg, root, frozenset(_eos_ids(cfg, root)))
 
 
 def _eos_ids(cfg: ModelConfig, root: Path) -> set[int]:

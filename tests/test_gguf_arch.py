@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from gguf import MODEL_ARCH, GGUFWriter, RopeScalingType, get_tensor_name_map
+from gguf import MODEL_ARCH, GGUFWriter, RopeScalingType, get_tensor_name_map, quants
 
 from lmgen.checkpoint import load_model
 from lmgen.gguf_import import convert_gguf
@@ -64,7 +64,8 @@ def llama3_rope_freqs(p: dict, head_dim: int, theta: float) -> np.ndarray:
     return np.array(factors, dtype=np.float32)
 
 
-def write_like_llama_cpp(reference, model_type: str, path, sentencepiece: bool = False) -> None:
+def write_like_llama_cpp(reference, model_type: str, path, sentencepiece: bool = False, qtype=None) -> None:
+    """A GGUF file as llama.cpp's converter writes one; with ``qtype``, its matrices in that format."""
     cfg, name = reference.config, GGUF_ARCH[model_type]
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     writer = GGUFWriter(str(path), arch=name)
@@ -137,7 +138,10 @@ def write_like_llama_cpp(reference, model_type: str, path, sentencepiece: bool =
             array = array + 1  # Gemma's norms scale by (1 + weight): llama.cpp stores the sum
         tensors[f"{names.get_name(base)}.{suffix}"] = array
     for gguf_name, array in tensors.items():
-        writer.add_tensor(gguf_name, array)
+        if qtype is not None and array.ndim == 2:
+            writer.add_tensor(gguf_name, quants.quantize(array, qtype), raw_dtype=qtype)
+        else:
+            writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -364,13 +364,13 @@ def test_a_failure_midway_leaves_no_outdir_and_no_temp_dirs(tiny_gguf, tmp_path,
     if existing:
         out.mkdir()
         (out / "old.txt").write_text("old")
-    real = gi._write_json
+    real = gi.write_json
 
     def write_then_fail(path, data):
-        real(path, data)  # model.safetensors, tokenizer.json and one JSON file are written by now
+        real(path, data)  # tokenizer.json and one JSON file are written by now
         raise error
 
-    monkeypatch.setattr(gi, "_write_json", write_then_fail)
+    monkeypatch.setattr(gi, "write_json", write_then_fail)
     with pytest.raises(EnvironmentFailure if isinstance(error, OSError) else RuntimeError):
         convert_gguf(tiny_gguf, out, force=existing)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["out"] if existing else [])

@@ -1,0 +1,64 @@
+"""What lmgen keeps of a GGUF file it runs as it is: its config, tokenizer and tensor table.
+
+Parsing a GGUF header with the ``gguf`` library's reader takes seconds for a model with a large
+vocabulary (it builds Python objects for every token and merge). So the first run of a file
+parses it once — checking its metadata and every tensor's name and shape as ``lmgen convert``
+does — and writes config.json, tokenizer.json, tokenizer_config.json (the chat template) and
+tensors.json (each tensor's name, type, shape and byte range) into lmgen's cache, under a key
+made of the file's path, size and modification time. Later runs read those and map the file.
+Torch-free: ``generate`` reads the config from here before it imports torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from lmgen.errors import CheckpointError
+from lmgen.files import read_json, regular_file, staged_directory
+
+TABLE = "tensors.json"
+
+
+def cache_key(src: Path) -> str:
+    """What names a GGUF file's derived files in the cache: its path, size and modification time."""
+    info = src.stat()
+    return hashlib.sha256(f"{src.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def gguf_index(src: Path) -> Path:
+    """The cache directory holding src's config, tokenizer and tensor table (made on first use)."""
+    from lmgen.paths import cache_dir
+
+    regular_file(src, "GGUF file")
+    target = cache_dir() / "gguf" / f"{src.stem}-{cache_key(src)}"
+    if not (target / TABLE).exists():
+        _build(src, target)
+    return target
+
+
+def _build(src: Path, target: Path) -> None:
+    from lmgen.gguf_import import check_tensors, gguf_arch, gguf_hf_config, open_gguf, read_metadata, \
+        write_json, write_small_files
+    from lmgen.hf_config import from_hf
+
+    reader = open_gguf(src)
+    meta = read_metadata(reader)
+    hf = gguf_hf_config(reader, meta)
+    cfg = from_hf(hf)
+    check_tensors(reader, cfg, gguf_arch(meta))
+    tensors = [{"name": t.name, "type": int(t.tensor_type), "shape": [int(n) for n in reversed(t.shape.tolist())],
+                "offset": int(t.data_offset), "nbytes": int(t.n_bytes)} for t in reader.tensors]
+    with staged_directory(target, force=True) as stage:
+        write_small_files(stage, meta, hf, cfg)
+        write_json(stage / TABLE, {"architecture": meta["general.architecture"], "tensors": tensors})
+
+
+def read_table(root: Path, src: Path) -> tuple[str, list[dict]]:
+    """(architecture, tensors) from the table, each tensor's bytes checked to lie inside src."""
+    table = read_json(root / TABLE, "GGUF tensor table")
+    size = src.stat().st_size
+    for t in table["tensors"]:
+        if not 0 <= t["offset"] <= t["offset"] + t["nbytes"] <= size:
+            raise CheckpointError(f"GGUF tensor {t['name']} lies beyond the end of {src}")
+    return table["architecture"], table["tensors"]

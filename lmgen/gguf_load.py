@@ -1,0 +1,132 @@
+"""Run a GGUF file as it is: ``--model FILE.gguf`` (or a directory holding one).
+
+Q8_0, Q4_0 and Q4_1 tensors are used as stored — views of the mapped file, the same bytes the
+native kernels read, no float copy ever made (llama's q/k rows, which llama.cpp's converter
+interleaved, are put back in order: a copy of the blocks, not of floats). F32, F16 and BF16
+tensors are read as fp32. Other formats (the K-quants: Q4_K, Q5_K, Q6_K, ...) are dequantized
+with the ``gguf`` library one tensor at a time and re-quantized to Q8_0, and the error this
+adds is reported. The config, tokenizer, chat template and tensor table come from the file's
+metadata, read once into lmgen's cache (``gguf_index``).
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as GGML
+
+from lmgen import layout, quant
+from lmgen.checkpoint import load_config_file
+from lmgen.errors import CheckpointError
+from lmgen.gguf_arch import ARCHS, hf_tensor_name, restore
+from lmgen.gguf_index import gguf_index, read_table
+
+AS_STORED = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1"}
+FLOATS = (GGML.F32, GGML.F16, GGML.BF16)
+REQUANTIZED = quant.FORMATS["q8_0"]  # what other quantized formats become
+
+
+@dataclass
+class Requantized:
+    """Tensors re-quantized to Q8_0, and the error that added (|Δw| against their dequantization)."""
+
+    tensors: dict[str, str] = field(default_factory=dict)  # GGUF name → its stored format
+    abs_error: float = 0.0
+    abs_weight: float = 0.0
+    values: int = 0
+
+    def add(self, name: str, kind: str, before: torch.Tensor, after: torch.Tensor) -> None:
+        self.tensors[name] = kind
+        self.abs_error += float((after - before).abs().sum(dtype=torch.float64))
+        self.abs_weight += float(before.abs().sum(dtype=torch.float64))
+        self.values += before.numel()
+
+    def summary(self) -> str:
+        kinds = ", ".join(sorted(set(self.tensors.values())))
+        return (f"{len(self.tensors)} tensor(s) in {kinds} re-quantized to q8_0: mean |Δw| "
+                f"{self.abs_error / self.values:.3g} ({100 * self.abs_error / max(self.abs_weight, 1e-30):.2f}% of mean |w|)")
+
+
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():  # the map is read-only, and nothing ever writes weights
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(array)
+
+
+def _stored(data: np.ndarray, t: dict) -> np.ndarray:
+    """A tensor's bytes as (rows, bytes per row): what the block formats and gguf's dequantize take."""
+    shape = t["shape"]
+    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    return data[t["offset"] : t["offset"] + t["nbytes"]].reshape(rows, -1)
+
+
+def read_tensors(src: Path, tensors: list[dict], cfg, arch) -> tuple[dict, dict, Requantized]:
+    """(canonical name → fp32 tensor, canonical name → (blocks, BlockFormat), what was re-quantized)."""
+    from gguf.quants import dequantize
+
+    data = np.memmap(src, dtype=np.uint8, mode="r")
+    shapes = layout.canonical_shapes(cfg)
+    floats, blocks, requantized = {}, {}, Requantized()
+    for t in tensors:
+        hf = hf_tensor_name(arch, t["name"])
+        mapped = None if hf is None else layout.map_name(cfg.family, hf)
+        if mapped is None or mapped is layout.IGNORED:
+            continue
+        kind, shape, qtype = AS_STORED.get(t["type"]), tuple(t["shape"]), GGML(t["type"])
+        if kind and len(shape) == 2 and not mapped.transpose:
+            raw = restore(arch, t["name"], _stored(data, t), cfg.n_heads, cfg.n_kv_heads)
+            blocks.update((target, (part, quant.FORMATS[kind])) for target, part in
+                          _split(_read_only_tensor(raw), mapped, shapes))
+            continue
+        try:
+            array = dequantize(_stored(data, t), qtype).astype(np.float32, copy=False).reshape(shape)
+        except (NotImplementedError, ValueError):
+            raise CheckpointError(f"GGUF tensor {t['name']} has type {qtype.name}, which lmgen cannot read") from None
+        tensor = torch.from_numpy(np.ascontiguousarray(restore(arch, t["name"], array, cfg.n_heads, cfg.n_kv_heads)))
+        if mapped.transpose:
+            tensor = tensor.t().contiguous()
+        for target, part in _split(tensor, mapped, shapes):
+            if qtype in FLOATS or part.dim() < 2 or part.shape[1] % quant.BLOCK:
+                floats[target] = part
+            else:
+                packed = quant.quantize(part, REQUANTIZED)
+                requantized.add(t["name"], qtype.name, part, quant.dequantize(packed, REQUANTIZED))
+                blocks[target] = (packed, REQUANTIZED)
+    return floats, blocks, requantized
+
+
+def _split(tensor: torch.Tensor, mapped, shapes: dict) -> list[tuple[str, torch.Tensor]]:
+    """The canonical tensors a stored one holds (Phi-3's fused q/k/v and gate/up: row ranges)."""
+    if len(mapped.targets) == 1:
+        return [(mapped.targets[0], tensor)]
+    return list(zip(mapped.targets, tensor.split([shapes[t][0] for t in mapped.targets])))
+
+
+def load_gguf(src: Path):
+    """(Decoder, config, directory of its small files, re-quantization report or None) for a GGUF
+    file, its quantized tensors as stored."""
+    from lmgen.linear import set_block_weight
+    from lmgen.model import Decoder
+
+    root = gguf_index(src)
+    cfg = load_config_file(root / "config.json")
+    architecture, tensors = read_table(root, src)
+    floats, blocks, requantized = read_tensors(src, tensors, cfg, ARCHS[architecture])
+    with torch.device("meta"):
+        model = Decoder(cfg)
+    for name, (packed, fmt) in blocks.items():
+        set_block_weight(model, name, packed, fmt, floats.pop(name.removesuffix("weight") + "bias", None))
+    model.load_state_dict(floats, strict=False, assign=True)
+    tied = layout.tied_aliases(cfg)
+    if "embed.weight" in blocks and "head.linear.weight" in tied:
+        set_block_weight(model, "head.linear.weight", *blocks["embed.weight"], None)
+    elif tied:
+        model.tie_weights()
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:  # check_tensors saw every tensor the config implies: this would be lmgen's bug
+        raise RuntimeError(f"GGUF tensors not placed: {left[:3]}")
+    return model.eval(), cfg, root, requantized if requantized.tensors else None
