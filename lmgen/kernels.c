@@ -4,8 +4,7 @@
  * as PyTorch stores a Linear weight: (out_features, in_features), row-major. Output rows are
  * split across threads with OpenMP in groups of eight, x stays in L1, and the dot products come
  * in tiles (kernels_dot.h) summed in one order whatever the number of rows m.
- * W is fp32, bf16 (upper half of an fp32), int8 with one fp32 scale per row, or blocks of
- * llama.cpp's Q8_0, Q4_0 or Q4_1 (a row of K values is K / 32 blocks); x and y are always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
+ * W is fp32, bf16 (upper half of an fp32), or blocks of llama.cpp's Q8_0, Q4_0 or Q4_1 (a row of K values is K / 32 blocks); x and y are always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
  */
 #include <math.h>
 #include <stdint.h>
@@ -23,8 +22,8 @@ enum { NORM_RMS = 0, NORM_LAYER = 1 };
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
 enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 
-/* One projection of a block: y (M, n) = x (M, K) @ W.T * scale + bias, W in weight format dtype. */
-typedef struct { int dtype; const void* w; const float* scale; const float* bias; float* y; int64_t n; } Projection;
+/* One projection of a block: y (M, n) = x (M, K) @ W.T + bias, W in weight format dtype. */
+typedef struct { int dtype; const void* w; const float* bias; float* y; int64_t n; } Projection;
 
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
@@ -47,17 +46,17 @@ static void project(const Projection* p, int count, const float* x, int64_t K, i
       if (p[i].dtype >= W_Q8_0) block_tile(p[i].dtype, p[i].w, r, nr, &a, m, nb, out);
       else dot_tile(p[i].dtype, p[i].w, r, nr, x + m * K, nb, K, out);
       for (int j = 0; j < nr; j++) {
-        float s = p[i].scale ? p[i].scale[r + j] : 1.f, b = p[i].bias ? p[i].bias[r + j] : 0.f;
-        for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] * s + b;
+        float b = p[i].bias ? p[i].bias[r + j] : 0.f;
+        for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
       }
     }
   }
   if (blocked) free_x(a);
 }
 
-/* y (M, N) = x (M, K) @ W.T (* scale per row): a Linear layer's few-row product. */
-void gemv(int dtype, const void* W, const float* scale, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
-  Projection p = {dtype, W, scale, NULL, y, N};
+/* y (M, N) = x (M, K) @ W.T: a Linear layer's few-row product. */
+void gemv(int dtype, const void* W, const float* x, float* y, int64_t N, int64_t K, int64_t M) {
+  Projection p = {dtype, W, NULL, y, N};
   project(&p, 1, x, K, M);
 }
 
@@ -112,12 +111,12 @@ static inline float activate(int kind, float a) {
   return 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
 }
 
-/* A projection's weight, its int8 scales and its bias, and the weight's format (W_F32...). */
-typedef struct { const void* w; const float* scale; const float* bias; int64_t format; } Weights;
+/* A projection's weight and its bias, and the weight's format (W_F32...). */
+typedef struct { const void* w; const float* bias; int64_t format; } Weights;
 
 /* One layer, as lmgen/kernels.py's Layer describes it: the norms' weights and biases (NULL where
  * the family has none: pre-norms for OLMo 2, post-norms but for Gemma and OLMo 2, q/k norms but
- * for Qwen3, Gemma 3 and OLMo 2), each projection (NULL parts: biases mostly, scales unless int8,
+ * for Qwen3, Gemma 3 and OLMo 2), each projection (NULL parts: biases mostly,
  * gate unless gated), its sliding window (0: none) and its rotary table (-1: none, else an index
  * into the cos and sin tables of the step). */
 typedef struct {
@@ -163,7 +162,7 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
   float *h = scratch, *q = h + M * d, *k = q + M * q_dim, *v = k + M * kv_dim, *att = v + M * kv_dim;
   float *gate = att + M * q_dim, *up = gate + M * d_mlp, *out = up + M * d_mlp, *scores = out + M * d;
-#define PROJ(p, y, n) ((Projection){(int)t->p.format, t->p.w, t->p.scale, t->p.bias, (y), (n)})
+#define PROJ(p, y, n) ((Projection){(int)t->p.format, t->p.w, t->p.bias, (y), (n)})
 
   pre_norm(s, t->attn_norm_w, t->attn_norm_b, x, h, M);
   Projection qkv[3] = {PROJ(q, q, q_dim), PROJ(k, k, kv_dim), PROJ(v, v, kv_dim)};

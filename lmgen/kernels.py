@@ -32,10 +32,9 @@ HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
-# Above this many rows (a long prompt) torch's matmul is the better tool; for int8 weights,
-# which torch must first widen to fp32, only much later.
-MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16, torch.int8: 128}
-WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # the weight dtypes kernels.c reads
+# Above this many rows (a long prompt) torch's matmul is the better tool.
+MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16}
+WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1}  # the float weight dtypes kernels.c reads (blocks: lmgen.quant)
 
 
 def _cpu_fingerprint() -> str:
@@ -83,7 +82,7 @@ def library() -> ctypes.CDLL | None:
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Give the library's functions their C signatures."""
     i64, ptr, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
-    lib.gemv.argtypes = [int_] + [ptr] * 4 + [i64] * 3
+    lib.gemv.argtypes = [int_] + [ptr] * 3 + [i64] * 3
     lib.gemv.restype = None
     lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr] \
         + [i64] * 3 + [ptr, ptr]
@@ -118,12 +117,12 @@ def usable(x: Tensor, weight: Tensor) -> bool:
     )
 
 
-def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, scale: Tensor | None = None) -> Tensor:
-    """x @ weight.T (* scale per output row) + bias, for x of shape (..., in_features)."""
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight.T + bias, for x of shape (..., in_features)."""
     n_out, n_in = weight.shape
     rows = x.reshape(-1, n_in).to(torch.float32).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    library().gemv(WEIGHT_CODES[weight.dtype], weight.data_ptr(), _ptr(scale), rows.data_ptr(), out.data_ptr(),
+    library().gemv(WEIGHT_CODES[weight.dtype], weight.data_ptr(), rows.data_ptr(), out.data_ptr(),
                    n_out, n_in, rows.shape[0])
     out = out.view(*x.shape[:-1], n_out).to(x.dtype)
     return out if bias is None else out + bias
@@ -140,7 +139,7 @@ def block_linear(x: Tensor, blocks: Tensor, fmt, n_in: int, bias: Tensor | None 
     n_out = blocks.shape[0]
     rows = x.reshape(-1, n_in).to(torch.float32).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    library().gemv(fmt.code, blocks.data_ptr(), None, rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])
+    library().gemv(fmt.code, blocks.data_ptr(), rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])
     out = out.view(*x.shape[:-1], n_out).to(x.dtype)
     return out if bias is None else out + bias
 
@@ -175,11 +174,10 @@ PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class Weights(ctypes.Structure):
-    """kernels.c's Weights: a projection's weight, int8 scales and bias (NULL where none), and
-    the weight's format (``weight_code``)."""
+    """kernels.c's Weights: a projection's weight and bias (NULL where none), and the weight's
+    format (``weight_code``)."""
 
-    _fields_ = [("w", ctypes.c_void_p), ("scale", ctypes.c_void_p), ("bias", ctypes.c_void_p),
-                ("format", ctypes.c_int64)]
+    _fields_ = [("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("format", ctypes.c_int64)]
 
 
 class Layer(ctypes.Structure):
@@ -197,7 +195,7 @@ def weight_code(linear) -> int | None:
 
 def _layer_tensors(block) -> dict[str, Tensor | tuple | None]:
     """A block's tensors by Layer field: the norms (None where the family has none), then
-    (weight, scale, bias, weight code) for each projection (gate is None for a plain MLP)."""
+    (weight, bias, weight code) for each projection (gate is None for a plain MLP)."""
     attn, mlp = block.attn, block.mlp
     norms = (block.attn_norm, "weight"), (block.attn_norm, "bias"), (block.attn_post_norm, "weight"), \
         (block.mlp_norm, "weight"), (block.mlp_norm, "bias"), (block.mlp_post_norm, "weight"), \
@@ -205,7 +203,7 @@ def _layer_tensors(block) -> dict[str, Tensor | tuple | None]:
     tensors = {name: getattr(module, attr, None) for name, (module, attr) in zip(NORMS, norms)}
     for name, layer in zip(PROJECTIONS, (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)):
         tensors[name] = None if layer is None else \
-            (layer.weight, getattr(layer, "scale", None), layer.bias, weight_code(layer))
+            (layer.weight, layer.bias, weight_code(layer))
     return tensors
 
 
@@ -266,10 +264,10 @@ def decode_plan(model) -> DecodePlan | None:
     projections may differ in format (a GGUF file mixes them), each read as it is stored."""
     layers = [_layer_tensors(block) for block in model.blocks]
     projections = [layer[name] for layer in layers for name in PROJECTIONS if layer[name] is not None]
-    weights = [weight for weight, _, _, _ in projections]
-    codes = {code for _, _, _, code in projections}
+    weights = [weight for weight, _, _ in projections]
+    codes = {code for _, _, code in projections}
     vectors = [layer[name] for layer in layers for name in NORMS if layer[name] is not None] + \
-        [t for _, scale, bias, _ in projections for t in (scale, bias) if t is not None]
+        [bias for _, bias, _ in projections if bias is not None]
     usable = (
         model.device.type == "cpu"
         and model.dtype == torch.float32

@@ -1,5 +1,4 @@
-/* Dot products of weight rows with rows of x, for each weight format lmgen's decode kernels
- * read: fp32, bf16 (the upper half of an fp32) and int8 (scaled after the sum, by the caller).
+/* Dot products of float weight rows with rows of x: fp32 and bf16 (the upper half of an fp32).
  * Included by kernels.c.
  *
  * With four or more rows of x (a batch), work comes in tiles of 4 weight rows × 4 rows of x: each
@@ -16,19 +15,15 @@
 #include <immintrin.h>
 #endif
 
-enum { W_F32 = 0, W_BF16 = 1, W_I8 = 2 };
+enum { W_F32 = 0, W_BF16 = 1 };
 
 static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline float f32_value(float v) { return v; }
-static inline float i8_value(int8_t v) { return (float)v; }
 
 #ifdef __AVX512F__
 static inline __m512 load16_f32(const float* w) { return _mm512_loadu_ps(w); }
 static inline __m512 load16_bf16(const uint16_t* w) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)w)), 16));
-}
-static inline __m512 load16_i8(const int8_t* w) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)w)));
 }
 /* out[i][b] = W row i · x row b, for R weight rows and B rows of x (both K apart). */
 #define TILE(NAME, T, LOAD, VALUE, R, B)                                                          \
@@ -75,19 +70,17 @@ static inline __m512 load16_i8(const int8_t* w) {
 static inline float bf16_value(uint16_t v) { return bf16_to_f32(v); }
 TILES(f32, float)
 TILES(bf16, uint16_t)
-TILES(i8, int8_t)
 
 typedef void (*Tile)(const void*, const float*, int64_t, float[][4]);
 
 /* out[i][b] = row r + i of W · row b of x, for nr ≤ 8 weight rows and nb ≤ 4 rows of x. */
 static void dot_tile(int dtype, const void* W, int64_t r, int nr, const float* x, int nb, int64_t K, float out[8][4]) {
-  static const Tile tiles[3][4] = {
+  static const Tile tiles[2][4] = {
     {tile44_f32, tile41_f32, tile14_f32, tile11_f32},
     {tile44_bf16, tile41_bf16, tile14_bf16, tile11_bf16},
-    {tile44_i8, tile41_i8, tile14_i8, tile11_i8},
   };
   const Tile* t = tiles[dtype];
-  size_t size = dtype == W_F32 ? 4 : dtype == W_BF16 ? 2 : 1;
+  size_t size = dtype == W_F32 ? 4 : 2;
 #define ROW(i) ((const char*)W + (size_t)((r + (i)) * K) * size)
   float one[8][4];
   int i = 0;

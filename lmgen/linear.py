@@ -1,16 +1,16 @@
-"""Linear layers for decoding: fp32/bf16 through the native kernels, and int8 weight-only.
+"""Linear layers for decoding: fp32/bf16 through the native kernels, and block-quantized.
 
 ``Linear`` is an ``nn.Linear`` (same parameters, same state-dict names) whose
 few-row products — the decode step — run in lmgen's matrix-vector kernels;
-long prompts still go through torch's matmul. ``quantize_int8`` swaps every
-projection (and the embedding) for an int8 copy with one fp32 scale per output
-row: weights at a quarter of their fp32 size, activations stay fp32. With tied
-embeddings the token embedding and the LM head keep sharing one int8 tensor.
+long prompts still go through torch's matmul. ``BlockLinear`` and ``BlockEmbedding``
+hold weights in llama.cpp's block formats (``lmgen.quant``), read by the kernels as
+they are; ``quantize_blocks`` swaps every projection and the embeddings for them, and
+a GGUF file's blocks are put in place with ``set_block_weight``. Activations stay fp32.
+With tied embeddings the token embedding and the LM head share one block tensor.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -29,56 +29,6 @@ class Linear(nn.Linear):
         if kernels.usable(x, self.weight):
             return kernels.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight.to(x.dtype), self.bias)
-
-
-def quantize_rows(weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Symmetric per-row int8: weight ≈ q * scale[:, None]."""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-    q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, scale
-
-
-class Int8Linear(nn.Module):
-    def __init__(self, q: Tensor, scale: Tensor, bias: Tensor | None):
-        super().__init__()
-        self.register_buffer("weight", q)
-        self.register_buffer("scale", scale)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if kernels.usable(x, self.weight):
-            return kernels.linear(x, self.weight, self.bias, self.scale)
-        y = F.linear(x, self.weight.to(x.dtype)) * self.scale.to(x.dtype)  # scaled after the sum, as the kernels do
-        return y if self.bias is None else y + self.bias
-
-
-class Int8Embedding(nn.Module):
-    """Token embedding rows read from int8 weights (the tensor a tied LM head also uses)."""
-
-    def __init__(self, q: Tensor, scale: Tensor):
-        super().__init__()
-        self.register_buffer("weight", q)
-        self.register_buffer("scale", scale)
-
-    def forward(self, ids: Tensor) -> Tensor:
-        return self.weight[ids].float() * self.scale[ids][..., None]
-
-
-def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every projection, the LM head and the token embedding with int8 copies."""
-    for block in model.blocks:
-        for parent in (block.attn, block.mlp):
-            for name, child in list(parent.named_children()):
-                if isinstance(child, nn.Linear):
-                    setattr(parent, name, Int8Linear(*quantize_rows(child.weight), child.bias))
-    q, scale = quantize_rows(model.embed.weight)
-    model.embed = Int8Embedding(q, scale)
-    if "head.linear.weight" in tied_aliases(model.cfg):
-        model.head.linear = Int8Linear(q, scale, None)  # the same int8 tensor as the embedding
-    else:
-        model.head.linear = Int8Linear(*quantize_rows(model.head.linear.weight), None)
-    return model
 
 
 class BlockLinear(nn.Module):

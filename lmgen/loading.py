@@ -17,11 +17,11 @@ from lmgen.model import Decoder
 from lmgen.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16, "int8": torch.int8}
+          "float16": torch.float16, "fp16": torch.float16}
 # Block-quantized weights (lmgen.quant), fp32 activations: --dtype name → (projections' format,
 # the token embedding's and LM head's). 4-bit keeps those two at 8 bits, as llama.cpp does.
 QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q8_0"), "q4_1": ("q4_1", "q8_0"),
-             "q4_0": ("q4_0", "q8_0")}
+             "q4_0": ("q4_0", "q8_0"), "int8": ("q8_0", "q8_0")}  # int8: the 8-bit format's old name
 
 
 @dataclass
@@ -80,19 +80,14 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu") -> Lan
         path = _expanded(src)
     dtype = dtype or "float32"
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
-    int8 = torch_dtype == torch.int8 or dtype in QUANTIZED  # narrow weights, fp32 activations
+    quantized = dtype in QUANTIZED  # narrow weights, fp32 activations
     # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
     # stay fp32 (more exact, and what the native decode kernels take). On a GPU all is dtype.
-    vector_dtype = torch.float32 if torch_device.type == "cpu" or int8 else torch_dtype
+    vector_dtype = torch.float32 if torch_device.type == "cpu" or quantized else torch_dtype
     # fp32 weights about to be quantized are copied out of the file rather than mapped: as
-    # anonymous memory each is freed when its int8 copy replaces it.
-    model, cfg, files = load_model(path, torch.float32 if int8 else torch_dtype, torch_device, vector_dtype,
-                                   mapped=not int8)
-    if torch_dtype == torch.int8:
-        from lmgen.linear import quantize_int8
-
-        quantize_int8(model)
-    if dtype in QUANTIZED:
+    # anonymous memory each is freed when its blocks replace it.
+    model, cfg, files = load_model(path, torch_dtype, torch_device, vector_dtype, mapped=not quantized)
+    if quantized:
         from lmgen.linear import quantize_blocks
         from lmgen.quant import FORMATS
 

@@ -1,7 +1,7 @@
 """Decode speed of every family at one shape: SmolLM2-135M's sizes, random weights.
 
     python scripts/bench_families.py                 # fp32, 64 new tokens, 3 rounds
-    python scripts/bench_families.py --dtype int8 --tokens 128 --reps 5
+    python scripts/bench_families.py --dtype q8 --tokens 128 --reps 5
 
 Each family's config is SmolLM2-135M's (576 wide, 30 layers, 9 query and 3 key/value heads
 of 64, MLP 1536, vocab 49152, tied) with that family's own features switched on: Gemma's
@@ -25,7 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmgen.hf_config import from_hf  # noqa: E402
-from lmgen.linear import quantize_int8  # noqa: E402
+from lmgen.linear import quantize_blocks  # noqa: E402
+from lmgen.quant import FORMATS  # noqa: E402
 from lmgen.model import Decoder  # noqa: E402
 
 SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
@@ -61,7 +62,7 @@ def random_model(family: str, dtype: str) -> Decoder:
                 p.normal_(0, 0.02).add_(1.0 - cfg.norm_offset if name.endswith("norm.weight") else 0.0)
     model.tie_weights()
     model.eval()
-    return quantize_int8(model) if dtype == "int8" else model
+    return quantize_blocks(model, FORMATS["q8_0"], FORMATS["q8_0"]) if dtype == "q8" else model
 
 
 def decode_rate(model: Decoder, tokens: int) -> float:
@@ -78,7 +79,7 @@ def decode_rate(model: Decoder, tokens: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", choices=["fp32", "int8"], default="fp32")
+    parser.add_argument("--dtype", choices=["fp32", "q8"], default="fp32")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=3)
     args = parser.parse_args()

@@ -1,6 +1,5 @@
 """GGUF files run as they are (lmgen.gguf_load): blocks used as stored, equal to their fp32 expansion."""
 
-import numpy as np
 import pytest
 import torch
 from gguf import GGMLQuantizationType as GGML
@@ -95,3 +94,33 @@ def test_cli_runs_a_gguf_file_and_an_explicit_dtype_expands_it(written, cli, mon
     expanded = cli("generate", "-m", str(path), "-n", "5", "--json", "--dtype", "float32", "hello")
     assert expanded.returncode == 0, expanded.stderr
     assert list((tmp_path / "gguf").glob("*-fp32/model.safetensors"))
+
+
+TEXT = ("Permission is hereby granted, free of charge, to any person obtaining a copy of this software and "
+        "associated documentation files (the Software), to deal in the Software without restriction, including "
+        "without limitation the rights to use, copy, modify, merge, publish, distribute, sublicense, and/or sell "
+        "copies of the Software, and to permit persons to whom the Software is furnished to do so, subject to the "
+        "following conditions: The above copyright notice and this permission notice shall be included in all "
+        "copies or substantial portions of the Software. THE SOFTWARE IS PROVIDED AS IS, WITHOUT WARRANTY OF ANY "
+        "KIND, EXPRESS OR IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY, FITNESS FOR A "
+        "PARTICULAR PURPOSE AND NONINFRINGEMENT.")
+
+
+def token_log_probs(model, ids: torch.Tensor) -> torch.Tensor:
+    """log p of each actual next token of the text."""
+    with torch.inference_mode():
+        return torch.log_softmax(model(ids)[0, :-1].double(), -1).gather(1, ids[0, 1:, None])[:, 0]
+
+
+def test_the_default_model_from_its_q4_1_blocks_equals_its_fp32_expansion(smollm2_dir, monkeypatch, tmp_path):
+    """The issue's budget: mean |Δ log p| ≤ 0.01 against the fp32 expansion of the same blocks."""
+    from lmgen.paths import bundled_gguf
+
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
+    blocks = lmgen.load(bundled_gguf())
+    assert blocks.model.blocks[0].mlp.up.format.name == "q4_1" and blocks.model.embed.format.name == "q8_0"
+    expanded, _, _ = load_model(smollm2_dir)
+    ids = torch.tensor([blocks.encode(TEXT)])
+    delta = (token_log_probs(blocks.model, ids) - token_log_probs(expanded, ids)).abs()
+    print(f"default model, Q4_1 blocks vs fp32 expansion: mean |Δ log p| {delta.mean():.5f} over {ids.shape[1]} tokens")
+    assert delta.mean() <= 0.01

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 import lmgen
 from lmgen import kernels
-from lmgen.linear import quantize_rows
 
 from conftest import save_tiny
 
@@ -25,12 +24,10 @@ def test_linear_matches_torch(rows, n_out, n_in):
     assert torch.allclose(kernels.linear(x, w, bias), F.linear(x, w, bias), atol=1e-5)
     wb = w.bfloat16()
     assert torch.allclose(kernels.linear(x, wb), F.linear(x, wb.float()), atol=1e-4)
-    q, scale = quantize_rows(w)
-    assert torch.allclose(kernels.linear(x, q, None, scale), F.linear(x, q.float() * scale[:, None]), atol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2", "mistral"])
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "int8"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "q8", "q4"])
 def test_native_decode_step_matches_torch_path(tmp_path, monkeypatch, family, dtype):
     save_tiny(family, tmp_path)
     lm = lmgen.load(tmp_path, dtype=dtype)
@@ -46,7 +43,8 @@ def test_native_decode_step_matches_torch_path(tmp_path, monkeypatch, family, dt
     native = stepwise()
     monkeypatch.setattr(kernels, "library", lambda: None)
     reference = stepwise()
-    assert (native - reference).abs().max().item() < 1e-4
+    # block formats round activations to 16 bits per block of 32 (kernels_quant.h): ~1e-5 relative
+    assert (native - reference).abs().max().item() < (1e-4 if dtype in ("float32", "bfloat16") else 1e-3)
 
 
 @pytest.mark.parametrize("build", ["serial", "no-avx512"])
@@ -63,10 +61,7 @@ def test_other_builds_compute_the_same(tmp_path, build):
     subprocess.run([compiler, *flags, str(kernels.SOURCE), "-o", str(library)], check=True)
     lib = kernels.declare(ctypes.CDLL(str(library)))
     w, x = torch.randn(70, 130), torch.randn(2, 130)
-    q, scale = quantize_rows(w)
-    for weight, weight_scale, expected in [(w, None, x @ w.T), (w.bfloat16(), None, x @ w.bfloat16().float().T),
-                                           (q, scale, x @ (q.float() * scale[:, None]).T)]:
+    for weight, expected in [(w, x @ w.T), (w.bfloat16(), x @ w.bfloat16().float().T)]:
         y = torch.empty(2, 70)
-        lib.gemv(kernels.WEIGHT_CODES[weight.dtype], weight.data_ptr(), kernels._ptr(weight_scale),
-                 x.data_ptr(), y.data_ptr(), 70, 130, 2)
+        lib.gemv(kernels.WEIGHT_CODES[weight.dtype], weight.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 130, 2)
         assert torch.allclose(y, expected, atol=1e-4)
