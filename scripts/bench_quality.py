@@ -1,12 +1,14 @@
-"""What narrower weights cost in accuracy: bf16 and int8 against fp32 on the same model.
+"""What narrower weights cost in accuracy: each dtype against fp32 on the same model and text.
 
-    python scripts/bench_quality.py
-    python scripts/bench_quality.py --tokens 256 --prompt "Once upon a time"
+    python scripts/bench_quality.py                       # default model, ~1,000 tokens of a license
+    python scripts/bench_quality.py --text FILE --tokens 1000 --model DIR
 
-For each of bfloat16 and int8: the largest absolute difference of the prompt's logits from
-fp32's (and the span of fp32's logits, for scale), and greedy continuations of --tokens
-new tokens: how many leading tokens are identical to fp32's and how many positions agree.
-It reports; it asserts nothing.
+For each way of running the model — bf16, q8 and q4 quantized at load, the GGUF file's own
+blocks as stored (the default model: Q4_1) — the mean |Δ log p| of the text's tokens against
+fp32 (the log-probability each gives the actual next token), and the same for a reference that
+dequantizes the same blocks and multiplies in PyTorch (fp32 activations): the difference
+between the two is what the kernels add to the format's own rounding. Then greedy agreement
+with fp32 over --greedy new tokens. It reports; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lmgen  # noqa: E402
+from lmgen import kernels  # noqa: E402
+from lmgen.checkpoint import gguf_file  # noqa: E402
 from lmgen.generation import Token  # noqa: E402
 from lmgen.paths import resolve_model  # noqa: E402
+
+LICENSE = Path("/usr/share/common-licenses/Apache-2.0")
+
+
+def token_log_probs(lm, ids: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.log_softmax(lm.model(ids)[0, :-1].double(), -1).gather(1, ids[0, 1:, None])[:, 0]
 
 
 def greedy(lm, prompt: str, tokens: int) -> list[int]:
@@ -31,31 +42,37 @@ def greedy(lm, prompt: str, tokens: int) -> list[int]:
     return [e.id for e in lmgen.generate(lm, prompt, settings) if isinstance(e, Token)]
 
 
-def prompt_logits(lm, prompt: str) -> torch.Tensor:
-    ids = torch.tensor([lm.tokenizer.encode(prompt)])
-    with torch.inference_mode():
-        return lm.model(ids)[0].float()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint directory (default: lmgen's default model)")
+    parser.add_argument("--model", help="checkpoint directory or GGUF file (default: lmgen's default model)")
+    parser.add_argument("--text", type=Path, default=LICENSE if LICENSE.exists() else Path(__file__).parent.parent / "README.md")
+    parser.add_argument("--tokens", type=int, default=1000, help="tokens of the text to score")
+    parser.add_argument("--greedy", type=int, default=64, help="new tokens for the greedy comparison")
     parser.add_argument("--prompt", default="The history of the city of Paris begins")
-    parser.add_argument("--tokens", type=int, default=128)
     args = parser.parse_args()
     path = resolve_model(args.model)
     reference = lmgen.load(path, dtype="float32")
-    ref_logits, ref_tokens = prompt_logits(reference, args.prompt), greedy(reference, args.prompt, args.tokens)
-    print(f"model {path}, prompt {args.prompt!r}, {args.tokens} greedy tokens; "
-          f"fp32 logits span {ref_logits.min():.1f}..{ref_logits.max():.1f}")
-    for dtype in ("bfloat16", "int8"):
+    ids = torch.tensor([reference.encode(args.text.read_text())[: args.tokens]])
+    expected, expected_tokens = token_log_probs(reference, ids), greedy(reference, args.prompt, args.greedy)
+    print(f"model {path}; {ids.shape[1]} tokens of {args.text}; mean |Δ log p| against fp32")
+    ways = [("bfloat16", "bfloat16"), ("q8", "q8"), ("q4", "q4")]
+    if gguf_file(Path(path)) is not None:
+        ways.append(("GGUF as stored", None))
+    for label, dtype in ways:
         lm = lmgen.load(path, dtype=dtype)
-        error = (prompt_logits(lm, args.prompt) - ref_logits).abs().max().item()
-        tokens = greedy(lm, args.prompt, args.tokens)
-        leading = next((i for i, (a, b) in enumerate(zip(tokens, ref_tokens)) if a != b), len(tokens))
-        same = sum(a == b for a, b in zip(tokens, ref_tokens))
-        print(f"{dtype:9s} max |logit - fp32| {error:.3f}; first {leading} of {args.tokens} tokens identical, "
-              f"{same} positions agree")
+        delta = (token_log_probs(lm, ids) - expected).abs().mean().item()
+        line = f"  {label:15s} {delta:.4f}"
+        if dtype != "bfloat16":  # the same blocks, dequantized and multiplied by PyTorch
+            usable, kernels.block_usable = kernels.block_usable, lambda x: False
+            try:
+                plain = (token_log_probs(lm, ids) - expected).abs().mean().item()
+            finally:
+                kernels.block_usable = usable
+            added = f"{100 * (delta / plain - 1):+.1f}%" if plain else f"{delta - plain:+.4f}"
+            line += f"   dequantize-then-matmul {plain:.4f} (kernels add {added})"
+        tokens = greedy(lm, args.prompt, args.greedy)
+        leading = next((i for i, (a, b) in enumerate(zip(tokens, expected_tokens)) if a != b), len(tokens))
+        print(f"{line}   greedy: first {leading} of {args.greedy} tokens as fp32's")
 
 
 if __name__ == "__main__":
