@@ -75,15 +75,36 @@ def set_block_weight(model: nn.Module, name: str, blocks: Tensor, fmt: quant.Blo
 
 
 def quantize_blocks(model: nn.Module, fmt: quant.BlockFormat, embed_fmt: quant.BlockFormat) -> nn.Module:
-    """Replace every projection with block-quantized copies in ``fmt``, one tensor at a time (each
-    float weight is freed as its blocks replace it); the token embedding and the LM head in
-    ``embed_fmt`` (llama.cpp keeps them at 8 bits in its 4-bit files)."""
+    """Replace every projection with block-quantized copies in ``fmt``, one tensor at a time; the
+    token embedding and the LM head in ``embed_fmt`` (llama.cpp keeps them at 8 bits in its 4-bit
+    files). Each float weight, a view of the mapped checkpoint, has its pages handed back to the
+    kernel once its blocks are made: no float copy of the model is ever resident."""
+
+    def blocks_of(weight: Tensor, format: quant.BlockFormat) -> Tensor:
+        packed = quant.quantize(weight, format)
+        drop_pages(weight)
+        return packed
+
     for name, child in list(model.named_modules()):
         if isinstance(child, nn.Linear) and name.startswith("blocks."):
-            set_block_weight(model, f"{name}.weight", quant.quantize(child.weight, fmt), fmt, child.bias)
-    embedding = quant.quantize(model.embed.weight, embed_fmt)
-    set_block_weight(model, "embed.weight", embedding, embed_fmt, None)
+            set_block_weight(model, f"{name}.weight", blocks_of(child.weight, fmt), fmt, child.bias)
     tied = "head.linear.weight" in tied_aliases(model.cfg)  # then the head reads the embedding's blocks
-    head = embedding if tied else quant.quantize(model.head.linear.weight, embed_fmt)
-    set_block_weight(model, "head.linear.weight", head, embed_fmt, None)
+    head = None if tied else blocks_of(model.head.linear.weight, embed_fmt)
+    embedding = blocks_of(model.embed.weight, embed_fmt)
+    set_block_weight(model, "embed.weight", embedding, embed_fmt, None)
+    set_block_weight(model, "head.linear.weight", embedding if tied else head, embed_fmt, None)
     return model
+
+
+def drop_pages(tensor: Tensor) -> None:
+    """Tell the kernel the whole pages under a tensor that will not be read again may go
+    (madvise MADV_DONTNEED): for a view of a privately mapped file, they leave the resident set."""
+    import ctypes
+    import mmap
+
+    page = mmap.PAGESIZE
+    start = -(-tensor.data_ptr() // page) * page
+    end = (tensor.data_ptr() + tensor.numel() * tensor.element_size()) // page * page
+    if end > start and hasattr(mmap, "MADV_DONTNEED"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), mmap.MADV_DONTNEED)

@@ -84,9 +84,8 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu") -> Lan
     # On the CPU, narrower dtypes are for the weights only: activations, norms and the KV cache
     # stay fp32 (more exact, and what the native decode kernels take). On a GPU all is dtype.
     vector_dtype = torch.float32 if torch_device.type == "cpu" or quantized else torch_dtype
-    # fp32 weights about to be quantized are copied out of the file rather than mapped: as
-    # anonymous memory each is freed when its blocks replace it.
-    model, cfg, files = load_model(path, torch_dtype, torch_device, vector_dtype, mapped=not quantized)
+    # Weights about to be quantized stay views of the file, its pages dropped as each is quantized.
+    model, cfg, files = load_model(path, torch_dtype, torch_device, vector_dtype)
     if quantized:
         from lmgen.linear import quantize_blocks
         from lmgen.quant import FORMATS

@@ -60,11 +60,20 @@ def _unpack_nibbles(packed: Tensor) -> Tensor:
     return torch.cat([packed & 0x0F, packed >> 4], dim=1)
 
 
+CHUNK_VALUES = 1 << 20  # quantized a slice of rows at a time: temporaries stay a few MB
+
+
 def quantize(weight: Tensor, fmt: BlockFormat) -> Tensor:
     """A (rows, K) float matrix as blocks: a uint8 tensor (rows, K / 32 * fmt.block_bytes)."""
     rows, k = weight.shape
     if k % BLOCK:
         raise ValueError(f"{fmt.name} needs rows of a multiple of {BLOCK} values, not {k}")
+    step = max(1, CHUNK_VALUES // k)
+    return torch.cat([_quantize_rows(weight[i : i + step], fmt) for i in range(0, rows, step)])
+
+
+def _quantize_rows(weight: Tensor, fmt: BlockFormat) -> Tensor:
+    rows = weight.shape[0]
     blocks = weight.detach().to(torch.float32).reshape(-1, BLOCK)
     if fmt.name == "q8_0":
         d = blocks.abs().amax(dim=1, keepdim=True) / 127

@@ -2,8 +2,9 @@
 
     python scripts/bench.py                       # default model, fp32 both
     python scripts/bench.py --dtype bfloat16      # lmgen bf16 weights vs transformers fp32
-    python scripts/bench.py --dtype int8 --tokens 64 --reps 3
+    python scripts/bench.py --dtype q8 --tokens 64 --reps 3
     python scripts/bench.py --loaded              # lmgen alone vs beside busy processes
+    python scripts/bench.py --dtypes bfloat16,q8,q4,stored   # lmgen's dtypes against each other
 
 Same model directory, same prompt, greedy, the same number of new tokens (end-of-sequence
 ignored) and the same torch thread count for both; one warm-up run each, then --reps runs
@@ -17,6 +18,12 @@ runs as a fresh process, alternately on a quiet machine and beside one CPU-burni
 the loaded/quiet ratio. ``--variant NAME:VAR=VALUE,...`` adds runs with other environment
 settings (e.g. ``spinning:OMP_WAIT_POLICY=active``, OpenMP's busy-waiting threads), or another
 checkout of lmgen (``before:LMGEN_SOURCE=/path/to/checkout``).
+
+With --dtypes it compares lmgen's weight formats instead (``stored``: a GGUF model's blocks as
+they are, the default model's Q4_1): decode tokens/s of each, runs interleaved, beside the
+machine's read bandwidth measured between them (a sum over a 1 GB array with --threads
+threads); each line gives the weights read per second and the fraction of that bandwidth, and
+its decode rate as a ratio to the first dtype's.
 """
 
 from __future__ import annotations
@@ -153,19 +160,59 @@ def loaded(args) -> None:
         print(f"{name:12}{quiet:10.1f}{busy:10.1f}{busy / quiet:14.2f}   {runs}")
 
 
+def read_bandwidth(threads: int, size: int = 1 << 30) -> float:
+    """Bytes per second a sum over a large float32 array reads (the best of three)."""
+    array = getattr(read_bandwidth, "array", None)
+    if array is None:
+        array = read_bandwidth.array = torch.ones(size // 4)
+    torch.set_num_threads(threads)
+    best = 0.0
+    for _ in range(3):
+        start = time.perf_counter()
+        array.sum()
+        best = max(best, size / (time.perf_counter() - start))
+    return best
+
+
+def compare_dtypes(args) -> None:
+    path = resolve_model(args.model)
+    dtypes = args.dtypes.split(",")
+    models = {d: dataclasses.replace(lmgen.load(path, dtype=None if d == "stored" else d), eos_ids=frozenset())
+              for d in dtypes}
+    for lm in models.values():
+        run_lmgen(lm, 8)  # warm-up
+    rates: dict[str, list[float]] = {d: [] for d in dtypes}
+    bandwidth = []
+    for _ in range(args.reps):
+        for dtype, lm in models.items():
+            rates[dtype].append(run_lmgen(lm, args.tokens).decode_rate)
+            bandwidth.append(read_bandwidth(args.threads))
+    peak = statistics.median(bandwidth)
+    print(f"model {path}, {args.tokens} new tokens, greedy, {args.threads} threads, {args.reps} interleaved runs "
+          f"(medians); read bandwidth (sum over 1 GB) {peak / 1e9:.1f} GB/s")
+    first = statistics.median(rates[dtypes[0]])
+    for dtype, lm in models.items():
+        rate, per_token = statistics.median(rates[dtype]), lm.model.weight_bytes_per_token()
+        print(f"{dtype:10} {rate:7.1f} tokens/s  {rate / first:5.2f}x {dtypes[0]}  {per_token / 1e6:5.0f} MB/token  "
+              f"{rate * per_token / 1e9:5.1f} GB/s = {100 * rate * per_token / peak:3.0f}% of bandwidth")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: lmgen's default model)")
-    parser.add_argument("--dtype", default="float32", help="lmgen's --dtype (float32, bfloat16, int8)")
+    parser.add_argument("--dtype", default="float32", help="lmgen's --dtype (float32, bfloat16, q8, q4)")
     parser.add_argument("--reference-dtype", default="float32", help="transformers' dtype")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per run")
     parser.add_argument("--reps", type=int, default=5, help="timed runs of each")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     parser.add_argument("--loaded", action="store_true", help="quiet vs beside one busy process per core")
     parser.add_argument("--variant", action="append", default=[], help="with --loaded: NAME:VAR=VALUE,...")
+    parser.add_argument("--dtypes", help="compare these lmgen dtypes (and 'stored') instead of transformers")
     args = parser.parse_args()
     if args.loaded:
         return loaded(args)
+    if args.dtypes:
+        return compare_dtypes(args)
 
     import transformers
 
