@@ -159,7 +159,8 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
             "stored_dtypes": sorted({t.dtype for t in counted}),
             "fp32": 4 * total,
             "bf16": 2 * total,
-            "int8": total,
+            "q8": total * 34 // 32,  # Q8_0 blocks: 32 values in 34 bytes
+            "q4": total * 20 // 32,  # Q4_1 blocks: 32 values in 20 bytes
         },
         "kv_cache_bytes_per_token": {"fp32": 4 * kv_per_token, "bf16": 2 * kv_per_token},
         "features": features(cfg),

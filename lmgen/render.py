@@ -264,7 +264,8 @@ def print_inspect(info: dict) -> None:
         ["weights as stored", human_bytes(memory["stored"]), ", ".join(memory["stored_dtypes"])],
         ["weights at fp32", human_bytes(memory["fp32"]), ""],
         ["weights at bf16", human_bytes(memory["bf16"]), ""],
-        ["weights at int8", human_bytes(memory["int8"]), "weights only, scales not counted"],
+        ["weights at q8", human_bytes(memory["q8"]), "Q8_0 blocks, scales included"],
+        ["weights at q4", human_bytes(memory["q4"]), "Q4_1 blocks (llama.cpp keeps the embedding at q8)"],
         ["KV cache per token", f"{human_bytes(kv['fp32'])} fp32", f"{human_bytes(kv['bf16'])} bf16"],
         [f"KV cache, {full} tokens", f"{human_bytes(kv['fp32'] * full)} fp32", f"{human_bytes(kv['bf16'] * full)} bf16"],
     ]
