@@ -41,8 +41,10 @@ def test_native_decode_step_matches_torch_path(tmp_path, monkeypatch, family, dt
         return torch.cat(out, dim=1)
 
     native = stepwise()
+    assert lm.model.plan is not None  # the native step ran
     monkeypatch.setattr(kernels, "library", lambda: None)
     reference = stepwise()
+    assert lm.model.plan is None  # and here PyTorch did (block weights dequantized)
     # block formats round activations to 16 bits per block of 32 (kernels_quant.h): ~1e-5 relative
     assert (native - reference).abs().max().item() < (1e-4 if dtype in ("float32", "bfloat16") else 1e-3)
 

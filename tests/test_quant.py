@@ -11,11 +11,9 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
 
-import lmgen
 from lmgen import kernels
 from lmgen.quant import FORMATS, dequantize, dequantize_rows, quantize
 
-from conftest import save_tiny
 
 GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
 
@@ -93,26 +91,3 @@ def test_other_builds_compute_the_same(tmp_path, build):
         y = torch.empty(5, 70)
         lib.gemv(fmt.code, blocks.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 160, 5)
         assert_within_rounding(y, x, blocks, name)
-
-
-@pytest.mark.parametrize("dtype", ["q8", "q4", "q4_0"])
-def test_quantized_model_matches_its_dequantized_weights(tmp_path, monkeypatch, dtype):
-    """A model loaded --dtype q8/q4: native decode steps equal the PyTorch path on the
-    dequantized blocks, and the native path runs."""
-    save_tiny("llama", tmp_path)
-    lm = lmgen.load(tmp_path, dtype=dtype)
-    ids = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(1))
-
-    def stepwise():
-        cache = lm.model.new_cache(batch=2, max_len=24)
-        with torch.inference_mode():
-            out = [lm.model(ids[:, :5], 0, cache)]
-            out += [lm.model(ids[:, i : i + 1], i, cache) for i in range(5, 24)]
-        return torch.cat(out, dim=1), lm.model.plan
-
-    native, plan = stepwise()
-    assert plan is not None
-    monkeypatch.setattr(kernels, "library", lambda: None)
-    reference_logits, plan = stepwise()
-    assert plan is None
-    assert (native - reference_logits).abs().max().item() < 1e-3
