@@ -54,13 +54,12 @@ def locate(path: str | Path) -> CheckpointFiles:
     return CheckpointFiles(root, find_config(root), _weight_files(root), _optional(root / "tokenizer.json"))
 
 
-def gguf_file(path: Path, dtype: str | None = None) -> Path | None:
-    """The GGUF file ``path`` names: itself, or the one .gguf in a directory — unless a dtype is
-    asked for and the directory also holds its expansion (config.json and weights, as ``lmgen
-    setup`` leaves the default model): then that is loaded in the dtype."""
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF file ``path`` names: itself, or the one .gguf in a directory without config.json
+    (a checkpoint directory is a checkpoint, whatever else it holds)."""
     if path.is_file() and path.suffix.lower() == ".gguf":
         return path
-    if path.is_dir() and (dtype is None or not (path / "config.json").exists()):
+    if path.is_dir() and not (path / "config.json").exists():
         found = sorted(path.glob("*.gguf"))
         if len(found) > 1:
             raise CheckpointError(f"{path} holds {len(found)} GGUF files; name one with --model")

@@ -146,8 +146,8 @@ def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Op
         parse_dtype(dtype)
     parse_device(device)
     set_threads(threads)
-    path = resolve_model(model)
-    src = gguf_file(Path(path), dtype)
+    path = resolve_model(model, dtype)
+    src = gguf_file(Path(path))
     if src is not None:  # its config, read into the cache on first use
         from lmgen.checkpoint import load_config_file
         from lmgen.gguf_index import gguf_index

@@ -73,7 +73,7 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu") -> Lan
     ``dtype`` None: a GGUF file's weights as stored (its Q8_0/Q4_0/Q4_1 blocks read in place),
     a checkpoint's in float32. A GGUF file with a dtype is expanded to fp32 first (``lmgen
     convert``, kept in the cache) and loaded from there in that dtype."""
-    src = gguf_file(Path(path), dtype)
+    src = gguf_file(Path(path))
     if src is not None and dtype is None:
         return _load_gguf(src, parse_device(device))
     if src is not None:

@@ -25,8 +25,10 @@ def default_model_dir() -> Path:
     return cache_dir() / DEFAULT_MODEL_NAME
 
 
-def resolve_model(option: str | None) -> Path:
-    """The model directory to use; a missing default says how to create it."""
+def resolve_model(option: str | None, dtype: str | None = "float32") -> Path:
+    """The model to use; a missing default says how to create it. The default model is its
+    Q4_1 GGUF file, run as it is, when no dtype is asked for (``dtype`` None), and otherwise its
+    fp32 expansion beside it, which ``lmgen setup`` writes too."""
     if option:
         return Path(option)
     if os.environ.get("LMGEN_MODEL"):
@@ -34,7 +36,8 @@ def resolve_model(option: str | None) -> Path:
     path = default_model_dir()
     if not (path / "config.json").is_file():
         raise CheckpointError(f"the default model is not installed at {path}: run `lmgen setup` to create it")
-    return path
+    stored = path / DEFAULT_GGUF_FILE
+    return stored if dtype is None and stored.is_file() else path
 
 
 def bundled_gguf() -> Path:

@@ -177,8 +177,8 @@ def read_bandwidth(threads: int, size: int = 1 << 30) -> float:
 def compare_dtypes(args) -> None:
     path = resolve_model(args.model)
     dtypes = args.dtypes.split(",")
-    models = {d: dataclasses.replace(lmgen.load(path, dtype=None if d == "stored" else d), eos_ids=frozenset())
-              for d in dtypes}
+    models = {d: dataclasses.replace(lmgen.load(resolve_model(args.model, None), dtype=None) if d == "stored"
+                                     else lmgen.load(path, dtype=d), eos_ids=frozenset()) for d in dtypes}
     for lm in models.values():
         run_lmgen(lm, 8)  # warm-up
     rates: dict[str, list[float]] = {d: [] for d in dtypes}

@@ -56,10 +56,11 @@ def main() -> None:
     expected, expected_tokens = token_log_probs(reference, ids), greedy(reference, args.prompt, args.greedy)
     print(f"model {path}; {ids.shape[1]} tokens of {args.text}; mean |Δ log p| against fp32")
     ways = [("bfloat16", "bfloat16"), ("q8", "q8"), ("q4", "q4")]
-    if gguf_file(Path(path)) is not None:
+    stored = resolve_model(args.model, None)
+    if gguf_file(stored) is not None:
         ways.append(("GGUF as stored", None))
     for label, dtype in ways:
-        lm = lmgen.load(path, dtype=dtype)
+        lm = lmgen.load(stored if dtype is None else path, dtype=dtype)
         delta = (token_log_probs(lm, ids) - expected).abs().mean().item()
         line = f"  {label:15s} {delta:.4f}"
         if dtype != "bfloat16":  # the same blocks, dequantized and multiplied by PyTorch
