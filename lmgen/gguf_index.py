@@ -20,18 +20,20 @@ from lmgen.files import read_json, regular_file, staged_directory
 TABLE = "tensors.json"
 
 
-def cache_key(src: Path) -> str:
-    """What names a GGUF file's derived files in the cache: its path, size and modification time."""
+def cache_path(src: Path, suffix: str = "") -> Path:
+    """Where files derived from a GGUF file live in the cache, under a key made of its path,
+    size and modification time."""
+    from lmgen.paths import cache_dir
+
     info = src.stat()
-    return hashlib.sha256(f"{src.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{src.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "gguf" / f"{src.stem}-{key}{suffix}"
 
 
 def gguf_index(src: Path) -> Path:
     """The cache directory holding src's config, tokenizer and tensor table (made on first use)."""
-    from lmgen.paths import cache_dir
-
     regular_file(src, "GGUF file")
-    target = cache_dir() / "gguf" / f"{src.stem}-{cache_key(src)}"
+    target = cache_path(src)
     if not (target / TABLE).exists():
         _build(src, target)
     return target

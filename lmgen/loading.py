@@ -106,10 +106,9 @@ def _load_gguf(src: Path, device: torch.device) -> LanguageModel:
 def _expanded(src: Path) -> Path:
     """An HF-layout fp32 directory converted from a GGUF file, made once and kept in the cache."""
     from lmgen.gguf_import import convert_gguf
-    from lmgen.gguf_index import cache_key
-    from lmgen.paths import cache_dir
+    from lmgen.gguf_index import cache_path
 
-    target = cache_dir() / "gguf" / f"{src.stem}-{cache_key(src)}-fp32"
+    target = cache_path(src, "-fp32")
     if not (target / "config.json").exists():
         convert_gguf(src, target, force=True)
     return target

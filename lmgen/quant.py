@@ -27,13 +27,12 @@ class BlockFormat:
     name: str
     block_bytes: int
     code: int  # the weight format's number in kernels.c
-    has_min: bool = False
 
 
 FORMATS = {
     "q8_0": BlockFormat("q8_0", 34, 3),
     "q4_0": BlockFormat("q4_0", 18, 4),
-    "q4_1": BlockFormat("q4_1", 20, 5, has_min=True),
+    "q4_1": BlockFormat("q4_1", 20, 5),
 }
 
 
