@@ -1,8 +1,10 @@
 """Run a GGUF file as it is: ``--model FILE.gguf`` (or a directory holding one).
 
-Q8_0, Q4_0 and Q4_1 tensors are used as stored — views of the mapped file, the same bytes the
-native kernels read, no float copy ever made (llama's q/k rows, which llama.cpp's converter
-interleaved, are put back in order: a copy of the blocks, not of floats). F32, F16 and BF16
+Q8_0, Q4_0 and Q4_1 tensors are used as stored: their blocks, the same bytes, are read from the
+mapped file and packed for the native kernels (``quant.pack``: 16 rows interleaved, as llama.cpp
+repacks for its CPU kernels), one tensor at a time, and the file's pages handed back once
+packed — no float copy is ever made. (llama's q/k rows, which llama.cpp's converter
+interleaved, are put back in order first: also a copy of the blocks.) F32, F16 and BF16
 tensors are read as fp32. Other formats (the K-quants: Q4_K, Q5_K, Q6_K, ...) are dequantized
 with the ``gguf`` library one tensor at a time and re-quantized to Q8_0, and the error this
 adds is reported. The config, tokenizer, chat template and tensor table come from the file's
@@ -24,6 +26,7 @@ from lmgen.checkpoint import load_config_file
 from lmgen.errors import CheckpointError
 from lmgen.gguf_arch import ARCHS, hf_tensor_name, restore
 from lmgen.gguf_index import gguf_index, read_table
+from lmgen.linear import drop_pages, set_block_weight
 
 AS_STORED = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1"}
 FLOATS = (GGML.F32, GGML.F16, GGML.BF16)
@@ -78,9 +81,11 @@ def read_tensors(src: Path, tensors: list[dict], cfg, arch) -> tuple[dict, dict,
             continue
         kind, shape, qtype = AS_STORED.get(t["type"]), tuple(t["shape"]), GGML(t["type"])
         if kind and len(shape) == 2 and not mapped.transpose:
-            raw = restore(arch, t["name"], _stored(data, t), cfg.n_heads, cfg.n_kv_heads)
-            blocks.update((target, (part, quant.FORMATS[kind])) for target, part in
+            fmt, stored = quant.FORMATS[kind], _stored(data, t)
+            raw = restore(arch, t["name"], stored, cfg.n_heads, cfg.n_kv_heads)
+            blocks.update((target, (quant.pack(part, fmt), fmt)) for target, part in
                           _split(_read_only_tensor(raw), mapped, shapes))
+            drop_pages(_read_only_tensor(stored))
             continue
         try:
             array = dequantize(_stored(data, t), qtype).astype(np.float32, copy=False).reshape(shape)
@@ -93,9 +98,9 @@ def read_tensors(src: Path, tensors: list[dict], cfg, arch) -> tuple[dict, dict,
             if qtype in FLOATS or part.dim() < 2 or part.shape[1] % quant.BLOCK:
                 floats[target] = part
             else:
-                packed = quant.quantize(part, REQUANTIZED)
-                requantized.add(t["name"], qtype.name, part, quant.dequantize(packed, REQUANTIZED))
-                blocks[target] = (packed, REQUANTIZED)
+                stored = quant.quantize(part, REQUANTIZED)
+                requantized.add(t["name"], qtype.name, part, quant.dequantize(stored, REQUANTIZED))
+                blocks[target] = (quant.pack(stored, REQUANTIZED), REQUANTIZED)
     return floats, blocks, requantized
 
 
@@ -109,7 +114,6 @@ def _split(tensor: torch.Tensor, mapped, shapes: dict) -> list[tuple[str, torch.
 def load_gguf(src: Path):
     """(Decoder, config, directory of its small files, re-quantization report or None) for a GGUF
     file, its quantized tensors as stored."""
-    from lmgen.linear import set_block_weight
     from lmgen.model import Decoder
 
     root = gguf_index(src)

@@ -4,7 +4,9 @@
  * as PyTorch stores a Linear weight: (out_features, in_features), row-major. Output rows are
  * split across threads with OpenMP in groups of eight, x stays in L1, and the dot products come
  * in tiles (kernels_dot.h) summed in one order whatever the number of rows m.
- * W is fp32, bf16 (upper half of an fp32), or blocks of llama.cpp's Q8_0, Q4_0 or Q4_1 (a row of K values is K / 32 blocks); x and y are always fp32. Built on first use by lmgen/kernels.py with the machine's C compiler.
+ * W is fp32, bf16 (upper half of an fp32), or blocks of llama.cpp's Q8_0, Q4_0 or Q4_1 in
+ * lmgen.quant's packed layout (16 rows interleaved); x and y are always fp32. Built on first use
+ * by lmgen/kernels.py with the machine's C compiler.
  */
 #include <math.h>
 #include <stdint.h>
@@ -25,25 +27,29 @@ enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 /* One projection of a block: y (M, n) = x (M, K) @ W.T + bias, W in weight format dtype. */
 typedef struct { int dtype; const void* w; const float* bias; float* y; int64_t n; } Projection;
 
+/* Output rows a job takes at once: a packed group of block rows (kernels_quant.h), or eight. */
+static inline int64_t group_rows(int dtype) { return dtype >= W_Q8_0 ? QGROUP : 8; }
+static inline int64_t groups_of(const Projection* p) { return (p->n + group_rows(p->dtype) - 1) / group_rows(p->dtype); }
+
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
 static void project(const Projection* p, int count, const float* x, int64_t K, int64_t M) {
   int blocked = 0;
   for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0;
   QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
-  int64_t groups = 0;  /* eight output rows each (fewer at a projection's end) */
-  for (int i = 0; i < count; i++) groups += (p[i].n + 7) / 8;
+  int64_t groups = 0;
+  for (int i = 0; i < count; i++) groups += groups_of(p + i);
   #pragma omp parallel for schedule(static) num_threads(n_threads)
   for (int64_t group = 0; group < groups; group++) {
     int i = 0;
     int64_t g = group;
-    while (g >= (p[i].n + 7) / 8) g -= (p[i++].n + 7) / 8;
-    int64_t r = 8 * g;
-    int nr = p[i].n - r < 8 ? (int)(p[i].n - r) : 8;
+    while (g >= groups_of(p + i)) g -= groups_of(p + i++);
+    int64_t size = group_rows(p[i].dtype), r = size * g;
+    int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
     for (int64_t m = 0; m < M; m += 4) {
       int nb = M - m < 4 ? (int)(M - m) : 4;
-      float out[8][4];
-      if (p[i].dtype >= W_Q8_0) block_tile(p[i].dtype, p[i].w, r, nr, &a, m, nb, out);
+      float out[QGROUP][4];
+      if (p[i].dtype >= W_Q8_0) block_tile(p[i].dtype, p[i].w, r, &a, m, nb, out);
       else dot_tile(p[i].dtype, p[i].w, r, nr, x + m * K, nb, K, out);
       for (int j = 0; j < nr; j++) {
         float b = p[i].bias ? p[i].bias[r + j] : 0.f;

@@ -134,12 +134,11 @@ def block_usable(x: Tensor) -> bool:
     return x.device.type == "cpu" and library() is not None
 
 
-def block_linear(x: Tensor, blocks: Tensor, fmt, n_in: int, bias: Tensor | None = None) -> Tensor:
-    """x @ W.T + bias for W (n_out, n_in) stored as blocks of ``fmt`` (lmgen.quant)."""
-    n_out = blocks.shape[0]
+def block_linear(x: Tensor, packed: Tensor, fmt, n_out: int, n_in: int, bias: Tensor | None = None) -> Tensor:
+    """x @ W.T + bias for W (n_out, n_in) stored as blocks of ``fmt`` packed by lmgen.quant.pack."""
     rows = x.reshape(-1, n_in).to(torch.float32).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
-    library().gemv(fmt.code, blocks.data_ptr(), rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])
+    library().gemv(fmt.code, packed.data_ptr(), rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])
     out = out.view(*x.shape[:-1], n_out).to(x.dtype)
     return out if bias is None else out + bias
 

@@ -1,27 +1,38 @@
-/* Dot products of block-quantized weight rows (llama.cpp's Q8_0, Q4_0 and Q4_1; see
- * lmgen/quant.py) with rows of x. Included by kernels.c.
+/* Products of block-quantized weights (llama.cpp's Q8_0, Q4_0 and Q4_1; see lmgen/quant.py) with
+ * rows of x. Included by kernels.c.
  *
- * The activations are rounded to 16-bit integers with one scale per block of 32 (xs = max|x| /
- * 32767: a relative error of 1.5e-5 of the block's largest value, 250 times finer than the
- * weights' own 8-bit rounding and finer than bf16), so that each block's products are summed
- * exactly in integers — 32 of them in one AVX-512BW instruction (vpmaddwd), with the 4-bit
- * values unpacked from their nibbles in registers. Each block's integer sums are then scaled by
- * d · xs (plus m · Σx for Q4_1) into fp32 accumulators. As for the float formats, work comes in
- * tiles of 4 weight rows × 4 rows of x, and every dot product is summed in one order whatever
- * its tile, so a row of x gets bit for bit the same result alone or in a batch.
+ * The weights come in lmgen.quant's packed layout: groups of 16 rows, and within a group, block
+ * by block, the 16 rows' quants interleaved four bytes at a time, then their 16 scales d (and
+ * minimums m). So one 64-byte load holds four weights of each of 16 rows, and one VNNI
+ * instruction (vpdpbusd) adds four products to each row's sum: no sum across lanes is ever
+ * needed, lane i of the accumulator is row i. Q4 nibbles are unpacked in registers; Q8 bytes are
+ * stored offset by 128 (vpdpbusd's weight operand is unsigned) and the offset taken back once a
+ * block through the block's sum of x.
+ *
+ * The activations are rounded to 16-bit integers with one scale per block of 32 (max|x| / 32639:
+ * a relative error of 1.5e-5 of the block's largest value, 250 times finer than the weights' own
+ * 8-bit rounding and finer than bf16), kept as two signed bytes, x = 256 hi + lo, so that each
+ * block's products are summed exactly in integers. Each block's sum is then scaled by d · xs
+ * (plus m · Σx for Q4_1) into fp32. Every row of x is summed in one order, alone or in a batch,
+ * and the portable C path does the same arithmetic: all builds agree bit for bit.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512BW__) || defined(__F16C__)
+#if defined(__AVX512VNNI__) || defined(__F16C__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define PACKED_VNNI 1
 #endif
 
 enum { W_Q8_0 = 3, W_Q4_0 = 4, W_Q4_1 = 5 };
-enum { QBLOCK = 32 };
+enum { QBLOCK = 32, QGROUP = 16, QMAX = 32639 /* 127 · 256 + 127: hi and lo fit in int8 */ };
 
-static inline int block_bytes(int dtype) { return dtype == W_Q8_0 ? 34 : dtype == W_Q4_0 ? 18 : 20; }
+static inline int64_t quant_bytes(int dtype) { return dtype == W_Q8_0 ? 512 : 256; }  /* a group's quants per block */
+static inline int64_t group_block_bytes(int dtype) { return QGROUP * (dtype == W_Q8_0 ? 34 : dtype == W_Q4_0 ? 18 : 20); }
+static inline int32_t quant_offset(int dtype) { return dtype == W_Q8_0 ? 128 : dtype == W_Q4_0 ? 8 : 0; }
 
 static inline float half_to_float(const uint8_t* p) {
   uint16_t h = (uint16_t)(p[0] | (p[1] << 8));
@@ -42,128 +53,132 @@ static inline float half_to_float(const uint8_t* p) {
   return f;
 }
 
-/* Rows of x rounded to int16 per block: q (M, K), scale xs and xs·Σq (the block's sum) per block. */
-typedef struct { int16_t* q; float* scale; float* sum; int64_t K; } QuantizedX;
+/* Rows of x rounded per block of 32: its 32 lo bytes then 32 hi bytes, its scale xs and its
+ * integer sum Σq (x ≈ xs · (256 hi + lo)). */
+typedef struct { int8_t* bytes; float* scale; int32_t* total; int64_t blocks; } QuantizedX;
 
 static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
   int64_t blocks = K / QBLOCK;
-  QuantizedX a = {malloc(sizeof(int16_t) * M * K), malloc(sizeof(float) * M * blocks),
-                  malloc(sizeof(float) * M * blocks), K};
-  for (int64_t b = 0; b < M * blocks; b++) {
+  QuantizedX a = {malloc(2 * M * K), malloc(sizeof(float) * M * blocks), malloc(sizeof(int32_t) * M * blocks), blocks};
+  for (int64_t b = 0; b < M * blocks; b++) {  /* written so that the compiler vectorises it */
     const float* v = x + b * QBLOCK;
-    float top = 0.f;
-    for (int i = 0; i < QBLOCK; i++) top = fmaxf(top, fabsf(v[i]));
-    float xs = top / 32767.f, inv = top > 0.f ? 32767.f / top : 0.f;
+    int8_t *lo = a.bytes + 2 * QBLOCK * b, *hi = lo + QBLOCK;
+    float top = 0.f, poison = 0.f;  /* poison: NaN if any value is NaN or infinite */
+    for (int i = 0; i < QBLOCK; i++) {
+      float m = fabsf(v[i]);
+      top = m > top ? m : top;
+      poison += v[i] * 0.f;
+    }
+    float inv = top > 0.f && top <= 3.4e38f ? (float)QMAX / top : 0.f;
     int32_t total = 0;
     for (int i = 0; i < QBLOCK; i++) {
-      float r = fminf(fmaxf(roundf(v[i] * inv), -32767.f), 32767.f);
-      a.q[b * QBLOCK + i] = (int16_t)r;
-      total += (int32_t)r;
+      float r = rintf(v[i] * inv);
+      r = r > -(float)QMAX ? r : -(float)QMAX;  /* and NaN → -QMAX: the scale carries the NaN */
+      r = r < (float)QMAX ? r : (float)QMAX;
+      int32_t q = (int32_t)r, h = (q + 128) >> 8;
+      hi[i] = (int8_t)h, lo[i] = (int8_t)(q - 256 * h), total += q;
     }
-    a.scale[b] = xs;
-    a.sum[b] = xs * (float)total;
+    a.scale[b] = top / (float)QMAX + poison;  /* a NaN or infinity in x makes every product NaN */
+    a.total[b] = total;
   }
   return a;
 }
 
-static void free_x(QuantizedX a) { free(a.q); free(a.scale); free(a.sum); }
+static void free_x(QuantizedX a) { free(a.bytes); free(a.scale); free(a.total); }
 
-#ifdef __AVX512BW__
-/* A block's 32 weight values as int16, and its scale d (and minimum m). */
-static inline __m512i block_values(int dtype, const uint8_t* blk, float* d, float* m) {
-  *d = half_to_float(blk);
-  if (dtype == W_Q8_0) return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(blk + 2)));
-  const uint8_t* nib = blk + (dtype == W_Q4_1 ? 4 : 2);
-  __m256i z = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)nib));
-  __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(z, _mm256_set1_epi16(0x0f))),
-                                 _mm256_srli_epi16(z, 4), 1);
-  if (dtype == W_Q4_1) *m = half_to_float(blk + 2);
-  return dtype == W_Q4_0 ? _mm512_sub_epi16(q, _mm512_set1_epi16(8)) : q;
-}
+#ifdef PACKED_VNNI
+static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
 
-/* Pairs of adjacent products summed into 16 int32 lanes (vpmaddwd: what VNNI's vpdpwssd does
- * with a zero accumulator, one instruction as well). */
-static inline __m512i block_dot(__m512i w, const int16_t* x) { return _mm512_madd_epi16(w, _mm512_loadu_si512(x)); }
+/* Add block j of x row xb's products to lo and hi, given the group's c-th 64 bytes of weights
+ * w, which hold values 4c'..4c'+3 of each row (c' = position in the block). */
+#define DOT4(lo, hi, w, xq, c) \
+  (lo = _mm512_dpbusd_epi32(lo, w, bytes4(xq + 4 * (c))), hi = _mm512_dpbusd_epi32(hi, w, bytes4(xq + QBLOCK + 4 * (c))))
 
-/* out[i][b] = weight row i · x row b, for R weight rows (row bytes apart) and B rows of x. */
-#define QTILE(NAME, R, B)                                                                          \
-  static void NAME(int dtype, const uint8_t* w, int64_t row_bytes, const QuantizedX* a, int64_t x0,  \
-                   float out[][4]) {                                                               \
-    int64_t blocks = a->K / QBLOCK, bb = block_bytes(dtype);                                       \
-    __m512 acc[R][B];                                                                              \
-    float macc[R][B];                                                                              \
-    for (int i = 0; i < R; i++)                                                                    \
-      for (int b = 0; b < B; b++) acc[i][b] = _mm512_setzero_ps(), macc[i][b] = 0.f;             \
-    for (int64_t j = 0; j < blocks; j++) {                                                         \
-      __m512i wv[R];                                                                               \
-      float d[R], m[R];                                                                            \
-      for (int i = 0; i < R; i++) wv[i] = block_values(dtype, w + i * row_bytes + j * bb, d + i, m + i); \
+/* out[i][b] = weight row i of group g · row x0 + b of x, for the 16 rows of the group. */
+#define QTILE(NAME, B)                                                                             \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
+    int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
+    int32_t off = quant_offset(dtype);                                                             \
+    const __m512i low4 = _mm512_set1_epi8(0x0f);                                                   \
+    __m512 acc[B];                                                                                 \
+    for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();                                      \
+    for (int64_t j = 0; j < blocks; j++, g += gb) {                                                \
+      __m512i lo[B], hi[B];                                                                        \
+      const int8_t* xq[B];                                                                         \
+      for (int b = 0; b < B; b++)                                                                  \
+        lo[b] = hi[b] = _mm512_setzero_si512(), xq[b] = a->bytes + 2 * QBLOCK * ((x0 + b) * blocks + j); \
+      if (dtype == W_Q8_0)                                                                         \
+        for (int c = 0; c < 8; c++) {                                                              \
+          __m512i w = _mm512_loadu_si512(g + 64 * c);                                              \
+          for (int b = 0; b < B; b++) DOT4(lo[b], hi[b], w, xq[b], c);                             \
+        }                                                                                          \
+      else                                                                                         \
+        for (int c = 0; c < 4; c++) { /* low nibbles: values 4c.., high nibbles: 16 + 4c.. */     \
+          __m512i raw = _mm512_loadu_si512(g + 64 * c);                                            \
+          __m512i w0 = _mm512_and_si512(raw, low4), w1 = _mm512_and_si512(_mm512_srli_epi16(raw, 4), low4); \
+          for (int b = 0; b < B; b++) DOT4(lo[b], hi[b], w0, xq[b], c), DOT4(lo[b], hi[b], w1, xq[b], 4 + c); \
+        }                                                                                          \
+      __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(g + qb)));                    \
       for (int b = 0; b < B; b++) {                                                                \
         int64_t xb = (x0 + b) * blocks + j;                                                        \
-        const int16_t* xq = a->q + xb * QBLOCK;                                                    \
-        for (int i = 0; i < R; i++) {                                                              \
-          __m512 s = _mm512_cvtepi32_ps(block_dot(wv[i], xq));                                     \
-          acc[i][b] = _mm512_fmadd_ps(s, _mm512_set1_ps(d[i] * a->scale[xb]), acc[i][b]);          \
-          if (dtype == W_Q4_1) macc[i][b] = fmaf(m[i], a->sum[xb], macc[i][b]);                    \
-        }                                                                                          \
+        __m512i s = _mm512_sub_epi32(_mm512_add_epi32(lo[b], _mm512_slli_epi32(hi[b], 8)),        \
+                                     _mm512_set1_epi32(off * a->total[xb]));                       \
+        acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(a->scale[xb])), acc[b]); \
+        if (dtype == W_Q4_1)                                                                       \
+          acc[b] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(g + qb + 32))), \
+                                   _mm512_set1_ps(a->scale[xb] * (float)a->total[xb]), acc[b]);    \
       }                                                                                            \
     }                                                                                              \
-    for (int i = 0; i < R; i++)                                                                    \
-      for (int b = 0; b < B; b++) out[i][b] = _mm512_reduce_add_ps(acc[i][b]) + macc[i][b];       \
+    for (int b = 0; b < B; b++) {                                                                  \
+      float t[QGROUP];                                                                             \
+      _mm512_storeu_ps(t, acc[b]);                                                                 \
+      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                           \
+    }                                                                                              \
   }
 #else
-/* Without AVX-512: the same arithmetic one block at a time (the compiler vectorises the sums). */
-#define QTILE(NAME, R, B)                                                                          \
-  static void NAME(int dtype, const uint8_t* w, int64_t row_bytes, const QuantizedX* a, int64_t x0,  \
-                   float out[][4]) {                                                               \
-    int64_t blocks = a->K / QBLOCK, bb = block_bytes(dtype);                                       \
-    for (int i = 0; i < R; i++)                                                                    \
+/* Without AVX-512 VNNI: the same arithmetic, row by row, in the same order. */
+#define QTILE(NAME, B)                                                                             \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
+    int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
+    int32_t off = quant_offset(dtype);                                                             \
+    for (int i = 0; i < QGROUP; i++)                                                               \
       for (int b = 0; b < B; b++) {                                                                \
-        float acc = 0.f, macc = 0.f;                                                               \
+        float acc = 0.f;                                                                           \
         for (int64_t j = 0; j < blocks; j++) {                                                     \
-          const uint8_t* blk = w + i * row_bytes + j * bb;                                         \
+          const uint8_t* p = g + j * gb;                                                           \
           int64_t xb = (x0 + b) * blocks + j;                                                      \
-          const int16_t* xq = a->q + xb * QBLOCK;                                                  \
-          float d = half_to_float(blk);                                                            \
+          const int8_t* lo = a->bytes + 2 * QBLOCK * xb;                                           \
           int32_t s = 0;                                                                           \
-          if (dtype == W_Q8_0)                                                                     \
-            for (int k = 0; k < QBLOCK; k++) s += (int32_t)(int8_t)blk[2 + k] * xq[k];             \
-          else {                                                                                   \
-            const uint8_t* nib = blk + (dtype == W_Q4_1 ? 4 : 2);                                  \
-            int off = dtype == W_Q4_0 ? 8 : 0;                                                     \
-            for (int k = 0; k < 16; k++)                                                           \
-              s += ((nib[k] & 15) - off) * xq[k] + ((nib[k] >> 4) - off) * xq[k + 16];            \
+          for (int k = 0; k < QBLOCK; k++) {                                                       \
+            int c = k / 4, t = k % 4;                                                              \
+            int32_t u = dtype == W_Q8_0 ? p[64 * c + 4 * i + t]                                    \
+                      : (p[64 * (c % 4) + 4 * i + t] >> (c < 4 ? 0 : 4)) & 15;                     \
+            s += u * (256 * lo[QBLOCK + k] + lo[k]);                                               \
           }                                                                                        \
-          acc = fmaf((float)s, d * a->scale[xb], acc);                                             \
-          if (dtype == W_Q4_1) macc = fmaf(half_to_float(blk + 2), a->sum[xb], macc);             \
+          s -= off * a->total[xb];                                                                 \
+          acc = fmaf((float)s, half_to_float(p + qb + 2 * i) * a->scale[xb], acc);                \
+          if (dtype == W_Q4_1) acc = fmaf(half_to_float(p + qb + 32 + 2 * i), a->scale[xb] * (float)a->total[xb], acc); \
         }                                                                                          \
-        out[i][b] = acc + macc;                                                                    \
+        out[i][b] = acc;                                                                           \
       }                                                                                            \
   }
 #endif
 
-QTILE(qtile44, 4, 4)
-QTILE(qtile14, 1, 4)
-QTILE(qtile11, 1, 1)
+QTILE(qtile4, 4)
+QTILE(qtile1, 1)
 
-/* out[i][b] = weight row r + i · row x0 + b of x, for nr ≤ 8 weight rows and nb ≤ 4 rows of x. */
-static void block_tile(int dtype, const void* W, int64_t r, int nr, const QuantizedX* a, int64_t x0, int nb,
-                       float out[8][4]) {
-  int64_t row_bytes = a->K / QBLOCK * block_bytes(dtype);
-  const uint8_t* w = (const uint8_t*)W + r * row_bytes;
-  float one[4][4];
-  int i = 0;
-  if (nb < 4) {  /* a row or few of x (decoding one prompt) */
-    for (; i < nr; i++)
-      for (int b = 0; b < nb; b++) {
-        qtile11(dtype, w + i * row_bytes, row_bytes, a, x0 + b, one);
-        out[i][b] = one[0][0];
-      }
+/* out[i][b] = weight row r + i · row x0 + b of x, for the 16 rows of the group starting at row r
+ * (a multiple of 16) and nb ≤ 4 rows of x. */
+static void block_tile(int dtype, const void* W, int64_t r, const QuantizedX* a, int64_t x0, int nb,
+                       float out[QGROUP][4]) {
+  const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * group_block_bytes(dtype);
+  if (nb == 4) {
+    qtile4(dtype, g, a, x0, out);
     return;
   }
-  for (; i + 4 <= nr; i += 4) qtile44(dtype, w + i * row_bytes, row_bytes, a, x0, out + i);
-  for (; i < nr; i++) {
-    qtile14(dtype, w + i * row_bytes, row_bytes, a, x0, one);
-    for (int b = 0; b < 4; b++) out[i][b] = one[0][b];
+  float one[QGROUP][4];
+  for (int b = 0; b < nb; b++) {  /* a row or few of x (decoding one prompt) */
+    qtile1(dtype, g, a, x0 + b, one);
+    for (int i = 0; i < QGROUP; i++) out[i][b] = one[i][0];
   }
 }

@@ -3,9 +3,9 @@
 ``Linear`` is an ``nn.Linear`` (same parameters, same state-dict names) whose
 few-row products — the decode step — run in lmgen's matrix-vector kernels;
 long prompts still go through torch's matmul. ``BlockLinear`` and ``BlockEmbedding``
-hold weights in llama.cpp's block formats (``lmgen.quant``), read by the kernels as
-they are; ``quantize_blocks`` swaps every projection and the embeddings for them, and
-a GGUF file's blocks are put in place with ``set_block_weight``. Activations stay fp32.
+hold weights in llama.cpp's block formats (``lmgen.quant``), packed for the kernels;
+``quantize_blocks`` swaps every projection and the embeddings for them, and a GGUF
+file's blocks are put in place with ``set_block_weight``. Activations stay fp32.
 With tied embeddings the token embedding and the LM head share one block tensor.
 """
 
@@ -33,44 +33,44 @@ class Linear(nn.Linear):
 
 class BlockLinear(nn.Module):
     """A projection whose weight is block-quantized (``quant.FORMATS``): ``weight`` holds the
-    blocks' bytes, (out_features, in_features / 32 * block bytes), in the native kernels' and
-    GGUF's layout. Without the kernels it is dequantized for each product (slow, same values)."""
+    blocks' bytes packed for the native kernels (``quant.pack``: groups of 16 rows). Without
+    the kernels it is unpacked and dequantized for each product (slow, same values)."""
 
-    def __init__(self, blocks: Tensor, fmt: quant.BlockFormat, in_features: int, bias: Tensor | None):
+    def __init__(self, packed: Tensor, fmt: quant.BlockFormat, shape: tuple[int, int], bias: Tensor | None):
         super().__init__()
-        self.format, self.in_features = fmt, in_features
-        self.register_buffer("weight", blocks)
+        self.format, (self.out_features, self.in_features) = fmt, shape
+        self.register_buffer("weight", packed)
         self.bias = None if bias is None else nn.Parameter(bias.detach().float(), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
         if kernels.block_usable(x):
-            return kernels.block_linear(x, self.weight, self.format, self.in_features, self.bias)
-        return F.linear(x, quant.dequantize(self.weight, self.format).to(x.dtype), self.bias)
+            return kernels.block_linear(x, self.weight, self.format, self.out_features, self.in_features, self.bias)
+        blocks = quant.unpack(self.weight, self.format, self.out_features)
+        return F.linear(x, quant.dequantize(blocks, self.format).to(x.dtype), self.bias)
 
 
 class BlockEmbedding(nn.Module):
-    """Token embedding rows dequantized from blocks (the tensor a tied LM head also uses)."""
+    """Token embedding rows dequantized from packed blocks (the tensor a tied LM head also uses)."""
 
-    def __init__(self, blocks: Tensor, fmt: quant.BlockFormat, dim: int):
+    def __init__(self, packed: Tensor, fmt: quant.BlockFormat, shape: tuple[int, int]):
         super().__init__()
-        self.format, self.in_features = fmt, dim
-        self.register_buffer("weight", blocks)
+        self.format, (self.num_embeddings, self.in_features) = fmt, shape
+        self.register_buffer("weight", packed)
 
     def forward(self, ids: Tensor) -> Tensor:
-        return quant.dequantize_rows(self.weight, self.format, ids)
+        return quant.packed_rows(self.weight, self.format, ids)
 
 
-def set_block_weight(model: nn.Module, name: str, blocks: Tensor, fmt: quant.BlockFormat,
+def set_block_weight(model: nn.Module, name: str, packed: Tensor, fmt: quant.BlockFormat,
                      bias: Tensor | None) -> None:
     """Make the canonical weight ``name`` (``blocks.3.attn.q.weight``, ``embed.weight``,
     ``head.linear.weight``) block-quantized: its module replaced by a BlockLinear (or, for the
-    token embedding, a BlockEmbedding) holding ``blocks``."""
+    token embedding, a BlockEmbedding) holding ``packed`` (``quant.pack``'s layout)."""
     path, _ = name.rsplit(".", 1)
     parent, attr = path.rsplit(".", 1) if "." in path else ("", path)
     owner = model.get_submodule(parent)
-    in_features = getattr(owner, attr).weight.shape[1]
-    module = BlockEmbedding(blocks, fmt, in_features) if name == "embed.weight" else \
-        BlockLinear(blocks, fmt, in_features, bias)
+    shape = tuple(getattr(owner, attr).weight.shape)
+    module = BlockEmbedding(packed, fmt, shape) if name == "embed.weight" else BlockLinear(packed, fmt, shape, bias)
     setattr(owner, attr, module)
 
 
@@ -81,7 +81,7 @@ def quantize_blocks(model: nn.Module, fmt: quant.BlockFormat, embed_fmt: quant.B
     kernel once its blocks are made: no float copy of the model is ever resident."""
 
     def blocks_of(weight: Tensor, format: quant.BlockFormat) -> Tensor:
-        packed = quant.quantize(weight, format)
+        packed = quant.pack(quant.quantize(weight, format), format)
         drop_pages(weight)
         return packed
 

@@ -10,11 +10,19 @@ with the low nibbles of the 16 bytes holding values 0..15 of the block and the h
 values 16..31. These are the bytes a GGUF file stores, so its tensors are used as they are; a
 matrix is a uint8 tensor of shape (rows, K / 32 * block bytes). ``quantize`` rounds exactly as
 llama.cpp's reference quantizers (and the ``gguf`` library) do, so that the bytes are the same.
+
+The native kernels read the same bytes rearranged (``pack``), as llama.cpp's CPU back end
+repacks Q4_0 for AVX-512 and ARM: rows in groups of 16, and for each block of a group, its 16
+rows' quants interleaved four bytes at a time, then the 16 scales d, then (Q4_1) the 16
+minimums m. Four bytes of a Q4 block hold values 4c..4c+3 in their low nibbles and 16+4c..
+16+4c+3 in their high ones; Q8 bytes are stored plus 128 (as unsigned bytes, which is what the
+CPU's integer dot product takes). ``unpack`` gives the blocks back, byte for byte.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 from torch import Tensor
@@ -110,3 +118,77 @@ def dequantize_rows(packed: Tensor, fmt: BlockFormat, ids: Tensor) -> Tensor:
     """Rows ``ids`` (any shape) of a block matrix, as float32 (..., K): an embedding lookup."""
     picked = packed[ids.reshape(-1)]
     return dequantize(picked, fmt).reshape(*ids.shape, -1)
+
+
+GROUP = 16  # weight rows interleaved in the packed layout
+
+
+def _header_bytes(fmt: BlockFormat) -> int:
+    return 4 if fmt.name == "q4_1" else 2  # d, and m for Q4_1
+
+
+def pack(blocks: Tensor, fmt: BlockFormat) -> Tensor:
+    """Blocks (rows, K / 32 * block bytes) in the kernels' layout: (groups of 16 rows, K / 32 *
+    16 * block bytes), the last group padded with zero rows."""
+    rows, width = blocks.shape
+    groups, n_blocks = -(-rows // GROUP), width // fmt.block_bytes
+    packed = torch.empty(groups, n_blocks * GROUP * fmt.block_bytes, dtype=torch.uint8)
+    step = max(1, CHUNK_VALUES // (GROUP * width))  # a few MB of temporaries at a time
+    for g in range(0, groups, step):
+        part = blocks[g * GROUP : (g + step) * GROUP]
+        if part.shape[0] % GROUP:
+            part = torch.cat([part, part.new_zeros(-part.shape[0] % GROUP, width)])
+        packed[g : g + step] = _pack_groups(part.reshape(-1, GROUP, n_blocks, fmt.block_bytes), fmt)
+    return packed
+
+
+def _pack_groups(b: Tensor, fmt: BlockFormat) -> Tensor:
+    """(groups, 16, blocks, block bytes) → (groups, blocks · 16 · block bytes)."""
+    groups, _, n_blocks, _ = b.shape
+    head = _header_bytes(fmt)
+    quants = b[..., head:].reshape(groups, GROUP, n_blocks, -1, 4).permute(0, 2, 3, 1, 4)
+    if fmt.name == "q8_0":
+        quants = quants ^ 0x80
+    scales = [b[..., i : i + 2].permute(0, 2, 1, 3) for i in range(0, head, 2)]  # d (and m), 16 of each
+    parts = [quants.reshape(groups, n_blocks, -1)] + [s.reshape(groups, n_blocks, -1) for s in scales]
+    return torch.cat(parts, dim=2).reshape(groups, -1)
+
+
+def unpack(packed: Tensor, fmt: BlockFormat, rows: int | None = None) -> Tensor:
+    """The blocks (rows, K / 32 * block bytes) that ``pack`` made ``packed`` of (its first rows)."""
+    blocks = _unpermute(packed, fmt)
+    if fmt.name == "q8_0":
+        quants = blocks.reshape(blocks.shape[0], -1, fmt.block_bytes)[..., 2:]
+        quants ^= 0x80
+    return blocks[:rows]
+
+
+def _unpermute(packed: Tensor, fmt: BlockFormat) -> Tensor:
+    """``pack``'s rearrangement undone (Q8's offset left in): (groups · 16, K / 32 * block bytes)."""
+    groups = packed.shape[0]
+    n_blocks, head = packed.shape[1] // (GROUP * fmt.block_bytes), _header_bytes(fmt)
+    p = packed.reshape(groups, n_blocks, GROUP * fmt.block_bytes)
+    quant_bytes = GROUP * (fmt.block_bytes - head)
+    quants = p[..., :quant_bytes].reshape(groups, n_blocks, -1, GROUP, 4).permute(0, 3, 1, 2, 4)
+    scales = [p[..., quant_bytes + GROUP * i : quant_bytes + GROUP * (i + 2)].reshape(groups, n_blocks, GROUP, 2)
+              .permute(0, 2, 1, 3) for i in range(0, head, 2)]
+    blocks = torch.cat([*scales, quants.reshape(groups, GROUP, n_blocks, -1)], dim=3)
+    return blocks.reshape(groups * GROUP, -1)
+
+
+def packed_rows(packed: Tensor, fmt: BlockFormat, ids: Tensor) -> Tensor:
+    """Rows ``ids`` (any shape) of a packed block matrix, as float32 (..., K): an embedding lookup,
+    one gather of each row's bytes."""
+    flat = ids.reshape(-1)
+    where = _row_offsets(fmt, packed.shape[1] // (GROUP * fmt.block_bytes))
+    blocks = packed.reshape(-1)[(flat // GROUP * packed.shape[1])[:, None] + where[flat % GROUP]]
+    if fmt.name == "q8_0":
+        quants = blocks.reshape(flat.shape[0], -1, fmt.block_bytes)[..., 2:]
+        quants ^= 0x80
+    return dequantize(blocks, fmt).reshape(*ids.shape, -1)
+
+
+@lru_cache(maxsize=8)
+def _row_offsets(fmt: BlockFormat, n_blocks: int) -> Tensor:
+    """(16, n_blocks · block bytes): where in its group's packed bytes each byte of row i's blocks lies."""
+    return _unpermute(torch.arange(GROUP * n_blocks * fmt.block_bytes).reshape(1, -1), fmt)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
 
 from lmgen import kernels
-from lmgen.quant import FORMATS, dequantize, dequantize_rows, quantize
+from lmgen.quant import FORMATS, dequantize, dequantize_rows, pack, packed_rows, quantize, unpack
 
 
 GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
@@ -43,6 +43,24 @@ def test_blocks_are_the_gguf_librarys_bytes(name):
     assert torch.equal(dequantize_rows(ours, FORMATS[name], ids), torch.from_numpy(expected)[ids])
 
 
+@pytest.mark.parametrize("name", FORMATS)
+@pytest.mark.parametrize("rows", [1, 16, 37])
+def test_packing_keeps_every_byte(name, rows):
+    """The kernels' layout is the same blocks rearranged: unpack gives them back byte for byte,
+    and embedding rows read from it are the blocks' own."""
+    fmt = FORMATS[name]
+    blocks = quantize(awkward_weights(max(rows, 5), 96)[:rows], fmt)
+    packed = pack(blocks, fmt)
+    assert packed.shape == (-(-rows // 16), 3 * 16 * fmt.block_bytes)
+    assert torch.equal(unpack(packed, fmt, rows), blocks)
+    head = 4 if name == "q4_1" else 2
+    flip = 0x80 if name == "q8_0" else 0  # Q8 bytes are stored plus 128
+    for row in range(min(rows, 2)):  # four bytes of row 0's first block, then of row 1's
+        assert torch.equal(packed[0, 4 * row : 4 * row + 4], blocks[row, head : head + 4] ^ flip)
+    ids = torch.tensor([[rows - 1, 0], [rows // 2, rows - 1]])
+    assert torch.equal(packed_rows(packed, fmt, ids), dequantize_rows(blocks, fmt, ids))
+
+
 def test_rows_must_be_whole_blocks():
     with pytest.raises(ValueError, match="multiple of 32"):
         quantize(torch.randn(4, 40), FORMATS["q8_0"])
@@ -54,9 +72,9 @@ def reference(x: torch.Tensor, blocks: torch.Tensor, name: str) -> torch.Tensor:
 
 def assert_within_rounding(y: torch.Tensor, x: torch.Tensor, blocks: torch.Tensor, name: str) -> None:
     """y equals x @ W.T up to the rounding of x to 16 bits per block of 32 (each value within
-    half a step, max|x in block| / 32767, of itself) and fp32 summation."""
+    half a step, max|x in block| / 32639, of itself) and fp32 summation."""
     w = dequantize(blocks, FORMATS[name])
-    step = x.reshape(x.shape[0], -1, 32).abs().amax(-1) / 32767
+    step = x.reshape(x.shape[0], -1, 32).abs().amax(-1) / 32639
     bound = 0.5 * step @ w.abs().reshape(w.shape[0], -1, 32).sum(-1).T + 1e-5 * (x.abs() @ w.abs().T) + 1e-6
     assert ((y - reference(x, blocks, name)).abs() <= bound).all(), ((y - reference(x, blocks, name)).abs() / bound).max()
 
@@ -70,11 +88,12 @@ def test_kernels_equal_dequantize_then_matmul(name, n_out, k):
     x[2, :32] = 0  # a block of zero activations
     x[3, 7] = 50.0  # an outlier
     bias = torch.randn(n_out)
-    batched = kernels.block_linear(x, blocks, fmt, k, bias)
+    packed = pack(blocks, fmt)
+    batched = kernels.block_linear(x, packed, fmt, n_out, k, bias)
     assert_within_rounding(batched - bias, x, blocks, name)
-    alone = torch.cat([kernels.block_linear(x[i : i + 1], blocks, fmt, k, bias) for i in range(9)])
+    alone = torch.cat([kernels.block_linear(x[i : i + 1], packed, fmt, n_out, k, bias) for i in range(9)])
     assert torch.equal(batched, alone)  # any batch gives each row bit for bit what it gets alone
-    assert torch.equal(kernels.block_linear(x[:5], blocks, fmt, k, bias), alone[:5])
+    assert torch.equal(kernels.block_linear(x[:5], packed, fmt, n_out, k, bias), alone[:5])
 
 
 @pytest.mark.parametrize("build", ["serial", "no-avx512"])
@@ -88,6 +107,19 @@ def test_other_builds_compute_the_same(tmp_path, build):
     x = torch.randn(5, 160)
     for name, fmt in FORMATS.items():
         blocks = quantize(awkward_weights(70, 160), fmt)
-        y = torch.empty(5, 70)
-        lib.gemv(fmt.code, blocks.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 160, 5)
+        packed, y = pack(blocks, fmt), torch.empty(5, 70)
+        lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 160, 5)
         assert_within_rounding(y, x, blocks, name)
+        assert torch.equal(y, kernels.block_linear(x, packed, fmt, 70, 160))  # bit for bit
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_a_nan_or_infinite_activation_gives_nan_not_text(name):
+    """Rounding x to integers must not turn a broken activation into a finite product: the
+    generator's check for broken models looks for NaN logits."""
+    fmt = FORMATS[name]
+    packed = pack(quantize(awkward_weights(20, 64), fmt), fmt)
+    x = torch.randn(3, 64)
+    x[0, 3], x[1, 40] = float("nan"), float("inf")
+    y = kernels.block_linear(x, packed, fmt, 20, 64)
+    assert y[:2].isnan().all() and y[2].isfinite().all()
