@@ -31,12 +31,30 @@ def cache_path(src: Path, suffix: str = "") -> Path:
 
 
 def gguf_index(src: Path) -> Path:
-    """The cache directory holding src's config, tokenizer and tensor table (made on first use)."""
+    """The cache directory holding src's config, tokenizer and tensor table (made on first use,
+    and made again if what is there is damaged: it is lmgen's own, derived from the file)."""
     regular_file(src, "GGUF file")
     target = cache_path(src)
-    if not (target / TABLE).exists():
+    if not all((target / name).is_file() for name in SMALL_FILES) or _table(target) is None:
         _build(src, target)
     return target
+
+
+SMALL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", TABLE)
+FIELDS = {"name": str, "type": int, "shape": list, "offset": int, "nbytes": int}  # of each tensor in the table
+
+
+def _table(root: Path) -> dict | None:
+    """The tensor table in root, or None if it is missing or not what _build writes."""
+    try:
+        table = read_json(root / TABLE, "GGUF tensor table")
+    except CheckpointError:
+        return None
+    tensors = table.get("tensors") if isinstance(table, dict) else None
+    well_formed = isinstance(table, dict) and isinstance(table.get("architecture"), str) and isinstance(tensors, list) \
+        and all(isinstance(t, dict) and all(type(t.get(k)) is kind for k, kind in FIELDS.items()) for t in tensors) \
+        and all(type(n) is int for t in tensors for n in t["shape"])
+    return table if well_formed else None
 
 
 def _build(src: Path, target: Path) -> None:
@@ -58,7 +76,9 @@ def _build(src: Path, target: Path) -> None:
 
 def read_table(root: Path, src: Path) -> tuple[str, list[dict]]:
     """(architecture, tensors) from the table, each tensor's bytes checked to lie inside src."""
-    table = read_json(root / TABLE, "GGUF tensor table")
+    table = _table(root)
+    if table is None:
+        raise CheckpointError(f"{root / TABLE} is damaged; remove {root} and lmgen will read {src} again")
     size = src.stat().st_size
     for t in table["tensors"]:
         if not 0 <= t["offset"] <= t["offset"] + t["nbytes"] <= size:

@@ -6,13 +6,14 @@ import torch
 from gguf import GGMLQuantizationType as GGML, GGUFReader
 
 import lmgen
-from lmgen import gguf_import, quant
+from lmgen import gguf_import, gguf_index, quant
 from lmgen.checkpoint import load_model
 from lmgen.gguf_import import convert_gguf
 from lmgen.linear import BlockEmbedding, BlockLinear
 
 from test_families import save_family
 from test_gguf_arch import CASES, write_like_llama_cpp
+from test_gguf_fuzz import tiny_gguf  # noqa: F401 (a fixture)
 
 FORMATS = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1"}
 
@@ -117,3 +118,28 @@ def test_the_default_model_from_its_q4_1_blocks_equals_its_fp32_expansion(smollm
     delta = (token_log_probs(blocks.model, ids) - token_log_probs(expanded, ids)).abs()
     print(f"default model, Q4_1 blocks vs fp32 expansion: mean |Δ log p| {delta.mean():.5f} over {ids.shape[1]} tokens")
     assert delta.mean() <= 0.01
+
+
+def test_a_damaged_cache_entry_is_made_again(written, monkeypatch, tmp_path):
+    """The cache holds lmgen's own reading of the file: if it is damaged, the file is read again."""
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
+    _, path, _ = written
+    lmgen.load(path)
+    table = gguf_index.cache_path(path) / gguf_index.TABLE
+    good = table.read_text()
+    for damage in ("{}", '{"architecture": "llama", "tensors": [{"name": 3}]}', "not json"):
+        table.write_text(damage)
+        lmgen.load(path)
+        assert table.read_text() == good
+
+
+@pytest.mark.parametrize("keep", [0.02, 0.7])  # the header cut short; the tensors cut short
+def test_a_truncated_gguf_file_is_one_line_and_exit_3(tiny_gguf, cli, monkeypatch, tmp_path, keep):
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
+    data = tiny_gguf.read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(data[: int(len(data) * keep)])
+    result = cli("generate", "-m", str(cut), "-n", "3", "hello")
+    lines = result.stderr.decode().strip().splitlines()
+    assert result.returncode == 3 and len(lines) == 1 and str(cut) in lines[0], result.stderr
+    assert not result.stdout
