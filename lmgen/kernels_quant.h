@@ -14,13 +14,13 @@
  * 8-bit rounding and finer than bf16), kept as two signed bytes, x = 256 hi + lo, so that each
  * block's products are summed exactly in integers. Each block's sum is then scaled by d · xs
  * (plus m · Σx for Q4_1) into fp32. Every row of x is summed in one order, alone or in a batch,
- * and the portable C path does the same arithmetic: all builds agree bit for bit.
+ * and the AVX2 and portable C paths do the same arithmetic: all builds agree bit for bit.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512VNNI__) || defined(__F16C__)
+#if defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
@@ -53,13 +53,14 @@ static inline float half_to_float(const uint8_t* p) {
   return f;
 }
 
-/* Rows of x rounded per block of 32: its 32 lo bytes then 32 hi bytes, its scale xs and its
- * integer sum Σq (x ≈ xs · (256 hi + lo)). */
-typedef struct { int8_t* bytes; float* scale; int32_t* total; int64_t blocks; } QuantizedX;
+/* Rows of x rounded per block of 32: the 16-bit values q, and as bytes its 32 lo then 32 hi
+ * (q = 256 hi + lo), its scale xs (x ≈ xs · q) and its integer sum Σq. */
+typedef struct { int16_t* q; int8_t* bytes; float* scale; int32_t* total; int64_t blocks; } QuantizedX;
 
 static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
   int64_t blocks = K / QBLOCK;
-  QuantizedX a = {malloc(2 * M * K), malloc(sizeof(float) * M * blocks), malloc(sizeof(int32_t) * M * blocks), blocks};
+  QuantizedX a = {malloc(sizeof(int16_t) * M * K), malloc(2 * M * K), malloc(sizeof(float) * M * blocks),
+                  malloc(sizeof(int32_t) * M * blocks), blocks};
   for (int64_t b = 0; b < M * blocks; b++) {  /* written so that the compiler vectorises it */
     const float* v = x + b * QBLOCK;
     int8_t *lo = a.bytes + 2 * QBLOCK * b, *hi = lo + QBLOCK;
@@ -76,7 +77,7 @@ static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
       r = r > -(float)QMAX ? r : -(float)QMAX;  /* and NaN → -QMAX: the scale carries the NaN */
       r = r < (float)QMAX ? r : (float)QMAX;
       int32_t q = (int32_t)r, h = (q + 128) >> 8;
-      hi[i] = (int8_t)h, lo[i] = (int8_t)(q - 256 * h), total += q;
+      a.q[b * QBLOCK + i] = (int16_t)q, hi[i] = (int8_t)h, lo[i] = (int8_t)(q - 256 * h), total += q;
     }
     a.scale[b] = top / (float)QMAX + poison;  /* a NaN or infinity in x makes every product NaN */
     a.total[b] = total;
@@ -84,7 +85,7 @@ static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
   return a;
 }
 
-static void free_x(QuantizedX a) { free(a.bytes); free(a.scale); free(a.total); }
+static void free_x(QuantizedX a) { free(a.q); free(a.bytes); free(a.scale); free(a.total); }
 
 #ifdef PACKED_VNNI
 static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
@@ -135,32 +136,85 @@ static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); ret
       for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                           \
     }                                                                                              \
   }
-#else
-/* Without AVX-512 VNNI: the same arithmetic, row by row, in the same order. */
+#elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+/* AVX2: 16 bytes of a group hold four weights of each of four rows; widened to 16-bit they are
+ * multiplied by x's 16-bit values in pairs (vpmaddwd), which leaves each row two lanes of a
+ * block's sum, added once a block (vphaddd). */
+static inline __m256i x4(const int16_t* q) { int64_t v; memcpy(&v, q, 8); return _mm256_set1_epi64x(v); }
+
+/* Eight rows' sums, in order, from the two-lanes-a-row sums of rows 0-3 (a) and 4-7 (b). */
+static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_epi64(_mm256_hadd_epi32(a, b), 0xD8); }
+
 #define QTILE(NAME, B)                                                                             \
   static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
     int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
     int32_t off = quant_offset(dtype);                                                             \
-    for (int i = 0; i < QGROUP; i++)                                                               \
+    const __m256i low4 = _mm256_set1_epi16(0x0f);                                                  \
+    __m256 acc[B][2];                                                                              \
+    for (int b = 0; b < B; b++) acc[b][0] = acc[b][1] = _mm256_setzero_ps();                       \
+    for (int64_t j = 0; j < blocks; j++, g += gb) {                                                \
+      __m256i s[B][4];                                                                             \
+      const int16_t* xq[B];                                                                        \
       for (int b = 0; b < B; b++) {                                                                \
-        float acc = 0.f;                                                                           \
-        for (int64_t j = 0; j < blocks; j++) {                                                     \
-          const uint8_t* p = g + j * gb;                                                           \
-          int64_t xb = (x0 + b) * blocks + j;                                                      \
-          const int8_t* lo = a->bytes + 2 * QBLOCK * xb;                                           \
-          int32_t s = 0;                                                                           \
-          for (int k = 0; k < QBLOCK; k++) {                                                       \
-            int c = k / 4, t = k % 4;                                                              \
-            int32_t u = dtype == W_Q8_0 ? p[64 * c + 4 * i + t]                                    \
-                      : (p[64 * (c % 4) + 4 * i + t] >> (c < 4 ? 0 : 4)) & 15;                     \
-            s += u * (256 * lo[QBLOCK + k] + lo[k]);                                               \
-          }                                                                                        \
-          s -= off * a->total[xb];                                                                 \
-          acc = fmaf((float)s, half_to_float(p + qb + 2 * i) * a->scale[xb], acc);                \
-          if (dtype == W_Q4_1) acc = fmaf(half_to_float(p + qb + 32 + 2 * i), a->scale[xb] * (float)a->total[xb], acc); \
-        }                                                                                          \
-        out[i][b] = acc;                                                                           \
+        xq[b] = a->q + QBLOCK * ((x0 + b) * blocks + j);                                           \
+        for (int k = 0; k < 4; k++) s[b][k] = _mm256_setzero_si256();                              \
       }                                                                                            \
+      for (int c = 0; c < (dtype == W_Q8_0 ? 8 : 4); c++)                                          \
+        for (int k = 0; k < 4; k++) { /* rows 4k..4k+3 */                                         \
+          __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(g + 64 * c + 16 * k))); \
+          for (int b = 0; b < B; b++)                                                              \
+            if (dtype == W_Q8_0) s[b][k] = _mm256_add_epi32(s[b][k], _mm256_madd_epi16(v, x4(xq[b] + 4 * c))); \
+            else s[b][k] = _mm256_add_epi32(_mm256_add_epi32(s[b][k],                              \
+                             _mm256_madd_epi16(_mm256_and_si256(v, low4), x4(xq[b] + 4 * c))),     \
+                             _mm256_madd_epi16(_mm256_srli_epi16(v, 4), x4(xq[b] + 16 + 4 * c)));  \
+        }                                                                                          \
+      for (int h = 0; h < 2; h++) { /* rows 8h..8h+7 */                                           \
+        __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(g + qb + 16 * h)));            \
+        for (int b = 0; b < B; b++) {                                                              \
+          int64_t xb = (x0 + b) * blocks + j;                                                      \
+          __m256i sum = _mm256_sub_epi32(rows8(s[b][2 * h], s[b][2 * h + 1]), _mm256_set1_epi32(off * a->total[xb])); \
+          acc[b][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(d, _mm256_set1_ps(a->scale[xb])), acc[b][h]); \
+          if (dtype == W_Q4_1)                                                                     \
+            acc[b][h] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(g + qb + 32 + 16 * h))), \
+                                        _mm256_set1_ps(a->scale[xb] * (float)a->total[xb]), acc[b][h]); \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+    for (int b = 0; b < B; b++) {                                                                  \
+      float t[QGROUP];                                                                             \
+      _mm256_storeu_ps(t, acc[b][0]), _mm256_storeu_ps(t + 8, acc[b][1]);                          \
+      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                           \
+    }                                                                                              \
+  }
+#else
+/* Portable C: the same arithmetic in the same order, the 16 rows of a group side by side so
+ * that the compiler can vectorise across them. */
+#define QTILE(NAME, B)                                                                             \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
+    int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
+    int32_t off = quant_offset(dtype);                                                             \
+    for (int b = 0; b < B; b++) {                                                                  \
+      float acc[QGROUP] = {0};                                                                     \
+      for (int64_t j = 0; j < blocks; j++) {                                                       \
+        const uint8_t* p = g + j * gb;                                                             \
+        int64_t xb = (x0 + b) * blocks + j;                                                        \
+        const int16_t* xq = a->q + QBLOCK * xb;                                                    \
+        int32_t s[QGROUP] = {0};                                                                   \
+        for (int c = 0; c < (dtype == W_Q8_0 ? 8 : 4); c++)                                        \
+          for (int i = 0; i < QGROUP; i++) {                                                       \
+            const uint8_t* w = p + 64 * c + 4 * i;                                                 \
+            for (int t = 0; t < 4; t++)                                                            \
+              s[i] += dtype == W_Q8_0 ? w[t] * xq[4 * c + t]                                       \
+                                      : (w[t] & 15) * xq[4 * c + t] + (w[t] >> 4) * xq[16 + 4 * c + t]; \
+          }                                                                                        \
+        for (int i = 0; i < QGROUP; i++) {                                                         \
+          acc[i] = fmaf((float)(s[i] - off * a->total[xb]), half_to_float(p + qb + 2 * i) * a->scale[xb], acc[i]); \
+          if (dtype == W_Q4_1)                                                                     \
+            acc[i] = fmaf(half_to_float(p + qb + 32 + 2 * i), a->scale[xb] * (float)a->total[xb], acc[i]); \
+        }                                                                                          \
+      }                                                                                            \
+      for (int i = 0; i < QGROUP; i++) out[i][b] = acc[i];                                         \
+    }                                                                                              \
   }
 #endif
 

@@ -96,10 +96,11 @@ def test_kernels_equal_dequantize_then_matmul(name, n_out, k):
     assert torch.equal(kernels.block_linear(x[:5], packed, fmt, n_out, k, bias), alone[:5])
 
 
-@pytest.mark.parametrize("build", ["serial", "no-avx512"])
+@pytest.mark.parametrize("build", ["serial", "avx2", "portable"])
 def test_other_builds_compute_the_same(tmp_path, build):
+    """Each of kernels_quant.h's paths (VNNI, AVX2, portable C) gives this build's results to the bit."""
     compiler = shutil.which("cc") or shutil.which("gcc")
-    extra = {"serial": [], "no-avx512": ["-mno-avx512f"]}[build]
+    extra = {"serial": [], "avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}[build]
     flags = kernels.SERIAL_FLAGS if build == "serial" else [*kernels.FLAGS, *extra]
     library = tmp_path / f"{build}.so"
     subprocess.run([compiler, *flags, str(kernels.SOURCE), "-o", str(library)], check=True)
