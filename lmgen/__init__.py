@@ -9,7 +9,7 @@ Importing the package is cheap; torch loads on first use of ``load``/``generate`
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings"]
+__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings", "Constraint"]
 
 
 def __getattr__(name):
@@ -29,4 +29,8 @@ def __getattr__(name):
         from lmgen.sampling import SamplingSettings
 
         return SamplingSettings
+    if name == "Constraint":
+        from lmgen.constraint import Constraint
+
+        return Constraint
     raise AttributeError(f"module 'lmgen' has no attribute {name!r}")

@@ -109,7 +109,7 @@ class _Engine:
         self._reserve(len(ids) + budget)
         seed = prompt_seed(prompt_seed(settings.seed, index), sample)
         device = self.model.device
-        row = Row(index, ids, budget, _Sample(lm, settings.stop),
+        row = Row(index, ids, budget, _Sample(lm, settings),
                   torch.Generator(device).manual_seed(seed) if seed is not None else None,
                   TokenHistory(ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
                   time.perf_counter(), sample=sample)
@@ -141,7 +141,9 @@ class _Engine:
     def _choose(self, slot: int, logits: torch.Tensor) -> Iterator:
         """Sample row ``slot``'s next token from its logits (1, vocab); its events."""
         row = self.rows[slot]
-        token = sample_next_token(logits, self.settings.sampling, row.generator, row.history)
+        matcher = row.sample_text.matcher
+        scores = logits if matcher is None else matcher.restrict(logits)
+        token = sample_next_token(scores, self.settings.sampling, row.generator, row.history)
         if row.history is not None:
             row.history.add(token)
         row.token = int(token)

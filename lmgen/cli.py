@@ -192,6 +192,9 @@ def generate(
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
+    json_schema: Optional[str] = typer.Option(None, "--json-schema", help="Output JSON this schema accepts (inline or a file)."),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Output text this regular expression matches in full."),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="Output text this Lark grammar file accepts."),
     dtype: str = DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -210,12 +213,17 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
 
+    from lmgen.constraint import Constraint
     from lmgen.generation import GenerationSettings, generate as run
     from lmgen.sampling import SamplingSettings
 
     sampling = SamplingSettings(temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
                                 frequency_penalty, presence_penalty)
-    settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs)
+    constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
+    if constraint is not None:
+        constraint.check()  # a bad schema, regex or grammar fails before the slow load
+    settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs,
+                                  constraint)
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
     limit = prompts.max_bytes(cfg.max_context)
     inputs = prompts.each_line(limit, truncate) if each_line else iter([prompts.read_prompt(prompt, file, limit, truncate)])
@@ -238,6 +246,9 @@ def generate(
     else:
         records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run, chat))
     for record in records:
+        if record.get("complete") is False:
+            print(f"lmgen: warning: the output is incomplete: it ended ({record['finish_reason']}) before "
+                  f"{constraint.describe()} was satisfied", file=sys.stderr)
         if stats:
             sys.stderr.write(render.stats_line(record) + "\n")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmgen.constraint import Constraint, Matcher, compiled
 from lmgen.errors import CheckpointError, InputError
 from lmgen.loading import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
 from lmgen.model import Decoder
@@ -43,6 +44,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()  # stop strings: never printed, end the sample
     num_samples: int = 1  # independent continuations, batched
     show_probs: int = 0  # report each token's probability and this many alternatives
+    constraint: Constraint | None = None  # output a JSON schema, regex or grammar accepts (lmgen.constraint)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -79,6 +81,8 @@ class Finished:
     index: int = 0  # the prompt's, with several prompts (batching.generate_many)
     output: str = ""  # the sample's whole text (every Token's text, then this event's)
     token_ids: tuple[int, ...] = ()  # the sample's tokens (an end-of-sequence token is not one)
+    complete: bool | None = None  # with a constraint: whether it accepts the output (None: no constraint)
+    constraint_seconds: float = 0.0  # spent computing the constraint's masks
 
 
 def check_fits(prompt_ids: list[int], context: int) -> None:
@@ -97,10 +101,12 @@ def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[i
     return prompt_ids[-room:]
 
 
-def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings) -> Iterator[tuple]:
+def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings,
+                matcher: Matcher | None = None) -> Iterator[tuple]:
     """Yield (tokens, logits) per step for one continuation of the prompt: the next token, shape
-    (1,), and the LM head's logits it was chosen from, (1, vocab). (Several samples, or several
-    prompts, decode together in ``batching``.)
+    (1,), and the LM head's logits it was chosen from, (1, vocab). With a matcher, tokens it rules
+    out are never chosen (the caller advances it). (Several samples, or several prompts, decode
+    together in ``batching``.)
 
     The prompt is prefilled once. The loop ends after max_new_tokens steps or when the context
     window is full; the caller may stop earlier.
@@ -116,7 +122,8 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     logits = forward(torch.tensor([prompt_ids], device=device), 0, cache, last_only=True)[:, -1]
     require_finite(logits)
     for step in range(budget):
-        tokens = sample_next_token(logits, settings.sampling, generator, history)
+        scores = logits if matcher is None else matcher.restrict(logits)
+        tokens = sample_next_token(scores, settings.sampling, generator, history)
         yield tokens, logits
         if step == budget - 1:
             return
@@ -154,11 +161,12 @@ def generate(
 
 
 class _Sample:
-    """One continuation's text state: incremental decoding and stop strings."""
+    """One continuation's text state: incremental decoding, stop strings and the constraint's matcher."""
 
-    def __init__(self, lm: LanguageModel, stops: tuple[str, ...]):
+    def __init__(self, lm: LanguageModel, settings: GenerationSettings):
         self.stream = lm.tokenizer.stream()
-        self.stops = StopStrings(list(stops))
+        self.stops = StopStrings(list(settings.stop))
+        self.matcher = compiled(lm, settings.constraint).matcher() if settings.constraint else None
         self.ids: list[int] = []
         self.text = ""  # released so far
 
@@ -167,9 +175,14 @@ class _Sample:
         return len(self.ids)
 
     def push(self, token: int) -> tuple[str, bool]:
+        """The text the token releases, and whether the sample ends with it (a stop string, or
+        an output the constraint allows nothing after)."""
         self.ids.append(token)
         text, stopped = self.stops.push(self.stream.push(token))
         self.text += text
+        if self.matcher is not None:
+            self.matcher.advance(token)
+            stopped = stopped or self.matcher.stopped
         return text, stopped
 
     def flush(self) -> str:
@@ -181,15 +194,16 @@ class _Sample:
     def finished(self, reason: str, tail: str, prompt_tokens: int, start: float, first: float, sample: int,
                  index: int = 0) -> "Finished":
         """The sample's closing event; tail is what the sample released last (already counted)."""
+        m = self.matcher
         return Finished(reason, tail, prompt_tokens, self.count, first - start, time.perf_counter() - first,
-                        sample, index, self.text, tuple(self.ids))
+                        sample, index, self.text, tuple(self.ids), m and m.complete, m.seconds if m else 0.0)
 
 
 def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator:
-    sample = _Sample(lm, settings.stop)
+    sample = _Sample(lm, settings)
     start = time.perf_counter()
     first = None
-    for tokens, logits in decode_loop(lm.model, prompt_ids, settings):
+    for tokens, logits in decode_loop(lm.model, prompt_ids, settings, sample.matcher):
         first = first or time.perf_counter()
         token = int(tokens[0])
         if token in lm.eos_ids:

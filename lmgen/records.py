@@ -30,6 +30,9 @@ def summary(prompt: str, done: Finished, bytes_per_token: int, tokens: list[Toke
         "sample": done.sample,
         "index": done.index,
     }
+    if done.complete is not None:  # with --json-schema, --regex or --grammar
+        record["complete"] = done.complete
+        record["constraint_s"] = round(done.constraint_seconds, 6)
     if tokens is not None:
         record["tokens"] = [token_record(t, tokenizer) for t in tokens]
     return record

@@ -13,13 +13,18 @@ import sys
 
 
 def stats_line(record: dict) -> str:
-    return (
+    line = (
         f"prompt {record['prompt_tokens']} tokens, generated {record['new_tokens']} ({record['finish_reason']}); "
         f"time to first token {record['time_to_first_token_s'] * 1000:.0f} ms "
         f"({record['prefill_tokens_per_s']:.1f} prompt tokens/s); "
         f"decode {record['decode_tokens_per_s']:.1f} tokens/s, "
         f"reading weights at {record['weights_gb_per_s']:.1f} GB/s"
     )
+    if "constraint_s" in record:
+        total = record["time_to_first_token_s"] + record["decode_s"]
+        share = record["constraint_s"] / total if total > 0 else 0.0
+        line += f"; constraint masks {record['constraint_s'] * 1000:.0f} ms ({share:.1%} of the time)"
+    return line
 
 
 def write_out(text: str) -> None:

@@ -5,6 +5,7 @@
     python scripts/bench.py --dtype q8 --tokens 64 --reps 3
     python scripts/bench.py --loaded              # lmgen alone vs beside busy processes
     python scripts/bench.py --dtypes bfloat16,q8,q4,stored   # lmgen's dtypes against each other
+    python scripts/bench.py --json-schema schema.json         # constrained decoding against none
 
 Same model directory, same prompt, greedy, the same number of new tokens (end-of-sequence
 ignored) and the same torch thread count for both; one warm-up run each, then --reps runs
@@ -197,6 +198,39 @@ def compare_dtypes(args) -> None:
               f"{rate * per_token / 1e9:5.1f} GB/s = {100 * rate * per_token / peak:3.0f}% of bandwidth")
 
 
+def compare_constraint(args) -> None:
+    """Decode tokens/s with --json-schema against none: the default model as stored, a chat
+    prompt asking for JSON, greedy; each constrained run is followed by a free run of as many
+    tokens (end-of-sequence ignored), --reps pairs, medians."""
+    from lmgen.chat import render_chat
+    from lmgen.constraint import Constraint
+
+    lm = lmgen.load(resolve_model(args.model, None))
+    free_lm = dataclasses.replace(lm, eos_ids=frozenset())
+    prompt = render_chat(lm.path, "Describe a person as a JSON record.", None)
+    constraint = Constraint.from_options(json_schema=args.json_schema)
+
+    def finished(model, settings: GenerationSettings) -> Finished:
+        return next(e for e in lmgen.generate(model, prompt, settings, chat=True) if isinstance(e, Finished))
+
+    rates: dict[str, list[float]] = {"free": [], "constrained": []}
+    shares, counts = [], []
+    finished(lm, GenerationSettings(max_new_tokens=8, constraint=constraint))  # warm-up, and the tokenizer built
+    for _ in range(args.reps):
+        done = finished(lm, GenerationSettings(max_new_tokens=args.tokens, constraint=constraint))
+        free = finished(free_lm, GenerationSettings(max_new_tokens=done.new_tokens))
+        for name, event in (("constrained", done), ("free", free)):
+            rates[name].append((event.new_tokens - 1) / event.decode_seconds)
+        shares.append(done.constraint_seconds / (done.prefill_seconds + done.decode_seconds))
+        counts.append(done.new_tokens)
+    free, constrained = statistics.median(rates["free"]), statistics.median(rates["constrained"])
+    print(f"model {lm.path}, --json-schema {args.json_schema}: {statistics.median(counts):.0f} new tokens (median), "
+          f"greedy, {args.reps} pairs of runs (medians)")
+    print(f"free        {free:7.1f} tokens/s")
+    print(f"constrained {constrained:7.1f} tokens/s  {constrained / free:.1%} of free; "
+          f"masks {statistics.median(shares):.1%} of the constrained run's time")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="checkpoint directory (default: lmgen's default model)")
@@ -208,7 +242,10 @@ def main() -> None:
     parser.add_argument("--loaded", action="store_true", help="quiet vs beside one busy process per core")
     parser.add_argument("--variant", action="append", default=[], help="with --loaded: NAME:VAR=VALUE,...")
     parser.add_argument("--dtypes", help="compare these lmgen dtypes (and 'stored') instead of transformers")
+    parser.add_argument("--json-schema", help="compare decoding with this schema (a file or inline JSON) to none")
     args = parser.parse_args()
+    if args.json_schema:
+        return compare_constraint(args)
     if args.loaded:
         return loaded(args)
     if args.dtypes:
