@@ -54,13 +54,12 @@ class Row:
         return len(self.prompt_ids) + self.sample_text.count - 1
 
 
-def generate_many(lm: LanguageModel, prompts: Iterable[str | list[int]],
-                  settings: GenerationSettings = GenerationSettings(), batch_size: int = 8,
-                  chat: bool = False) -> Iterator[Token | Finished]:
+def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[int]],
+                  settings: GenerationSettings = GenerationSettings(), batch_size: int = 8) -> Iterator[Token | Finished]:
     """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
     each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
-    order, but the samples' are interleaved. A prompt is text (with ``chat``: an already rendered
-    chat template) or token ids. One that cannot be used raises when its turn comes (events of
+    order, but the samples' are interleaved. A prompt is text, messages (rendered with the chat
+    template) or token ids. One that cannot be used raises when its turn comes (events of
     earlier prompts have been yielded by then)."""
     if batch_size < 1:
         from lmgen.errors import InputError
@@ -70,7 +69,8 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[int]],
 
     def pending():  # (index, sample, token ids), each prompt tokenized once for all its samples
         for index, prompt in enumerate(prompts):
-            ids = list(prompt) if isinstance(prompt, list) else prompt_ids_for(lm, prompt, settings, chat)
+            token_ids = isinstance(prompt, list) and bool(prompt) and all(isinstance(i, int) for i in prompt)
+            ids = list(prompt) if token_ids else prompt_ids_for(lm, prompt, settings)
             for sample in range(settings.num_samples):
                 yield index, sample, ids
 

@@ -54,7 +54,8 @@ def find_template(root: Path) -> tuple[str, dict]:
     if template is not None and not isinstance(template, str):
         raise CheckpointError(f"{where} must be a string, not {type(template).__name__}")
     if not template:
-        raise InputError(f"{root} has no chat template (chat_template.jinja or tokenizer_config.json); drop --chat")
+        raise InputError(f"{root} has no chat template (chat_template.jinja or tokenizer_config.json); "
+                         "use lmgen generate without --chat to continue plain text")
     if len(template) > MAX_TEMPLATE_CHARS:
         raise CheckpointError(f"{where} is longer than {MAX_TEMPLATE_CHARS} characters")
     return template, config
@@ -286,25 +287,54 @@ def _alarm(seconds: float):
             signal.signal(signal.SIGALRM, previous)
 
 
+class ChatTemplate:
+    """A model's chat template, read once (``LanguageModel.chat_template``), rendered per call."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        source, config = find_template(root)
+        self.source = source
+        self.special = {k: v.get("content") if isinstance(v, dict) else v  # a dict is a serialized AddedToken
+                        for k, v in config.items() if k.endswith("_token") and not k.startswith("add_")}
+
+    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """The prompt text for a conversation (``[{"role": ..., "content": ...}, ...]``), ready to
+        generate the next assistant turn."""
+        check_messages(messages)
+        size = sum(len(m["content"]) for m in messages)
+        token = _budget.set((time.monotonic() + MAX_SECONDS, MAX_OUTPUT + MESSAGE_COPIES * size))
+        failed = f"the chat template in {self.root} failed"
+        try:
+            with _alarm(MAX_SECONDS):
+                return _collect(_compile(self.source).generate(messages=messages,
+                                                               add_generation_prompt=add_generation_prompt,
+                                                               **self.special))
+        except _Refused as exc:
+            raise InputError(f"the chat template in {self.root} refused: {_one_line(exc)}") from None
+        except _Limit as exc:
+            raise CheckpointError(f"{failed}: {exc}") from None
+        except Exception as exc:  # a syntax error, a division by zero, a recursion without end...
+            raise CheckpointError(f"{failed}: {type(exc).__name__}: {_one_line(exc)}") from None
+        finally:
+            _budget.reset(token)
+
+
+def messages_of(user: str, system: str | None = None) -> list[dict]:
+    """One user turn, after a system message if there is one."""
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+def check_messages(messages) -> None:
+    """Messages as the chat templates take them: a list of {"role": str, "content": str}."""
+    if not isinstance(messages, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages):
+        raise InputError('messages must be a list of {"role": ..., "content": ...} with string values')
+
+
 def render_chat(root: Path, user: str, system: str | None = None) -> str:
     """The prompt text for one user turn (and an optional system message), ready to generate."""
-    source, config = find_template(root)
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    special = {k: v.get("content") if isinstance(v, dict) else v  # a dict is a serialized AddedToken
-               for k, v in config.items() if k.endswith("_token") and not k.startswith("add_")}
-    cap = MAX_OUTPUT + MESSAGE_COPIES * (len(user) + len(system or ""))
-    token, failed = _budget.set((time.monotonic() + MAX_SECONDS, cap)), f"the chat template in {root} failed"
-    try:
-        with _alarm(MAX_SECONDS):
-            return _collect(_compile(source).generate(messages=messages, add_generation_prompt=True, **special))
-    except _Refused as exc:
-        raise InputError(f"the chat template in {root} refused: {_one_line(exc)}") from None
-    except _Limit as exc:
-        raise CheckpointError(f"{failed}: {exc}") from None
-    except Exception as exc:  # a syntax error, a division by zero, a recursion without end...
-        raise CheckpointError(f"{failed}: {type(exc).__name__}: {_one_line(exc)}") from None
-    finally:
-        _budget.reset(token)
+    return ChatTemplate(root).render(messages_of(user, system))
 
 
 def _one_line(text) -> str:

@@ -130,6 +130,18 @@ DTYPE_OPTION = typer.Option(
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
+# How the next token is chosen (lmgen.sampling), for generate and chat.
+TEMPERATURE = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random.")
+TOP_K = typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all).")
+TOP_P = typer.Option(1.0, "--top-p", help="Sample only from the smallest set with this much probability.")
+MIN_P = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min-p × the top token's probability.")
+TYPICAL_P = typer.Option(1.0, "--typical-p", help="Locally typical sampling mass (1: off).")
+REPETITION_PENALTY = typer.Option(1.0, "--repetition-penalty",
+                                  help="Divide positive (multiply negative) logits of seen tokens (1: off).")
+FREQUENCY_PENALTY = typer.Option(0.0, "--frequency-penalty", help="Subtract this × each output token's count.")
+PRESENCE_PENALTY = typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output.")
+SEED = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output.")
+STATS = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr.")
 
 
 def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Optional[int]):
@@ -175,17 +187,15 @@ def generate(
     model: Optional[str] = MODEL_OPTION,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable); never printed."),
-    temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all)."),
-    top_p: float = typer.Option(1.0, "--top-p", help="Sample only from the smallest set with this much probability."),
-    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min-p × the top token's probability."),
-    typical_p: float = typer.Option(1.0, "--typical-p", help="Locally typical sampling mass (1: off)."),
-    repetition_penalty: float = typer.Option(
-        1.0, "--repetition-penalty", help="Divide positive (multiply negative) logits of seen tokens (1: off)."
-    ),
-    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtract this × each output token's count."),
-    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output."),
+    temperature: float = TEMPERATURE,
+    top_k: int = TOP_K,
+    top_p: float = TOP_P,
+    min_p: float = MIN_P,
+    typical_p: float = TYPICAL_P,
+    repetition_penalty: float = REPETITION_PENALTY,
+    frequency_penalty: float = FREQUENCY_PENALTY,
+    presence_penalty: float = PRESENCE_PENALTY,
+    seed: Optional[int] = SEED,
     num_samples: int = typer.Option(1, "--num-samples", help="Independent continuations, batched."),
     batch_size: int = typer.Option(8, "--batch-size", help="With --each-line: prompts decoded together (1: one at a time)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
@@ -201,7 +211,7 @@ def generate(
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per token, then a summary line."),
-    stats: bool = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr."),
+    stats: bool = STATS,
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
     from lmgen import prompts, render
@@ -235,16 +245,16 @@ def generate(
         renderer = render.JsonlRenderer(lm.tokenizer)
     else:
         renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line)
-    from lmgen.chat import render_chat
-
+    from lmgen.chat import messages_of
     from lmgen.output import generate_in_order, generate_one
 
-    texts = (render_chat(lm.path, text, system) if chat else text for text in inputs)
+    # the template read once, each prompt rendered with it: the records show the rendered prompt
+    texts = (lm.chat_template.render(messages_of(text, system)) if chat else text for text in inputs)
     if each_line and num_samples == 1:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
-        records = generate_in_order(lm, texts, settings, renderer, batch_size, chat, total)
+        records = generate_in_order(lm, texts, settings, renderer, batch_size, total)
     else:
-        records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run, chat))
+        records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run))
     for record in records:
         if record.get("complete") is False:
             print(f"lmgen: warning: the output is incomplete: it ended ({record['finish_reason']}) before "
@@ -340,3 +350,5 @@ def setup(force: bool = typer.Option(False, "--force", help="Convert again even 
     gguf_index(target / DEFAULT_GGUF_FILE)  # its header read now, not at the first generate
     sys.stderr.write(f"installed the default model at {target}\n")
 
+
+from lmgen import cli_chat  # noqa: E402,F401 (registers `lmgen chat`, which uses the options above)

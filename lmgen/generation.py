@@ -102,11 +102,12 @@ def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[i
 
 
 def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings,
-                matcher: Matcher | None = None) -> Iterator[tuple]:
+                matcher: Matcher | None = None, cache=None, cached: int = 0) -> Iterator[tuple]:
     """Yield (tokens, logits) per step for one continuation of the prompt: the next token, shape
     (1,), and the LM head's logits it was chosen from, (1, vocab). With a matcher, tokens it rules
-    out are never chosen (the caller advances it). (Several samples, or several prompts, decode
-    together in ``batching``.)
+    out are never chosen (the caller advances it). Given a KV cache that holds the keys and values
+    of prompt_ids[:cached] (a conversation's earlier turns), only the rest is prefilled. (Several
+    samples, or several prompts, decode together in ``batching``.)
 
     The prompt is prefilled once. The loop ends after max_new_tokens steps or when the context
     window is full; the caller may stop earlier.
@@ -117,9 +118,10 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     device = model.device
     generator = torch.Generator(device).manual_seed(settings.seed) if settings.seed is not None else None
     history = TokenHistory(prompt_ids, 1, model.cfg.vocab_size, device) if settings.sampling.uses_history else None
-    cache = model.new_cache(batch=1, max_len=len(prompt_ids) + budget)
+    if cache is None:
+        cache = model.new_cache(batch=1, max_len=len(prompt_ids) + budget)
     forward = torch.inference_mode()(model)  # per call: the caller's code between steps keeps its own mode
-    logits = forward(torch.tensor([prompt_ids], device=device), 0, cache, last_only=True)[:, -1]
+    logits = forward(torch.tensor([prompt_ids[cached:]], device=device), cached, cache, last_only=True)[:, -1]
     require_finite(logits)
     for step in range(budget):
         scores = logits if matcher is None else matcher.restrict(logits)
@@ -133,26 +135,24 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
         require_finite(logits)
 
 
-def prompt_ids_for(lm: LanguageModel, prompt: str, settings: GenerationSettings, chat: bool = False) -> list[int]:
-    """Token ids of the prompt (a rendered chat prompt already holds its special tokens)."""
+def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSettings) -> list[int]:
+    """Token ids of the prompt: text, or messages rendered with the model's chat template."""
     if settings.show_probs > lm.config.vocab_size:
         raise InputError(f"show-probs must be at most the vocabulary size ({lm.config.vocab_size}), got {settings.show_probs}")
-    ids = lm.encode(prompt, add_special_tokens=not chat)
+    ids = lm.encode_prompt(lm.prompt_text(prompt))
     if settings.truncate:
         ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)
     check_fits(ids, lm.config.max_context)
     return ids
 
 
-def generate(
-    lm: LanguageModel, prompt: str, settings: GenerationSettings = GenerationSettings(), chat: bool = False
-) -> Iterator:
+def generate(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSettings = GenerationSettings()) -> Iterator:
     """Stream ``Token`` events for the continuation of ``prompt``; each sample ends with a ``Finished``.
 
-    A prompt that cannot be used raises here, before any event is produced. With ``chat`` the
-    prompt is an already rendered chat template (see ``lmgen.chat``).
+    The prompt is text, or messages (``[{"role": "user", "content": ...}]``) that the model's
+    chat template renders. One that cannot be used raises here, before any event is produced.
     """
-    ids = prompt_ids_for(lm, prompt, settings, chat)
+    ids = prompt_ids_for(lm, prompt, settings)
     if settings.num_samples > 1:  # one row per sample; a sample that finishes stops being decoded
         from lmgen.batching import generate_many
 
@@ -199,11 +199,12 @@ class _Sample:
                         sample, index, self.text, tuple(self.ids), m and m.complete, m.seconds if m else 0.0)
 
 
-def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings) -> Iterator:
+def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings, cache=None,
+            cached: int = 0) -> Iterator:
     sample = _Sample(lm, settings)
     start = time.perf_counter()
     first = None
-    for tokens, logits in decode_loop(lm.model, prompt_ids, settings, sample.matcher):
+    for tokens, logits in decode_loop(lm.model, prompt_ids, settings, sample.matcher, cache, cached):
         first = first or time.perf_counter()
         token = int(tokens[0])
         if token in lm.eos_ids:

@@ -5,6 +5,7 @@ the device."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -34,6 +35,27 @@ class LanguageModel:
     path: Path
     eos_ids: frozenset[int] = field(default_factory=frozenset)
     notes: list[str] = field(default_factory=list)  # worth telling the user (on stderr), as loading did
+
+    @cached_property
+    def chat_template(self):
+        """The model's chat template (``lmgen.chat.ChatTemplate``), read on first use, once."""
+        from lmgen.chat import ChatTemplate
+
+        return ChatTemplate(self.path)
+
+    def prompt_text(self, prompt: str | list[dict]) -> str:
+        """A prompt as text: messages rendered with the chat template, text as it is."""
+        return prompt if isinstance(prompt, str) else self.chat_template.render(prompt)
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a prompt, with the special tokens the tokenizer adds (a BOS) unless the
+        text already begins with them, as a rendered chat template does."""
+        plain = self.encode(text, add_special_tokens=False)
+        full = self.encode(text, add_special_tokens=True)
+        added = len(full) - len(plain)
+        if added > 0 and full[added:] == plain and plain[:added] == full[:added]:
+            return plain
+        return full
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of text, each checked to be a row of the model's embedding."""

@@ -6,7 +6,7 @@ Shared by the command line's ``generate`` paths; the records come from ``records
 from __future__ import annotations
 
 
-def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool, total: int | None = None):
+def generate_in_order(lm, texts, settings, renderer, batch_size: int, total: int | None = None):
     """Many prompts decoded together (batching.generate_many), each printed as soon as it and
     every earlier one are done: output in input order. Yields each prompt's summary record.
     ``total``: how many prompts there are, if known (the progress bar's length)."""
@@ -25,7 +25,7 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool
             yield text
 
     with progress(total) as report:
-        for event in generate_many(lm, remembered(), settings, batch_size, chat):
+        for event in generate_many(lm, remembered(), settings, batch_size):
             events.setdefault(event.index, []).append(event)
             if isinstance(event, Finished):
                 done.add(event.index)
@@ -35,9 +35,9 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, chat: bool
                 next_index += 1
 
 
-def generate_one(lm, text: str, settings, renderer, run, chat: bool) -> list[dict]:
+def generate_one(lm, text: str, settings, renderer, run) -> list[dict]:
     """Run one prompt through the renderer; return each sample's summary record."""
-    events = run(lm, text, settings, chat=chat)  # a bad prompt fails here, before anything is printed
+    events = run(lm, text, settings)  # a bad prompt fails here, before anything is printed
     return render_events(lm, text, events, settings, renderer)
 
 

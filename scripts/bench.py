@@ -211,7 +211,7 @@ def compare_constraint(args) -> None:
     constraint = Constraint.from_options(json_schema=args.json_schema)
 
     def finished(model, settings: GenerationSettings) -> Finished:
-        return next(e for e in lmgen.generate(model, prompt, settings, chat=True) if isinstance(e, Finished))
+        return next(e for e in lmgen.generate(model, prompt, settings) if isinstance(e, Finished))
 
     rates: dict[str, list[float]] = {"free": [], "constrained": []}
     shares, counts = [], []

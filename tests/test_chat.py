@@ -73,11 +73,34 @@ def test_chat_prompt_tokens_have_no_extra_bos(smollm2_dir):
     text = render_chat(smollm2_dir, "Hi")
     from lmgen.generation import GenerationSettings, prompt_ids_for
 
-    ids = prompt_ids_for(lm, text, GenerationSettings(), chat=True)
+    messages = [{"role": "user", "content": "Hi"}]
+    ids = prompt_ids_for(lm, messages, GenerationSettings())  # messages, rendered by the library
     expected = AutoTokenizer.from_pretrained(smollm2_dir).apply_chat_template(
-        [{"role": "user", "content": "Hi"}], tokenize=True, add_generation_prompt=True)
+        messages, tokenize=True, add_generation_prompt=True)
     expected = expected["input_ids"] if isinstance(expected, dict) or hasattr(expected, "keys") else expected
     assert ids == list(expected)
+    assert prompt_ids_for(lm, text, GenerationSettings()) == ids  # the rendered text: the same tokens
+
+
+def test_a_bos_is_added_once_whether_or_not_the_text_holds_it(tiny_dir, tmp_path):
+    """A tokenizer that adds BOS (Llama 3's does) adds it to plain text, and not again to text that
+    begins with it (a rendered chat template): decided from the text, not from a flag."""
+    import shutil
+
+    import lmgen
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+
+    root = tmp_path / "bos"
+    shutil.copytree(tiny_dir, root)
+    tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+    eos = "<|endoftext|>"
+    tok.post_processor = TemplateProcessing(single=f"{eos} $A", special_tokens=[(eos, tok.token_to_id(eos))])
+    tok.save(str(root / "tokenizer.json"))
+    lm = lmgen.load(root)
+    bos = tok.token_to_id(eos)
+    assert lm.encode_prompt("hi") == [bos, *lm.encode("hi", add_special_tokens=False)]
+    assert lm.encode_prompt(f"{eos}hi") == [bos, *lm.encode("hi", add_special_tokens=False)]
 
 
 # A chat template is code from a stranger: every way it can fail is one LmgenError, quickly.

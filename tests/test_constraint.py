@@ -44,7 +44,7 @@ SUBJECTS = ["a baker", "a pilot", "a chess player", "a nurse", "a farmer", "a po
 
 def outputs(lm, prompts, settings, chat=True):
     texts = [render_chat(lm.path, p, None) if chat else p for p in prompts]
-    done = [e for e in generate_many(lm, texts, settings, batch_size=8, chat=chat) if isinstance(e, Finished)]
+    done = [e for e in generate_many(lm, texts, settings, batch_size=8) if isinstance(e, Finished)]
     return [e for e in sorted(done, key=lambda e: (e.index, e.sample))]
 
 
@@ -97,7 +97,7 @@ def test_sampling_with_a_constraint_is_seeded_and_every_sample_is_valid(default_
     prompt = render_chat(default_lm.path, "Describe a sailor as a JSON record.", None)
 
     def run():
-        return [e.output for e in generate(default_lm, prompt, settings, chat=True) if isinstance(e, Finished)]
+        return [e.output for e in generate(default_lm, prompt, settings) if isinstance(e, Finished)]
 
     first = run()
     assert first == run()

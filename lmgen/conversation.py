@@ -1,0 +1,127 @@
+"""A conversation with a chat model, turn after turn, reusing what the KV cache already holds.
+
+Every turn the whole conversation is rendered with the model's chat template and tokenized, as
+a one-shot prompt would be: the template decides everything. The KV cache is kept between turns
+with the token ids whose keys and values it holds; a new turn prefills only the tokens after the
+longest common prefix of the two (the new user message and the generation prompt, plus whatever
+the template renders differently from what was generated). A reply cut short (Ctrl-C) stays in
+the history, marked ``"cut": true``. When the conversation outgrows the context window, its
+oldest exchanges are dropped (never the system message).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmgen.chat import check_messages
+from lmgen.errors import InputError, LmgenError
+from lmgen.files import read_json
+from lmgen.generation import Finished, GenerationSettings, LanguageModel, Token, _events, check_fits
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class Conversation:
+    def __init__(self, lm: LanguageModel, settings: GenerationSettings = GenerationSettings(),
+                 system: str | None = None):
+        lm.chat_template  # a model without one fails here, before the first turn
+        self.lm, self.settings = lm, settings
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+        self.cache = None
+        self.cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
+        self.prefilled = 0  # tokens the last turn prefilled (its prompt's, less those reused)
+        self.reused = 0  # tokens the last turn found in the cache
+        self.dropped = 0  # exchanges the last turn dropped to fit the context window
+        self.last: Finished | None = None  # the last complete reply's closing event
+
+    def reply(self, user: str) -> Iterator[Token | Finished]:
+        """The events of the assistant's reply to ``user``; the exchange joins the history."""
+        self.messages.append({"role": "user", "content": user})
+        tokens: list[int] = []
+        done = None
+        try:
+            ids = self._fit()
+        except LmgenError:  # it cannot be answered: as if it had not been said
+            self.messages.pop()
+            raise
+        try:
+            self.reused = min(common_prefix(self.cached_ids, ids), len(ids) - 1)
+            self.cached_ids = self.cached_ids[: self.reused]  # the rest is about to be overwritten
+            self.prefilled = len(ids) - self.reused
+            budget = min(self.settings.max_new_tokens, self.lm.config.max_context - len(ids))
+            cache = self._reserve(len(ids) + budget)
+            for event in _events(self.lm, ids, self.settings, cache, self.reused):
+                if isinstance(event, Token):
+                    tokens.append(event.id)
+                    self.cached_ids = ids + tokens[:-1]  # the last one is fed at the next step
+                else:
+                    done = self.last = event
+                yield event
+        finally:  # also when cut short (Ctrl-C, or the caller closing the events)
+            text = done.output if done else self.lm.tokenizer.decode(tokens)
+            self.messages.append({"role": "assistant", "content": text, **({} if done else {"cut": True})})
+
+    def _fit(self) -> list[int]:
+        """The conversation's prompt ids, its oldest exchanges dropped while it leaves no room for
+        a reply in the context window."""
+        context, room = self.lm.config.max_context, self.settings.max_new_tokens
+        self.dropped = 0
+        while True:
+            ids = self.lm.encode_prompt(self.lm.chat_template.render(self.messages))
+            first = 1 if self.messages[0]["role"] == "system" else 0
+            later_user = next((i for i in range(first + 1, len(self.messages)) if self.messages[i]["role"] == "user"), None)
+            if len(ids) + room <= context or later_user is None:
+                check_fits(ids, context)
+                return ids
+            del self.messages[first:later_user]  # the oldest exchange: a user turn and its replies
+            self.dropped += 1
+
+    def _reserve(self, length: int):
+        """The KV cache, grown (its filled part kept) to hold ``length`` positions."""
+        if self.cache is not None and self.cache.max_len >= length:
+            return self.cache
+        grown = self.lm.model.new_cache(1, max(length, 2 * self.cache.max_len if self.cache else 512))
+        if self.cache is not None:
+            kept = len(self.cached_ids)
+            grown.k[:, :, :, :kept] = self.cache.k[:, :, :, :kept]
+            grown.v[:, :, :, :kept] = self.cache.v[:, :, :, :kept]
+        self.cache = grown
+        return grown
+
+    # ---------------------------------------------------------------------------- the commands
+
+    def reset(self) -> None:
+        """A new conversation (the system message kept)."""
+        self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
+
+    def undo(self) -> bool:
+        """Drop the last exchange (the last user turn and what followed it); False if there is none."""
+        last_user = next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i]["role"] == "user"), None)
+        if last_user is None:
+            return False
+        del self.messages[last_user:]
+        return True
+
+    def set_system(self, text: str) -> None:
+        rest = [m for m in self.messages if m["role"] != "system"]
+        self.messages = ([{"role": "system", "content": text}] if text else []) + rest
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.messages, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+    def load(self, path: Path) -> None:
+        messages = read_json(path, "conversation", expect=list)
+        try:
+            check_messages(messages)
+        except InputError as exc:
+            raise InputError(f"{path}: {exc}") from None
+        self.messages = messages

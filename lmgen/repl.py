@@ -1,0 +1,231 @@
+"""The read–reply loop of ``lmgen chat``: on a terminal, a prompt with line editing and history
+(the standard ``readline``), replies streamed as they are generated; from a pipe, one user turn
+per line in and one reply per line out (or one JSON object per reply with ``--jsonl``).
+
+The conversation itself — templates, the KV cache kept between turns, dropping old exchanges —
+is ``lmgen.conversation``; this module reads, prints and runs the slash commands.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lmgen.conversation import Conversation
+from lmgen.errors import LmgenError
+from lmgen.generation import Finished, Token
+from lmgen.records import summary
+from lmgen.render import escape_line, json_line, rich_console, stats_line, write_out
+
+HELP = """\
+/help            this list
+/reset           start a new conversation (the system message stays)
+/system TEXT     set the system message (/system alone removes it)
+/save FILE       write the conversation as JSON messages
+/load FILE       read a conversation written by /save (or any JSON list of messages)
+/undo            drop the last exchange
+/stats           timings of the last reply
+/exit            leave (so do Ctrl-D, and Ctrl-C at an empty prompt)
+A line ending in \\ continues on the next; \"\"\" on a line of its own opens and closes a block.
+Ctrl-C during a reply stops it; what was said stays, marked as cut."""
+BLOCK = '"""'
+
+
+def note(text: str) -> None:
+    sys.stderr.write(f"{text}\n")
+    sys.stderr.flush()
+
+
+class Session:
+    def __init__(self, conversation: Conversation, stats: bool):
+        self.conversation, self.stats = conversation, stats
+        self.bytes_per_token = conversation.lm.model.weight_bytes_per_token()
+        self.record: dict | None = None  # the last reply's
+
+    def command(self, line: str) -> bool:
+        """Run a slash command; False when it asks to leave."""
+        name, _, arg = line[1:].partition(" ")
+        conv, arg = self.conversation, arg.strip()
+        try:
+            if name in ("exit", "quit"):
+                return False
+            elif name == "help":
+                note(HELP)
+            elif name == "reset":
+                conv.reset()
+                note("(a new conversation)")
+            elif name == "system":
+                conv.set_system(arg)
+                note("(system message set)" if arg else "(system message removed)")
+            elif name in ("save", "load") and not arg:
+                note(f"/{name} needs a file name")
+            elif name == "save":
+                conv.save(Path(arg))
+                note(f"(saved {len(conv.messages)} messages to {arg})")
+            elif name == "load":
+                conv.load(Path(arg))
+                note(f"(loaded {len(conv.messages)} messages from {arg})")
+            elif name == "undo":
+                note("(dropped the last exchange)" if conv.undo() else "(nothing to undo)")
+            elif name == "stats":
+                note(self.stats_text() if self.record else "(no reply yet)")
+            else:
+                note(f"unknown command /{name}; /help lists them")
+        except (LmgenError, OSError) as exc:  # a bad file: say so, and the session goes on
+            note(f"lmgen: error: {exc}")
+        return True
+
+    def reply(self, user: str, show) -> dict | None:
+        """Generate the reply to ``user``, passing each piece of text to ``show``; its record."""
+        events = self.conversation.reply(user)
+        try:
+            for event in events:
+                if isinstance(event, Token):
+                    show(event.text)
+                elif isinstance(event, Finished):
+                    show(event.text)
+                    self.record = summary(user, event, self.bytes_per_token)
+                    self.record.update(turn=self.turns(), reused_tokens=self.conversation.reused,
+                                       prefilled_tokens=self.conversation.prefilled)
+        finally:
+            events.close()  # on Ctrl-C: the reply so far joins the history, marked as cut
+        if self.conversation.dropped:
+            note(f"lmgen: note: dropped the {self.conversation.dropped} oldest exchange(s) to fit the context window")
+        if self.stats and self.record is not None:
+            note(self.stats_text())
+        return self.record
+
+    def turns(self) -> int:
+        return sum(m["role"] == "user" for m in self.conversation.messages)
+
+    def stats_text(self) -> str:
+        r = self.record
+        return f"{stats_line(r)}; {r['reused_tokens']} tokens reused from the cache, {r['prefilled_tokens']} prefilled"
+
+
+def run_chat(lm, settings, system: str | None, jsonl: bool, stats: bool) -> None:
+    session = Session(Conversation(lm, settings, system), stats)
+    if sys.stdin.isatty():
+        interactive(session)
+    else:
+        piped(session, jsonl)
+
+
+def piped(session: Session, jsonl: bool) -> None:
+    """One user turn per non-empty line; one reply per line (its line breaks escaped) or JSON object."""
+    for line in sys.stdin:
+        line = line.rstrip("\r\n")
+        if not line.strip():
+            continue
+        if line.startswith("/"):
+            if not session.command(line):
+                return
+            continue
+        pieces: list[str] = []
+        record = session.reply(line, pieces.append)
+        if jsonl:
+            json_line(record)
+        else:
+            write_out(escape_line("".join(pieces)) + "\n")
+
+
+def interactive(session: Session) -> None:
+    history = _start_readline()
+    console = rich_console(sys.stdout)
+    show = write_out if console is None else (lambda text: console.print(text, end="", markup=False) or sys.stdout.flush())
+    note("lmgen chat: /help for commands, Ctrl-D to leave")
+    try:
+        while True:
+            text = read_message()
+            if text is None:
+                return
+            if not text.strip():
+                continue
+            if text.startswith("/"):
+                if not session.command(text.strip()):
+                    return
+                continue
+            try:
+                session.reply(text, show)
+                write_out("\n")
+            except KeyboardInterrupt:
+                write_out("\n")
+                note("(reply cut)")
+    finally:
+        _save_history(history)
+
+
+def read_message() -> str | None:
+    """One message from the terminal (None: leave). A trailing backslash continues the line; a
+    line of three double quotes opens a block that another closes."""
+    lines: list[str] = []
+    block = False
+    while True:
+        try:
+            line = input("... " if lines or block else ">>> ")
+        except EOFError:
+            write_out("\n")
+            return None
+        except KeyboardInterrupt:  # at an empty prompt: leave; with text typed: drop it
+            write_out("\n")
+            if lines or block or _line_buffer():
+                return ""
+            return None
+        if line.strip() == BLOCK:
+            if block:
+                return "\n".join(lines)
+            block = True
+            continue
+        if block:
+            lines.append(line)
+        elif line.endswith("\\"):
+            lines.append(line[:-1])
+        else:
+            return "\n".join([*lines, line])
+
+
+def _line_buffer() -> str:
+    try:
+        import readline
+
+        return readline.get_line_buffer()
+    except ImportError:
+        return ""
+
+
+def _start_readline() -> Path | None:
+    """Line editing and a history (where readline exists) kept in $LMGEN_CHAT_HISTORY, else in
+    lmgen's cache ("" keeps none). With NO_COLOR or a dumb terminal readline writes no escape
+    codes of its own (bracketed paste)."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    import os
+
+    from lmgen.paths import cache_dir
+
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") in (None, "", "dumb"):
+        readline.parse_and_bind("set enable-bracketed-paste off")
+    where = os.environ.get("LMGEN_CHAT_HISTORY")
+    if where == "":
+        return None
+    path = Path(where) if where else cache_dir() / "chat_history"
+    try:
+        readline.read_history_file(path)
+    except OSError:
+        pass
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: Path | None) -> None:
+    if path is None:
+        return
+    import readline
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        readline.write_history_file(path)
+    except OSError:  # a read-only cache: history is a convenience
+        pass

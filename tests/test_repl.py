@@ -1,0 +1,138 @@
+"""`lmgen chat` driven through a pseudo-terminal (pexpect), and from a pipe."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pexpect
+import pytest
+
+PROMPT = ">>> "
+ESCAPE = re.compile(r"\x1b")
+
+
+@pytest.fixture(scope="module")
+def default_model() -> str:
+    from lmgen.paths import resolve_model
+
+    return str(resolve_model(None, None))
+
+
+@pytest.fixture
+def env(tmp_path, default_model):
+    return {**os.environ, "LMGEN_MODEL": default_model, "LMGEN_CHAT_HISTORY": str(tmp_path / "history"),
+            "NO_COLOR": "1", "TERM": "dumb"}
+
+
+def lmgen_exe() -> str:
+    return str(Path(sys.executable).parent / "lmgen")
+
+
+def spawn(env, *args) -> pexpect.spawn:
+    child = pexpect.spawn(lmgen_exe(), ["chat", "-n", "24", *args], env=env, encoding="utf-8", timeout=120,
+                          dimensions=(40, 200))
+    child.expect_exact(PROMPT)
+    return child
+
+
+def say(child, text: str) -> str:
+    """Send a line; the reply printed before the next prompt."""
+    child.sendline(text)
+    child.expect_exact(PROMPT)
+    return child.before.replace("\r\n", "\n").removeprefix(text + "\n").strip()
+
+
+def test_two_turns_and_the_commands(env, tmp_path):
+    child = spawn(env)
+    first = say(child, "What is the capital of France?")
+    second = say(child, "What is the population of that city?")
+    assert "Paris" in second, (first, second)  # "that city" is the first turn's
+    say(child, "/undo")
+    again = say(child, "What is the population of that city?")
+    assert again == second  # /undo dropped the last exchange: the same conversation, the same greedy reply
+    saved = tmp_path / "conversation.json"
+    say(child, f"/save {saved}")
+    messages = json.loads(saved.read_text())
+    assert [m["role"] for m in messages if m["role"] != "system"] == ["user", "assistant", "user", "assistant"]
+    assert messages[-1]["content"] == again
+    say(child, "/reset")
+    forgot = say(child, "What is the population of that city?")
+    assert "Paris" not in forgot
+    say(child, f"/load {saved}")
+    say(child, "/undo")
+    assert say(child, "What is the population of that city?") == second  # /load gave the history back
+    child.sendeof()
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+    assert not ESCAPE.search(child.before or "")
+
+
+def test_ctrl_c_cuts_a_reply_and_the_next_turn_works(env, tmp_path):
+    child = spawn(env, "-n", "400")
+    child.sendline("Write a very long story about a dragon, with many chapters.")
+    child.expect_exact("chapters.\r\n")  # the line echoed
+    child.expect(r"\w+ \w+ \w+ \w+")  # the reply has begun
+    child.sendintr()
+    child.expect_exact("(reply cut)")
+    child.expect_exact(PROMPT)
+    saved = tmp_path / "cut.json"
+    assert "Paris" in say(child, "What is the capital of France? One word.")
+    say(child, f"/save {saved}")
+    messages = [m for m in json.loads(saved.read_text()) if m["role"] != "system"]
+    assert messages[1].get("cut") is True and messages[1]["content"]  # the cut reply stayed, marked
+    assert "cut" not in messages[3]
+    child.sendintr()  # at an empty prompt: leave, with 0
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_multi_line_messages(env, tmp_path):
+    child = spawn(env)
+    child.sendline("Repeat after me: \\")
+    child.expect_exact("... ")
+    child.sendline("blue sky")
+    child.expect_exact(PROMPT)
+    child.sendline('"""')
+    child.expect_exact("... ")
+    child.sendline("Say hello.")
+    child.expect_exact("... ")
+    child.sendline("Then say goodbye.")
+    child.expect_exact("... ")
+    child.sendline('"""')
+    child.expect_exact(PROMPT)
+    saved = tmp_path / "lines.json"
+    say(child, f"/save {saved}")
+    users = [m["content"] for m in json.loads(saved.read_text()) if m["role"] == "user"]
+    assert users == ["Repeat after me: \nblue sky", "Say hello.\nThen say goodbye."]
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0
+
+
+def test_piped_three_lines_give_three_replies(env):
+    lines = "Hello!\nWhat is two plus two?\nSay goodbye.\n"
+    result = subprocess.run([lmgen_exe(), "chat", "-n", "16"], input=lines.encode(), capture_output=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    replies = result.stdout.decode().splitlines()
+    assert len(replies) == 3 and all(replies)
+    result = subprocess.run([lmgen_exe(), "chat", "-n", "16", "--jsonl"], input=lines.encode(), capture_output=True,
+                            env=env, timeout=300)
+    records = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["turn"] for r in records] == [1, 2, 3]
+    assert [r["prompt"] for r in records] == lines.splitlines()
+    assert records[2]["reused_tokens"] > records[1]["prompt_tokens"] - 5  # the earlier turns were not prefilled again
+
+
+def test_a_model_without_a_chat_template_names_generate(tiny_dir, env):
+    result = subprocess.run([lmgen_exe(), "chat", "-m", str(tiny_dir)], input=b"hi\n", capture_output=True,
+                            env=env, timeout=300)
+    err = result.stderr.decode()
+    assert result.returncode == 2 and len(err.strip().splitlines()) == 1, err
+    assert "no chat template" in err and "lmgen generate" in err
