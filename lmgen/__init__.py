@@ -9,7 +9,7 @@ Importing the package is cheap; torch loads on first use of ``load``/``generate`
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings", "Constraint"]
+__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings", "Constraint", "complete"]
 
 
 def __getattr__(name):
@@ -29,6 +29,10 @@ def __getattr__(name):
         from lmgen.sampling import SamplingSettings
 
         return SamplingSettings
+    if name == "complete":
+        from lmgen.completion import complete
+
+        return complete
     if name == "Constraint":
         from lmgen.constraint import Constraint
 

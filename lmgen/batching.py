@@ -32,6 +32,15 @@ def prompt_seed(seed: int | None, index: int) -> int | None:
     return None if seed is None else (seed + index * GOLDEN) % 2**64
 
 
+@dataclass(frozen=True)
+class Request:
+    """A prompt with settings of its own (``lmgen batch``'s per-record fields)."""
+
+    prompt: str | list[dict] | list[int]
+    max_new_tokens: int | None = None  # None: the settings'
+    seed: int | None = None  # its own sampling seed; None: the settings' seed spread by its index
+
+
 @dataclass
 class Row:
     """One prompt in flight."""
@@ -54,25 +63,34 @@ class Row:
         return len(self.prompt_ids) + self.sample_text.count - 1
 
 
-def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[int]],
+def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[int] | Request],
                   settings: GenerationSettings = GenerationSettings(), batch_size: int = 8) -> Iterator[Token | Finished]:
     """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
     each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
     order, but the samples' are interleaved. A prompt is text, messages (rendered with the chat
-    template) or token ids. One that cannot be used raises when its turn comes (events of
-    earlier prompts have been yielded by then)."""
+    template) or token ids, or a ``Request`` holding one with its own token budget and seed. One
+    that cannot be used raises when its turn comes (events of earlier prompts have been yielded
+    by then)."""
     if batch_size < 1:
         from lmgen.errors import InputError
 
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
     engine = _Engine(lm, settings, batch_size)
 
-    def pending():  # (index, sample, token ids), each prompt tokenized once for all its samples
+    def pending():  # (index, sample, token ids, budget, seed), each prompt tokenized once for all its samples
         for index, prompt in enumerate(prompts):
+            request = prompt if isinstance(prompt, Request) else Request(prompt)
+            prompt = request.prompt
             token_ids = isinstance(prompt, list) and bool(prompt) and all(isinstance(i, int) for i in prompt)
             ids = list(prompt) if token_ids else prompt_ids_for(lm, prompt, settings)
+            budget = settings.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+            if budget < 1:
+                from lmgen.errors import InputError
+
+                raise InputError(f"max_new_tokens must be >= 1, got {budget}")
+            seed = prompt_seed(settings.seed, index) if request.seed is None else request.seed
             for sample in range(settings.num_samples):
-                yield index, sample, ids
+                yield index, sample, ids, budget, seed
 
     queue = pending()
     while True:
@@ -100,14 +118,15 @@ class _Engine:
     def in_flight(self) -> list[int]:
         return [slot for slot, row in enumerate(self.rows) if row is not None]
 
-    def join(self, slot: int, index: int, sample: int, ids: list[int]) -> Iterator:
+    def join(self, slot: int, index: int, sample: int, ids: list[int], max_new_tokens: int,
+             seed: int | None) -> Iterator:
         """Put sample ``sample`` of prompt ``index`` (token ids) in row ``slot`` and choose its first
         token. The prompt is prefilled there, or, when another sample of it is in flight, its keys
         and values are copied from that row (a prompt is prefilled once for all its samples)."""
         lm, settings = self.lm, self.settings
-        budget = min(settings.max_new_tokens, lm.config.max_context - len(ids))
+        budget = min(max_new_tokens, lm.config.max_context - len(ids))
         self._reserve(len(ids) + budget)
-        seed = prompt_seed(prompt_seed(settings.seed, index), sample)
+        seed = prompt_seed(seed, sample)
         device = self.model.device
         row = Row(index, ids, budget, _Sample(lm, settings),
                   torch.Generator(device).manual_seed(seed) if seed is not None else None,

@@ -22,6 +22,8 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError, UsageError
 
+from lmgen.cli_options import (DEVICE_OPTION, DTYPE_OPTION, FILE_OPTION, MODEL_OPTION, SEED, STATS,
+                               THREADS_OPTION, with_sampling)
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
 from lmgen.threads import yielding_threads
 
@@ -120,30 +122,6 @@ def leave(code: int) -> None:
 # ---------------------------------------------------------------------------------------- generate
 
 
-MODEL_OPTION = typer.Option(
-    None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
-)
-FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
-DTYPE_OPTION = typer.Option(
-    None, "--dtype", help="Weights: float32, bfloat16, float16, q8 or q4 (block-quantized; int8 = q8); on the CPU "
-    "activations stay fp32. Default: a GGUF file's weights as stored, else float32."
-)
-DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
-THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
-# How the next token is chosen (lmgen.sampling), for generate and chat.
-TEMPERATURE = typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random.")
-TOP_K = typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all).")
-TOP_P = typer.Option(1.0, "--top-p", help="Sample only from the smallest set with this much probability.")
-MIN_P = typer.Option(0.0, "--min-p", help="Drop tokens less likely than min-p × the top token's probability.")
-TYPICAL_P = typer.Option(1.0, "--typical-p", help="Locally typical sampling mass (1: off).")
-REPETITION_PENALTY = typer.Option(1.0, "--repetition-penalty",
-                                  help="Divide positive (multiply negative) logits of seen tokens (1: off).")
-FREQUENCY_PENALTY = typer.Option(0.0, "--frequency-penalty", help="Subtract this × each output token's count.")
-PRESENCE_PENALTY = typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output.")
-SEED = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output.")
-STATS = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr.")
-
-
 def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Optional[int]):
     """What generate and score do before reading input: check the options, pick the model and
     its config (torch-free: a bad model fails before the slow load). Returns (path, config)."""
@@ -180,6 +158,7 @@ def load_model(path, dtype: Optional[str], device: str):
 
 
 @app.command()
+@with_sampling
 def generate(
     prompt: Optional[str] = typer.Argument(None, help="Text to continue; '-' or nothing reads stdin."),
     file: Optional[Path] = FILE_OPTION,
@@ -187,14 +166,7 @@ def generate(
     model: Optional[str] = MODEL_OPTION,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable); never printed."),
-    temperature: float = TEMPERATURE,
-    top_k: int = TOP_K,
-    top_p: float = TOP_P,
-    min_p: float = MIN_P,
-    typical_p: float = TYPICAL_P,
-    repetition_penalty: float = REPETITION_PENALTY,
-    frequency_penalty: float = FREQUENCY_PENALTY,
-    presence_penalty: float = PRESENCE_PENALTY,
+    sampling=None,  # the sampling options (with_sampling)
     seed: Optional[int] = SEED,
     num_samples: int = typer.Option(1, "--num-samples", help="Independent continuations, batched."),
     batch_size: int = typer.Option(8, "--batch-size", help="With --each-line: prompts decoded together (1: one at a time)."),
@@ -225,10 +197,7 @@ def generate(
 
     from lmgen.constraint import Constraint
     from lmgen.generation import GenerationSettings, generate as run
-    from lmgen.sampling import SamplingSettings
 
-    sampling = SamplingSettings(temperature, top_k, top_p, min_p, typical_p, repetition_penalty,
-                                frequency_penalty, presence_penalty)
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     if constraint is not None:
         constraint.check()  # a bad schema, regex or grammar fails before the slow load
@@ -351,4 +320,4 @@ def setup(force: bool = typer.Option(False, "--force", help="Convert again even 
     sys.stderr.write(f"installed the default model at {target}\n")
 
 
-from lmgen import cli_chat  # noqa: E402,F401 (registers `lmgen chat`, which uses the options above)
+from lmgen import cli_batch, cli_chat  # noqa: E402,F401 (register `lmgen chat` and `batch`, with the options above)

@@ -89,12 +89,17 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def load(path: str | Path, dtype: str | None = None, device: str = "cpu") -> LanguageModel:
+def load(path: str | Path, dtype: str | None = None, device: str = "cpu", threads: int | None = None) -> LanguageModel:
     """Load a checkpoint directory (config + safetensors + tokenizer.json) or a GGUF file.
 
     ``dtype`` None: a GGUF file's weights as stored (its Q8_0/Q4_0/Q4_1 blocks read in place),
     a checkpoint's in float32. A GGUF file with a dtype is expanded to fp32 first (``lmgen
-    convert``, kept in the cache) and loaded from there in that dtype."""
+    convert``, kept in the cache) and loaded from there in that dtype. ``threads``: compute with
+    this many (torch's and the kernels'; default: as they are, the cores available at start)."""
+    if threads is not None:
+        from lmgen.threads import set_threads
+
+        set_threads(threads)
     src = gguf_file(Path(path))
     if src is not None and dtype is None:
         return _load_gguf(src, parse_device(device))

@@ -1,0 +1,195 @@
+"""``lmgen batch INPUT --out DIR``: many prompts from a file to JSONL part files, resumable.
+
+INPUT is a text file (one prompt per non-blank line; a record's id is its line number) or JSONL
+(``.jsonl``/``.json``: one ``{"id": …, "prompt": …}`` per line, with optional ``system``,
+``max_new_tokens`` and ``seed``; a record without an id gets its line number). Every output
+record is what ``generate --json`` prints (``lmgen.complete``) plus the input's ``id``, and
+``index``, the prompt's position in the input, so that the records equal ``--each-line``'s.
+
+DIR holds part files and ``_manifest.json``: the settings, the model's fingerprint and the
+input, written by the first run. A rerun of the same command skips the ids already in DIR's
+part files (an interrupted job goes on where it stopped); one with other settings or another
+model is refused. ``_SUCCESS`` records the counts and timing of the run that finished the job.
+Each prompt's sampling seed comes from ``--seed`` and its position in the input, so a record
+is the same whichever run, process or Ray actor makes it. Runs in this process by default;
+``batch_ray`` runs the same work as a Ray Data pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from lmgen.errors import InputError
+from lmgen.files import regular_file
+
+MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
+PART_SUFFIXES = (".jsonl", ".json")  # ours, and Ray's write_json
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What the records depend on: checked against DIR's manifest on every run."""
+
+    input: str
+    model: str  # its fingerprint
+    dtype: str | None
+    settings: dict  # GenerationSettings as a dict
+    chat: bool
+    system: str | None
+
+    def describe(self) -> dict:
+        """As JSON has it (tuples become lists), so that a manifest read back compares equal."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def read_input(path: Path, seed: int | None) -> Iterator[dict]:
+    """The input records, each with its id, its position ``index`` among the prompts and its seed."""
+    from lmgen.batching import prompt_seed
+
+    regular_file(path, "batch input")
+    jsonl = path.suffix in (".jsonl", ".json")
+    index = 0
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, 1):
+            try:
+                line = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError:
+                raise InputError(f"{path}:{number} is not valid UTF-8") from None
+            if not line.strip():
+                continue
+            record = _json_line(line, path, number) if jsonl else {"prompt": line}
+            record.setdefault("id", number)
+            record["index"] = index
+            if "seed" not in record and seed is not None:
+                record["seed"] = prompt_seed(seed, index)
+            index += 1
+            yield record
+
+
+def _json_line(line: str, path: Path, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError as exc:
+        raise InputError(f"{path}:{number} is not valid JSON ({exc})") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}:{number} must be a JSON object with a \"prompt\"")
+    return record
+
+
+def done_ids(out: Path) -> set:
+    """The ids of the records DIR's part files hold (a last line cut short by a crash is dropped)."""
+    ids = set()
+    for part in sorted(out.iterdir()) if out.is_dir() else ():
+        if part.suffix not in PART_SUFFIXES or part.name.startswith(("_", ".")):
+            continue
+        _drop_partial_line(part)
+        with open(part, encoding="utf-8") as stream:
+            ids.update(json.loads(line)["id"] for line in stream if line.strip())
+    return ids
+
+
+def _drop_partial_line(part: Path) -> None:
+    data = part.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(part, "r+b") as stream:
+            stream.truncate(data.rfind(b"\n") + 1)
+
+
+def fingerprint(path: Path) -> str:
+    """A model's identity, cheap even for large files: each file's name and size and 16 chunks of
+    64 KiB spread over it (the config, tokenizer and weights of a directory; a GGUF file)."""
+    files = [path] if path.is_file() else sorted(
+        p for p in path.iterdir() if p.suffix in (".json", ".safetensors", ".gguf", ".toml") and p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as stream:
+            for i in range(16):
+                stream.seek(size * i // 16)
+                digest.update(stream.read(1 << 16))
+    return digest.hexdigest()[:32]
+
+
+def prepare_out(out: Path, job: Job) -> None:
+    """DIR made (with its manifest) on the first run; on later ones, the manifest must match."""
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        try:
+            before = json.loads(manifest.read_text(encoding="utf-8"))
+        except ValueError:
+            before = None
+        if before != job.describe():
+            changed = sorted(k for k in job.describe() if not isinstance(before, dict) or before.get(k) != job.describe()[k])
+            raise InputError(f"{out} holds records made with other settings ({', '.join(changed) or 'manifest'} "
+                             "differ); use another --out, or remove it to start again")
+        return
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} is not empty and has no {MANIFEST}: not a batch output directory")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(manifest, json.dumps(job.describe(), indent=1, ensure_ascii=False) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text, encoding="utf-8")
+    os.replace(partial, path)
+
+
+def new_part(out: Path) -> Path:
+    taken = {p.name for p in out.iterdir()}
+    return out / next(f"part-{n:05d}.jsonl" for n in range(len(taken) + 1) if f"part-{n:05d}.jsonl" not in taken)
+
+
+def finish(out: Path, written: int, skipped: int, seconds: float, tokens: int) -> dict:
+    """_SUCCESS: what this run did, and the job's total."""
+    summary = {"records_written": written, "records_skipped": skipped, "records_total": written + skipped,
+               "seconds": round(seconds, 3), "new_tokens": tokens,
+               "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else 0.0}
+    _write_atomic(out / SUCCESS, json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat: bool, system: str | None) -> int:
+    """Generate the records' completions in this process into a new part file; the tokens made."""
+    from types import SimpleNamespace
+
+    from lmgen.completion import complete
+    from lmgen.startup import progress
+
+    if not records:
+        return 0
+    tokens = 0
+    with open(new_part(out), "a", encoding="utf-8") as part, progress(len(records)) as report:
+        for record in complete(lm, records, settings, batch_size, chat, system):
+            part.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+            part.flush()
+            tokens += record["new_tokens"]
+            report(SimpleNamespace(new_tokens=record["new_tokens"]))
+    return tokens
+
+
+def pending(path: Path, out: Path, seed: int | None) -> tuple[list[dict], int]:
+    """(the input records not yet in DIR, how many are)."""
+    done = done_ids(out)
+    todo, skipped, seen = [], 0, set()
+    for record in read_input(path, seed):
+        key = json.dumps(record["id"])
+        if key in seen:
+            raise InputError(f"{path}: the id {record['id']!r} appears twice; ids name records in the output")
+        seen.add(key)
+        if record["id"] in done:
+            skipped += 1
+        else:
+            todo.append(record)
+    return todo, skipped
+
+
+def elapsed(start: float) -> float:
+    return time.perf_counter() - start

@@ -1,0 +1,98 @@
+"""``lmgen batch --ray ADDRESS``: the same records, made by a Ray Data pipeline.
+
+    from_items(records) → map_batches(Completer, compute=ActorPoolStrategy(size=actors),
+                                       num_cpus=…, batch_size=…) → write_json(DIR)
+
+Each actor loads the model once (``Completer``) and runs ``lmgen.complete`` on its batches with
+the batched engine; Ray restarts failed actors and streams batches with backpressure. The driver
+reads the input once (validating it, and leaving out the ids DIR already holds); part files are
+Ray's, JSON lines like ours, and the records carry their ids, so order does not matter.
+
+Sizing, from the cluster's resources: one actor per CPU (``--actors`` to choose), each reserving
+a little less than its share of the CPUs so that Ray's read and write tasks are never starved
+(actors at a whole CPU each on a 2-CPU node leave none, and the job hangs), and each computing
+with as many threads as its share of a node's cores (never more, so that actors on one node do
+not oversubscribe it). Ray is the optional extra ``lmgen[ray]``, imported only here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from lmgen.errors import EnvironmentFailure, InputError
+
+RESERVED_CPU = 0.5  # left on the cluster for Ray's own read and write tasks
+
+
+def _ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise EnvironmentFailure('--ray needs Ray Data: pip install "lmgen[ray]"') from None
+    return ray
+
+
+class Completer:
+    """A Ray actor: the model loaded once, then the records of each batch of input records."""
+
+    def __init__(self, model: str, dtype: str | None, settings, batch_size: int, chat: bool, system: str | None,
+                 threads: int):
+        from lmgen.loading import load
+
+        self.lm = load(model, dtype=dtype, threads=threads)
+        self.settings, self.batch_size, self.chat, self.system = settings, batch_size, chat, system
+
+    def __call__(self, batch):
+        import json
+
+        import pandas as pd
+
+        from lmgen.completion import complete
+
+        items = [json.loads(text) for text in batch["record"]]  # as JSON text: no column types to guess
+        return pd.DataFrame(list(complete(self.lm, items, self.settings, self.batch_size, self.chat, self.system)))
+
+
+def connect(address: str):
+    """ray.init for ``--ray``: ``local`` starts a cluster in this process, ``auto`` joins the one
+    on this machine (``ray start --head``), anything else is a cluster's address."""
+    ray = _ray()
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        ray.init(address=None if address == "local" else address, **kwargs)
+    return ray
+
+
+def sizes(ray, actors: int | None) -> tuple[int, float, int]:
+    """(actors, CPUs each reserves, threads each computes with) from the cluster's resources."""
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    actors = actors or max(1, int(cpus))
+    if actors < 1:
+        raise InputError(f"actors must be >= 1, got {actors}")
+    per_actor = max(0.1, min(1.0, (cpus - RESERVED_CPU) / actors))
+    threads = max(1, int(cpus / nodes) // max(1, math.ceil(actors / nodes)))
+    return actors, round(per_actor, 3), threads
+
+
+def run_on_ray(address: str, records: list[dict], out: Path, model: str, dtype: str | None, settings,
+               batch_size: int, chat: bool, system: str | None, actors: int | None = None) -> int:
+    """Generate the records' completions on Ray into DIR; the tokens made."""
+    if not records:
+        return 0
+    import json
+
+    ray = connect(address)
+    actors, per_actor, threads = sizes(ray, actors)
+    before = {part.name for part in out.iterdir()}
+    ds = ray.data.from_items([{"record": json.dumps(record)} for record in records])
+    ds = ds.map_batches(Completer, fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings,
+                                                              batch_size=batch_size, chat=chat, system=system,
+                                                              threads=threads),
+                        compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,
+                        batch_size=batch_size, batch_format="pandas")
+    ds.write_json(str(out))
+    new = [part for part in out.iterdir() if part.name not in before and part.suffix == ".json"]
+    return sum(json.loads(line)["new_tokens"] for part in new for line in part.read_text().splitlines() if line.strip())

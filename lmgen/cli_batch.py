@@ -1,0 +1,70 @@
+"""``lmgen batch``: parse the options, then run the job here or on Ray (lmgen.batch, batch_ray)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from lmgen.cli import app, load_model, prepare
+from lmgen.cli_options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
+
+
+@app.command()
+@with_sampling
+def batch(
+    input: Path = typer.Argument(..., help="Prompts: a text file (one per line) or JSONL ({\"id\", \"prompt\", ...})."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory of JSONL part files (a rerun resumes it)."),
+    model: Optional[str] = MODEL_OPTION,
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),
+    stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable)."),
+    sampling=None,  # the sampling options (with_sampling)
+    seed: Optional[int] = SEED,
+    chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the model's chat template."),
+    system: Optional[str] = typer.Option(None, "--system", help="System message for --chat (a record's own wins)."),
+    json_schema: Optional[str] = typer.Option(None, "--json-schema", help="Output JSON this schema accepts."),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Output text this regular expression matches."),
+    grammar: Optional[Path] = typer.Option(None, "--grammar", help="Output text this Lark grammar accepts."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Prompts decoded together (per actor with --ray)."),
+    ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: local, auto, or a cluster's address."),
+    actors: Optional[int] = typer.Option(None, "--actors", help="With --ray: model replicas (default: one per CPU)."),
+    dtype: str = DTYPE_OPTION,
+    device: str = DEVICE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+) -> None:
+    """Complete every prompt of INPUT into JSONL records in OUT, resumably (here, or on Ray)."""
+    from lmgen import batch as job_of
+    from lmgen.constraint import Constraint
+    from lmgen.generation import GenerationSettings
+
+    constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
+    if constraint is not None:
+        constraint.check()
+    settings = GenerationSettings(max_new_tokens, sampling, seed, stop=tuple(stop or ()), constraint=constraint)
+    if batch_size < 1:
+        from lmgen.errors import InputError
+
+        raise InputError(f"batch-size must be >= 1, got {batch_size}")
+    path, _ = prepare(model, dtype, device, threads)
+    job = job_of.Job(str(input.resolve()), job_of.fingerprint(Path(path)), dtype, job_of.dataclasses.asdict(settings),
+                     chat, system)
+    job_of.prepare_out(out, job)
+    records, skipped = job_of.pending(input, out, seed)
+    if skipped:
+        sys.stderr.write(f"lmgen: {skipped} record(s) already in {out}; {len(records)} to go\n")
+    start = time.perf_counter()
+    if not records:
+        tokens = 0
+    elif ray is not None:
+        from lmgen.batch_ray import run_on_ray
+
+        tokens = run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors)
+    else:
+        lm = load_model(path, dtype, device)
+        tokens = job_of.run_here(lm, records, out, settings, batch_size, chat, system)
+    summary = job_of.finish(out, len(records), skipped, job_of.elapsed(start), tokens)
+    sys.stderr.write(f"lmgen: {summary['records_written']} record(s) written to {out} in {summary['seconds']:.1f} s "
+                     f"({summary['tokens_per_s']:.1f} tokens/s); {summary['records_total']} in all\n")

@@ -1,0 +1,55 @@
+"""Options that several commands share (generate, chat, batch, score), and ``with_sampling``,
+which gives a command the sampling options as one SamplingSettings."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import typer
+
+MODEL_OPTION = typer.Option(
+    None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
+)
+FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
+DTYPE_OPTION = typer.Option(
+    None, "--dtype", help="Weights: float32, bfloat16, float16, q8 or q4 (block-quantized; int8 = q8); on the CPU "
+    "activations stay fp32. Default: a GGUF file's weights as stored, else float32."
+)
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
+THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
+# How the next token is chosen (lmgen.sampling): options that generate, chat and batch share.
+SAMPLING_OPTIONS = {
+    "temperature": (float, typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random.")),
+    "top_k": (int, typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all).")),
+    "top_p": (float, typer.Option(1.0, "--top-p", help="Sample only from the smallest set with this much probability.")),
+    "min_p": (float, typer.Option(0.0, "--min-p", help="Drop tokens less likely than min-p × the top token's probability.")),
+    "typical_p": (float, typer.Option(1.0, "--typical-p", help="Locally typical sampling mass (1: off).")),
+    "repetition_penalty": (float, typer.Option(1.0, "--repetition-penalty",
+                                               help="Divide positive (multiply negative) logits of seen tokens (1: off).")),
+    "frequency_penalty": (float, typer.Option(0.0, "--frequency-penalty", help="Subtract this × each output token's count.")),
+    "presence_penalty": (float, typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output.")),
+}
+SEED = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output.")
+
+
+def with_sampling(command):
+    """Give a command the sampling options: it declares ``sampling`` and receives them as one
+    SamplingSettings (checked there)."""
+    signature = inspect.signature(command)
+    added = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=kind)
+             for name, (kind, option) in SAMPLING_OPTIONS.items()]
+    kept = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in signature.parameters.values() if p.name != "sampling"]
+
+    @functools.wraps(command)
+    def wrapper(**values):
+        from lmgen.sampling import SamplingSettings
+
+        sampling = SamplingSettings(**{name: values.pop(name) for name in SAMPLING_OPTIONS})
+        return command(sampling=sampling, **values)
+
+    wrapper.__signature__ = signature.replace(parameters=kept + added)
+    return wrapper
+
+
+STATS = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr.")

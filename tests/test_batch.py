@@ -1,0 +1,145 @@
+"""`lmgen batch` (lmgen.batch, lmgen.complete, lmgen.batch_ray): the records of --each-line,
+resumable, here or on Ray."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lmgen
+from lmgen.completion import complete
+from lmgen.generation import GenerationSettings
+
+from conftest import assert_one_line_error
+
+TIMING = ("time_to_first_token_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_per_s", "weights_gb_per_s")
+SUBJECTS = ["the sea", "a cat", "Paris", "winter", "bread", "a violin", "the moon", "rivers", "chess", "tea"]
+PROMPTS = [f"{n}. A short sentence about {SUBJECTS[n % 10]}:" for n in range(40)]
+
+
+def lmgen_exe() -> str:
+    return str(Path(sys.executable).parent / "lmgen")
+
+
+def run(*args, input: bytes | None = None, env=None):
+    return subprocess.run([lmgen_exe(), *args], capture_output=True, input=input, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def without_timing(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+def read_out(out: Path) -> dict:
+    """id → record, from every part file (ours and Ray's)."""
+    records = {}
+    for part in out.iterdir():
+        if part.suffix in (".jsonl", ".json") and not part.name.startswith(("_", ".")):
+            for line in part.read_text().splitlines():
+                record = json.loads(line)
+                assert record["id"] not in records, "an id written twice"
+                records[record["id"]] = record
+    return records
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch")
+    (root / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def each_line(inputs):
+    """What `generate --each-line --json` prints for the same prompts: the reference records."""
+    result = run("generate", "--each-line", "--json", "-n", "12", input=(inputs / "prompts.txt").read_bytes())
+    assert result.returncode == 0, result.stderr
+    return [without_timing(json.loads(line)) for line in result.stdout.decode().splitlines()]
+
+
+def test_batch_gives_the_records_of_each_line_and_resumes(inputs, each_line, tmp_path):
+    out = tmp_path / "out"
+    first = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "12")
+    assert first.returncode == 0, first.stderr
+    records = read_out(out)
+    assert sorted(records) == list(range(1, 41))  # ids: line numbers
+    assert [without_timing({k: v for k, v in records[i].items() if k != "id"}) for i in range(1, 41)] == each_line
+    manifest = json.loads((out / "_manifest.json").read_text())
+    assert manifest["settings"]["max_new_tokens"] == 12 and len(manifest["model"]) == 32
+    assert json.loads((out / "_SUCCESS").read_text())["records_written"] == 40
+
+    part = out / "part-00000.jsonl"  # lose 7 records, and cut the last line short, as a crash would
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:30]) + lines[30][:25])
+    again = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "12")
+    assert again.returncode == 0, again.stderr
+    assert "30 record(s) already" in again.stderr.decode()
+    assert json.loads((out / "_SUCCESS").read_text())["records_written"] == 10
+    assert {k: without_timing(v) for k, v in read_out(out).items()} == {k: without_timing(v) for k, v in records.items()}
+
+    other = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "13")
+    assert_one_line_error(other, 2, r"other settings \(settings differ\)")
+
+
+def test_jsonl_input_with_ids_and_fields_of_its_own(tmp_path, default_lm):
+    rows = [{"id": "a", "prompt": "The sea is"}, {"id": "b", "prompt": "Hello", "max_new_tokens": 3},
+            {"id": "c", "prompt": "Say hi.", "system": "You are brief.", "seed": 5}]
+    src = tmp_path / "in.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    result = run("batch", str(src), "--out", str(tmp_path / "out"), "-n", "6")
+    assert result.returncode == 0, result.stderr
+    records = read_out(tmp_path / "out")
+    assert sorted(records) == ["a", "b", "c"]
+    assert records["b"]["new_tokens"] <= 3 and records["a"]["new_tokens"] <= 6
+    assert records["c"]["prompt"].startswith("<|im_start|>system\nYou are brief.")  # rendered with the template
+    library = list(complete(default_lm, rows, GenerationSettings(max_new_tokens=6)))
+    assert [without_timing(r) for r in library] == [without_timing(records[k]) for k in "abc"]
+
+
+@pytest.fixture(scope="module")
+def default_lm():
+    from lmgen.paths import resolve_model
+
+    return lmgen.load(resolve_model(None, None), threads=1)
+
+
+@pytest.mark.parametrize("content, pattern", [
+    ('{"id": 1, "prompt": "a"}\nnot json\n', r"in.jsonl:2 is not valid JSON"),
+    ('{"id": 1, "prompt": "a"}\n{"id": 1, "prompt": "b"}\n', r"the id 1 appears twice"),
+    ('{"id": 1}\n', r'has no "prompt"'),
+    ('{"id": 1, "prompt": "a", "max_new_tokens": "many"}\n', r"'max_new_tokens' must be int"),
+    ('[1, 2]\n', r"must be a JSON object"),
+])
+def test_bad_input_records_are_one_line_and_exit_2(tmp_path, content, pattern):
+    src = tmp_path / "in.jsonl"
+    src.write_text(content)
+    assert_one_line_error(run("batch", str(src), "--out", str(tmp_path / "out")), 2, pattern)
+
+
+def test_an_output_directory_that_is_not_a_batchs_is_refused(tmp_path, inputs):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    assert_one_line_error(run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "out")), 2, "not empty")
+
+
+def test_without_ray_the_error_names_the_extra(tmp_path, inputs):
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['ray'] = None\n")
+    result = run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "out"), "--ray", "local",
+                 env={"PYTHONPATH": str(hide)})
+    assert_one_line_error(result, 4, r'pip install "lmgen\[ray\]"')
+
+
+def test_on_a_local_ray_cluster_two_actors_give_the_same_records(inputs, each_line, tmp_path):
+    pytest.importorskip("ray", reason="Ray is not installed (the lmgen[ray] extra)")
+    out = tmp_path / "ray"
+    result = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "12", "--ray", "local",
+                 "--actors", "2", "--batch-size", "8")
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    records = read_out(out)
+    assert sorted(records) == list(range(1, 41))
+    assert [without_timing({k: v for k, v in records[i].items() if k != "id"}) for i in range(1, 41)] == each_line
