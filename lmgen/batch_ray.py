@@ -57,12 +57,37 @@ class Completer:
 
 def connect(address: str):
     """ray.init for ``--ray``: ``local`` starts a cluster in this process, ``auto`` joins the one
-    on this machine (``ray start --head``), anything else is a cluster's address."""
+    on this machine (``ray start --head``), anything else is a cluster's address — checked to
+    answer within CONNECT_SECONDS first (Ray itself retries for minutes)."""
     ray = _ray()
-    if not ray.is_initialized():
-        kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if ray.is_initialized():
+        return ray
+    if address not in ("local", "auto"):
+        _reachable(address)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    try:
         ray.init(address=None if address == "local" else address, **kwargs)
+    except ValueError as exc:
+        raise InputError(f"--ray {address}: {exc}") from None
+    except ConnectionError as exc:
+        raise EnvironmentFailure(f"--ray {address}: {exc}") from None
     return ray
+
+
+CONNECT_SECONDS = 5
+
+
+def _reachable(address: str) -> None:
+    """A cluster's address (``HOST:PORT`` or ``ray://HOST:PORT``) that accepts a connection."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError(f"--ray {address}: give local, auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except OSError as exc:
+        raise EnvironmentFailure(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
 def sizes(ray, actors: int | None) -> tuple[int, float, int]:

@@ -143,3 +143,13 @@ def test_on_a_local_ray_cluster_two_actors_give_the_same_records(inputs, each_li
     records = read_out(out)
     assert sorted(records) == list(range(1, 41))
     assert [without_timing({k: v for k, v in records[i].items() if k != "id"}) for i in range(1, 41)] == each_line
+
+
+@pytest.mark.parametrize("address, code, pattern", [
+    ("nonsense", 2, r"--ray nonsense: give local, auto, HOST:PORT"),
+    ("127.0.0.1:9", 4, r"no Ray cluster answers there"),  # refused at once, not Ray's minutes of retries
+])
+def test_a_bad_ray_address_is_one_line_not_a_hang(tmp_path, inputs, address, code, pattern):
+    pytest.importorskip("ray", reason="Ray is not installed (the lmgen[ray] extra)")
+    result = run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "out"), "--ray", address)
+    assert_one_line_error(result, code, pattern)

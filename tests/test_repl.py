@@ -136,3 +136,13 @@ def test_a_model_without_a_chat_template_names_generate(tiny_dir, env):
     err = result.stderr.decode()
     assert result.returncode == 2 and len(err.strip().splitlines()) == 1, err
     assert "no chat template" in err and "lmgen generate" in err
+
+
+def test_a_bad_command_file_is_one_error_line_and_the_session_goes_on(env, tmp_path):
+    lines = f"/load {tmp_path / 'missing.json'}\n/save {tmp_path / 'no' / 'such' / 'dir.json'}\n/frobnicate\nHello!\n"
+    result = subprocess.run([lmgen_exe(), "chat", "-n", "8"], input=lines.encode(), capture_output=True, env=env,
+                            timeout=300)
+    assert result.returncode == 0
+    err = result.stderr.decode()
+    assert err.count("lmgen: error:") == 2 and "unknown command /frobnicate" in err
+    assert len(result.stdout.decode().splitlines()) == 1  # the one reply
