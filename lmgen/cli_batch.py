@@ -23,6 +23,7 @@ def batch(
     stop: Optional[list[str]] = typer.Option(None, "--stop", help="Stop before this text (repeatable)."),
     sampling=None,  # the sampling options (with_sampling)
     seed: Optional[int] = SEED,
+    truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
     chat: bool = typer.Option(False, "--chat", help="Wrap each prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat (a record's own wins)."),
     json_schema: Optional[str] = typer.Option(None, "--json-schema", help="Output JSON this schema accepts."),
@@ -43,7 +44,7 @@ def batch(
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     if constraint is not None:
         constraint.check()
-    settings = GenerationSettings(max_new_tokens, sampling, seed, stop=tuple(stop or ()), constraint=constraint)
+    settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
     if batch_size < 1:
         from lmgen.errors import InputError
 

@@ -44,17 +44,28 @@ def complete(lm: LanguageModel, prompts: Iterable, settings: GenerationSettings 
     earlier prompt are done."""
     kept: dict[int, dict] = {}
     texts: dict[int, str] = {}
+    latest = [0]
 
     def requests():
         for index, item in enumerate(prompts):
+            latest[0] = index
             kept[index], request = request_of(item, chat, system)
             texts[index] = lm.prompt_text(request.prompt)
             yield request
 
-    bytes_per_token = lm.model.weight_bytes_per_token()
+    try:
+        yield from _records(generate_many(lm, requests(), settings, batch_size), settings, kept, texts,
+                            lm.model.weight_bytes_per_token())
+    except InputError as exc:  # name the prompt that cannot be used (it is the one last read)
+        where = kept.get(latest[0], {}).get("id", latest[0] + 1)
+        raise InputError(f"prompt {where}: {exc}") from None
+
+
+def _records(events, settings: GenerationSettings, kept: dict, texts: dict, bytes_per_token: int) -> Iterator[dict]:
+    """The records of the events, each prompt's as soon as it and every earlier one are done."""
     finished: dict[int, list[Finished]] = {}
     next_index = 0
-    for event in generate_many(lm, requests(), settings, batch_size):
+    for event in events:
         if not isinstance(event, Finished):
             continue
         finished.setdefault(event.index, []).append(event)
