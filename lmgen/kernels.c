@@ -222,6 +222,7 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
   pre_norm(s, t->mlp_norm_w, t->mlp_norm_b, x, h, M);
   Projection mlp_in[2] = {PROJ(up, up, d_mlp), PROJ(gate, gate, d_mlp)};
   project(mlp_in, s->gated ? 2 : 1, h, d, M);
+  #pragma omp parallel for schedule(static) num_threads(n_threads)  /* expf: the other thread would wait */
   for (int64_t i = 0; i < M * d_mlp; i++)
     up[i] = s->gated ? activate(s->activation, gate[i]) * up[i] : activate(s->activation, up[i]);
   Projection down = PROJ(down, out, d);
