@@ -32,8 +32,13 @@ BLOCK = '"""'
 
 
 def note(text: str) -> None:
-    sys.stderr.write(f"{text}\n")
-    sys.stderr.flush()
+    """A line on stderr: dim on a terminal (without NO_COLOR), plain elsewhere."""
+    console = rich_console(sys.stderr)
+    if console is None:
+        sys.stderr.write(f"{text}\n")
+        sys.stderr.flush()
+    else:
+        console.print(text, style="dim", markup=False)
 
 
 class Session:
