@@ -21,11 +21,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmgen.errors import InputError
+from lmgen.errors import InputError, LmgenError
 from lmgen.files import regular_file
 
 MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
@@ -48,11 +47,19 @@ class Job:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+def check_input(path: Path) -> None:
+    """INPUT is a regular file that exists (bad input: exit 2), before DIR is touched."""
+    try:
+        regular_file(path, "batch input")
+    except LmgenError as exc:
+        raise InputError(str(exc)) from None
+
+
 def read_input(path: Path, seed: int | None) -> Iterator[dict]:
     """The input records, each with its id, its position ``index`` among the prompts and its seed."""
     from lmgen.batching import prompt_seed
 
-    regular_file(path, "batch input")
+    check_input(path)
     jsonl = path.suffix in (".jsonl", ".json")
     index = 0
     with open(path, "rb") as stream:
@@ -190,6 +197,3 @@ def pending(path: Path, out: Path, seed: int | None) -> tuple[list[dict], int]:
             todo.append(record)
     return todo, skipped
 
-
-def elapsed(start: float) -> float:
-    return time.perf_counter() - start

@@ -37,7 +37,9 @@ def batch(
     threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Complete every prompt of INPUT into JSONL records in OUT, resumably (here, or on Ray)."""
-    from lmgen import batch as job_of
+    import dataclasses
+
+    from lmgen.batch import Job, check_input, fingerprint, finish, pending, prepare_out, run_here
     from lmgen.constraint import Constraint
     from lmgen.generation import GenerationSettings
 
@@ -49,11 +51,11 @@ def batch(
         from lmgen.errors import InputError
 
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
+    check_input(input)
     path, _ = prepare(model, dtype, device, threads)
-    job = job_of.Job(str(input.resolve()), job_of.fingerprint(Path(path)), dtype, job_of.dataclasses.asdict(settings),
-                     chat, system)
-    job_of.prepare_out(out, job)
-    records, skipped = job_of.pending(input, out, seed)
+    job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system)
+    prepare_out(out, job)
+    records, skipped = pending(input, out, seed)
     if skipped:
         sys.stderr.write(f"lmgen: {skipped} record(s) already in {out}; {len(records)} to go\n")
     start = time.perf_counter()
@@ -65,7 +67,7 @@ def batch(
         tokens = run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors)
     else:
         lm = load_model(path, dtype, device)
-        tokens = job_of.run_here(lm, records, out, settings, batch_size, chat, system)
-    summary = job_of.finish(out, len(records), skipped, job_of.elapsed(start), tokens)
+        tokens = run_here(lm, records, out, settings, batch_size, chat, system)
+    summary = finish(out, len(records), skipped, time.perf_counter() - start, tokens)
     sys.stderr.write(f"lmgen: {summary['records_written']} record(s) written to {out} in {summary['seconds']:.1f} s "
                      f"({summary['tokens_per_s']:.1f} tokens/s); {summary['records_total']} in all\n")

@@ -120,6 +120,13 @@ def test_bad_input_records_are_one_line_and_exit_2(tmp_path, content, pattern):
     assert_one_line_error(run("batch", str(src), "--out", str(tmp_path / "out")), 2, pattern)
 
 
+@pytest.mark.parametrize("name, pattern", [("missing.txt", "does not exist"), ("/dev/null", "not a regular file")])
+def test_a_missing_or_special_input_is_refused_before_the_output_is_made(tmp_path, name, pattern):
+    result = run("batch", str(tmp_path / name), "--out", str(tmp_path / "out"))
+    assert_one_line_error(result, 2, pattern)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_directory_that_is_not_a_batchs_is_refused(tmp_path, inputs):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
