@@ -185,16 +185,4 @@ class _Engine:
 
     def _reserve(self, length: int) -> None:
         """A cache with room for ``length`` positions per row, grown (and its rows kept) if need be."""
-        if self.cache is not None and self.cache.max_len >= length:
-            return
-        grown = max(length, 2 * self.cache.max_len if self.cache else 256)
-        cache = self.model.new_cache(len(self.rows), min(grown, self.lm.config.max_context))
-        # Zeroed: PyTorch's batched attention multiplies a row's masked-off positions by 0, and
-        # uninitialised memory there may hold NaN (the native kernels never read them).
-        cache.k.zero_()
-        cache.v.zero_()
-        if self.cache is not None:
-            cache.k[:, :, :, : self.cache.max_len] = self.cache.k
-            cache.v[:, :, :, : self.cache.max_len] = self.cache.v
-        self.cache = cache
-
+        self.cache = self.model.grow_cache(self.cache, length, len(self.rows))

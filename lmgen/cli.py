@@ -199,8 +199,6 @@ def generate(
     from lmgen.generation import GenerationSettings, generate as run
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
-    if constraint is not None:
-        constraint.check()  # a bad schema, regex or grammar fails before the slow load
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs,
                                   constraint)
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load

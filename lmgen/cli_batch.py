@@ -44,8 +44,6 @@ def batch(
     from lmgen.generation import GenerationSettings
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
-    if constraint is not None:
-        constraint.check()
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
     if batch_size < 1:
         from lmgen.errors import InputError

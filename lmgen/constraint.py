@@ -37,8 +37,9 @@ class Constraint:
     @classmethod
     def from_options(cls, json_schema: str | None = None, regex: str | None = None,
                      grammar: str | None = None) -> "Constraint | None":
-        """The constraint the options ask for (None: none). A schema is inline JSON or a file's
-        path; a grammar is a file's path."""
+        """The constraint the options ask for (None: none), checked (so that a bad one fails
+        before any model loads). A schema is inline JSON or a file's path; a grammar is a file's
+        path."""
         given = {kind: value for kind, value in zip(KINDS, (json_schema, regex, grammar)) if value is not None}
         if len(given) > 1:
             raise InputError(f"choose one of {', '.join(OPTIONS[k] for k in given)}")
@@ -51,7 +52,9 @@ class Constraint:
                 value = read_text(Path(value), "the file of " + OPTIONS[kind])
             except CheckpointError as exc:  # the user's own file: bad input, exit 2
                 raise InputError(str(exc)) from None
-        return cls(kind, value)
+        constraint = cls(kind, value)
+        constraint.check()
+        return constraint
 
     def describe(self) -> str:
         return OPTIONS[self.kind]

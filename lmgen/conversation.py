@@ -87,15 +87,8 @@ class Conversation:
 
     def _reserve(self, length: int):
         """The KV cache, grown (its filled part kept) to hold ``length`` positions."""
-        if self.cache is not None and self.cache.max_len >= length:
-            return self.cache
-        grown = self.lm.model.new_cache(1, max(length, 2 * self.cache.max_len if self.cache else 512))
-        if self.cache is not None:
-            kept = len(self.cached_ids)
-            grown.k[:, :, :, :kept] = self.cache.k[:, :, :, :kept]
-            grown.v[:, :, :, :kept] = self.cache.v[:, :, :, :kept]
-        self.cache = grown
-        return grown
+        self.cache = self.lm.model.grow_cache(self.cache, length)
+        return self.cache
 
     # ---------------------------------------------------------------------------- the commands
 

@@ -235,6 +235,21 @@ class Decoder(nn.Module):
         self.plan = kernels.decode_plan(self)
         return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)
 
+    def grow_cache(self, cache: KVCache | None, length: int, batch: int = 1) -> KVCache:
+        """A cache with room for ``length`` positions per row: ``cache`` itself if it has it, else
+        a new one (at least twice as long, up to the context) holding its keys and values."""
+        if cache is not None and cache.max_len >= length:
+            return cache
+        grown = self.new_cache(batch, max(length, 2 * cache.max_len if cache else 256))
+        # Zeroed: PyTorch's batched attention multiplies a row's masked-off positions by 0, and
+        # uninitialised memory there may hold NaN (the native kernels never read them).
+        grown.k.zero_()
+        grown.v.zero_()
+        if cache is not None:
+            grown.k[:, :, :, : cache.max_len] = cache.k
+            grown.v[:, :, :, : cache.max_len] = cache.v
+        return grown
+
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings in the activations' dtype, scaled where the family scales them (Gemma:
         by a tensor of that dtype, as transformers has it)."""
