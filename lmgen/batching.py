@@ -104,6 +104,23 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
         yield from engine.step()
 
 
+def in_input_order(events: Iterable, samples: int = 1, keep=lambda event: True) -> Iterator[tuple[int, list]]:
+    """(index, its kept events) for each prompt of ``generate_many``'s events, in input order, as
+    soon as it and every earlier prompt have finished all ``samples`` of their samples."""
+    held: dict[int, list] = {}
+    finished: dict[int, int] = {}
+    next_index = 0
+    for event in events:
+        if keep(event):
+            held.setdefault(event.index, []).append(event)
+        if isinstance(event, Finished):
+            finished[event.index] = finished.get(event.index, 0) + 1
+        while finished.get(next_index) == samples:
+            del finished[next_index]
+            yield next_index, held.pop(next_index, [])
+            next_index += 1
+
+
 class _Engine:
     def __init__(self, lm: LanguageModel, settings: GenerationSettings, batch_size: int):
         self.lm, self.settings, self.model = lm, settings, lm.model

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from lmgen.batching import Request, generate_many
+from lmgen.batching import Request, generate_many, in_input_order
 from lmgen.errors import InputError
 from lmgen.generation import Finished, GenerationSettings, LanguageModel
 from lmgen.records import summary
@@ -63,17 +63,11 @@ def complete(lm: LanguageModel, prompts: Iterable, settings: GenerationSettings 
 
 def _records(events, settings: GenerationSettings, kept: dict, texts: dict, bytes_per_token: int) -> Iterator[dict]:
     """The records of the events, each prompt's as soon as it and every earlier one are done."""
-    finished: dict[int, list[Finished]] = {}
-    next_index = 0
-    for event in events:
-        if not isinstance(event, Finished):
-            continue
-        finished.setdefault(event.index, []).append(event)
-        while len(finished.get(next_index, ())) == settings.num_samples:
-            for done in sorted(finished.pop(next_index), key=lambda e: e.sample):
-                yield record_of(texts[next_index], done, bytes_per_token, kept[next_index])
-            del texts[next_index], kept[next_index]
-            next_index += 1
+    finished_only = in_input_order(events, settings.num_samples, keep=lambda event: isinstance(event, Finished))
+    for index, samples in finished_only:
+        text, ids = texts.pop(index), kept.pop(index)
+        for done in sorted(samples, key=lambda e: e.sample):
+            yield record_of(text, done, bytes_per_token, ids)
 
 
 def record_of(prompt: str, done: Finished, bytes_per_token: int, kept: dict) -> dict:

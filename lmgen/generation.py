@@ -12,7 +12,6 @@ together on the engine of ``batching.py``, which keeps the same rules per row.
 from __future__ import annotations
 
 import math
-
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -10,29 +10,26 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, total: int
     """Many prompts decoded together (batching.generate_many), each printed as soon as it and
     every earlier one are done: output in input order. Yields each prompt's summary record.
     ``total``: how many prompts there are, if known (the progress bar's length)."""
-    from lmgen.batching import generate_many
+    from lmgen.batching import generate_many, in_input_order
     from lmgen.generation import Finished
-
     from lmgen.startup import progress
 
     prompts: dict[int, str] = {}
-    events: dict[int, list] = {}
-    done, next_index = set(), 0
 
     def remembered():
         for index, text in enumerate(texts):
             prompts[index] = text
             yield text
 
-    with progress(total) as report:
-        for event in generate_many(lm, remembered(), settings, batch_size):
-            events.setdefault(event.index, []).append(event)
+    def reported(events):
+        for event in events:
             if isinstance(event, Finished):
-                done.add(event.index)
                 report(event)
-            while next_index in done:
-                yield from render_events(lm, prompts.pop(next_index), events.pop(next_index), settings, renderer)
-                next_index += 1
+            yield event
+
+    with progress(total) as report:
+        for index, events in in_input_order(reported(generate_many(lm, remembered(), settings, batch_size))):
+            yield from render_events(lm, prompts.pop(index), events, settings, renderer)
 
 
 def generate_one(lm, text: str, settings, renderer, run) -> list[dict]:
