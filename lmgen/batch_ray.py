@@ -94,9 +94,7 @@ def sizes(ray, actors: int | None) -> tuple[int, float, int]:
     """(actors, CPUs each reserves, threads each computes with) from the cluster's resources."""
     cpus = ray.cluster_resources().get("CPU", 1.0)
     nodes = max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
-    actors = actors or max(1, int(cpus))
-    if actors < 1:
-        raise InputError(f"actors must be >= 1, got {actors}")
+    actors = max(1, int(cpus)) if actors is None else actors
     per_actor = max(0.1, min(1.0, (cpus - RESERVED_CPU) / actors))
     threads = max(1, int(cpus / nodes) // max(1, math.ceil(actors / nodes)))
     return actors, round(per_actor, 3), threads

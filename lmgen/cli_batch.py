@@ -45,10 +45,12 @@ def batch(
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
-    if batch_size < 1:
-        from lmgen.errors import InputError
+    from lmgen.errors import InputError
 
+    if batch_size < 1:
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
+    if actors is not None and actors < 1:  # checked before DIR is made or Ray started
+        raise InputError(f"actors must be >= 1, got {actors}")
     check_input(input)
     path, _ = prepare(model, dtype, device, threads)
     job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system)

@@ -127,6 +127,14 @@ def test_a_missing_or_special_input_is_refused_before_the_output_is_made(tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("option, pattern", [(["--actors", "0"], "actors must be >= 1"),
+                                             (["--batch-size", "0"], "batch-size must be >= 1")])
+def test_bad_counts_are_refused_before_the_output_is_made(tmp_path, inputs, option, pattern):
+    result = run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "out"), *option)
+    assert_one_line_error(result, 2, pattern)
+    assert not (tmp_path / "out").exists()
+
+
 def test_an_output_directory_that_is_not_a_batchs_is_refused(tmp_path, inputs):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
