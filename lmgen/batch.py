@@ -56,8 +56,10 @@ def check_input(path: Path) -> None:
 
 
 def read_input(path: Path, seed: int | None) -> Iterator[dict]:
-    """The input records, each with its id, its position ``index`` among the prompts and its seed."""
+    """The input records, each checked (``completion.check_record``: an error names the file and
+    line) and given its id, its position ``index`` among the prompts and its seed."""
     from lmgen.batching import prompt_seed
+    from lmgen.completion import check_record
 
     check_input(path)
     jsonl = path.suffix in (".jsonl", ".json")
@@ -68,6 +70,8 @@ def read_input(path: Path, seed: int | None) -> Iterator[dict]:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 raise InputError(f"{path}:{number} is not valid UTF-8") from None
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte order mark is not part of the prompt
             if not line.strip():
                 continue
             record = _json_line(line, path, number) if jsonl else {"prompt": line}
@@ -75,6 +79,10 @@ def read_input(path: Path, seed: int | None) -> Iterator[dict]:
             record["index"] = index
             if "seed" not in record and seed is not None:
                 record["seed"] = prompt_seed(seed, index)
+            try:
+                check_record(record)
+            except InputError as exc:
+                raise InputError(f"{path}:{number}: {exc}") from None
             index += 1
             yield record
 
@@ -89,16 +97,36 @@ def _json_line(line: str, path: Path, number: int) -> dict:
     return record
 
 
-def done_ids(out: Path) -> set:
-    """The ids of the records DIR's part files hold (a last line cut short by a crash is dropped)."""
-    ids = set()
+def id_key(value) -> str:
+    """An id as a key: its JSON text, so that 1 and "1" (or 1.0, never valid) stay apart."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def done_ids(out: Path) -> set[str]:
+    """The keys (``id_key``) of the records DIR's part files hold (a last line cut short by a
+    crash is dropped); a line that is not a record with a valid id is refused, naming it."""
+    keys = set()
     for part in sorted(out.iterdir()) if out.is_dir() else ():
         if part.suffix not in PART_SUFFIXES or part.name.startswith(("_", ".")):
             continue
         _drop_partial_line(part)
-        with open(part, encoding="utf-8") as stream:
-            ids.update(json.loads(line)["id"] for line in stream if line.strip())
-    return ids
+        with open(part, "rb") as stream:
+            for number, line in enumerate(stream, 1):
+                if line.strip():
+                    keys.add(id_key(_written_id(line, part, number)))
+    return keys
+
+
+def _written_id(line: bytes, part: Path, number: int):
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    ident = record.get("id") if isinstance(record, dict) else None
+    if not isinstance(ident, (str, int)) or isinstance(ident, bool):
+        raise InputError(f"{part}:{number} is not a record lmgen wrote (no valid id); "
+                         "remove that line, or the directory to start again")
+    return ident
 
 
 def _drop_partial_line(part: Path) -> None:
@@ -137,6 +165,8 @@ def prepare_out(out: Path, job: Job) -> None:
             raise InputError(f"{out} holds records made with other settings ({', '.join(changed) or 'manifest'} "
                              "differ); use another --out, or remove it to start again")
         return
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is not a directory")
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} is not empty and has no {MANIFEST}: not a batch output directory")
     out.mkdir(parents=True, exist_ok=True)
@@ -155,45 +185,55 @@ def new_part(out: Path) -> Path:
 
 
 def finish(out: Path, written: int, skipped: int, seconds: float, tokens: int) -> dict:
-    """_SUCCESS: what this run did, and the job's total."""
-    summary = {"records_written": written, "records_skipped": skipped, "records_total": written + skipped,
+    """_SUCCESS: what this run wrote, and the job's total as DIR's part files hold it."""
+    summary = {"records_written": written, "records_skipped": skipped, "records_total": len(done_ids(out)),
                "seconds": round(seconds, 3), "new_tokens": tokens,
                "tokens_per_s": round(tokens / seconds, 3) if seconds > 0 else 0.0}
     _write_atomic(out / SUCCESS, json.dumps(summary, indent=1) + "\n")
     return summary
 
 
-def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat: bool, system: str | None) -> int:
-    """Generate the records' completions in this process into a new part file; the tokens made."""
-    from types import SimpleNamespace
+@dataclasses.dataclass
+class Written:
+    """What a run wrote to DIR (counted as each record is flushed)."""
 
+    records: int = 0
+    tokens: int = 0
+
+
+def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat: bool, system: str | None,
+             written: Written) -> None:
+    """Generate the records' completions in this process into a new part file, counting them in
+    ``written`` as each is flushed (so that a run ended by an error still counts what it wrote)."""
     from lmgen.completion import complete
     from lmgen.startup import progress
 
     if not records:
-        return 0
-    tokens = 0
+        return
     with open(new_part(out), "a", encoding="utf-8") as part, progress(len(records)) as report:
         for record in complete(lm, records, settings, batch_size, chat, system):
             part.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             part.flush()
-            tokens += record["new_tokens"]
-            report(SimpleNamespace(new_tokens=record["new_tokens"]))
-    return tokens
+            written.records += 1
+            written.tokens += record["new_tokens"]
+            report(record["new_tokens"])
 
 
-def pending(path: Path, out: Path, seed: int | None) -> tuple[list[dict], int]:
-    """(the input records not yet in DIR, how many are)."""
-    done = done_ids(out)
-    todo, skipped, seen = [], 0, set()
+def read_all(path: Path, seed: int | None) -> list[dict]:
+    """Every input record, the whole file checked before any is generated (ids unique)."""
+    records, seen = [], set()
     for record in read_input(path, seed):
-        key = json.dumps(record["id"])
+        key = id_key(record["id"])
         if key in seen:
-            raise InputError(f"{path}: the id {record['id']!r} appears twice; ids name records in the output")
+            raise InputError(f"{path}: the id {key} appears twice; ids name records in the output")
         seen.add(key)
-        if record["id"] in done:
-            skipped += 1
-        else:
-            todo.append(record)
-    return todo, skipped
+        records.append(record)
+    return records
+
+
+def pending(records: list[dict], out: Path) -> tuple[list[dict], int]:
+    """(the records not yet in DIR, how many are)."""
+    done = done_ids(out)
+    todo = [record for record in records if id_key(record["id"]) not in done]
+    return todo, len(records) - len(todo)
 

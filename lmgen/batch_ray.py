@@ -101,10 +101,11 @@ def sizes(ray, actors: int | None) -> tuple[int, float, int]:
 
 
 def run_on_ray(address: str, records: list[dict], out: Path, model: str, dtype: str | None, settings,
-               batch_size: int, chat: bool, system: str | None, actors: int | None = None) -> int:
-    """Generate the records' completions on Ray into DIR; the tokens made."""
+               batch_size: int, chat: bool, system: str | None, actors: int | None, written) -> None:
+    """Generate the records' completions on Ray into DIR, counting what its part files gained
+    in ``written`` (batch.Written)."""
     if not records:
-        return 0
+        return
     import json
 
     ray = connect(address)
@@ -118,4 +119,6 @@ def run_on_ray(address: str, records: list[dict], out: Path, model: str, dtype: 
                         batch_size=batch_size, batch_format="pandas")
     ds.write_json(str(out))
     new = [part for part in out.iterdir() if part.name not in before and part.suffix == ".json"]
-    return sum(json.loads(line)["new_tokens"] for part in new for line in part.read_text().splitlines() if line.strip())
+    lines = [line for part in new for line in part.read_text(encoding="utf-8").splitlines() if line.strip()]
+    written.records += len(lines)
+    written.tokens += sum(json.loads(line)["new_tokens"] for line in lines)

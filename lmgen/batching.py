@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lmgen.errors import InputError
 from lmgen.generation import (Finished, GenerationSettings, LanguageModel, Token, _probabilities, _Sample,
                               prompt_ids_for, require_finite)
 from lmgen.model import KVCache
@@ -63,45 +64,60 @@ class Row:
         return len(self.prompt_ids) + self.sample_text.count - 1
 
 
+class PromptError(InputError):
+    """A prompt that cannot be used; ``index`` is its 0-based position among the prompts. Raised
+    once every prompt before it has finished and its events have been yielded."""
+
+    def __init__(self, message: str, index: int):
+        super().__init__(message)
+        self.index = index
+
+
 def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[int] | Request],
                   settings: GenerationSettings = GenerationSettings(), batch_size: int = 8) -> Iterator[Token | Finished]:
     """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
     each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
     order, but the samples' are interleaved. A prompt is text, messages (rendered with the chat
     template) or token ids, or a ``Request`` holding one with its own token budget and seed. One
-    that cannot be used raises when its turn comes (events of earlier prompts have been yielded
-    by then)."""
+    that cannot be used (or an iterable that raises InputError) ends the run with a
+    ``PromptError`` naming its index, once every prompt before it has finished and its events
+    have been yielded: no work done is lost."""
     if batch_size < 1:
-        from lmgen.errors import InputError
-
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
     engine = _Engine(lm, settings, batch_size)
 
     def pending():  # (index, sample, token ids, budget, seed), each prompt tokenized once for all its samples
         for index, prompt in enumerate(prompts):
             request = prompt if isinstance(prompt, Request) else Request(prompt)
-            prompt = request.prompt
-            token_ids = isinstance(prompt, list) and bool(prompt) and all(isinstance(i, int) for i in prompt)
-            ids = list(prompt) if token_ids else prompt_ids_for(lm, prompt, settings)
+            ids = prompt_ids_for(lm, request.prompt, settings)
             budget = settings.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
             if budget < 1:
-                from lmgen.errors import InputError
-
                 raise InputError(f"max_new_tokens must be >= 1, got {budget}")
             seed = prompt_seed(settings.seed, index) if request.seed is None else request.seed
+            engine.read = index + 1
             for sample in range(settings.num_samples):
                 yield index, sample, ids, budget, seed
 
-    queue = pending()
+    queue, exhausted, refused = pending(), False, None
     while True:
         for slot in engine.free_slots():
-            item = next(queue, None)
-            if item is None:
+            if exhausted:
+                break
+            try:
+                item = next(queue)
+            except StopIteration:
+                exhausted = True
+                break
+            except InputError as exc:  # finish what is in flight, then say which prompt it was
+                exhausted, refused = True, PromptError(str(exc), engine.read)
                 break
             yield from engine.join(slot, *item)
-        if not engine.in_flight():
+        if engine.in_flight():
+            yield from engine.step()
+        elif exhausted:  # the loop ends only when the input is used up AND no row is in flight
+            if refused is not None:
+                raise refused
             return
-        yield from engine.step()
 
 
 def in_input_order(events: Iterable, samples: int = 1, keep=lambda event: True) -> Iterator[tuple[int, list]]:
@@ -125,6 +141,7 @@ class _Engine:
     def __init__(self, lm: LanguageModel, settings: GenerationSettings, batch_size: int):
         self.lm, self.settings, self.model = lm, settings, lm.model
         self.rows: list[Row | None] = [None] * batch_size
+        self.read = 0  # prompts read and found usable: the index of the next
         self.cache: KVCache | None = None
         self.forward = torch.inference_mode()(self.model)
         self.decode = torch.inference_mode()(self.model.decode_step)

@@ -7,6 +7,7 @@ becomes one line on stderr and an exit code (see README, "Exit codes").
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 from lmgen.cli_options import (DEVICE_OPTION, DTYPE_OPTION, FILE_OPTION, MODEL_OPTION, SEED, STATS,
                                THREADS_OPTION, with_sampling)
+from lmgen.config import FAMILIES
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
 from lmgen.threads import yielding_threads
 
@@ -34,7 +36,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="Generate text with small decoder-only language models (GPT-2, Llama/SmolLM2, Qwen2, Mistral).",
+    help="Generate text with small decoder-only language models. Families (config.json's model_type): "
+         f"{', '.join(FAMILIES)}; checkpoint directories or GGUF files.",
 )
 
 
@@ -51,9 +54,32 @@ def error_line(message: str) -> None:
         pass
 
 
+class ClosedStream:
+    """What stands in for a standard stream the process was started without (``>&-``): writing
+    to it is an OSError (one line, exit 4), never an AttributeError on None."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text) -> int:
+        raise OSError(errno.EBADF, f"cannot write to {self.name}: it is closed")
+
+    def flush(self) -> None:  # nothing was ever buffered
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    @property
+    def buffer(self):
+        return self
+
+
 def run(argv: list[str]) -> int:
     """Run one command and return its exit code: errors become one line on stderr."""
     debug = "--debug" in argv
+    if sys.stdout is None:
+        sys.stdout = ClosedStream("standard output")
     try:
         code = app(args=argv, prog_name="lmgen", standalone_mode=False)
     except (KeyboardInterrupt, Abort):
@@ -195,6 +221,7 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
 
+    from lmgen.batching import PromptError
     from lmgen.constraint import Constraint
     from lmgen.generation import GenerationSettings, generate as run
 
@@ -203,7 +230,16 @@ def generate(
                                   constraint)
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
     limit = prompts.max_bytes(cfg.max_context)
-    inputs = prompts.each_line(limit, truncate) if each_line else iter([prompts.read_prompt(prompt, file, limit, truncate)])
+    lines: dict[int, int] = {}  # --each-line: prompt index -> its line of stdin
+
+    def inputs():
+        if not each_line:
+            yield prompts.read_prompt(prompt, file, limit, truncate)
+            return
+        for index, (number, text) in enumerate(prompts.numbered_lines(limit, truncate)):
+            lines[index] = number
+            yield text
+
     lm = load_model(path, dtype, device)
 
     if as_json or (jsonl and each_line):
@@ -216,18 +252,21 @@ def generate(
     from lmgen.output import generate_in_order, generate_one
 
     # the template read once, each prompt rendered with it: the records show the rendered prompt
-    texts = (lm.chat_template.render(messages_of(text, system)) if chat else text for text in inputs)
-    if each_line and num_samples == 1:
+    texts = (lm.chat_template.render(messages_of(text, system)) if chat else text for text in inputs())
+    if each_line:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
         records = generate_in_order(lm, texts, settings, renderer, batch_size, total)
     else:
         records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run))
-    for record in records:
-        if record.get("complete") is False:
-            print(f"lmgen: warning: the output is incomplete: it ended ({record['finish_reason']}) before "
-                  f"{constraint.describe()} was satisfied", file=sys.stderr)
-        if stats:
-            sys.stderr.write(render.stats_line(record) + "\n")
+    try:
+        for record in records:
+            if record.get("complete") is False:
+                print(f"lmgen: warning: the output is incomplete: it ended ({record['finish_reason']}) before "
+                      f"{constraint.describe()} was satisfied", file=sys.stderr)
+            if stats:
+                sys.stderr.write(render.stats_line(record) + "\n")
+    except PromptError as exc:  # every earlier prompt has been printed: name the line that cannot be used
+        raise InputError(f"stdin line {lines[exc.index]}: {exc}" if exc.index in lines else str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------- inspect

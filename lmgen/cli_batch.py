@@ -39,7 +39,7 @@ def batch(
     """Complete every prompt of INPUT into JSONL records in OUT, resumably (here, or on Ray)."""
     import dataclasses
 
-    from lmgen.batch import Job, check_input, fingerprint, finish, pending, prepare_out, run_here
+    from lmgen.batch import Job, Written, check_input, fingerprint, finish, pending, prepare_out, read_all, run_here
     from lmgen.constraint import Constraint
     from lmgen.generation import GenerationSettings
 
@@ -53,21 +53,20 @@ def batch(
         raise InputError(f"actors must be >= 1, got {actors}")
     check_input(input)
     path, _ = prepare(model, dtype, device, threads)
+    every = read_all(input, seed)  # the whole input checked before DIR is made or a prompt generated
     job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system)
     prepare_out(out, job)
-    records, skipped = pending(input, out, seed)
+    records, skipped = pending(every, out)
     if skipped:
         sys.stderr.write(f"lmgen: {skipped} record(s) already in {out}; {len(records)} to go\n")
-    start = time.perf_counter()
-    if not records:
-        tokens = 0
-    elif ray is not None:
+    start, written = time.perf_counter(), Written()
+    if records and ray is not None:
         from lmgen.batch_ray import run_on_ray
 
-        tokens = run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors)
-    else:
+        run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written)
+    elif records:
         lm = load_model(path, dtype, device)
-        tokens = run_here(lm, records, out, settings, batch_size, chat, system)
-    summary = finish(out, len(records), skipped, time.perf_counter() - start, tokens)
+        run_here(lm, records, out, settings, batch_size, chat, system, written)
+    summary = finish(out, written.records, skipped, time.perf_counter() - start, written.tokens)
     sys.stderr.write(f"lmgen: {summary['records_written']} record(s) written to {out} in {summary['seconds']:.1f} s "
                      f"({summary['tokens_per_s']:.1f} tokens/s); {summary['records_total']} in all\n")

@@ -9,7 +9,8 @@ import inspect
 import typer
 
 MODEL_OPTION = typer.Option(
-    None, "--model", "-m", help="Checkpoint directory (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
+    None, "--model", "-m",
+    help="Checkpoint directory or GGUF file (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
 )
 FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
 DTYPE_OPTION = typer.Option(

@@ -9,11 +9,13 @@ own; its ``id`` is copied into the output record. ``lmgen batch`` and its Ray ac
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 
-from lmgen.batching import Request, generate_many, in_input_order
+from lmgen.batching import PromptError, Request, generate_many, in_input_order
+from lmgen.chat import check_messages
 from lmgen.errors import InputError
-from lmgen.generation import Finished, GenerationSettings, LanguageModel
+from lmgen.generation import Finished, GenerationSettings, LanguageModel, is_token_ids
 from lmgen.records import summary
 
 FIELDS = {"id": (str, int), "prompt": (str, list), "system": (str,), "max_new_tokens": (int,), "seed": (int,),
@@ -21,16 +23,32 @@ FIELDS = {"id": (str, int), "prompt": (str, list), "system": (str,), "max_new_to
 KEPT = ("id", "index")  # copied into the output record
 
 
+def check_record(record: dict) -> None:
+    """An input record's fields have the types FIELDS names (a bool is not an int, a float never
+    an id) and its prompt is text, messages or token ids, not empty."""
+    for key, value in record.items():
+        kinds = FIELDS.get(key)
+        if kinds is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+            shown = json.dumps(value, ensure_ascii=False)[:200]
+            raise InputError(f"field {key!r} must be {' or '.join(k.__name__ for k in kinds)}, got {shown}")
+    if "prompt" not in record:
+        raise InputError(f"the record has no \"prompt\": {json.dumps(record, ensure_ascii=False)[:200]}")
+    prompt = record["prompt"]
+    if not prompt:
+        raise InputError("the prompt is empty")
+    if isinstance(prompt, list) and not is_token_ids(prompt):
+        check_messages(prompt)
+    if record.get("max_new_tokens", 1) < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {record['max_new_tokens']}")
+    if not 0 <= record.get("seed", 0) < 2**64:
+        raise InputError(f"seed must be from 0 to 2**64 - 1, got {record['seed']}")
+
+
 def request_of(item, chat: bool = False, system: str | None = None) -> tuple[dict, Request]:
     """(its id and index where it has them, the Request) of a prompt or an input record. With
     ``chat`` (or a record's own ``system``) a text prompt becomes messages for the chat template."""
     record = item if isinstance(item, dict) else {"prompt": item}
-    for key, value in record.items():
-        kinds = FIELDS.get(key)
-        if kinds is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
-            raise InputError(f"input record field {key!r} must be {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
-    if "prompt" not in record:
-        raise InputError(f"input record has no \"prompt\": {str(record)[:200]}")
+    check_record(record)
     prompt, system = record["prompt"], record.get("system", system)
     if isinstance(prompt, str) and (chat or "system" in record):
         prompt = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
@@ -44,21 +62,21 @@ def complete(lm: LanguageModel, prompts: Iterable, settings: GenerationSettings 
     earlier prompt are done."""
     kept: dict[int, dict] = {}
     texts: dict[int, str] = {}
-    latest = [0]
 
     def requests():
         for index, item in enumerate(prompts):
-            latest[0] = index
+            kept[index] = {"id": item["id"]} if isinstance(item, dict) and "id" in item else {}
             kept[index], request = request_of(item, chat, system)
-            texts[index] = lm.prompt_text(request.prompt)
+            ids = is_token_ids(request.prompt)
+            texts[index] = lm.tokenizer.decode(request.prompt) if ids else lm.prompt_text(request.prompt)
             yield request
 
     try:
         yield from _records(generate_many(lm, requests(), settings, batch_size), settings, kept, texts,
                             lm.model.weight_bytes_per_token())
-    except InputError as exc:  # name the prompt that cannot be used (it is the one last read)
-        where = kept.get(latest[0], {}).get("id", latest[0] + 1)
-        raise InputError(f"prompt {where}: {exc}") from None
+    except PromptError as exc:  # every earlier record has been yielded: name the one that cannot be used
+        where = kept.get(exc.index, {}).get("id", exc.index + 1)
+        raise InputError(f"prompt {json.dumps(where, ensure_ascii=False)}: {exc}") from None
 
 
 def _records(events, settings: GenerationSettings, kept: dict, texts: dict, bytes_per_token: int) -> Iterator[dict]:

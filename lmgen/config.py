@@ -115,9 +115,12 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be a list of layer numbers below n_layers ({self.n_layers}), got {layers!r}")
         if not isinstance(self.eos_token_ids, list):
             raise ConfigError(f"eos_token_ids must be a list of token ids, got {self.eos_token_ids!r}")
+        # An id beyond the vocabulary (a small config keeping GPT-2's 50256) is harmless: the model
+        # can never produce it. Loading notes it and leaves it out (loading.end_ids); only a
+        # value that is not an integer is refused.
         for name, value in [("bos_token_id", self.bos_token_id)] + [("eos_token_id", i) for i in self.eos_token_ids]:
-            if value is not None and (not is_int(value) or not 0 <= value < self.vocab_size):
-                raise ConfigError(f"{name} must be a token id below vocab_size ({self.vocab_size}), got {value!r}")
+            if value is not None and not is_int(value):
+                raise ConfigError(f"{name} must be a token id (an integer), got {value!r}")
 
     @property
     def q_dim(self) -> int:

@@ -69,7 +69,9 @@ class Constraint:
                 raise InputError(f"{exc} (give a schema's JSON or a file's path)") from None
             if not isinstance(schema, (dict, bool)):
                 raise InputError("--json-schema must be a JSON object (or true or false)")
-            return LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
+            if schema is False:
+                raise InputError("--json-schema false accepts no output at all")
+            return LLMatcher.grammar_from_json_schema({} if schema is True else schema, defaults=JSON_OPTIONS)
         if self.kind == "regex":
             return LLMatcher.grammar_from_regex(self.text)
         return LLMatcher.grammar_from_lark(self.text)
@@ -117,6 +119,10 @@ class Compiled:
         self.tokenizer = _tokenizer(lm)
         self.vocab = lm.config.vocab_size
         self.grammar = constraint.check(self.tokenizer)
+        probe = self.matcher()
+        probe.ll.unsafe_compute_mask_ptr(probe.bits.ctypes.data, probe.bits.nbytes)
+        if probe.ll.is_error() or not probe.bits.any():
+            raise InputError(f"{constraint.describe()} accepts no text that this model's tokens can make")
 
     def matcher(self) -> "Matcher":
         return Matcher(_llguidance().LLMatcher(self.tokenizer, self.grammar, log_level=0), self.vocab)
@@ -138,8 +144,8 @@ def _tokenizer(lm):
     cached = getattr(lm, "_constraint_tokenizer", None)
     if cached is None:
         ll = _llguidance()
-        cached = ll.LLTokenizer(lm.tokenizer.backend.to_str(), n_vocab=lm.config.vocab_size,
-                                eos_token=sorted(lm.eos_ids) or None)
+        known = sorted(i for i in lm.eos_ids if i < lm.tokenizer.vocab_size)  # (not an embedding's padding rows)
+        cached = ll.LLTokenizer(lm.tokenizer.backend.to_str(), n_vocab=lm.config.vocab_size, eos_token=known or None)
         object.__setattr__(lm, "_constraint_tokenizer", cached)
     return cached
 

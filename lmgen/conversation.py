@@ -18,7 +18,10 @@ from pathlib import Path
 from lmgen.chat import check_messages
 from lmgen.errors import InputError, LmgenError
 from lmgen.files import read_json
-from lmgen.generation import Finished, GenerationSettings, LanguageModel, Token, _events, check_fits
+from lmgen.generation import Finished, GenerationSettings, LanguageModel, Token, _events
+
+
+REPLY_SHARE = 8  # of the context window, the most kept free for a reply
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -71,19 +74,26 @@ class Conversation:
             self.messages.append({"role": "assistant", "content": text, **({} if done else {"cut": True})})
 
     def _fit(self) -> list[int]:
-        """The conversation's prompt ids, its oldest exchanges dropped while it leaves no room for
-        a reply in the context window."""
-        context, room = self.lm.config.max_context, self.settings.max_new_tokens
+        """The conversation's prompt ids. The reply's budget shrinks to what the context window
+        leaves; only when that is less than ``reply_room`` are the oldest exchanges dropped."""
+        context, room = self.lm.config.max_context, self.reply_room()
         self.dropped = 0
         while True:
             ids = self.lm.encode_prompt(self.lm.chat_template.render(self.messages))
             first = 1 if self.messages[0]["role"] == "system" else 0
             later_user = next((i for i in range(first + 1, len(self.messages)) if self.messages[i]["role"] == "user"), None)
             if len(ids) + room <= context or later_user is None:
-                check_fits(ids, context)
+                if len(ids) >= context:
+                    raise InputError(f"the conversation with this message has {len(ids)} tokens but the context "
+                                     f"window holds {context}; send a shorter message (or /reset)")
                 return ids
             del self.messages[first:later_user]  # the oldest exchange: a user turn and its replies
             self.dropped += 1
+
+    def reply_room(self) -> int:
+        """Tokens kept free for a reply before old exchanges are dropped: max-new-tokens, but at
+        most an eighth of the context (a large -n shortens the reply, never the memory)."""
+        return min(self.settings.max_new_tokens, max(1, self.lm.config.max_context // REPLY_SHARE))
 
     def _reserve(self, length: int):
         """The KV cache, grown (its filled part kept) to hold ``length`` positions."""

@@ -134,11 +134,28 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
         require_finite(logits)
 
 
-def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSettings) -> list[int]:
-    """Token ids of the prompt: text, or messages rendered with the model's chat template."""
+def is_token_ids(prompt) -> bool:
+    return isinstance(prompt, list) and bool(prompt) and all(type(i) is int for i in prompt)
+
+
+def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], settings: GenerationSettings) -> list[int]:
+    """Token ids of the prompt: text, messages rendered with the model's chat template, or token
+    ids (each checked to be in the vocabulary). Any of them empty is refused."""
     if settings.show_probs > lm.config.vocab_size:
         raise InputError(f"show-probs must be at most the vocabulary size ({lm.config.vocab_size}), got {settings.show_probs}")
-    ids = lm.encode_prompt(lm.prompt_text(prompt))
+    if is_token_ids(prompt):
+        ids = list(prompt)
+        beyond = [i for i in ids if not 0 <= i < lm.config.vocab_size]
+        if beyond:
+            raise InputError(f"token id {beyond[0]} is not in the model's vocabulary (0 to {lm.config.vocab_size - 1})")
+    else:
+        if not isinstance(prompt, str):
+            from lmgen.chat import check_messages
+
+            check_messages(prompt)
+        if not prompt:
+            raise InputError("the prompt is empty")
+        ids = lm.encode_prompt(lm.prompt_text(prompt))
     if settings.truncate:
         ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)
     check_fits(ids, lm.config.max_context)

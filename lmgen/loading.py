@@ -126,7 +126,7 @@ def _load_gguf(src: Path, device: torch.device) -> LanguageModel:
 
     model, cfg, root, requantized = load_gguf(src)
     lm = _language_model(model.to(device), cfg, root, root / "tokenizer.json")
-    lm.notes = [requantized.summary()] if requantized else []
+    lm.notes += [requantized.summary()] if requantized else []
     return lm
 
 
@@ -153,17 +153,25 @@ def _language_model(model: Decoder, cfg: ModelConfig, root: Path, tokenizer_file
         raise CheckpointError(
             f"the tokenizer's added token id {tokenizer.max_added_id} is beyond the model's vocabulary of {cfg.vocab_size}"
         )
-    return LanguageModel(model, tokenizer, cfg, root, frozenset(_eos_ids(cfg, root)))
+    notes: list[str] = []
+    return LanguageModel(model, tokenizer, cfg, root, frozenset(end_ids(cfg, root, notes)), notes)
 
 
-def _eos_ids(cfg: ModelConfig, root: Path) -> set[int]:
-    """EOS ids from the config, plus any that generation_config.json adds (a list for Llama 3)."""
+def end_ids(cfg: ModelConfig, root: Path, notes: list[str]) -> set[int]:
+    """EOS ids from the config, plus any that generation_config.json adds (a list for Llama 3).
+    Ids the model can never produce (beyond its vocabulary) are left out, with a note, as
+    transformers warns and runs on."""
     ids = set(cfg.eos_token_ids)
     gen_config = root / "generation_config.json"
     if gen_config.exists():
         value = read_json(gen_config, "generation config").get("eos_token_id")
         extra = value if isinstance(value, list) else [] if value is None else [value]
-        if not all(is_int(i) and 0 <= i < cfg.vocab_size for i in extra):
-            raise CheckpointError(f"{gen_config}: eos_token_id must be token ids below {cfg.vocab_size}, got {value!r}")
+        if not all(is_int(i) for i in extra):
+            raise CheckpointError(f"{gen_config}: eos_token_id must be token ids (integers), got {value!r}")
         ids.update(extra)
-    return ids
+    for name, values in (("bos_token_id", [cfg.bos_token_id]), ("eos_token_id", sorted(ids))):
+        beyond = [i for i in values if i is not None and not 0 <= i < cfg.vocab_size]
+        if beyond:
+            notes.append(f"{name} {', '.join(map(str, beyond))} is beyond the vocabulary of {cfg.vocab_size} "
+                         "tokens: the model can never produce it, so it is ignored")
+    return {i for i in ids if 0 <= i < cfg.vocab_size}

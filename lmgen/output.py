@@ -21,14 +21,10 @@ def generate_in_order(lm, texts, settings, renderer, batch_size: int, total: int
             prompts[index] = text
             yield text
 
-    def reported(events):
-        for event in events:
-            if isinstance(event, Finished):
-                report(event)
-            yield event
-
     with progress(total) as report:
-        for index, events in in_input_order(reported(generate_many(lm, remembered(), settings, batch_size))):
+        events = generate_many(lm, remembered(), settings, batch_size)
+        for index, events in in_input_order(events, settings.num_samples):
+            report(sum(e.new_tokens for e in events if isinstance(e, Finished)))
             yield from render_events(lm, prompts.pop(index), events, settings, renderer)
 
 

@@ -21,6 +21,7 @@ from lmgen.errors import InputError
 MAX_TOKEN_BYTES = 256  # no token of a byte-level vocabulary is near this long
 MAX_STREAM_BYTES = 1 << 30  # what --truncate reads of an endless stream before giving up
 CHUNK = 1 << 16
+BOM = "\ufeff"  # a UTF-8 byte order mark some editors put first: not part of the prompt
 
 
 def max_bytes(context: int) -> int:
@@ -33,14 +34,24 @@ def read_prompt(prompt: str | None, file: Path | None, limit: int, truncate: boo
     if file is not None:
         if prompt not in (None, "-"):
             raise InputError("give the prompt either as an argument or with --file, not both")
-        text = decode_utf8(read_file(file, limit, truncate), f"--file {file}", truncate)
+        text = decode_utf8(*read_file(file, limit, truncate), f"--file {file}")
     elif prompt is None or prompt == "-":
-        text = decode_utf8(read_bounded(stdin(), limit, truncate, "stdin"), "stdin", truncate)
+        text = decode_utf8(*read_bounded(stdin(), limit, truncate, "stdin"), "stdin")
     else:
-        text = prompt
-    text = text.removesuffix("\n")
+        text = argument(prompt, "the prompt argument")
+    text = text.removeprefix(BOM).removesuffix("\n")
     if not text.strip():
         raise InputError("the prompt is empty")
+    return text
+
+
+def argument(text: str, what: str) -> str:
+    """A command-line argument as text: bytes that are not UTF-8 (which Python keeps as lone
+    surrogates) are refused here, not deep in the tokenizer."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{what} is not valid UTF-8 (character {exc.start})") from None
     return text
 
 
@@ -50,26 +61,31 @@ def stdin():
     return sys.stdin.buffer
 
 
-def read_file(path: Path, limit: int, truncate: bool) -> bytes:
+def read_file(path: Path, limit: int, truncate: bool) -> tuple[bytes, bool]:
+    """(at most limit bytes of the file, whether its start was cut off: see read_bounded)."""
     try:
         with open(path, "rb") as f:
+            skipped = 0
             if truncate and stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
-            return read_bounded(f, limit, truncate, f"--file {path}")
+                skipped = max(0, os.fstat(f.fileno()).st_size - limit)
+                f.seek(skipped)
+            data, cut = read_bounded(f, limit, truncate, f"--file {path}")
+            return data, cut or skipped > 0
     except IsADirectoryError:
         raise InputError(f"cannot read --file {path}: it is a directory") from None
     except OSError as exc:
         raise InputError(f"cannot read --file {path}: {exc.strerror}") from None
 
 
-def read_bounded(stream, limit: int, truncate: bool, where: str) -> bytes:
-    """At most limit bytes of stream: refused beyond that, or (truncate) its last limit bytes."""
+def read_bounded(stream, limit: int, truncate: bool, where: str) -> tuple[bytes, bool]:
+    """(at most limit bytes of stream, whether its start was cut off): refused beyond limit, or
+    (truncate) its last limit bytes."""
     data = stream.read(limit + 1)
     if len(data) <= limit:
-        return data
+        return data, False
     if not truncate:
         raise _too_long(where, limit)
-    return _tail(data, lambda: stream.read(CHUNK), limit, where)
+    return _tail(data, lambda: stream.read(CHUNK), limit, where), True
 
 
 def _too_long(where: str, limit: int) -> InputError:
@@ -91,9 +107,12 @@ def _tail(head: bytes, next_chunk, keep: int, where: str, last=lambda chunk: Fal
     return data[-keep:]
 
 
-def decode_utf8(data: bytes, where: str, truncated: bool = False) -> str:
-    if truncated:  # a cut may have split a character: drop its continuation bytes
-        data = data.lstrip(bytes(range(0x80, 0xC0)))
+def decode_utf8(data: bytes, cut: bool, where: str) -> str:
+    """Text of UTF-8 bytes; ``cut``: their start was cut off (--truncate), which may have split a
+    character, so its continuation bytes are dropped (at most 3: a character's, never more)."""
+    if cut:
+        start = len(data) - len(data.lstrip(bytes(range(0x80, 0xC0))))
+        data = data[min(start, 3):]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -102,6 +121,12 @@ def decode_utf8(data: bytes, where: str, truncated: bool = False) -> str:
 
 def each_line(limit: int, truncate: bool = False) -> Iterator[str]:
     """Non-empty lines of stdin, one prompt each (read and decoded lazily, each within limit)."""
+    return (line for _, line in numbered_lines(limit, truncate))
+
+
+def numbered_lines(limit: int, truncate: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number from 1, line) for each non-empty line of stdin; a line that is not UTF-8,
+    or too long without ``truncate``, is an InputError naming it when its turn comes."""
     if sys.stdin is None or sys.stdin.isatty():
         raise InputError("--each-line reads prompts from stdin; pipe them in")
     stream = sys.stdin.buffer
@@ -112,11 +137,14 @@ def each_line(limit: int, truncate: bool = False) -> Iterator[str]:
             return
         number += 1
         where = f"stdin line {number}"
-        if len(raw) > limit and not raw.endswith(b"\n"):
+        cut = len(raw) > limit and not raw.endswith(b"\n")
+        if cut:
             raw = _rest_of_line(stream, raw, limit, truncate, where)
-        line = decode_utf8(raw, where, truncate).rstrip("\r\n")
+        line = decode_utf8(raw, cut, where).rstrip("\r\n")
+        if number == 1:
+            line = line.removeprefix(BOM)
         if line.strip():
-            yield line
+            yield number, line
 
 
 COUNTED_BYTES = 1 << 28  # a larger file of prompts gets a running count, not a bar

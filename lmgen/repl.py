@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 
 from lmgen.conversation import Conversation
-from lmgen.errors import LmgenError
+from lmgen.errors import InputError, LmgenError
+from lmgen.prompts import BOM, argument
 from lmgen.generation import Finished, Token
 from lmgen.records import summary
 from lmgen.render import escape_line, json_line, rich_console, stats_line, write_out
@@ -109,6 +110,8 @@ class Session:
 
 
 def run_chat(lm, settings, system: str | None, jsonl: bool, stats: bool) -> None:
+    if sys.stdin is None:
+        raise InputError("chat reads messages from stdin, and stdin is closed")
     session = Session(Conversation(lm, settings, system), stats)
     if sys.stdin.isatty():
         interactive(session)
@@ -117,21 +120,34 @@ def run_chat(lm, settings, system: str | None, jsonl: bool, stats: bool) -> None
 
 
 def piped(session: Session, jsonl: bool) -> None:
-    """One user turn per non-empty line; one reply per line (its line breaks escaped) or JSON object."""
-    for line in sys.stdin:
-        line = line.rstrip("\r\n")
-        if not line.strip():
+    """One user turn per non-empty line; one reply per line (its line breaks escaped) or JSON
+    object. A line that cannot be answered (not UTF-8, too long for the context) is one error line
+    on stderr and an empty reply (``{"line": N, "error": …}`` with --jsonl); the session goes on,
+    and ends with exit 2."""
+    refused = 0
+    for number, raw in enumerate(sys.stdin.buffer, 1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n").removeprefix(BOM if number == 1 else "")
+            if not line.strip():
+                continue
+            if line.startswith("/"):
+                if not session.command(line):
+                    break
+                continue
+            pieces: list[str] = []
+            record = session.reply(line, pieces.append)
+        except (UnicodeDecodeError, InputError) as exc:
+            refused += 1
+            message = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
+            note(f"lmgen: error: stdin line {number}: {message}")
+            json_line({"line": number, "error": message}) if jsonl else write_out("\n")
             continue
-        if line.startswith("/"):
-            if not session.command(line):
-                return
-            continue
-        pieces: list[str] = []
-        record = session.reply(line, pieces.append)
         if jsonl:
             json_line(record)
         else:
             write_out(escape_line("".join(pieces)) + "\n")
+    if refused:
+        raise InputError(f"{refused} message(s) could not be answered (each named above)")
 
 
 def interactive(session: Session) -> None:
@@ -151,8 +167,10 @@ def interactive(session: Session) -> None:
                     return
                 continue
             try:
-                session.reply(text, show)
+                session.reply(argument(text, "the message"), show)
                 write_out("\n")
+            except InputError as exc:  # this message cannot be answered; the session goes on
+                note(f"lmgen: error: {exc}")
             except KeyboardInterrupt:
                 write_out("\n")
                 note("(reply cut)")

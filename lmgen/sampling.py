@@ -30,6 +30,13 @@ from lmgen.errors import InputError
 NEG_INF = float("-inf")
 
 
+# Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
+# below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most
+# the context length times 1e6. Wider values are refused where they are parsed.
+BOUNDS = (("temperature", 1e-6, 1e6), ("repetition_penalty", 1e-6, 1e6),
+          ("frequency_penalty", -1e6, 1e6), ("presence_penalty", -1e6, 1e6))
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     temperature: float = 0.0
@@ -53,6 +60,13 @@ class SamplingSettings:
         for name in ("temperature", "repetition_penalty", "frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             checks.append((math.isfinite(value), f"{name.replace('_', '-')} must be a finite number, got {value}"))
+        for name, low, high in BOUNDS:
+            value = getattr(self, name)
+            if name == "temperature" and value == 0:
+                continue
+            zero = "0 (greedy) or " if name == "temperature" else ""
+            checks.append((low <= value <= high or not math.isfinite(value),
+                           f"{name.replace('_', '-')} must be {zero}from {low:g} to {high:g}, got {value}"))
         for ok, message in checks:
             if not ok:  # also catches NaN
                 raise InputError(message)
@@ -170,6 +184,17 @@ def sample_next_token(
     """Next token ids, shape (batch,), from logits of shape (batch, vocab)."""
     logits = penalize(logits.float(), settings, history)
     if settings.greedy:
-        return logits.argmax(dim=-1)
-    probs = warp(logits, settings).softmax(dim=-1)
+        return require_usable(logits).argmax(dim=-1)
+    probs = require_usable(warp(logits, settings)).softmax(dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def require_usable(scores: Tensor) -> Tensor:
+    """Scores a token can be chosen from: each row's highest finite (a NaN anywhere makes the
+    maximum NaN; -inf marks tokens ruled out, but never every one). Never text from broken numbers."""
+    if not math.isfinite(float(scores.amax(dim=-1).sum(dtype=torch.float64))):
+        from lmgen.errors import CheckpointError
+
+        raise CheckpointError("the logits became NaN or infinite after the sampling options were applied; "
+                              "no text was generated from them")
+    return scores

@@ -66,10 +66,11 @@ class progress:
             self.bar.start()
         return self.report
 
-    def report(self, finished) -> None:
+    def report(self, new_tokens: int) -> None:
+        """One more prompt done, with its (samples') new tokens."""
         import time
 
-        self.tokens += finished.new_tokens
+        self.tokens += new_tokens
         if self.bar is not None:
             rate = self.tokens / max(time.perf_counter() - self.start, 1e-9)
             self.bar.update(self.task, advance=1, description=f"{self.tokens} tokens, {rate:.1f} tokens/s",

@@ -10,6 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests: a quick profile for every run (CI), a long one for thousands of examples
+# (LMGEN_HYPOTHESIS=long; LMGEN_HYPOTHESIS_EXAMPLES=N sets the count). No deadline: the machine
+# is shared and a model step can take a while.
+_EXAMPLES = int(os.environ.get("LMGEN_HYPOTHESIS_EXAMPLES", 0))
+settings.register_profile("ci", max_examples=_EXAMPLES or 40, deadline=None, derandomize=True, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                                 HealthCheck.data_too_large])
+settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=_EXAMPLES or 2000, derandomize=False)
+settings.load_profile(os.environ.get("LMGEN_HYPOTHESIS", "ci"))
 
 ANSI = re.compile(rb"\x1b\[")  # the start of a terminal escape sequence
 

@@ -112,7 +112,7 @@ def default_lm():
     ('{"id": 1}\n', r'has no "prompt"'),
     ('{"id": 1, "prompt": "a", "max_new_tokens": "many"}\n', r"'max_new_tokens' must be int"),
     ('[1, 2]\n', r"must be a JSON object"),
-    ('{"id": "huge", "prompt": "' + "word " * 9000 + '"}\n', r"prompt huge: the prompt has 9001 tokens .*--truncate"),
+    ('{"id": "huge", "prompt": "' + "word " * 9000 + '"}\n', r"prompt \"huge\": the prompt has 9001 tokens .*--truncate"),
 ])
 def test_bad_input_records_are_one_line_and_exit_2(tmp_path, content, pattern):
     src = tmp_path / "in.jsonl"

@@ -129,15 +129,23 @@ def test_bad_generation_controls(cli, tiny_dir, args, pattern):
     assert_one_line_error(cli("generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)
 
 
-def test_each_line_with_several_samples_prints_each_prompts_own_text(lmgen_exe, tiny_dir):
-    args = ["generate", "-m", str(tiny_dir), "-n", "6", "-t", "1", "--seed", "4", "--num-samples", "2"]
-    records = [
+def test_each_line_with_several_samples_prints_each_prompts_own_text(cli, tiny_dir):
+    """Line i's samples are seeded from --seed and i (README), so they equal that prompt run
+    alone with its line's seed; records carry the line's index and each sample's number."""
+    from lmgen.batching import prompt_seed
+
+    args = ["generate", "-m", str(tiny_dir), "-n", "6", "-t", "1", "--num-samples", "2"]
+    alone = [
         json.loads(line)
-        for prompt in ("Once", "The cat")
-        for line in run_lmgen(lmgen_exe, *args, "--json", prompt).stdout.decode().splitlines()
+        for i, prompt in enumerate(("Once", "The cat", "Up"))
+        for line in cli(*args, "--json", "--seed", str(prompt_seed(4, i)), prompt).stdout.decode().splitlines()
     ]
-    text = run_lmgen(lmgen_exe, *args, "--each-line", input=b"Once\nThe cat\n").stdout.decode()
-    assert text == "".join(r["text"] + "\n" for r in records)
+    text = cli(*args, "--seed", "4", "--each-line", input=b"Once\nThe cat\nUp\n").stdout.decode()
+    assert text == "".join(r["text"] + "\n" for r in alone)
+    records = [json.loads(line) for line in
+               cli(*args, "--seed", "4", "--each-line", "--json", input=b"Once\nThe cat\nUp\n").stdout.splitlines()]
+    assert [(r["index"], r["sample"]) for r in records] == [(i, s) for i in range(3) for s in range(2)]
+    assert [r["text"] for r in records] == [r["text"] for r in alone]
 
 
 def test_each_line_prints_one_line_per_prompt_even_when_empty(cli, smollm2_dir):

@@ -99,8 +99,7 @@ def test_deeply_nested_config_json(tmp_path):
         (dict(rope_parameters={"rope_type": "default", "rope_theta": float("inf")}), "rope_theta"),
         (dict(eos_token_id={"id": 2}), "eos_token_id"),
         (dict(eos_token_id=[2, "x"]), "eos_token_id"),
-        (dict(eos_token_id=5000), "eos_token_id"),  # beyond the vocabulary
-        (dict(bos_token_id=-1), "bos_token_id"),
+        (dict(bos_token_id="1"), "bos_token_id"),
         (dict(num_hidden_layers=1_000_000_000), "n_layers"),
         (dict(num_hidden_layers=2.0), "num_hidden_layers"),
         (dict(num_hidden_layers="2"), "num_hidden_layers"),
@@ -126,3 +125,25 @@ def test_toml_config_with_wrong_types_is_refused(tmp_path):
     (tmp_path / "c.toml").write_text(text)
     with pytest.raises(ConfigError, match="tied_embeddings"):
         load_toml(tmp_path / "c.toml")
+
+
+@pytest.mark.parametrize("change", [dict(eos_token_id=5000), dict(bos_token_id=50256, eos_token_id=[50256, 256]),
+                                    dict(bos_token_id=-1)])
+def test_token_ids_beyond_the_vocabulary_are_noted_and_ignored(tmp_path, change, cli):
+    """A small config keeping GPT-2's 50256 runs, as in transformers: the model can never produce
+    that id, so it is harmless; loading says so on stderr and leaves it out of the end ids."""
+    import shutil
+
+    from conftest import save_tiny
+    from lmgen.loading import load
+
+    save_tiny("llama", tmp_path)
+    hf = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**hf, **change}))
+    lm = load(tmp_path)
+    assert all(0 <= i < lm.config.vocab_size for i in lm.eos_ids)
+    assert any("beyond the vocabulary" in note for note in lm.notes)
+    result = cli("generate", "-m", str(tmp_path), "-n", "3", "Hello")
+    assert result.returncode == 0, result.stderr
+    assert b"lmgen: note: " in result.stderr and b"can never produce it" in result.stderr
+    shutil.rmtree(tmp_path)
