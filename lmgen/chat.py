@@ -30,6 +30,7 @@ from pathlib import Path
 
 from lmgen.errors import CheckpointError, InputError
 from lmgen.files import read_json, read_text
+from lmgen.prompts import utf8_text
 
 MAX_TEMPLATE_CHARS = 1_000_000  # real templates are a few KB, tool-heavy ones tens of KB
 MAX_OUTPUT = 1_000_000  # characters a template may make, plus MESSAGE_COPIES times the messages
@@ -330,6 +331,8 @@ def check_messages(messages) -> None:
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in messages):
         raise InputError('messages must be a list of {"role": ..., "content": ...} with string values')
+    for m in messages:
+        utf8_text(m["role"] + m["content"], f"a {m['role'][:20]!r} message")
 
 
 def render_chat(root: Path, user: str, system: str | None = None) -> str:

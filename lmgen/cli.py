@@ -27,6 +27,7 @@ from lmgen.cli_options import (DEVICE_OPTION, DTYPE_OPTION, FILE_OPTION, MODEL_O
                                THREADS_OPTION, with_sampling)
 from lmgen.config import FAMILIES
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
+from lmgen.render import one_line
 from lmgen.threads import yielding_threads
 
 EXIT_INTERRUPTED = 130
@@ -48,7 +49,7 @@ def callback(debug: bool = typer.Option(False, "--debug", help="Show full traceb
 
 def error_line(message: str) -> None:
     try:
-        sys.stderr.write(f"lmgen: error: {message}\n")
+        sys.stderr.write(f"lmgen: error: {one_line(message)}\n")
         sys.stderr.flush()
     except OSError:  # nowhere left to say it: the exit code still does
         pass

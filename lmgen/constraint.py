@@ -20,6 +20,7 @@ import numpy as np
 
 from lmgen.errors import CheckpointError, EnvironmentFailure, InputError
 from lmgen.files import parse_json, read_text
+from lmgen.prompts import utf8_text
 
 KINDS = ("json_schema", "regex", "grammar")
 OPTIONS = {"json_schema": "--json-schema", "regex": "--regex", "grammar": "--grammar"}
@@ -47,6 +48,8 @@ class Constraint:
             return None
         kind, value = given.popitem()
         inline = kind == "regex" or (kind == "json_schema" and _looks_like_json(value))
+        if inline:
+            utf8_text(value, OPTIONS[kind])
         if not inline:
             try:
                 value = read_text(Path(value), "the file of " + OPTIONS[kind])

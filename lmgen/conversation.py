@@ -77,18 +77,19 @@ class Conversation:
         """The conversation's prompt ids. The reply's budget shrinks to what the context window
         leaves; only when that is less than ``reply_room`` are the oldest exchanges dropped."""
         context, room = self.lm.config.max_context, self.reply_room()
-        self.dropped = 0
+        messages, dropped = list(self.messages), 0  # the conversation changes only if the message fits
         while True:
-            ids = self.lm.encode_prompt(self.lm.chat_template.render(self.messages))
-            first = 1 if self.messages[0]["role"] == "system" else 0
-            later_user = next((i for i in range(first + 1, len(self.messages)) if self.messages[i]["role"] == "user"), None)
+            ids = self.lm.encode_prompt(self.lm.chat_template.render(messages))
+            first = 1 if messages[0]["role"] == "system" else 0
+            later_user = next((i for i in range(first + 1, len(messages)) if messages[i]["role"] == "user"), None)
             if len(ids) + room <= context or later_user is None:
                 if len(ids) >= context:
-                    raise InputError(f"the conversation with this message has {len(ids)} tokens but the context "
-                                     f"window holds {context}; send a shorter message (or /reset)")
+                    raise InputError(f"the message has {len(ids)} tokens with what must stay of the conversation "
+                                     f"but the context window holds {context}; send a shorter message")
+                self.messages, self.dropped = messages, dropped
                 return ids
-            del self.messages[first:later_user]  # the oldest exchange: a user turn and its replies
-            self.dropped += 1
+            del messages[first:later_user]  # the oldest exchange: a user turn and its replies
+            dropped += 1
 
     def reply_room(self) -> int:
         """Tokens kept free for a reply before old exchanges are dropped: max-new-tokens, but at

@@ -27,6 +27,8 @@ def regular_file(path: Path, what: str = "file") -> Path:
         raise CheckpointError(f"{what} {path} does not exist") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the name (only from the library: argv cannot hold one)
+        raise CheckpointError(f"{what} {path!r} is not a valid path") from None
     if not stat.S_ISREG(mode):
         raise CheckpointError(f"{what} {path} is not a regular file")
     return path

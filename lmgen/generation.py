@@ -22,6 +22,7 @@ from lmgen.constraint import Constraint, Matcher, compiled
 from lmgen.errors import CheckpointError, InputError
 from lmgen.loading import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
 from lmgen.model import Decoder
+from lmgen.prompts import utf8_text
 from lmgen.sampling import SamplingSettings, TokenHistory, sample_next_token
 from lmgen.stops import StopStrings
 
@@ -56,6 +57,8 @@ class GenerationSettings:
             raise InputError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
         if any(not stop for stop in self.stop):
             raise InputError("a --stop string must not be empty")
+        for stop in self.stop:
+            utf8_text(stop, "a --stop string")
 
 
 @dataclass(frozen=True)

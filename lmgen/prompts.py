@@ -38,16 +38,16 @@ def read_prompt(prompt: str | None, file: Path | None, limit: int, truncate: boo
     elif prompt is None or prompt == "-":
         text = decode_utf8(*read_bounded(stdin(), limit, truncate, "stdin"), "stdin")
     else:
-        text = argument(prompt, "the prompt argument")
+        text = utf8_text(prompt, "the prompt argument")
     text = text.removeprefix(BOM).removesuffix("\n")
     if not text.strip():
         raise InputError("the prompt is empty")
     return text
 
 
-def argument(text: str, what: str) -> str:
-    """A command-line argument as text: bytes that are not UTF-8 (which Python keeps as lone
-    surrogates) are refused here, not deep in the tokenizer."""
+def utf8_text(text: str, what: str) -> str:
+    """Text that came in as bytes (a command-line argument, a line): any that were not UTF-8,
+    which Python keeps as lone surrogates, are refused here, not deep in the tokenizer."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

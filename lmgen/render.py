@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import unicodedata
 
 
 def stats_line(record: dict) -> str:
@@ -25,6 +26,13 @@ def stats_line(record: dict) -> str:
         share = record["constraint_s"] / total if total > 0 else 0.0
         line += f"; constraint masks {record['constraint_s'] * 1000:.0f} ms ({share:.1%} of the time)"
     return line
+
+
+def one_line(text: str) -> str:
+    """Text with its line breaks and other control characters written as escapes (a message may
+    quote the user's input): an error is always one line."""
+    return "".join(c if c == "\t" or unicodedata.category(c) not in ("Cc", "Zl", "Zp")
+                   else repr(c)[1:-1] if len(repr(c)) <= 6 else f"\\u{ord(c):04x}" for c in text)
 
 
 def write_out(text: str) -> None:

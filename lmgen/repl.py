@@ -13,10 +13,10 @@ from pathlib import Path
 
 from lmgen.conversation import Conversation
 from lmgen.errors import InputError, LmgenError
-from lmgen.prompts import BOM, argument
+from lmgen.prompts import BOM, utf8_text
 from lmgen.generation import Finished, Token
 from lmgen.records import summary
-from lmgen.render import escape_line, json_line, rich_console, stats_line, write_out
+from lmgen.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
 
 HELP = """\
 /help            this list
@@ -78,7 +78,7 @@ class Session:
             else:
                 note(f"unknown command /{name}; /help lists them")
         except (LmgenError, OSError) as exc:  # a bad file: say so, and the session goes on
-            note(f"lmgen: error: {exc}")
+            note(f"lmgen: error: {one_line(str(exc))}")
         return True
 
     def reply(self, user: str, show) -> dict | None:
@@ -139,7 +139,7 @@ def piped(session: Session, jsonl: bool) -> None:
         except (UnicodeDecodeError, InputError) as exc:
             refused += 1
             message = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
-            note(f"lmgen: error: stdin line {number}: {message}")
+            note(f"lmgen: error: stdin line {number}: {one_line(message)}")
             json_line({"line": number, "error": message}) if jsonl else write_out("\n")
             continue
         if jsonl:
@@ -167,10 +167,10 @@ def interactive(session: Session) -> None:
                     return
                 continue
             try:
-                session.reply(argument(text, "the message"), show)
+                session.reply(utf8_text(text, "the message"), show)
                 write_out("\n")
             except InputError as exc:  # this message cannot be answered; the session goes on
-                note(f"lmgen: error: {exc}")
+                note(f"lmgen: error: {one_line(str(exc))}")
             except KeyboardInterrupt:
                 write_out("\n")
                 note("(reply cut)")

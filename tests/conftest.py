@@ -119,6 +119,19 @@ def tiny_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_chat_dir(tmp_path_factory, tiny_dir) -> Path:
+    """The tiny model with a plain chat template, for `lmgen chat` in this process."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("tiny-chat")
+    for item in tiny_dir.iterdir():
+        shutil.copy(item, path / item.name)
+    (path / "chat_template.jinja").write_text(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}")
+    return path
+
+
 def run_on_a_terminal(exe: str, args, env: dict, stream: str = "stdout", input=b""):
     """Run with stdout (or stderr) on a pseudo-terminal: (what the terminal received, what the
     other stream wrote to its pipe). ``input``: bytes piped to stdin, or an open file that is

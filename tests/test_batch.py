@@ -169,3 +169,75 @@ def test_a_bad_ray_address_is_one_line_not_a_hang(tmp_path, inputs, address, cod
     pytest.importorskip("ray", reason="Ray is not installed (the lmgen[ray] extra)")
     result = run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "out"), "--ray", address)
     assert_one_line_error(result, code, pattern)
+
+
+# ---------------------------------------------- ids, bad lines, counts (issue: every prompt, one record)
+
+
+@pytest.mark.parametrize("ident", ["1.0", "true", "[1]", '{"a": 1}', "null"])
+def test_an_id_that_is_not_a_string_or_integer_is_refused_on_every_run(tiny_dir, cli, tmp_path, ident):
+    """1.0 == 1 in Python: a float id was once refused, then skipped as done on the rerun."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    src.write_text(f'{{"id": 1, "prompt": "a"}}\n{{"id": {ident}, "prompt": "b"}}\n')
+    for _ in range(2):
+        result = cli("batch", str(src), "--out", str(out), "-m", str(tiny_dir), "-n", "2")
+        assert_one_line_error(result, 2, r"in.jsonl:2: field 'id' must be str or int")
+        assert not out.exists()  # the whole input is checked before DIR is made
+
+
+def test_a_corrupt_part_file_line_is_named_on_resume(tiny_dir, cli, tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text("a\nb\nc\n")
+    args = ["batch", str(src), "--out", str(out), "-m", str(tiny_dir), "-n", "2"]
+    assert cli(*args).returncode == 0
+    part = next(out.glob("part-*"))
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text(lines[0] + "{not json\n" + lines[2])
+    assert_one_line_error(cli(*args), 2, r"part-00000.jsonl:2 is not a record lmgen wrote")
+
+
+@pytest.mark.parametrize("bad, pattern", [
+    ('{"id": 9, "prompt": []}', r"in.jsonl:2: the prompt is empty"),
+    ('{"id": 9, "prompt": ""}', r"in.jsonl:2: the prompt is empty"),
+    ('{"id": 9, "prompt": [{"role": 1}]}', r"in.jsonl:2: messages must be"),
+    ('{"id": 9, "prompt": "b", "seed": true}', r"in.jsonl:2: field 'seed' must be int"),
+    ('{"id": 9, "prompt": "b", "max_new_tokens": 0}', r"in.jsonl:2: max_new_tokens must be >= 1"),
+])
+def test_a_bad_record_anywhere_is_refused_before_any_work(tiny_dir, cli, tmp_path, bad, pattern):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    src.write_text('{"id": 1, "prompt": "a"}\n' + bad + '\n{"id": 3, "prompt": "c"}\n')
+    assert_one_line_error(cli("batch", str(src), "--out", str(out), "-m", str(tiny_dir)), 2, pattern)
+    assert not out.exists()
+
+
+def test_a_prompt_too_long_keeps_the_records_before_it(tiny_dir, cli, tmp_path):
+    """Known only once tokenized: the records before it are written and flushed, then one error
+    names its id; a rerun after fixing it makes only what is missing."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "out"
+    records = [{"id": i, "prompt": "x" * (500 if i == 5 else 3)} for i in range(8)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    args = ["batch", str(src), "--out", str(out), "-m", str(tiny_dir), "-n", "1", "--batch-size", "3"]
+    assert_one_line_error(cli(*args), 2, r"prompt 5: the prompt has \d+ tokens")
+    assert sorted(read_out(out)) == [0, 1, 2, 3, 4]
+    assert not (out / "_SUCCESS").exists()
+    records[5]["prompt"] = "fixed"
+    src.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert cli(*args).returncode == 0
+    assert sorted(read_out(out)) == list(range(8))
+    success = json.loads((out / "_SUCCESS").read_text())
+    assert (success["records_written"], success["records_skipped"], success["records_total"]) == (3, 5, 8)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tiny_dir, cli, tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_bytes(b"\xef\xbb\xbfHello\nWorld\n")
+    assert cli("batch", str(src), "--out", str(out), "-m", str(tiny_dir), "-n", "1").returncode == 0
+    assert read_out(out)[1]["prompt"] == "Hello"
+
+
+def test_out_naming_a_file_is_bad_usage(tiny_dir, cli, tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "taken"
+    src.write_text("a\n")
+    out.write_text("mine")
+    assert_one_line_error(cli("batch", str(src), "--out", str(out), "-m", str(tiny_dir)), 2, "is not a directory")
+    assert out.read_text() == "mine"

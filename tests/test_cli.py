@@ -175,3 +175,82 @@ def test_each_line_keeps_line_breaks_of_a_completion_on_its_line(cli, smollm2_di
 def test_generate_with_a_single_empty_completion_still_ends_its_line(cli, smollm2_dir):
     result = cli("generate", "-m", str(smollm2_dir), "-n", "3", "--stop", " Paris", "The capital of France is")
     assert result.returncode == 0 and result.stdout == b"\n"
+
+
+# ------------------------------------------- every prompt, one record; bad input is one line, never exit 1
+
+
+def test_each_line_answers_every_prompt_when_each_ends_at_its_first_token(cli, tiny_dir):
+    """The engine once returned when no row was in flight after a step's joins: with -n 1 only
+    the first batch of prompts was answered (8 lines for 20, exit 0)."""
+    stdin = "".join(f"Line {i} is\n" for i in range(20)).encode()
+    for batch_size in ("1", "3", "8"):
+        result = cli("generate", "-m", str(tiny_dir), "--each-line", "-n", "1", "--batch-size", batch_size, "--json",
+                     input=stdin)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == [f"Line {i} is" for i in range(20)]
+
+
+@pytest.mark.parametrize("batch_size", ["1", "8"])
+def test_each_line_prints_every_prompt_before_a_bad_line_then_names_it(cli, tiny_dir, batch_size):
+    stdin = b"one\ntwo\n\nthree\n\xff bad\nfour\n"
+    result = cli("generate", "-m", str(tiny_dir), "--each-line", "-n", "3", "--batch-size", batch_size, "--json",
+                 input=stdin)
+    assert result.returncode == 2
+    assert [json.loads(line)["prompt"] for line in result.stdout.splitlines()] == ["one", "two", "three"]
+    assert result.stderr.decode() == "lmgen: error: stdin line 5 is not valid UTF-8 (byte 0: 0xff)\n"
+    long = b"one\n" + b"word " * 200 + b"\nthree\n"  # too long for the tiny model's context: line 2
+    result = cli("generate", "-m", str(tiny_dir), "--each-line", "-n", "3", "--batch-size", batch_size, input=long)
+    assert result.returncode == 2 and result.stdout.count(b"\n") == 1
+    assert re.fullmatch(r"lmgen: error: stdin line 2: the prompt has \d+ tokens .*\n", result.stderr.decode())
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--frequency-penalty", "1e39"], "frequency-penalty must be from"),
+    (["--presence-penalty", "1e39"], "presence-penalty must be from"),
+    (["--presence-penalty", "-1e39"], "presence-penalty must be from"),
+    (["-t", "1e-40"], r"temperature must be 0 \(greedy\) or from"),
+    (["--repetition-penalty", "1e-45"], "repetition-penalty must be from"),
+])
+def test_sampling_values_that_could_overflow_are_refused(cli, tiny_dir, args, pattern):
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), "-n", "2", *args, "Hello"), 2, pattern)
+
+
+def test_non_utf8_arguments_are_one_line(tiny_dir, lmgen_exe):
+    """argv bytes that are not UTF-8 reach Python as lone surrogates, which the tokenizer refuses."""
+    for command in ("generate", "score"):
+        result = subprocess.run([lmgen_exe, command, "-m", str(tiny_dir), b"caf\xe9"], capture_output=True)
+        assert_one_line_error(result, 2, "the prompt argument is not valid UTF-8")
+
+
+def test_a_closed_stdout_is_one_line_and_exit_4(tiny_dir, lmgen_exe):
+    for args in (["generate", "-n", "2", "Hello"], ["score", "Hello there"]):
+        result = subprocess.run([lmgen_exe, args[0], "-m", str(tiny_dir), *args[1:]], capture_output=False,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, close_fds=True,
+                                preexec_fn=lambda: __import__("os").close(1))
+        assert result.returncode == 4, result.stderr
+        assert result.stderr.decode() == "lmgen: error: cannot write to standard output: it is closed\n"
+
+
+def test_a_byte_order_mark_is_not_part_of_a_prompt(cli, tiny_dir):
+    plain = cli("generate", "-m", str(tiny_dir), "-n", "3", "--json", input=b"Hello\n")
+    marked = cli("generate", "-m", str(tiny_dir), "-n", "3", "--json", input=b"\xef\xbb\xbfHello\n")
+    assert json.loads(marked.stdout)["prompt"] == "Hello"
+    assert json.loads(marked.stdout)["token_ids"] == json.loads(plain.stdout)["token_ids"]
+    lines = cli("generate", "-m", str(tiny_dir), "-n", "3", "--json", "--each-line", input=b"\xef\xbb\xbfHello\n")
+    assert json.loads(lines.stdout)["prompt"] == "Hello"
+
+
+def test_truncate_drops_a_split_character_only_where_it_cut(cli, tiny_dir):
+    """A line that begins with a stray continuation byte is not UTF-8, with --truncate or not."""
+    result = cli("generate", "-m", str(tiny_dir), "-n", "2", "--each-line", "--truncate", input=b"ok\n\x80bad\n")
+    assert result.returncode == 2 and b"stdin line 2 is not valid UTF-8" in result.stderr
+
+
+def test_help_names_every_family_and_gguf_files(cli):
+    from lmgen.config import FAMILIES
+
+    text = re.sub(r"\s+", " ", cli("--help").stdout.decode())
+    assert all(family in text for family in FAMILIES)
+    model_help = re.sub(r"[\s│]+", " ", cli("generate", "--help").stdout.decode())
+    assert "Checkpoint directory or GGUF file" in model_help

@@ -144,6 +144,7 @@ def test_cli_warns_when_the_output_is_incomplete(cli):
     (["--json-schema", "x" * 5000], r"--json-schema"),
     (["--grammar", "no/such/file.lark"], r"does not exist"),
     (["--regex", "a", "--json-schema", "{}"], r"choose one of --json-schema, --regex"),
+    (["--json-schema", "false"], r"--json-schema false accepts no output at all"),
 ])
 def test_bad_constraints_are_one_line_and_exit_2(cli, args, pattern):
     assert_one_line_error(cli("generate", *args, "hi"), 2, pattern)
@@ -170,3 +171,19 @@ def test_constraint_options_are_checked_before_any_model_loads():
         Constraint.from_options(json_schema="{}", regex="a")
     assert Constraint.from_options() is None
     assert Constraint.from_options(regex="a+") == Constraint("regex", "a+")
+
+
+def test_json_schema_true_accepts_any_json(cli, tiny_dir):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "4", "--json-schema", "true", "--json", "hi")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["finish_reason"] in ("stop", "length")
+
+
+@pytest.mark.parametrize("option, text", [("--regex", r"[^\s\S]"), ("--grammar", "start: /[^\\s\\S]/\n")])
+def test_a_constraint_no_text_satisfies_is_one_line(cli, tiny_dir, tmp_path, option, text):
+    """Valid on its own, it allows no first token: once a multi-line matcher dump, exit 1."""
+    if option == "--grammar":
+        (tmp_path / "g.lark").write_text(text)
+        text = str(tmp_path / "g.lark")
+    result = cli("generate", "-m", str(tiny_dir), "-n", "4", option, text, "hi")
+    assert_one_line_error(result, 2, f"{option} accepts no text that this model's tokens can make")

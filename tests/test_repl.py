@@ -148,3 +148,42 @@ def test_a_bad_command_file_is_one_error_line_and_the_session_goes_on(env, tmp_p
     err = result.stderr.decode()
     assert err.count("lmgen: error:") == 2 and "unknown command /frobnicate" in err
     assert len(result.stdout.decode().splitlines()) == 1  # the one reply
+
+
+# ------------------------------------------------ input that cannot be used: one line, the session goes on
+
+
+def test_a_piped_line_that_is_not_utf8_is_named_and_the_session_goes_on(cli, tiny_chat_dir):
+    result = cli("chat", "-m", str(tiny_chat_dir), "-n", "3", input=b"hi\n\xff there\nbye\n")
+    assert result.returncode == 2
+    replies = result.stdout.decode().split("\n")
+    assert len(replies) == 4 and replies[1] == "" and replies[3] == ""  # three answers, the second empty
+    err = result.stderr.decode().splitlines()
+    assert err == ["lmgen: error: stdin line 2: not valid UTF-8",
+                   "lmgen: error: 1 message(s) could not be answered (each named above)"]
+
+
+def test_a_line_longer_than_the_context_is_named_and_the_session_goes_on(cli, tiny_chat_dir):
+    long = b"word " * 200
+    result = cli("chat", "-m", str(tiny_chat_dir), "-n", "3", "--jsonl", input=b"hi\n" + long + b"\nbye\n")
+    assert result.returncode == 2
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r.get("turn") for r in records] == [1, None, 2] and records[1]["line"] == 2
+    assert "--truncate" not in records[1]["error"]  # chat has no such option
+    assert b"stdin line 2: the message has" in result.stderr
+
+
+def test_a_large_max_new_tokens_shortens_the_reply_not_the_memory(cli, tiny_chat_dir):
+    """-n 8192 once dropped every earlier exchange, for want of room for 8192 new tokens."""
+    result = cli("chat", "-m", str(tiny_chat_dir), "-n", "8192", "--jsonl", input=b"My name is Bob.\nWhat is my name?\n")
+    assert result.returncode == 0, result.stderr
+    first, second = (json.loads(line) for line in result.stdout.splitlines())
+    assert b"dropped" not in result.stderr
+    assert second["reused_tokens"] >= first["prompt_tokens"]  # the first exchange is still in the prompt
+
+
+def test_chat_with_stdin_closed_is_one_line(tiny_chat_dir, lmgen_exe):
+    result = subprocess.run([lmgen_exe, "chat", "-m", str(tiny_chat_dir)], capture_output=True,
+                            preexec_fn=lambda: os.close(0))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.decode() == "lmgen: error: chat reads messages from stdin, and stdin is closed\n"

@@ -162,3 +162,34 @@ def test_composition_order_matches_transformers_pipeline():
 def test_invalid_settings_are_refused(kwargs):
     with pytest.raises(InputError):
         SamplingSettings(**kwargs)
+
+
+# ------------------------------------------------------------------------------ properties (hypothesis)
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**80, 2**80))
+
+
+@given(temperature=values, repetition=values, frequency=values, presence=values,
+       top_k=st.integers(-3, 400), top_p=values, min_p=values, typical=values,
+       scale=st.sampled_from([1e-3, 1.0, 30.0, 1e4]), masked=st.floats(0, 0.99), seed=st.integers(0, 2**32))
+def test_any_value_is_refused_or_gives_a_token_from_finite_logits(temperature, repetition, frequency, presence, top_k,
+                                                                  top_p, min_p, typical, scale, masked, seed):
+    """For any option values: refused (InputError) where parsed, or every chosen token is one the
+    scores allowed: never NaN arithmetic, never an error from torch."""
+    try:
+        settings = SamplingSettings(temperature, top_k, top_p, min_p, typical, repetition, frequency, presence)
+    except InputError:
+        return
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 300, generator=generator) * scale
+    ruled_out = torch.rand(3, 300, generator=generator) < masked  # as a constraint's mask does
+    ruled_out[:, 0] = False
+    logits = logits.masked_fill(ruled_out, float("-inf"))
+    history = TokenHistory([1, 2, 3], 3, 300)
+    history.add(torch.tensor([0, 5, 7]))
+    history.add(torch.tensor([0, 5, 9]))
+    tokens = sample_next_token(logits, settings, generator, history)
+    assert tokens.shape == (3,)
+    assert not ruled_out.gather(1, tokens[:, None]).any()
