@@ -4,13 +4,13 @@ INPUT is a text file (one prompt per non-blank line; a record's id is its line n
 (``.jsonl``/``.json``: one ``{"id": …, "prompt": …}`` per line, with optional ``system``,
 ``max_new_tokens`` and ``seed``; a record without an id gets its line number). Every output
 record is what ``generate --json`` prints (``lmgen.complete``) plus the input's ``id``, and
-``index``, the prompt's position in the input, so that the records equal ``--each-line``'s.
+``index``, the prompt's 0-based line in the input, so that the records equal ``--each-line``'s.
 
 DIR holds part files and ``_manifest.json``: the settings, the model's fingerprint and the
 input, written by the first run. A rerun of the same command skips the ids already in DIR's
 part files (an interrupted job goes on where it stopped); one with other settings or another
 model is refused. ``_SUCCESS`` records the counts and timing of the run that finished the job.
-Each prompt's sampling seed comes from ``--seed`` and its position in the input, so a record
+Each prompt's sampling seed comes from ``--seed`` and its index (its line), so a record
 is the same whichever run, process or Ray actor makes it. Runs in this process by default;
 ``batch_ray`` runs the same work as a Ray Data pipeline.
 """
@@ -57,13 +57,13 @@ def check_input(path: Path) -> None:
 
 def read_input(path: Path, seed: int | None) -> Iterator[dict]:
     """The input records, each checked (``completion.check_record``: an error names the file and
-    line) and given its id, its position ``index`` among the prompts and its seed."""
+    line) and given its id (its line number unless it has one), its ``index`` (its 0-based line)
+    and its seed (from ``seed`` and its index, unless it has one)."""
     from lmgen.batching import prompt_seed
     from lmgen.completion import check_record
 
     check_input(path)
     jsonl = path.suffix in (".jsonl", ".json")
-    index = 0
     with open(path, "rb") as stream:
         for number, raw in enumerate(stream, 1):
             try:
@@ -76,14 +76,13 @@ def read_input(path: Path, seed: int | None) -> Iterator[dict]:
                 continue
             record = _json_line(line, path, number) if jsonl else {"prompt": line}
             record.setdefault("id", number)
-            record["index"] = index
+            record["index"] = number - 1  # its 0-based line, as --each-line's records have it
             if "seed" not in record and seed is not None:
-                record["seed"] = prompt_seed(seed, index)
+                record["seed"] = prompt_seed(seed, number - 1)
             try:
                 check_record(record)
             except InputError as exc:
                 raise InputError(f"{path}:{number}: {exc}") from None
-            index += 1
             yield record
 
 

@@ -171,6 +171,7 @@ class _Engine:
             self.cache.k[:, slot, :, : len(ids)] = self.cache.k[:, sibling, :, : len(ids)]
             self.cache.v[:, slot, :, : len(ids)] = self.cache.v[:, sibling, :, : len(ids)]
             logits = self.rows[sibling].prompt_logits
+            row.start = self.rows[sibling].start  # its time to first token includes the shared prefill
         else:
             logits = self.forward(torch.tensor([ids], device=device), 0, self.cache.row(slot), last_only=True)[:, -1]
             require_finite(logits)

@@ -231,15 +231,20 @@ def generate(
                                   constraint)
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
     limit = prompts.max_bytes(cfg.max_context)
-    lines: dict[int, int] = {}  # --each-line: prompt index -> its line of stdin
+    lines: dict[int, int] = {}  # --each-line: a prompt's position -> its line of stdin
+    from lmgen.chat import messages_of
+    from lmgen.output import Input, generate_in_order, generate_one
 
     def inputs():
-        if not each_line:
-            yield prompts.read_prompt(prompt, file, limit, truncate)
-            return
-        for index, (number, text) in enumerate(prompts.numbered_lines(limit, truncate)):
-            lines[index] = number
-            yield text
+        numbered = prompts.numbered_lines(limit, truncate) if each_line else \
+            [(1, prompts.read_prompt(prompt, file, limit, truncate))]
+        for position, (number, text) in enumerate(numbered):
+            lines[position] = number
+            if not chat:
+                yield Input(text, text, index=number - 1)
+                continue
+            messages = messages_of(text, system)  # the template read once, each prompt rendered with it
+            yield Input(text, messages, lm.chat_template.render(messages), number - 1)
 
     lm = load_model(path, dtype, device)
 
@@ -249,16 +254,11 @@ def generate(
         renderer = render.JsonlRenderer(lm.tokenizer)
     else:
         renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line)
-    from lmgen.chat import messages_of
-    from lmgen.output import generate_in_order, generate_one
-
-    # the template read once, each prompt rendered with it: the records show the rendered prompt
-    texts = (lm.chat_template.render(messages_of(text, system)) if chat else text for text in inputs())
     if each_line:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
-        records = generate_in_order(lm, texts, settings, renderer, batch_size, total)
+        records = generate_in_order(lm, inputs(), settings, renderer, batch_size, total)
     else:
-        records = (record for text in texts for record in generate_one(lm, text, settings, renderer, run))
+        records = (record for item in inputs() for record in generate_one(lm, item, settings, renderer, run))
     try:
         for record in records:
             if record.get("complete") is False:

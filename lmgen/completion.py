@@ -61,14 +61,15 @@ def complete(lm: LanguageModel, prompts: Iterable, settings: GenerationSettings 
     """The records of every prompt (one per sample), in input order, each as soon as it and every
     earlier prompt are done."""
     kept: dict[int, dict] = {}
-    texts: dict[int, str] = {}
+    texts: dict[int, tuple] = {}  # (the prompt as given, the text the chat template made of it, or None)
 
     def requests():
         for index, item in enumerate(prompts):
             kept[index] = {"id": item["id"]} if isinstance(item, dict) and "id" in item else {}
             kept[index], request = request_of(item, chat, system)
-            ids = is_token_ids(request.prompt)
-            texts[index] = lm.tokenizer.decode(request.prompt) if ids else lm.prompt_text(request.prompt)
+            given = item["prompt"] if isinstance(item, dict) else item
+            templated = not isinstance(request.prompt, str) and not is_token_ids(request.prompt)
+            texts[index] = given, lm.prompt_text(request.prompt) if templated else None
             yield request
 
     try:
@@ -83,14 +84,17 @@ def _records(events, settings: GenerationSettings, kept: dict, texts: dict, byte
     """The records of the events, each prompt's as soon as it and every earlier one are done."""
     finished_only = in_input_order(events, settings.num_samples, keep=lambda event: isinstance(event, Finished))
     for index, samples in finished_only:
-        text, ids = texts.pop(index), kept.pop(index)
+        (given, rendered), ids = texts.pop(index), kept.pop(index)
         for done in sorted(samples, key=lambda e: e.sample):
-            yield record_of(text, done, bytes_per_token, ids)
+            yield record_of(given, done, bytes_per_token, ids, rendered)
 
 
-def record_of(prompt: str, done: Finished, bytes_per_token: int, kept: dict) -> dict:
-    """The sample's record, with the input's id first and its index (position in the input)."""
+def record_of(prompt, done: Finished, bytes_per_token: int, kept: dict, rendered: str | None = None) -> dict:
+    """The sample's record, with the input's id first and its index (position in the input). Its
+    ``prompt`` is the prompt as given; ``rendered_prompt`` what the chat template made of it."""
     record = summary(prompt, done, bytes_per_token)
+    if rendered is not None:
+        record["rendered_prompt"] = rendered
     if "index" in kept:
         record["index"] = kept["index"]
     return {"id": kept["id"], **record} if "id" in kept else record

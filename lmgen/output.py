@@ -5,41 +5,59 @@ Shared by the command line's ``generate`` paths; the records come from ``records
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def generate_in_order(lm, texts, settings, renderer, batch_size: int, total: int | None = None):
+
+@dataclass(frozen=True)
+class Input:
+    """One prompt of the command line: the user's ``text`` (the records' ``prompt``), what the
+    engine is given (the text, or messages for the chat template) and the text the template
+    made of it, and its ``index``: the 0-based line of the input it came from."""
+
+    text: str
+    prompt: str | list[dict]
+    rendered: str | None = None
+    index: int = 0
+
+
+def generate_in_order(lm, inputs, settings, renderer, batch_size: int, total: int | None = None):
     """Many prompts decoded together (batching.generate_many), each printed as soon as it and
     every earlier one are done: output in input order. Yields each prompt's summary record.
-    ``total``: how many prompts there are, if known (the progress bar's length)."""
-    from lmgen.batching import generate_many, in_input_order
+    Each prompt is seeded from the settings' seed and its index, so that blank lines before it
+    change nothing. ``total``: how many prompts there are, if known (the progress bar's length)."""
+    from lmgen.batching import Request, generate_many, in_input_order, prompt_seed
     from lmgen.generation import Finished
     from lmgen.startup import progress
 
-    prompts: dict[int, str] = {}
+    read: dict[int, Input] = {}
 
-    def remembered():
-        for index, text in enumerate(texts):
-            prompts[index] = text
-            yield text
+    def requests():
+        for position, item in enumerate(inputs):
+            read[position] = item
+            seed = None if settings.seed is None else prompt_seed(settings.seed, item.index)
+            yield Request(item.prompt, seed=seed)
 
     with progress(total) as report:
-        events = generate_many(lm, remembered(), settings, batch_size)
-        for index, events in in_input_order(events, settings.num_samples):
+        events = generate_many(lm, requests(), settings, batch_size)
+        for position, events in in_input_order(events, settings.num_samples):
             report(sum(e.new_tokens for e in events if isinstance(e, Finished)))
-            yield from render_events(lm, prompts.pop(index), events, settings, renderer)
+            with report.paused():  # the bar off the terminal while the prompt's lines are written
+                records = render_events(lm, read.pop(position), events, settings, renderer)
+            yield from records
 
 
-def generate_one(lm, text: str, settings, renderer, run) -> list[dict]:
+def generate_one(lm, item: Input, settings, renderer, run) -> list[dict]:
     """Run one prompt through the renderer; return each sample's summary record."""
-    events = run(lm, text, settings)  # a bad prompt fails here, before anything is printed
-    return render_events(lm, text, events, settings, renderer)
+    events = run(lm, item.prompt, settings)  # a bad prompt fails here, before anything is printed
+    return render_events(lm, item, events, settings, renderer)
 
 
-def render_events(lm, text: str, events, settings, renderer) -> list[dict]:
+def render_events(lm, item: Input, events, settings, renderer) -> list[dict]:
     """Feed one prompt's events to the renderer; return each sample's summary record."""
     from lmgen.generation import Finished
     from lmgen.records import summary
 
-    renderer.start(text)
+    renderer.start(item.text)
     tokens: list[list] = [[] for _ in range(settings.num_samples)]  # kept for --show-probs
     records: list[dict] = []
     bytes_per_token = lm.model.weight_bytes_per_token()
@@ -47,7 +65,10 @@ def render_events(lm, text: str, events, settings, renderer) -> list[dict]:
         for event in events:
             if isinstance(event, Finished):
                 probs = (tokens[event.sample], lm.tokenizer) if settings.show_probs else ()
-                record = summary(text, event, bytes_per_token, *probs)
+                record = summary(item.text, event, bytes_per_token, *probs)
+                record["index"] = item.index
+                if item.rendered is not None:
+                    record["rendered_prompt"] = item.rendered
                 renderer.finish(record, event.text)
                 records.append(record)
                 continue

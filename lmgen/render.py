@@ -68,7 +68,9 @@ class TextRenderer:
         self.echo = echo
         self.one_line = one_line
         self.console = rich_console(sys.stdout)
-        self.buffered = num_samples > 1
+        # Several samples are printed one after another at the end; so is one sample when its
+        # probability lines go to the same terminal (stderr), which would otherwise land mid-text.
+        self.buffered = num_samples > 1 or bool(show_probs and sys.stdout.isatty())
         self.buffers = [""] * num_samples
         self.prompt = ""
         self.at_line_start = True
@@ -115,7 +117,7 @@ class TextRenderer:
             return
         for i, text in enumerate(self.buffers):
             self.at_line_start = False
-            if self.console is not None:
+            if self.console is not None and len(self.buffers) > 1:
                 self.console.rule(f"sample {i + 1}", style="dim")
             if self.echo:
                 self.write(self.prompt, style="bold")

@@ -46,7 +46,8 @@ class Session:
     def __init__(self, conversation: Conversation, stats: bool):
         self.conversation, self.stats = conversation, stats
         self.bytes_per_token = conversation.lm.model.weight_bytes_per_token()
-        self.record: dict | None = None  # the last reply's
+        self.record: dict | None = None  # the last reply's, if it finished and is still in the conversation
+        self.last = "(no reply yet)"  # what /stats says when there is no such record
 
     def command(self, line: str) -> bool:
         """Run a slash command; False when it asks to leave."""
@@ -59,6 +60,7 @@ class Session:
                 note(HELP)
             elif name == "reset":
                 conv.reset()
+                self.record, self.last = None, "(a new conversation: no reply yet)"
                 note("(a new conversation)")
             elif name == "system":
                 conv.set_system(arg)
@@ -70,11 +72,15 @@ class Session:
                 note(f"(saved {len(conv.messages)} messages to {arg})")
             elif name == "load":
                 conv.load(Path(arg))
+                self.record, self.last = None, "(no reply since /load)"
                 note(f"(loaded {len(conv.messages)} messages from {arg})")
             elif name == "undo":
-                note("(dropped the last exchange)" if conv.undo() else "(nothing to undo)")
+                undone = conv.undo()
+                if undone:
+                    self.record, self.last = None, "(the last reply was undone: no reply since)"
+                note("(dropped the last exchange)" if undone else "(nothing to undo)")
             elif name == "stats":
-                note(self.stats_text() if self.record else "(no reply yet)")
+                note(self.stats_text() if self.record else self.last)
             else:
                 note(f"unknown command /{name}; /help lists them")
         except (LmgenError, OSError) as exc:  # a bad file: say so, and the session goes on
@@ -84,6 +90,8 @@ class Session:
     def reply(self, user: str, show) -> dict | None:
         """Generate the reply to ``user``, passing each piece of text to ``show``; its record."""
         events = self.conversation.reply(user)
+        before = self.record, self.last
+        self.record, self.last = None, "(the last reply was cut: no timings)"
         try:
             for event in events:
                 if isinstance(event, Token):
@@ -93,6 +101,9 @@ class Session:
                     self.record = summary(user, event, self.bytes_per_token)
                     self.record.update(turn=self.turns(), reused_tokens=self.conversation.reused,
                                        prefilled_tokens=self.conversation.prefilled)
+        except InputError:  # the message was not taken: the conversation, and its last reply, are as they were
+            self.record, self.last = before
+            raise
         finally:
             events.close()  # on Ctrl-C: the reply so far joins the history, marked as cut
         if self.conversation.dropped:

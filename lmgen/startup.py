@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 
 
 def freeze_imports() -> None:
@@ -64,9 +65,23 @@ class progress:
                                 redirect_stderr=False)
             self.task = self.bar.add_task("0 tokens", total=self.total)
             self.bar.start()
-        return self.report
+        return self
 
-    def report(self, new_tokens: int) -> None:
+    @contextmanager
+    def paused(self):
+        """The bar taken off the terminal while output is written (stdout and stderr may share
+        it: a line must never land on the bar), then drawn again below it."""
+        if self.bar is None:
+            yield
+            return
+        self.bar.stop()  # transient: the bar's line is erased
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            self.bar.start()
+
+    def __call__(self, new_tokens: int) -> None:
         """One more prompt done, with its (samples') new tokens."""
         import time
 

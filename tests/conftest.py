@@ -169,6 +169,39 @@ def run_on_a_terminal(exe: str, args, env: dict, stream: str = "stdout", input=b
     return received, other[0]
 
 
+def run_in_a_terminal(exe: str, args, env: dict, stdin=subprocess.DEVNULL) -> bytes:
+    """Run with stdout and stderr both on one pseudo-terminal, as a person sees it: all the
+    terminal received. ``stdin``: an open file, or DEVNULL. The command must succeed."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen([exe, *args], stdin=stdin, stdout=terminal, stderr=terminal, env={**os.environ, **env})
+    os.close(terminal)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            break
+        if not chunk:
+            break
+        received += chunk
+    proc.wait(timeout=120)
+    os.close(controller)
+    assert proc.returncode == 0, received
+    return received
+
+
+CSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def screen_segments(received: bytes) -> list[str]:
+    """What a terminal showed, as the pieces of text between line starts (escape sequences
+    removed, split at carriage returns and newlines): a line written onto another line's text
+    shows up as one segment holding both."""
+    return [part for part in re.split(r"[\r\n]+", CSI.sub(b"", received).decode()) if part.strip()]
+
+
 def assert_one_line_error(result, code: int, pattern: str) -> None:
     """The CLI failed with `code`: one 'lmgen: error:' line matching pattern, no traceback, no stdout."""
     err = result.stderr.decode()

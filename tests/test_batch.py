@@ -94,7 +94,8 @@ def test_jsonl_input_with_ids_and_fields_of_its_own(tmp_path, default_lm):
     records = read_out(tmp_path / "out")
     assert sorted(records) == ["a", "b", "c"]
     assert records["b"]["new_tokens"] <= 3 and records["a"]["new_tokens"] <= 6
-    assert records["c"]["prompt"].startswith("<|im_start|>system\nYou are brief.")  # rendered with the template
+    assert records["c"]["prompt"] == "Say hi."  # the user's text; what the template made of it beside
+    assert records["c"]["rendered_prompt"].startswith("<|im_start|>system\nYou are brief.")
     library = list(complete(default_lm, rows, GenerationSettings(max_new_tokens=6)))
     assert [without_timing(r) for r in library] == [without_timing(records[k]) for k in "abc"]
 

@@ -239,3 +239,39 @@ def test_loading_spinner_only_on_a_terminal(lmgen_exe, smollm2_dir):
     assert piped.returncode == 0 and piped.stderr == b""
     quick, _ = run_on_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color", "LMGEN_SPINNER_DELAY": "60"}, "stderr")
     assert b"loading model" not in quick  # loading took less than the delay: no spinner
+
+
+# ------------------------------------------------------------------- what a terminal shows (issue 24)
+
+
+def test_show_probs_on_a_terminal_shows_the_lines_then_the_text(lmgen_exe, smollm2_dir):
+    """Probability lines (stderr) used to land in the middle of the streamed text (stdout):
+    " Paris 0.684 '.' | …", then a lone "."."""
+    from conftest import run_in_a_terminal, screen_segments
+
+    args = ["generate", "-m", str(smollm2_dir), "-n", "2", "--show-probs", "3", "The capital of France is"]
+    piped = subprocess.run([lmgen_exe, *args, "--json"], capture_output=True, check=True)
+    text = json.loads(piped.stdout)["text"]
+    assert len(text.strip()) > 1 and "\n" not in text
+    for env in ({"NO_COLOR": "1", "TERM": "dumb"}, {"TERM": "xterm-256color"}):
+        segments = screen_segments(run_in_a_terminal(lmgen_exe, args, env))
+        assert [s for s in segments if not s.startswith("Loading")] == segments[-3:]
+        assert all(re.match(r"\s*\d\.\d{3} ", s) for s in segments[-3:-1]), segments  # two probability lines
+        assert segments[-1] == text  # then the text, whole, on its own line
+
+
+def test_each_line_progress_never_shares_a_line_with_the_output(lmgen_exe, tiny_dir, tmp_path):
+    from conftest import run_in_a_terminal, screen_segments
+
+    path = tmp_path / "prompts.txt"
+    path.write_bytes(b"".join(b"Prompt number %d is\n" % i for i in range(12)))
+    args = ["generate", "-m", str(tiny_dir), "--each-line", "-n", "24", "--batch-size", "3"]
+    with open(path, "rb") as stdin:
+        piped = subprocess.run([lmgen_exe, *args], stdin=stdin, capture_output=True, check=True).stdout.decode()
+    with open(path, "rb") as stdin:
+        received = run_in_a_terminal(lmgen_exe, args, {"TERM": "xterm-256color"}, stdin)
+    assert b"prompts done" in received  # the bar was there
+    segments = screen_segments(received)
+    for line in piped.splitlines():
+        if line.strip():
+            assert line in segments or line.rstrip() in segments, (line, segments)

@@ -187,3 +187,25 @@ def test_chat_with_stdin_closed_is_one_line(tiny_chat_dir, lmgen_exe):
                             preexec_fn=lambda: os.close(0))
     assert result.returncode == 2, result.stderr
     assert result.stderr.decode() == "lmgen: error: chat reads messages from stdin, and stdin is closed\n"
+
+
+def test_stats_never_reports_a_reply_that_was_cut_or_undone(env):
+    child = spawn(env, "-n", "400")
+    say(child, "Say hi.")
+    assert "time to first token" in say(child, "/stats")
+    child.sendline("Write a very long story about a dragon, with many chapters.")
+    child.expect_exact("chapters.\r\n")
+    child.expect(r"\w+ \w+ \w+ \w+")
+    child.sendintr()
+    child.expect_exact("(reply cut)")
+    child.expect_exact(PROMPT)
+    assert say(child, "/stats") == "(the last reply was cut: no timings)"  # not the reply before it
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+
+
+def test_stats_after_undo_is_not_the_removed_reply(cli, tiny_chat_dir):
+    result = cli("chat", "-m", str(tiny_chat_dir), "-n", "3", input=b"hi\n/stats\n/undo\n/stats\n")
+    notes = result.stderr.decode().splitlines()
+    assert "time to first token" in notes[0]
+    assert notes[1:] == ["(dropped the last exchange)", "(the last reply was undone: no reply since)"]
