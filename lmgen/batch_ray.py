@@ -18,6 +18,9 @@ not oversubscribe it). Ray is the optional extra ``lmgen[ray]``, imported only h
 from __future__ import annotations
 
 import math
+import os
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from lmgen.errors import EnvironmentFailure, InputError
@@ -55,16 +58,17 @@ class Completer:
         return pd.DataFrame(list(complete(self.lm, items, self.settings, self.batch_size, self.chat, self.system)))
 
 
-def connect(address: str):
+def connect(address: str, verbose: bool = False):
     """ray.init for ``--ray``: ``local`` starts a cluster in this process, ``auto`` joins the one
     on this machine (``ray start --head``), anything else is a cluster's address — checked to
-    answer within CONNECT_SECONDS first (Ray itself retries for minutes)."""
+    answer within CONNECT_SECONDS first (Ray itself retries for minutes). Ray's own logs (a
+    dozen INFO lines per job, notes from its C++ core) stay in Ray's files unless ``verbose``."""
     ray = _ray()
     if ray.is_initialized():
         return ray
     if address not in ("local", "auto"):
         _reachable(address)
-    kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    kwargs = dict(include_dashboard=False, log_to_driver=verbose, configure_logging=verbose)
     try:
         ray.init(address=None if address == "local" else address, **kwargs)
     except ValueError as exc:
@@ -72,6 +76,25 @@ def connect(address: str):
     except ConnectionError as exc:
         raise EnvironmentFailure(f"--ray {address}: {exc}") from None
     return ray
+
+
+@contextmanager
+def logs_to(path: Path | None):
+    """Everything written to file descriptor 2 (Ray's Python loggers, its C++ core, its workers'
+    output) goes to ``path`` for the duration, not the terminal; None: left alone (--verbose)."""
+    if path is None:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "ab") as log:
+            os.dup2(log.fileno(), 2)
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 CONNECT_SECONDS = 5
@@ -101,14 +124,22 @@ def sizes(ray, actors: int | None) -> tuple[int, float, int]:
 
 
 def run_on_ray(address: str, records: list[dict], out: Path, model: str, dtype: str | None, settings,
-               batch_size: int, chat: bool, system: str | None, actors: int | None, written) -> None:
+               batch_size: int, chat: bool, system: str | None, actors: int | None, written,
+               verbose: bool = False) -> None:
     """Generate the records' completions on Ray into DIR, counting what its part files gained
     in ``written`` (batch.Written)."""
     if not records:
         return
+    with logs_to(None if verbose else out / RAY_LOG):
+        _run(connect(address, verbose), records, out, model, dtype, settings, batch_size, chat, system, actors, written)
+
+
+RAY_LOG = "_ray.log"  # in DIR: what Ray wrote to stderr during the job (--verbose shows it instead)
+
+
+def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, actors, written) -> None:
     import json
 
-    ray = connect(address)
     actors, per_actor, threads = sizes(ray, actors)
     before = {part.name for part in out.iterdir()}
     ds = ray.data.from_items([{"record": json.dumps(record)} for record in records])

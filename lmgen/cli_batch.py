@@ -32,6 +32,7 @@ def batch(
     batch_size: int = typer.Option(8, "--batch-size", help="Prompts decoded together (per actor with --ray)."),
     ray: Optional[str] = typer.Option(None, "--ray", help="Run on Ray: local, auto, or a cluster's address."),
     actors: Optional[int] = typer.Option(None, "--actors", help="With --ray: model replicas (default: one per CPU)."),
+    verbose: bool = typer.Option(False, "--verbose", help="With --ray: show Ray's own logs on stderr."),
     dtype: str = DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -63,7 +64,7 @@ def batch(
     if records and ray is not None:
         from lmgen.batch_ray import run_on_ray
 
-        run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written)
+        run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose)
     elif records:
         lm = load_model(path, dtype, device)
         run_here(lm, records, out, settings, batch_size, chat, system, written)

@@ -270,6 +270,18 @@ def gguf_tensors(reader, cfg: ModelConfig, arch: Arch) -> dict:
     return tensors
 
 
+def expanded(src: Path) -> Path:
+    """The HF-layout fp32 directory of a GGUF file (what ``--dtype`` loads it from): converted
+    once and kept in lmgen's cache beside the file's index (``lmgen setup`` makes the default
+    model's)."""
+    from lmgen.gguf_index import cache_path
+
+    target = cache_path(src, "-fp32")
+    if not (target / "config.json").exists():
+        convert_gguf(src, target, force=True)
+    return target
+
+
 def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> ModelConfig:
     """Write an HF-layout directory for the GGUF file ``src`` into ``out`` (if non-empty: with ``force``).
 

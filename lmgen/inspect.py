@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmgen import layout
-from lmgen.checkpoint import find_config, load_config_file, locate, read_config, safetensors_header
+from lmgen.checkpoint import find_config, gguf_file, load_config_file, locate, read_config, safetensors_header
 from lmgen.config import ModelConfig
 from lmgen.errors import CheckpointError
 
@@ -83,16 +83,19 @@ def _config_tensors(cfg: ModelConfig) -> list[TensorInfo]:
 
 
 def _gguf(path: Path) -> tuple[ModelConfig, list[TensorInfo]]:
-    from lmgen.gguf_arch import hf_tensor_name
-    from lmgen.gguf_import import gguf_arch, open_gguf, read_gguf_config, read_metadata
+    """From lmgen's index of the file (read once, kept in the cache: the header of a large
+    vocabulary takes seconds to parse)."""
+    from gguf import GGMLQuantizationType
 
-    reader = open_gguf(path)
-    meta = read_metadata(reader)
-    cfg, arch = read_gguf_config(reader, meta), gguf_arch(meta)
-    tensors = []
-    for t in reader.tensors:
-        shape = [int(n) for n in reversed(t.shape.tolist())]
-        tensors.append(tensor_info(cfg, t.name, hf_tensor_name(arch, t.name), shape, t.tensor_type.name, int(t.n_bytes)))
+    from lmgen.gguf_arch import ARCHS, hf_tensor_name
+    from lmgen.gguf_index import gguf_index, read_table
+
+    root = gguf_index(path)
+    cfg = load_config_file(root / "config.json")
+    architecture, table = read_table(root, path)
+    arch = ARCHS[architecture]
+    tensors = [tensor_info(cfg, t["name"], hf_tensor_name(arch, t["name"]), t["shape"],
+                           GGMLQuantizationType(t["type"]).name, t["nbytes"]) for t in table]
     return cfg, tensors
 
 
@@ -101,6 +104,8 @@ def load_source(path: str | Path) -> tuple[str, ModelConfig, list[TensorInfo], s
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    if path.is_dir() and gguf_file(path) is not None:  # a directory holding one GGUF file (and no config)
+        path = gguf_file(path)
     if path.is_dir():
         files = locate(path)
         cfg = read_config(files)

@@ -104,7 +104,9 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu", thread
     if src is not None and dtype is None:
         return _load_gguf(src, parse_device(device))
     if src is not None:
-        path = _expanded(src)
+        from lmgen.gguf_import import expanded
+
+        path = expanded(src)
     dtype = dtype or "float32"
     torch_dtype, torch_device = parse_dtype(dtype), parse_device(device)
     quantized = dtype in QUANTIZED  # narrow weights, fp32 activations
@@ -128,17 +130,6 @@ def _load_gguf(src: Path, device: torch.device) -> LanguageModel:
     lm = _language_model(model.to(device), cfg, root, root / "tokenizer.json")
     lm.notes += [requantized.summary()] if requantized else []
     return lm
-
-
-def _expanded(src: Path) -> Path:
-    """An HF-layout fp32 directory converted from a GGUF file, made once and kept in the cache."""
-    from lmgen.gguf_import import convert_gguf
-    from lmgen.gguf_index import cache_path
-
-    target = cache_path(src, "-fp32")
-    if not (target / "config.json").exists():
-        convert_gguf(src, target, force=True)
-    return target
 
 
 def _language_model(model: Decoder, cfg: ModelConfig, root: Path, tokenizer_file: Path | None) -> LanguageModel:

@@ -25,19 +25,18 @@ def default_model_dir() -> Path:
     return cache_dir() / DEFAULT_MODEL_NAME
 
 
-def resolve_model(option: str | None, dtype: str | None = "float32") -> Path:
-    """The model to use; a missing default says how to create it. The default model is its
-    Q4_1 GGUF file, run as it is, when no dtype is asked for (``dtype`` None), and otherwise its
-    fp32 expansion beside it, which ``lmgen setup`` writes too."""
+def resolve_model(option: str | None) -> Path:
+    """The model to use; a missing default says how to create it. The default model is one
+    file, its Q4_1 GGUF, whatever the dtype: ``--dtype`` loads that file's fp32 expansion, which
+    ``lmgen setup`` makes in the cache (``gguf_import.expanded``)."""
     if option:
         return Path(option)
     if os.environ.get("LMGEN_MODEL"):
         return Path(os.environ["LMGEN_MODEL"])
-    path = default_model_dir()
-    if not (path / "config.json").is_file():
-        raise CheckpointError(f"the default model is not installed at {path}: run `lmgen setup` to create it")
-    stored = path / DEFAULT_GGUF_FILE
-    return stored if dtype is None and stored.is_file() else path
+    path = default_model_dir() / DEFAULT_GGUF_FILE
+    if not path.is_file() or (path.parent / "config.json").exists():  # missing, or the layout before one file
+        raise CheckpointError(f"the default model is not installed at {path.parent}: run `lmgen setup` to create it")
+    return path
 
 
 def bundled_gguf() -> Path:

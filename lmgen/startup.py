@@ -20,19 +20,23 @@ def freeze_imports() -> None:
     gc.freeze()
 
 
-class loading_status:
-    """A spinner on stderr while the model loads, if stderr is a terminal and loading takes a while."""
+class status:
+    """A spinner with ``text`` on stderr while work goes on, if stderr is a terminal and the work
+    takes longer than ``delay`` seconds (default $LMGEN_SPINNER_DELAY, else 0.5)."""
+
+    def __init__(self, text: str, delay: float | None = None):
+        self.text = text
+        self.delay = float(os.environ.get("LMGEN_SPINNER_DELAY", "0.5")) if delay is None else delay
 
     def __enter__(self):
         self.timer = None
-        delay = float(os.environ.get("LMGEN_SPINNER_DELAY", "0.5"))
         if sys.stderr.isatty():
             import threading
 
             from rich.console import Console
 
-            self.status = Console(stderr=True).status("loading model…")
-            self.timer = threading.Timer(delay, self.status.start)
+            self.status = Console(stderr=True).status(self.text)
+            self.timer = threading.Timer(self.delay, self.status.start)
             self.timer.daemon = True
             self.timer.start()
         return self
@@ -41,6 +45,10 @@ class loading_status:
         if self.timer is not None:
             self.timer.cancel()
             self.status.stop()
+
+
+def loading_status() -> status:
+    return status("loading model…")
 
 
 class progress:

@@ -178,7 +178,7 @@ def read_bandwidth(threads: int, size: int = 1 << 30) -> float:
 def compare_dtypes(args) -> None:
     path = resolve_model(args.model)
     dtypes = args.dtypes.split(",")
-    models = {d: dataclasses.replace(lmgen.load(resolve_model(args.model, None), dtype=None) if d == "stored"
+    models = {d: dataclasses.replace(lmgen.load(resolve_model(args.model), dtype=None) if d == "stored"
                                      else lmgen.load(path, dtype=d), eos_ids=frozenset()) for d in dtypes}
     for lm in models.values():
         run_lmgen(lm, 8)  # warm-up
@@ -205,7 +205,7 @@ def compare_constraint(args) -> None:
     from lmgen.chat import render_chat
     from lmgen.constraint import Constraint
 
-    lm = lmgen.load(resolve_model(args.model, None))
+    lm = lmgen.load(resolve_model(args.model))
     free_lm = dataclasses.replace(lm, eos_ids=frozenset())
     prompt = render_chat(lm.path, "Describe a person as a JSON record.", None)
     constraint = Constraint.from_options(json_schema=args.json_schema)
@@ -255,6 +255,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
+    if path.suffix == ".gguf":  # transformers loads its fp32 expansion
+        from lmgen.gguf_import import expanded
+
+        path = expanded(path)
     lm = lmgen.load(path, dtype=args.dtype)
     lm = dataclasses.replace(lm, eos_ids=frozenset())  # always generate --tokens tokens
     reference = transformers.AutoModelForCausalLM.from_pretrained(

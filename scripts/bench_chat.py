@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--model", help="checkpoint directory or GGUF file (default: lmgen's default model)")
     parser.add_argument("--tokens", type=int, default=40, help="longest reply")
     args = parser.parse_args()
-    lm = lmgen.load(resolve_model(args.model, None))
+    lm = lmgen.load(resolve_model(args.model))
     settings = GenerationSettings(max_new_tokens=args.tokens)
     conv = Conversation(lm, settings)
     print(f"model {lm.path}, replies of up to {args.tokens} tokens, greedy")

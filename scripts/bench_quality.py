@@ -56,7 +56,7 @@ def main() -> None:
     expected, expected_tokens = token_log_probs(reference, ids), greedy(reference, args.prompt, args.greedy)
     print(f"model {path}; {ids.shape[1]} tokens of {args.text}; mean |Δ log p| against fp32")
     ways = [("bfloat16", "bfloat16"), ("q8", "q8"), ("q4", "q4")]
-    stored = resolve_model(args.model, None)
+    stored = resolve_model(args.model)
     if gguf_file(stored) is not None:
         ways.append(("GGUF as stored", None))
     for label, dtype in ways:

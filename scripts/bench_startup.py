@@ -70,7 +70,10 @@ def main() -> None:
         "generate": [lmgen, "generate", PROMPT, "-n", "1", "--model", model],
     }
     if args.transformers:
-        commands["transformers"] = [sys.executable, "-c", TRANSFORMERS_ONE_TOKEN, model, PROMPT]
+        from lmgen.gguf_import import expanded
+
+        checkpoint = str(expanded(Path(model))) if model.endswith(".gguf") else model
+        commands["transformers"] = [sys.executable, "-c", TRANSFORMERS_ONE_TOKEN, checkpoint, PROMPT]
     print(f"model {model}, {os.cpu_count()} CPUs, {args.reps} rounds (+1 warm-up), medians in seconds")
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for round_ in range(args.reps + 1):

@@ -104,7 +104,7 @@ def test_jsonl_input_with_ids_and_fields_of_its_own(tmp_path, default_lm):
 def default_lm():
     from lmgen.paths import resolve_model
 
-    return lmgen.load(resolve_model(None, None), threads=1)
+    return lmgen.load(resolve_model(None), threads=1)
 
 
 @pytest.mark.parametrize("content, pattern", [
@@ -157,6 +157,9 @@ def test_on_a_local_ray_cluster_two_actors_give_the_same_records(inputs, each_li
     result = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "12", "--ray", "local",
                  "--actors", "2", "--batch-size", "8")
     assert result.returncode == 0, result.stderr.decode()[-2000:]
+    lines = result.stderr.decode().splitlines()  # Ray's own ~20 lines of logs are kept in DIR/_ray.log
+    assert len(lines) == 1 and lines[0].startswith("lmgen: 40 record(s) written"), lines
+    assert (out / "_ray.log").is_file()
     records = read_out(out)
     assert sorted(records) == list(range(1, 41))
     assert [without_timing({k: v for k, v in records[i].items() if k != "id"}) for i in range(1, 41)] == each_line

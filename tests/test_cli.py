@@ -1,13 +1,14 @@
 """The real `lmgen` entry point, run in subprocesses."""
 
 import json
+import os
 import re
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ANSI, assert_one_line_error, run_lmgen
+from conftest import ANSI, assert_one_line_error, run_lmgen, run_on_a_terminal
 
 
 def test_generate_with_the_real_model(lmgen_exe, smollm2_dir):
@@ -23,12 +24,23 @@ def test_setup_installs_the_default_model_then_generate_uses_it(lmgen_exe, tmp_p
     env = {"LMGEN_HOME": str(tmp_path), "LMGEN_MODEL": ""}
     missing = run_lmgen(lmgen_exe, "generate", "Hello", env=env)
     assert_one_line_error(missing, 3, r"lmgen setup")
-    setup = run_lmgen(lmgen_exe, "setup", env=env)
-    assert setup.returncode == 0, setup.stderr.decode()
-    assert (tmp_path / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    shown, _ = run_on_a_terminal(lmgen_exe, ["setup"], {**env, "TERM": "xterm-256color"}, "stderr")
+    assert b"expanding it to fp32 for --dtype (3/3)" in shown  # ~8 s of work is never silent on a terminal
+    assert b"installed the default model at" in shown
+    root = tmp_path / "SmolLM2-135M-Instruct"
+    assert [p.name for p in root.iterdir()] == ["SmolLM2-135M-Instruct.Q4_1.gguf"]  # one name, one model
+    assert len(list((tmp_path / "gguf").glob("*-fp32/model.safetensors"))) == 1  # its expansion, for --dtype
     result = run_lmgen(lmgen_exe, "generate", "--echo", "-n", "5", "The capital of France is", env=env)
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().startswith("The capital of France is Paris")
+    # the directory setup reports runs the same weights as no --model; --dtype float32 the expansion
+    records = {}
+    for name, args in {"default": [], "dir": ["-m", str(root)], "fp32": ["--dtype", "float32"]}.items():
+        out = run_lmgen(lmgen_exe, "generate", "-n", "4", "--json", "The cat", *args, env=env)
+        records[name] = json.loads(out.stdout)
+    assert records["default"]["token_ids"] == records["dir"]["token_ids"]
+    assert records["default"]["weights_gb_per_s"] / records["default"]["decode_tokens_per_s"] < \
+        records["fp32"]["weights_gb_per_s"] / records["fp32"]["decode_tokens_per_s"] / 4  # bytes read per token
 
 
 def test_prompt_from_stdin(cli, tiny_dir):
@@ -293,3 +305,13 @@ def test_the_prompt_field_is_the_users_text_with_chat(cli, smollm2_dir, tmp_path
     batch = json.loads(next((tmp_path / "out").glob("part-*")).read_text())
     assert batch["prompt"] == "Hi!" and batch["rendered_prompt"] == record["rendered_prompt"]
     assert batch["text"] == record["text"]
+
+
+def test_version_and_a_help_list_with_one_sentence_per_command(cli):
+    from importlib.metadata import version
+
+    assert cli("--version").stdout.decode() == f"lmgen {version('lmgen')}\n"
+    wide = subprocess.run([sys.executable, "-m", "lmgen", "--help"], capture_output=True, env={**os.environ,
+                          "COLUMNS": "300", "NO_COLOR": "1"}, check=True).stdout.decode()
+    rows = [line.strip("│ ").split(None, 1) for line in wide.split("Commands")[1].splitlines() if line.startswith("│")]
+    assert len(rows) == 7 and all(len(row) == 2 and row[1].endswith(".") for row in rows), rows  # one sentence each

@@ -52,7 +52,7 @@ def outputs(lm, prompts, settings, chat=True):
 def default_lm():
     from lmgen.paths import resolve_model
 
-    return lmgen.load(resolve_model(None, None))
+    return lmgen.load(resolve_model(None))
 
 
 def test_thirty_prompts_give_json_the_schema_accepts(default_lm):

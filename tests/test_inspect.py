@@ -96,3 +96,30 @@ def test_cli_plain_report_in_a_pipe(lmgen_exe, smollm2_dir):
 def test_cli_bad_path(lmgen_exe, tmp_path):
     result = run_lmgen(lmgen_exe, "inspect", str(tmp_path / "nope"))
     assert result.returncode == 3 and b"does not exist" in result.stderr and b"Traceback" not in result.stderr
+
+
+def test_a_gguf_file_is_read_from_lmgens_index_after_the_first_time(monkeypatch, tmp_path):
+    """The header of a large vocabulary takes ~2 s to parse: inspect reads it once, as generate does."""
+    import shutil
+
+    from lmgen import gguf_import
+    from lmgen.paths import bundled_gguf
+
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
+    gguf = shutil.copy(bundled_gguf(), tmp_path / "model.gguf")
+    first = report(gguf, "*")
+
+    def parse(*args):
+        raise AssertionError("the header was parsed again")
+
+    monkeypatch.setattr(gguf_import, "open_gguf", parse)
+    assert report(gguf, "*") == first
+    assert report(tmp_path, "*")["tensors"] == first["tensors"]  # a directory holding one GGUF file
+
+
+def test_inspect_without_a_path_inspects_the_default_model(cli):
+    from lmgen.paths import resolve_model
+
+    result = cli("inspect", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["path"] == str(resolve_model(None))

@@ -19,7 +19,7 @@ ESCAPE = re.compile(r"\x1b")
 def default_model() -> str:
     from lmgen.paths import resolve_model
 
-    return str(resolve_model(None, None))
+    return str(resolve_model(None))
 
 
 @pytest.fixture
