@@ -371,13 +371,17 @@ def setup(force: bool = typer.Option(False, "--force", help="Install it again ev
             (cache_path(gguf, "-fp32") / "config.json").is_file():
         sys.stderr.write(f"the default model is already at {gguf}\n")
         return
-    target.mkdir(parents=True, exist_ok=True)
-    for name in OLD_LAYOUT:  # the layout before one file: an fp32 checkpoint beside the GGUF
-        (target / name).unlink(missing_ok=True)
-    with status("copying the GGUF file (1/3)…", delay=0):
-        partial = target / f".{DEFAULT_GGUF_FILE}.partial"
-        shutil.copyfile(bundled_gguf(), partial)
-        os.replace(partial, gguf)  # never half a file under the real name
+    source = bundled_gguf()
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        for name in OLD_LAYOUT:  # the layout before one file: an fp32 checkpoint beside the GGUF
+            (target / name).unlink(missing_ok=True)
+        with status("copying the GGUF file (1/3)…", delay=0):
+            partial = target / f".{DEFAULT_GGUF_FILE}.partial"
+            shutil.copyfile(source, partial)
+            os.replace(partial, gguf)  # never half a file under the real name
+    except OSError as exc:
+        raise EnvironmentFailure(f"cannot write to {target}: {exc.strerror}") from None
     with status("reading its header (2/3)…", delay=0):
         gguf_index(gguf)  # read now, not at the first generate
     with status("expanding it to fp32 for --dtype (3/3)…", delay=0):

@@ -8,6 +8,9 @@ file. ``staged_directory`` writes a whole directory beside its target and rename
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import functools
 import json
 import os
 import stat
@@ -100,22 +103,82 @@ def staged_directory(target: Path, force: bool = False):
         raise EnvironmentFailure(f"cannot write to {target.parent}: {exc.strerror}") from None
     try:
         yield stage
-        _swap_in(stage, target)
+        _swap_in(stage, target, force)
     except OSError as exc:
         raise EnvironmentFailure(f"cannot write {target}: {exc.strerror}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def _swap_in(stage: Path, target: Path) -> None:
-    """Rename stage to target; an existing target is moved aside first, then removed."""
-    import shutil
-    import tempfile
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2's flags (Linux 3.15+)
 
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-        os.replace(target, old / "dir")
-    os.replace(stage, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+
+def _swap_in(stage: Path, target: Path, force: bool) -> None:
+    """Rename stage to target in one system call, so that two writers at once can never both
+    win: without ``force`` only if target does not exist (an empty directory is removed first);
+    with ``force``, an existing target is exchanged with stage and then removed."""
+    if not force:
+        if target.is_dir():
+            try:
+                target.rmdir()  # empty (as checked before writing): fails if filled since
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise InputError(f"{target} is not empty; pass --force to replace it") from None
+                raise
+        if not _rename(stage, target, RENAME_NOREPLACE):
+            raise InputError(f"{target} is not empty; pass --force to replace it (another writer finished first)")
+        return
+    while not _rename(stage, target, RENAME_NOREPLACE):  # it exists: exchange, then remove the old one
+        if _rename(stage, target, RENAME_EXCHANGE):
+            import shutil
+
+            shutil.rmtree(stage, ignore_errors=True)
+            return
+
+
+def _rename(src: Path, dst: Path, flags: int) -> bool:
+    """renameat2(src, dst, flags): False if dst exists (NOREPLACE) or not (EXCHANGE). Where the
+    call does not exist (not Linux, an old libc), the same under a lock file beside dst."""
+    call = _renameat2()
+    if call is None:
+        return _rename_locked(src, dst, flags)
+    if call(-100, os.fsencode(src), -100, os.fsencode(dst), flags) == 0:  # -100: AT_FDCWD
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOENT):
+        return False
+    if code in (errno.ENOSYS, errno.EINVAL):  # a kernel or file system without it
+        return _rename_locked(src, dst, flags)
+    raise OSError(code, os.strerror(code), str(dst))
+
+
+@functools.cache
+def _renameat2():
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return call
+
+
+def _rename_locked(src: Path, dst: Path, flags: int) -> bool:
+    import fcntl
+
+    with open(dst.parent / f".{dst.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if flags == RENAME_NOREPLACE:
+            if os.path.lexists(dst):
+                return False
+            os.rename(src, dst)
+            return True
+        if not os.path.lexists(dst):
+            return False
+        aside = src.with_name(src.name + ".old")
+        os.rename(dst, aside)
+        os.rename(src, dst)
+        os.rename(aside, src)
+        return True
