@@ -34,6 +34,9 @@ def yielding_threads() -> None:
     os.environ.setdefault("KMP_BLOCKTIME", "1")  # LLVM OpenMP (macOS): milliseconds
 
 
+MAX_THREADS = 4096  # far beyond any CPU; torch takes a C int
+
+
 def set_threads(count: int | None) -> int:
     """Use count threads (default: $LMGEN_THREADS, else the cores available to this process)
     for torch and the kernels."""
@@ -42,8 +45,8 @@ def set_threads(count: int | None) -> int:
             count = int(os.environ["LMGEN_THREADS"])
         except ValueError:
             raise InputError(f"LMGEN_THREADS must be a number, got {os.environ['LMGEN_THREADS']!r}") from None
-    if count is not None and count < 1:
-        raise InputError(f"threads must be >= 1, got {count}")
+    if count is not None and not 1 <= count <= MAX_THREADS:
+        raise InputError(f"threads must be from 1 to {MAX_THREADS}, got {count}")
     count = count or available_cores()
     import torch
 

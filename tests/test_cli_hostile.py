@@ -24,7 +24,8 @@ from conftest import assert_one_line_error, run_lmgen
         (["--presence-penalty", "nan"], "presence-penalty must be a finite number"),
         (["--temperature", "inf"], "temperature must be a finite number"),
         (["--stop", ""], "--stop string must not be empty"),
-        (["--threads", "0"], "threads must be >= 1"),
+        (["--threads", "0"], "threads must be from 1 to"),
+        (["--threads", "99999999999999999999"], "threads must be from 1 to"),  # found by the CLI fuzzer
     ],
 )
 def test_bad_option_values(cli, tiny_dir, args, pattern):
