@@ -5,8 +5,8 @@
  * split across threads with OpenMP in groups of eight, x stays in L1, and the dot products come
  * in tiles (kernels_dot.h) summed in one order whatever the number of rows m.
  * W is fp32, bf16 (upper half of an fp32), or blocks of llama.cpp's Q8_0, Q4_0 or Q4_1 in
- * lmgen.quant's packed layout (16 rows interleaved); x and y are always fp32. Built on first use
- * by lmgen/kernels.py with the machine's C compiler.
+ * lmgen.quant's packed layout (16 rows interleaved); x and y are always fp32. Built with the
+ * package once per instruction set level (setup.py), or for this CPU by lmgen/kernels.py.
  */
 #include <math.h>
 #include <stdint.h>
@@ -20,6 +20,19 @@
  * fastest while other processes compete for them). Ignored by a build without OpenMP. */
 static int n_threads = 1;
 void set_threads(int n) { n_threads = n > 0 ? n : 1; }
+
+/* The instruction set level this CPU runs, for lmgen.kernels to pick among the builds made with
+ * the package: 2 AVX-512 VNNI (with BW and VL), 1 AVX2 with FMA (F16C comes with it), 0 neither. */
+int cpu_level(void) {
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+    return 2;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
+#endif
+  return 0;
+}
 enum { NORM_RMS = 0, NORM_LAYER = 1 };
 enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
 enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };

@@ -1,11 +1,13 @@
-"""Native matrix-vector kernels for decoding, built on first use (see kernels.c).
+"""Native matrix-vector kernels for decoding (see kernels.c), loaded with ctypes.
 
 PyTorch's CPU matmul reaches about 10 GB/s on a one-row product here, well short
 of the ~25 GB/s the memory delivers; these kernels stream the weights at close to
-that. They are compiled with the machine's C compiler into lmgen's cache the
-first time they are needed (about a quarter of a second) and loaded with ctypes.
-Without a compiler, or with LMGEN_KERNELS=0, lmgen falls back to torch: slower,
-same results up to float rounding.
+that. They are built when the package is built (setup.py), once per instruction set
+level — AVX-512 VNNI, AVX2, portable C — and the best level the CPU has is loaded
+(runtime dispatch: a wheel runs anywhere, with no compiler). LMGEN_KERNELS=native
+compiles them for this very CPU instead (-march=native, into lmgen's cache, on first
+use); LMGEN_KERNELS=0 turns them off. Without them lmgen falls back to torch: the same
+results up to float rounding, much slower (loading says so in a note).
 """
 
 from __future__ import annotations
@@ -60,23 +62,69 @@ def _build(target: Path) -> None:
         os.replace(built, target)  # atomic: concurrent builders never see half a file
 
 
+LEVELS = ("avx512", "avx2", "portable")  # the builds setup.py makes, best first (cpu_level's 2, 1, 0)
+SLOWER = "about 10x slower with float weights and 500x with block-quantized ones"
+unavailable: str | None = None  # why library() is None, if it is (loading turns it into a note)
+
+
 @lru_cache(maxsize=1)
 def library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None when they cannot be had (torch is used instead)."""
-    if os.environ.get("LMGEN_KERNELS", "1") == "0":
+    """The kernels, or None when they cannot be had (torch is used instead, and ``unavailable``
+    says why). The build made with the package for the best instruction set this CPU has; with
+    LMGEN_KERNELS=native, or in a source tree nobody built, one compiled for this very CPU
+    (-march=native) into lmgen's cache on first use; with LMGEN_KERNELS=0, none."""
+    global unavailable
+    mode = os.environ.get("LMGEN_KERNELS", "1")
+    if mode == "0":
         return None
-    from lmgen.paths import cache_dir
-
-    sources = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
-    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_fingerprint().encode())
-    target = cache_dir() / "kernels" / f"lmgen-kernels-{key.hexdigest()[:16]}.so"
     try:
-        if not target.exists():
-            _build(target)
-        lib = ctypes.CDLL(str(target))
-    except (OSError, subprocess.CalledProcessError):
+        lib = _native() if mode == "native" else (_packaged() or _native())
+    except (OSError, subprocess.CalledProcessError) as exc:
+        unavailable = f"lmgen's native kernels are not available ({_reason(exc)}): decode is {SLOWER}"
         return None
     return declare(lib)
+
+
+def packaged_builds() -> dict[str, Path]:
+    """level -> the kernels built with the package at that level (setup.py), as installed."""
+    here = Path(__file__).parent
+    return {level: found[0] for level in LEVELS if (found := sorted(here.glob(f"_kernels_{level}.*so")))}
+
+
+def best_level(builds: dict[str, Path]) -> str | None:
+    """The best level among ``builds`` that this CPU runs (asked of the portable build, whose
+    cpu_level uses the compiler's __builtin_cpu_supports)."""
+    if "portable" not in builds:
+        return None
+    probe = ctypes.CDLL(str(builds["portable"]))
+    probe.cpu_level.restype = ctypes.c_int
+    runs = LEVELS[len(LEVELS) - 1 - probe.cpu_level():]
+    return next((level for level in runs if level in builds), None)
+
+
+def _packaged() -> ctypes.CDLL | None:
+    builds = packaged_builds()
+    level = best_level(builds)
+    return None if level is None else ctypes.CDLL(str(builds[level]))
+
+
+def _native() -> ctypes.CDLL:
+    sources = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    from lmgen.paths import cache_dir
+
+    key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_fingerprint().encode())
+    target = cache_dir() / "kernels" / f"lmgen-kernels-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        _build(target)
+    return ctypes.CDLL(str(target))
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        return "the C compiler failed on kernels.c"
+    if "no C compiler" in str(exc):
+        return "this install has no built kernels and there is no C compiler to build them"
+    return str(exc)
 
 
 def declare(lib: ctypes.CDLL) -> ctypes.CDLL:

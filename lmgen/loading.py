@@ -145,6 +145,11 @@ def _language_model(model: Decoder, cfg: ModelConfig, root: Path, tokenizer_file
             f"the tokenizer's added token id {tokenizer.max_added_id} is beyond the model's vocabulary of {cfg.vocab_size}"
         )
     notes: list[str] = []
+    if model.device.type == "cpu":
+        from lmgen import kernels
+
+        if kernels.library() is None and kernels.unavailable:  # never silently slow
+            notes.append(kernels.unavailable)
     return LanguageModel(model, tokenizer, cfg, root, frozenset(end_ids(cfg, root, notes)), notes)
 
 

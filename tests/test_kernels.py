@@ -67,3 +67,46 @@ def test_other_builds_compute_the_same(tmp_path, build):
         y = torch.empty(2, 70)
         lib.gemv(kernels.WEIGHT_CODES[weight.dtype], weight.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 130, 2)
         assert torch.allclose(y, expected, atol=1e-4)
+
+
+def test_without_any_kernels_loading_says_how_much_slower(monkeypatch, tmp_path, tiny_dir):
+    """No build with the package (a source tree nobody built) and no compiler: a note, never silence."""
+    from lmgen.loading import load
+
+    monkeypatch.setattr(kernels, "packaged_builds", lambda: {})
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
+    kernels.library.cache_clear()
+    try:
+        lm = load(tiny_dir)
+        assert kernels.library() is None
+        assert any("native kernels are not available" in n and "500x" in n for n in lm.notes), lm.notes
+    finally:
+        kernels.library.cache_clear()
+        monkeypatch.undo()
+        assert kernels.library() is not None
+
+
+def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
+    """The builds made with the package (setup.py), as dispatch would pick them on other CPUs."""
+    import ctypes
+
+    from lmgen.quant import FORMATS, pack, quantize
+
+    builds = kernels.packaged_builds()
+    assert "portable" in builds, "the package was built without its kernels"
+    best = kernels.best_level(builds)
+    runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
+    x, w = torch.randn(5, 160), torch.randn(70, 160)
+    results = {}
+    for level in runnable:
+        lib = kernels.declare(ctypes.CDLL(str(builds[level])))
+        outputs = []
+        for fmt in FORMATS.values():
+            packed, y = pack(quantize(w, fmt), fmt), torch.empty(5, 70)
+            lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 160, 5)
+            outputs.append(y)
+        results[level] = outputs
+    for level in runnable[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[level], results[best])), level
