@@ -1,7 +1,7 @@
 """Build the native kernels when the package is built, not when it is first run.
 
-The kernels (lmgen/kernels.c) are plain C loaded with ctypes, built here once per instruction set
-level as files of the package (``lmgen/_kernels_<level>*.so``): a wheel carries them, and runs on a
+The kernels (lmgen/model/kernels.c) are plain C loaded with ctypes, built here once per instruction set
+level as files of the package (``lmgen/model/_kernels_<level>*.so``): a wheel carries them, and runs on a
 machine with no C compiler. At import lmgen picks the best level the CPU has (``kernels.level``),
 as llama.cpp's GGML_CPU_ALL_VARIANTS does. setuptools' Extension builds them: they export no
 Python module (ctypes loads them), which the loader never asks for.
@@ -12,8 +12,8 @@ import platform
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["lmgen/kernels.c"]
-HEADERS = ["lmgen/kernels_dot.h", "lmgen/kernels_quant.h"]
+SOURCES = ["lmgen/model/kernels.c"]
+HEADERS = ["lmgen/model/kernels_dot.h", "lmgen/model/kernels_quant.h"]
 COMMON = ["-O3", "-funroll-loops", "-fopenmp"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 LEVELS = {"portable": []}  # the compiler's baseline for the target (SSE2 on x86-64, NEON on arm64)
@@ -40,7 +40,7 @@ class build_kernels(build_ext):
 
 
 setup(
-    ext_modules=[Extension(f"lmgen._kernels_{level}", sources=SOURCES, depends=HEADERS,
+    ext_modules=[Extension(f"lmgen.model._kernels_{level}", sources=SOURCES, depends=HEADERS,
                            extra_compile_args=COMMON + flags, extra_link_args=["-fopenmp"])
                  for level, flags in LEVELS.items()],
     cmdclass={"build_ext": build_kernels},

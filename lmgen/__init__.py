@@ -14,27 +14,27 @@ __all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingS
 
 def __getattr__(name):
     if name == "load":
-        from lmgen.loading import load
+        from lmgen.engine.load import load
 
         return load
     if name in ("generate", "GenerationSettings"):
-        from lmgen import generation as module
+        from lmgen.engine import generation as module
 
         return getattr(module, name)
     if name == "generate_many":
-        from lmgen.batching import generate_many
+        from lmgen.engine.batching import generate_many
 
         return generate_many
     if name == "SamplingSettings":
-        from lmgen.sampling import SamplingSettings
+        from lmgen.engine.sampling import SamplingSettings
 
         return SamplingSettings
     if name == "complete":
-        from lmgen.completion import complete
+        from lmgen.engine.completion import complete
 
         return complete
     if name == "Constraint":
-        from lmgen.constraint import Constraint
+        from lmgen.engine.constraint import Constraint
 
         return Constraint
     raise AttributeError(f"module 'lmgen' has no attribute {name!r}")

@@ -1,3 +1,3 @@
-from lmgen.cli import main
+from lmgen.cli.main import main
 
 main()

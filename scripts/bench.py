@@ -44,8 +44,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lmgen  # noqa: E402
-from lmgen.generation import Finished, GenerationSettings  # noqa: E402
-from lmgen.paths import resolve_model  # noqa: E402
+from lmgen.engine.generation import Finished, GenerationSettings  # noqa: E402
+from lmgen.formats.paths import resolve_model  # noqa: E402
 
 PROMPT = (
     "The history of Paris begins with a small settlement on an island in the Seine. Over the "
@@ -116,7 +116,7 @@ def burn_cores(count: int) -> list[subprocess.Popen]:
 
 # Run the lmgen found in $LMGEN_SOURCE (another checkout) instead of the installed one.
 OTHER_SOURCE = ("import os, sys; sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in repr(f)]; "
-                "sys.path.insert(0, os.environ['LMGEN_SOURCE']); from lmgen.cli import main; main(sys.argv[1:])")
+                "sys.path.insert(0, os.environ['LMGEN_SOURCE']); from lmgen.cli.main import main; main(sys.argv[1:])")
 
 
 def run_cli(path: Path, dtype: str, tokens: int, env: dict) -> float:
@@ -202,8 +202,8 @@ def compare_constraint(args) -> None:
     """Decode tokens/s with --json-schema against none: the default model as stored, a chat
     prompt asking for JSON, greedy; each constrained run is followed by a free run of as many
     tokens (end-of-sequence ignored), --reps pairs, medians."""
-    from lmgen.chat import render_chat
-    from lmgen.constraint import Constraint
+    from lmgen.text.chat import render_chat
+    from lmgen.engine.constraint import Constraint
 
     lm = lmgen.load(resolve_model(args.model))
     free_lm = dataclasses.replace(lm, eos_ids=frozenset())
@@ -256,7 +256,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     if path.suffix == ".gguf":  # transformers loads its fp32 expansion
-        from lmgen.gguf_import import expanded
+        from lmgen.formats.gguf.reader import expanded
 
         path = expanded(path)
     lm = lmgen.load(path, dtype=args.dtype)

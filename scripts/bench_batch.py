@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lmgen.batching import generate_many  # noqa: E402
-from lmgen.generation import Finished, GenerationSettings, load  # noqa: E402
-from lmgen.paths import resolve_model  # noqa: E402
+from lmgen.engine.batching import generate_many  # noqa: E402
+from lmgen.engine.generation import Finished, GenerationSettings, load  # noqa: E402
+from lmgen.formats.paths import resolve_model  # noqa: E402
 
 WORDS = ("the cat sat on a mat while rain fell over quiet hills and people walked home talking about "
          "music science history and the long summer ahead").split()

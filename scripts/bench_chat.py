@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lmgen  # noqa: E402
-from lmgen.conversation import Conversation  # noqa: E402
-from lmgen.generation import Finished, GenerationSettings, generate  # noqa: E402
-from lmgen.paths import resolve_model  # noqa: E402
+from lmgen.engine.conversation import Conversation  # noqa: E402
+from lmgen.engine.generation import Finished, GenerationSettings, generate  # noqa: E402
+from lmgen.formats.paths import resolve_model  # noqa: E402
 
 TURNS = ["What is the capital of France?", "What is the population of that city?", "Tell me a fact about the sea.",
          "And one about mountains.", "Which of the two do you prefer?", "Thanks. Say goodbye."]

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from lmgen.paths import resolve_model  # noqa: E402
+from lmgen.formats.paths import resolve_model  # noqa: E402
 
 PROMPT = "The cat sat"
 TRANSFORMERS_ONE_TOKEN = """
@@ -73,7 +73,7 @@ def main() -> None:
         "generate fp32": [lmgen, "generate", PROMPT, "-n", "1", "--model", model, "--dtype", "float32"],
     }
     if args.transformers:
-        from lmgen.gguf_import import expanded
+        from lmgen.formats.gguf.reader import expanded
 
         checkpoint = str(expanded(Path(model))) if model.endswith(".gguf") else model
         commands["transformers"] = [sys.executable, "-c", TRANSFORMERS_ONE_TOKEN, checkpoint, PROMPT]

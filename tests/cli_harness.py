@@ -34,8 +34,8 @@ def streams(stdin: bytes | None):
 
 
 def invoke(*args: str, stdin: bytes | None = b"") -> Result:
-    """lmgen.cli.run(args) with stdin's bytes piped in; its exit code and both outputs."""
-    from lmgen.cli import run
+    """lmgen.cli.main.run(args) with stdin's bytes piped in; its exit code and both outputs."""
+    from lmgen.cli.main import run
 
     with streams(stdin) as (out, err):
         code = run(list(args))

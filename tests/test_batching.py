@@ -6,10 +6,10 @@ import random
 import pytest
 import torch
 
-from lmgen import kernels
-from lmgen.batching import generate_many, prompt_seed
-from lmgen.generation import Finished, GenerationSettings, generate, load
-from lmgen.sampling import SamplingSettings
+from lmgen.model import kernels
+from lmgen.engine.batching import generate_many, prompt_seed
+from lmgen.engine.generation import Finished, GenerationSettings, generate, load
+from lmgen.engine.sampling import SamplingSettings
 
 from conftest import run_on_a_terminal, save_tiny
 

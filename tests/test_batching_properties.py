@@ -14,10 +14,10 @@ import dataclasses
 import pytest
 from hypothesis import given, strategies as st
 
-from lmgen.batching import PromptError, generate_many, prompt_seed
-from lmgen.constraint import Constraint
-from lmgen.generation import Finished, GenerationSettings, Token, generate, load
-from lmgen.sampling import SamplingSettings
+from lmgen.engine.batching import PromptError, generate_many, prompt_seed
+from lmgen.engine.constraint import Constraint
+from lmgen.engine.generation import Finished, GenerationSettings, Token, generate, load
+from lmgen.engine.sampling import SamplingSettings
 
 CONTEXT = 128  # the tiny model's
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lmgen.chat import render_chat
+from lmgen.text.chat import render_chat
 from lmgen.errors import CheckpointError, InputError
 
 from conftest import run_lmgen
@@ -71,7 +71,7 @@ def test_chat_prompt_tokens_have_no_extra_bos(smollm2_dir):
 
     lm = lmgen.load(smollm2_dir)
     text = render_chat(smollm2_dir, "Hi")
-    from lmgen.generation import GenerationSettings, prompt_ids_for
+    from lmgen.engine.generation import GenerationSettings, prompt_ids_for
 
     messages = [{"role": "user", "content": "Hi"}]
     ids = prompt_ids_for(lm, messages, GenerationSettings())  # messages, rendered by the library

@@ -7,9 +7,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lmgen.checkpoint import load_model, locate
-from lmgen.config import to_toml
-from lmgen.hf_config import from_hf
+from lmgen.formats.checkpoint import load_model, locate
+from lmgen.config.model_config import to_toml
+from lmgen.formats.hf_config import from_hf
 from lmgen.errors import CheckpointError
 
 from conftest import save_tiny
@@ -119,7 +119,7 @@ def test_bad_paths_are_reported(tiny_dir, tmp_path, what):
 
 def test_weights_are_mapped_from_the_file_not_copied(tiny_dir):
     """fp32 tensors stored as the model uses them sit in the file's map, at the file's offsets."""
-    from lmgen.checkpoint import read_header
+    from lmgen.formats.checkpoint import read_header
 
     header, data_start = read_header(tiny_dir / "model.safetensors")
     model, _, _ = load_model(tiny_dir)

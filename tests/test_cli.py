@@ -52,7 +52,7 @@ def test_prompt_from_stdin(cli, tiny_dir):
 
 def test_inspect_and_help_do_not_import_torch(smollm2_dir):
     code = (
-        "import sys\nfrom lmgen.cli import app\n"
+        "import sys\nfrom lmgen.cli.main import app\n"
         "for args in (['--help'], ['inspect', sys.argv[1]]):\n"
         "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -144,7 +144,7 @@ def test_bad_generation_controls(cli, tiny_dir, args, pattern):
 def test_each_line_with_several_samples_prints_each_prompts_own_text(cli, tiny_dir):
     """Line i's samples are seeded from --seed and i (README), so they equal that prompt run
     alone with its line's seed; records carry the line's index and each sample's number."""
-    from lmgen.batching import prompt_seed
+    from lmgen.engine.batching import prompt_seed
 
     args = ["generate", "-m", str(tiny_dir), "-n", "6", "-t", "1", "--num-samples", "2"]
     alone = [
@@ -260,7 +260,7 @@ def test_truncate_drops_a_split_character_only_where_it_cut(cli, tiny_dir):
 
 
 def test_help_names_every_family_and_gguf_files(cli):
-    from lmgen.config import FAMILIES
+    from lmgen.config.model_config import FAMILIES
 
     text = re.sub(r"\s+", " ", cli("--help").stdout.decode())
     assert all(family in text for family in FAMILIES)

@@ -1,6 +1,6 @@
 """Bad options, bad files and a hostile environment: one line on stderr, a documented exit code.
 
-In-process (lmgen.cli.run) except where a real process is the point.
+In-process (lmgen.cli.main.run) except where a real process is the point.
 """
 
 import json
@@ -60,7 +60,7 @@ def test_truncate_keeps_the_end_of_a_huge_prompt(cli, tiny_dir):
 
 
 def test_truncate_of_an_endless_stream_gives_up(cli, tiny_dir, monkeypatch):
-    from lmgen import prompts
+    from lmgen.cli import prompts
 
     monkeypatch.setattr(prompts, "MAX_STREAM_BYTES", 1 << 20)
     result = cli("generate", "-m", str(tiny_dir), "--truncate", "--file", "/dev/zero")

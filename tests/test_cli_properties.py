@@ -82,7 +82,7 @@ def test_batch_gives_every_id_once_after_any_interruption(tiny_dir, tmp_path_fac
     stop_after = data.draw(st.integers(0, len(expected_ids)))
     cut_last = data.draw(st.booleans())  # a crash in the middle of writing a line
 
-    from lmgen import completion
+    from lmgen.engine import completion
 
     real = completion.complete
 

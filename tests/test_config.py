@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from lmgen.checkpoint import load_config_file
-from lmgen.config import ModelConfig, load_toml
-from lmgen.hf_config import from_hf
+from lmgen.formats.checkpoint import load_config_file
+from lmgen.config.model_config import ModelConfig, load_toml
+from lmgen.formats.hf_config import from_hf
 from lmgen.errors import ConfigError, LmgenError
 
 from conftest import tiny_hf_config
@@ -135,7 +135,7 @@ def test_token_ids_beyond_the_vocabulary_are_noted_and_ignored(tmp_path, change,
     import shutil
 
     from conftest import save_tiny
-    from lmgen.loading import load
+    from lmgen.engine.load import load
 
     save_tiny("llama", tmp_path)
     hf = json.loads((tmp_path / "config.json").read_text())

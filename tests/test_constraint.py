@@ -1,4 +1,4 @@
-"""Structured output (lmgen.constraint): every output a JSON schema, regex or Lark grammar accepts."""
+"""Structured output (lmgen.engine.constraint): every output a JSON schema, regex or Lark grammar accepts."""
 
 import json
 import os
@@ -9,12 +9,12 @@ import jsonschema
 import pytest
 
 import lmgen
-from lmgen.batching import generate_many
-from lmgen.chat import render_chat
-from lmgen.constraint import Constraint
+from lmgen.engine.batching import generate_many
+from lmgen.text.chat import render_chat
+from lmgen.engine.constraint import Constraint
 from lmgen.errors import InputError
-from lmgen.generation import Finished, GenerationSettings, generate
-from lmgen.sampling import SamplingSettings
+from lmgen.engine.generation import Finished, GenerationSettings, generate
+from lmgen.engine.sampling import SamplingSettings
 
 from conftest import assert_one_line_error
 
@@ -50,7 +50,7 @@ def outputs(lm, prompts, settings, chat=True):
 
 @pytest.fixture(scope="module")
 def default_lm():
-    from lmgen.paths import resolve_model
+    from lmgen.formats.paths import resolve_model
 
     return lmgen.load(resolve_model(None))
 

@@ -1,14 +1,14 @@
-"""lmgen.conversation: turns rendered with the chat template, the KV cache reused between them."""
+"""lmgen.engine.conversation: turns rendered with the chat template, the KV cache reused between them."""
 
 import shutil
 
 import pytest
 
 import lmgen
-from lmgen.conversation import Conversation, common_prefix
+from lmgen.engine.conversation import Conversation, common_prefix
 from lmgen.errors import InputError
-from lmgen.generation import Finished, GenerationSettings, generate
-from lmgen.model import Decoder
+from lmgen.engine.generation import Finished, GenerationSettings, generate
+from lmgen.model.decoder import Decoder
 
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"
             "{% if add_generation_prompt %}<assistant>{% endif %}")

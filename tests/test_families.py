@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
-from lmgen import kernels
-from lmgen.checkpoint import load_model
-from lmgen.generation import GenerationSettings, decode_loop
+from lmgen.model import kernels
+from lmgen.formats.checkpoint import load_model
+from lmgen.engine.generation import GenerationSettings, decode_loop
 
 from conftest import TINY, byte_tokenizer
 

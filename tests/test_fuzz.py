@@ -148,7 +148,7 @@ def mutate_checkpoint(rng: random.Random, path) -> str:
 def exercise(path) -> None:
     """What `lmgen generate --chat` does with a checkpoint, in-process."""
     import lmgen
-    from lmgen.chat import render_chat
+    from lmgen.text.chat import render_chat
 
     lm = lmgen.load(path)
     list(lmgen.generate(lm, "The cat", lmgen.GenerationSettings(max_new_tokens=2)))

@@ -7,8 +7,8 @@ import torch
 
 import lmgen
 from lmgen.errors import InputError
-from lmgen.generation import Finished, GenerationSettings, Token, decode_loop
-from lmgen.sampling import SamplingSettings
+from lmgen.engine.generation import Finished, GenerationSettings, Token, decode_loop
+from lmgen.engine.sampling import SamplingSettings
 
 from conftest import save_tiny
 
@@ -65,7 +65,7 @@ def test_stop_string_spanning_tokens_is_never_printed(lm):
 
 
 def test_stop_strings_hold_back_only_possible_starts(lm):
-    from lmgen.stops import StopStrings
+    from lmgen.text.stops import StopStrings
 
     stops = StopStrings(["END", "xyz"])
     assert stops.push("hello E") == ("hello ", False)  # "E" could begin "END"
@@ -205,8 +205,8 @@ def test_eos_ids_from_config_and_generation_config(tmp_path):
 
 
 def test_finished_carries_the_whole_text_and_token_ids(tiny_dir):
-    from lmgen.batching import generate_many
-    from lmgen.generation import load
+    from lmgen.engine.batching import generate_many
+    from lmgen.engine.generation import load
 
     lm = load(tiny_dir)
     for events in (list(lmgen.generate(lm, "The cat", GenerationSettings(max_new_tokens=12, stop=("e",)))),
@@ -221,5 +221,5 @@ def test_records_are_built_without_the_cli_libraries():
     import subprocess
     import sys
 
-    code = "import sys, lmgen.records; print(any(m in sys.modules for m in ('typer', 'rich')))"
+    code = "import sys, lmgen.engine.records; print(any(m in sys.modules for m in ('typer', 'rich')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -14,8 +14,8 @@ import pytest
 import torch
 from gguf import MODEL_ARCH, GGUFWriter, RopeScalingType, get_tensor_name_map, quants
 
-from lmgen.checkpoint import load_model
-from lmgen.gguf_import import convert_gguf
+from lmgen.formats.checkpoint import load_model
+from lmgen.formats.gguf.reader import convert_gguf
 
 from test_families import GEMMA3_ROPE, save_family
 from test_gguf_fuzz import MERGES, tiny_vocab
@@ -174,7 +174,7 @@ FEATURES = {"gemma2": "soft-capping", "gemma3": "sliding window", "phi3": "rotar
 
 
 def test_inspect_reads_the_gguf_as_convert_does(imported, tmp_path_factory):
-    from lmgen.inspect import report
+    from lmgen.formats.inspect import report
 
     case, _, model = imported
     gguf = next(tmp_path_factory.getbasetemp().glob(f"{case}*/model.gguf"))
@@ -187,7 +187,7 @@ def test_inspect_reads_the_gguf_as_convert_does(imported, tmp_path_factory):
 def test_a_gemma_gguf_with_its_sentencepiece_tokenizer_converts_and_generates(tmp_path, cli):
     from transformers import AutoTokenizer
 
-    from lmgen.generation import GenerationSettings, decode_loop, load
+    from lmgen.engine.generation import GenerationSettings, decode_loop, load
 
     model_type, overrides = CASES["gemma3"]
     vocab = 4 + 256 + len(WORDS)  # llama.cpp cuts Gemma 3's embedding to the tokenizer's size

@@ -23,8 +23,8 @@ from gguf import GGMLQuantizationType, GGUFValueType, GGUFWriter
 from gguf.quants import quantize
 
 from lmgen.errors import CheckpointError, EnvironmentFailure, InputError, LmgenError
-from lmgen.gguf_import import convert_gguf
-from lmgen.inspect import report
+from lmgen.formats.gguf.reader import convert_gguf
+from lmgen.formats.inspect import report
 
 ITERATIONS = int(os.environ.get("LMGEN_FUZZ_ITERATIONS", "200"))
 SEED = 20240611
@@ -161,7 +161,7 @@ def test_tiny_gguf_converts_and_loads(tiny_gguf, tmp_path):
     import torch
     from safetensors.numpy import load_file
 
-    from lmgen.generation import load
+    from lmgen.engine.generation import load
 
     out = tmp_path / "model"
     cfg = convert_gguf(tiny_gguf, out)
@@ -257,7 +257,7 @@ def _tensors(changes: dict) -> dict:
     (_tensors({"rope_freqs.weight": np.zeros(8, np.float32)}), "rope_freqs.weight"),
 ])
 def test_bad_tensors_are_refused_before_dequantizing(tmp_path, monkeypatch, tensors, pattern):
-    import lmgen.gguf_import as gi
+    import lmgen.formats.gguf.reader as gi
 
     monkeypatch.setattr(gi, "gguf_tensors", lambda *a: pytest.fail("dequantized a file with bad tensors"))
     with pytest.raises(CheckpointError, match=pattern):
@@ -265,7 +265,7 @@ def test_bad_tensors_are_refused_before_dequantizing(tmp_path, monkeypatch, tens
 
 
 def test_too_little_memory_is_refused_before_dequantizing(tiny_gguf, tmp_path, monkeypatch):
-    import lmgen.gguf_import as gi
+    import lmgen.formats.gguf.reader as gi
     import lmgen.resources
 
     monkeypatch.setattr(lmgen.resources, "available_memory", lambda: 1 << 20)
@@ -358,7 +358,7 @@ def test_an_empty_outdir_needs_no_force(tiny_gguf, tmp_path):
 @pytest.mark.parametrize("error", [OSError(28, "No space left on device"), RuntimeError("a bug")])
 @pytest.mark.parametrize("existing", [False, True])
 def test_a_failure_midway_leaves_no_outdir_and_no_temp_dirs(tiny_gguf, tmp_path, monkeypatch, error, existing):
-    import lmgen.gguf_import as gi
+    import lmgen.formats.gguf.reader as gi
 
     out = tmp_path / "out"
     if existing:
@@ -379,12 +379,12 @@ def test_a_failure_midway_leaves_no_outdir_and_no_temp_dirs(tiny_gguf, tmp_path,
 
 
 def test_a_failing_tokenizer_step_leaves_nothing(tiny_gguf, tmp_path, monkeypatch):
-    import lmgen.gguf_tokenizer
+    import lmgen.formats.gguf.tokenizer
 
     def fail(meta):
         raise CheckpointError("no tokenizer")
 
-    monkeypatch.setattr(lmgen.gguf_tokenizer, "rebuild", fail)
+    monkeypatch.setattr(lmgen.formats.gguf.tokenizer, "rebuild", fail)
     with pytest.raises(CheckpointError, match="no tokenizer"):
         convert_gguf(tiny_gguf, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

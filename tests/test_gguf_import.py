@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from lmgen.errors import CheckpointError
-from lmgen.generation import GenerationSettings, generate, load
-from lmgen.gguf_arch import unpermute_rows
-from lmgen.gguf_import import convert_gguf
+from lmgen.engine.generation import GenerationSettings, generate, load
+from lmgen.formats.gguf.arch import unpermute_rows
+from lmgen.formats.gguf.reader import convert_gguf
 
 PROMPT = "The capital of France is"
 
@@ -54,7 +54,7 @@ def test_tied_head_is_one_tensor(smollm2):
 def test_tokenizer_matches_transformers_gguf_tokenizer(smollm2):
     from transformers import AutoTokenizer
 
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.paths import bundled_gguf
 
     gguf = bundled_gguf()
     reference = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -1,4 +1,4 @@
-"""GGUF files run as they are (lmgen.gguf_load): blocks used as stored, equal to their fp32 expansion."""
+"""GGUF files run as they are (lmgen.engine.load_gguf): blocks used as stored, equal to their fp32 expansion."""
 
 import numpy as np
 import pytest
@@ -6,10 +6,12 @@ import torch
 from gguf import GGMLQuantizationType as GGML, GGUFReader
 
 import lmgen
-from lmgen import gguf_import, gguf_index, quant
-from lmgen.checkpoint import load_model
-from lmgen.gguf_import import convert_gguf
-from lmgen.linear import BlockEmbedding, BlockLinear
+from lmgen.formats.gguf import reader as gguf_import
+from lmgen.formats.gguf import index as gguf_index
+from lmgen.model import quant
+from lmgen.formats.checkpoint import load_model
+from lmgen.formats.gguf.reader import convert_gguf
+from lmgen.model.linear import BlockEmbedding, BlockLinear
 
 from test_families import save_family
 from test_gguf_arch import CASES, write_like_llama_cpp
@@ -108,7 +110,7 @@ def token_log_probs(model, ids: torch.Tensor) -> torch.Tensor:
 
 def test_the_default_model_from_its_q4_1_blocks_equals_its_fp32_expansion(smollm2_dir, monkeypatch, tmp_path):
     """The issue's budget: mean |Δ log p| ≤ 0.01 against the fp32 expansion of the same blocks."""
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.paths import bundled_gguf
 
     monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
     blocks = lmgen.load(bundled_gguf())
@@ -149,7 +151,7 @@ def test_a_second_load_maps_the_packed_blocks_and_computes_the_same(written, mon
     """The first load packs (and re-quantizes) into the cache; a later one maps that file, packs
     nothing, and gives the same logits bit for bit, and the same note; a damaged cache is packed
     again."""
-    from lmgen import gguf_packed
+    from lmgen.engine import gguf_packed
 
     monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
     qtype, path, _ = written

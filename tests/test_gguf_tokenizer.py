@@ -5,8 +5,8 @@ import pytest
 from gguf import GGUFWriter
 
 from lmgen.errors import CheckpointError
-from lmgen.gguf_import import open_gguf, read_metadata
-from lmgen.gguf_tokenizer import rebuild
+from lmgen.formats.gguf.reader import open_gguf, read_metadata
+from lmgen.formats.gguf.tokenizer import rebuild
 
 SPACE = "\u2581"
 WORDS = [SPACE, "t", "h", "e", "a", "c", "s", "o", "n", "r", "i", "l", SPACE + "t", "he", SPACE + "the", "at",
@@ -59,7 +59,7 @@ def test_scores_of_the_wrong_length_are_refused(tmp_path):
 
 
 def test_a_vocabulary_too_costly_to_merge_is_refused_quickly(tmp_path, monkeypatch):
-    import lmgen.gguf_tokenizer as gt
+    import lmgen.formats.gguf.tokenizer as gt
 
     monkeypatch.setattr(gt, "MAX_MERGE_WORK", 1000)
     path = write_spm_gguf(tmp_path / "big.gguf", "gemma3")

@@ -4,7 +4,7 @@ format transformers 5 writes is read in test_families.py)."""
 import pytest
 
 from lmgen.errors import ConfigError
-from lmgen.hf_config import from_hf
+from lmgen.formats.hf_config import from_hf
 
 LLAMA_3_2_1B = {
     "model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
@@ -112,7 +112,7 @@ def test_fuzzed_family_configs_fail_cleanly():
 
     import torch
 
-    from lmgen.rope import frequencies
+    from lmgen.config.rope import frequencies
     from test_fuzz import ITERATIONS, mutate_json
 
     rng, outcomes = random.Random(7), {"ok": 0, "refused": 0}

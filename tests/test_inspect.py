@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from lmgen.inspect import PARTS, report
+from lmgen.formats.inspect import PARTS, report
 
 from conftest import run_lmgen, save_tiny
 
@@ -30,7 +30,7 @@ def test_smollm2_config_and_checkpoint_are_135m(smollm2_dir):
 def test_counts_equal_the_sum_of_tensor_sizes_and_the_loaded_model(tmp_path):
     import torch
 
-    from lmgen.checkpoint import load_model
+    from lmgen.formats.checkpoint import load_model
 
     for family in ("gpt2", "llama", "qwen2", "mistral"):
         path = tmp_path / family
@@ -55,7 +55,7 @@ def test_tied_and_untied_heads(tmp_path):
 
 
 def test_gguf_file(smollm2_dir):
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.paths import bundled_gguf
 
     info = report(bundled_gguf(), "blk.0.*")
     assert info["parameters"] == report(smollm2_dir)["parameters"]
@@ -102,8 +102,8 @@ def test_a_gguf_file_is_read_from_lmgens_index_after_the_first_time(monkeypatch,
     """The header of a large vocabulary takes ~2 s to parse: inspect reads it once, as generate does."""
     import shutil
 
-    from lmgen import gguf_import
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.gguf import reader as gguf_import
+    from lmgen.formats.paths import bundled_gguf
 
     monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
     gguf = shutil.copy(bundled_gguf(), tmp_path / "model.gguf")
@@ -118,7 +118,7 @@ def test_a_gguf_file_is_read_from_lmgens_index_after_the_first_time(monkeypatch,
 
 
 def test_inspect_without_a_path_inspects_the_default_model(cli):
-    from lmgen.paths import resolve_model
+    from lmgen.formats.paths import resolve_model
 
     result = cli("inspect", "--json")
     assert result.returncode == 0, result.stderr

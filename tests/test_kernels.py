@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import lmgen
-from lmgen import kernels
+from lmgen.model import kernels
 
 from conftest import save_tiny
 
@@ -71,7 +71,7 @@ def test_other_builds_compute_the_same(tmp_path, build):
 
 def test_without_any_kernels_loading_says_how_much_slower(monkeypatch, tmp_path, tiny_dir):
     """No build with the package (a source tree nobody built) and no compiler: a note, never silence."""
-    from lmgen.loading import load
+    from lmgen.engine.load import load
 
     monkeypatch.setattr(kernels, "packaged_builds", lambda: {})
     monkeypatch.setenv("PATH", str(tmp_path))
@@ -92,7 +92,7 @@ def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
     """The builds made with the package (setup.py), as dispatch would pick them on other CPUs."""
     import ctypes
 
-    from lmgen.quant import FORMATS, pack, quantize
+    from lmgen.model.quant import FORMATS, pack, quantize
 
     builds = kernels.packaged_builds()
     assert "portable" in builds, "the package was built without its kernels"

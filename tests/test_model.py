@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmgen.checkpoint import load_model
-from lmgen.generation import GenerationSettings, decode_loop
+from lmgen.formats.checkpoint import load_model
+from lmgen.engine.generation import GenerationSettings, decode_loop
 
 from conftest import save_tiny
 

@@ -24,7 +24,7 @@ def test_the_package_under_test_is_the_installed_one():
 def test_generate_without_a_compiler_decodes_through_the_native_step(tmp_path):
     """PATH holds no compiler and lmgen's cache is empty, so no kernel can be compiled now: only
     the builds made with the package can serve, and they must (no note, the native decode plan)."""
-    from lmgen.paths import bundled_gguf
+    from lmgen.formats.paths import bundled_gguf
 
     env = {**os.environ, "PATH": str(tmp_path), "LMGEN_HOME": str(tmp_path / "home"), "LMGEN_KERNELS": "1"}
     env.pop("CC", None)
@@ -34,7 +34,7 @@ def test_generate_without_a_compiler_decodes_through_the_native_step(tmp_path):
     assert result.returncode == 0, result.stderr
     assert b"note" not in result.stderr, result.stderr  # no "native kernels are not available"
     assert json.loads(result.stdout)["new_tokens"] > 0
-    probe = ("import lmgen; from lmgen import kernels; lm = lmgen.load(sys.argv[1]); lm.model.new_cache(1, 4); "
+    probe = ("import lmgen; from lmgen.model import kernels; lm = lmgen.load(sys.argv[1]); lm.model.new_cache(1, 4); "
              "print(kernels.best_level(kernels.packaged_builds()), lm.model.plan is not None)")
     out = subprocess.run([sys.executable, "-c", "import sys; " + probe, str(bundled_gguf())], capture_output=True,
                          env=env, timeout=300, text=True)

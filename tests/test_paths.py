@@ -2,9 +2,9 @@
 
 import pytest
 
-from lmgen.checkpoint import gguf_file
+from lmgen.formats.checkpoint import gguf_file
 from lmgen.errors import CheckpointError
-from lmgen.paths import DEFAULT_GGUF_FILE, default_model_dir, resolve_model
+from lmgen.formats.paths import DEFAULT_GGUF_FILE, default_model_dir, resolve_model
 
 
 def test_the_default_model_is_one_file_whatever_the_dtype(tmp_path, monkeypatch):

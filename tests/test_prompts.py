@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
-from lmgen import prompts
+from lmgen.cli import prompts
 
-COUNT = "import os; from lmgen import prompts; n = prompts.count_lines(); print(n, os.read(0, 100))"
+COUNT = "import os; from lmgen.cli import prompts; n = prompts.count_lines(); print(n, os.read(0, 100))"
 
 
 def run_count(stdin) -> str:

@@ -1,4 +1,4 @@
-"""Block formats (lmgen.quant) and their native kernels: the gguf library's bytes, and products
+"""Block formats (lmgen.model.quant) and their native kernels: the gguf library's bytes, and products
 equal to dequantize-then-matmul."""
 
 import ctypes
@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
 
-from lmgen import kernels
-from lmgen.quant import FORMATS, dequantize, dequantize_rows, pack, packed_rows, quantize, unpack
+from lmgen.model import kernels
+from lmgen.model.quant import FORMATS, dequantize, dequantize_rows, pack, packed_rows, quantize, unpack
 
 
 GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}

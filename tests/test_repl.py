@@ -17,7 +17,7 @@ ESCAPE = re.compile(r"\x1b")
 
 @pytest.fixture(scope="module")
 def default_model() -> str:
-    from lmgen.paths import resolve_model
+    from lmgen.formats.paths import resolve_model
 
     return str(resolve_model(None))
 

@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from lmgen.errors import CheckpointError
-from lmgen.safetensors_header import read_header
+from lmgen.formats.safetensors_header import read_header
 
 from test_fuzz import mutate_json
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lmgen.errors import InputError
-from lmgen.sampling import (
+from lmgen.engine.sampling import (
     SamplingSettings,
     TokenHistory,
     apply_temperature,
@@ -141,7 +141,7 @@ def test_composition_order_matches_transformers_pipeline():
         TypicalLogitsWarper,
     )
 
-    from lmgen.sampling import penalize, warp
+    from lmgen.engine.sampling import penalize, warp
 
     settings = SamplingSettings(temperature=0.8, top_k=30, top_p=0.9, min_p=0.02, typical_p=0.95,
                                 repetition_penalty=1.2)

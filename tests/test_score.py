@@ -8,7 +8,7 @@ import torch
 
 import lmgen
 from lmgen.errors import InputError
-from lmgen.score import score, windows
+from lmgen.engine.score import score, windows
 
 from conftest import run_lmgen, save_tiny
 

@@ -1,6 +1,6 @@
 """Incremental decoding never prints half a character."""
 
-from lmgen.tokenizer import REPLACEMENT, Tokenizer
+from lmgen.text.tokenizer import REPLACEMENT, Tokenizer
 
 from conftest import byte_tokenizer
 

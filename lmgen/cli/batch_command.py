@@ -1,4 +1,4 @@
-"""``lmgen batch``: parse the options, then run the job here or on Ray (lmgen.batch, batch_ray)."""
+"""``lmgen batch``: parse the options, then run the job here or on Ray (lmgen.cli.batch_job, batch_ray)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Optional
 
 import typer
 
-from lmgen.cli import app, load_model, prepare
-from lmgen.cli_options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
+from lmgen.cli.main import app, load_model, prepare
+from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
 
 
 @app.command()
@@ -40,9 +40,9 @@ def batch(
     """Complete every prompt of INPUT into JSONL records in OUT, resumably (here, or on Ray)."""
     import dataclasses
 
-    from lmgen.batch import Job, Written, check_input, fingerprint, finish, pending, prepare_out, read_all, run_here
-    from lmgen.constraint import Constraint
-    from lmgen.generation import GenerationSettings
+    from lmgen.cli.batch_job import Job, Written, check_input, fingerprint, finish, pending, prepare_out, read_all, run_here
+    from lmgen.engine.constraint import Constraint
+    from lmgen.engine.generation import GenerationSettings
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
@@ -62,7 +62,7 @@ def batch(
         sys.stderr.write(f"lmgen: {skipped} record(s) already in {out}; {len(records)} to go\n")
     start, written = time.perf_counter(), Written()
     if records and ray is not None:
-        from lmgen.batch_ray import run_on_ray
+        from lmgen.cli.batch_ray import run_on_ray
 
         run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose)
     elif records:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmgen.errors import InputError, LmgenError
-from lmgen.files import regular_file
+from lmgen.formats.files import regular_file
 
 MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
 PART_SUFFIXES = (".jsonl", ".json")  # ours, and Ray's write_json
@@ -59,8 +59,8 @@ def read_input(path: Path, seed: int | None) -> Iterator[dict]:
     """The input records, each checked (``completion.check_record``: an error names the file and
     line) and given its id (its line number unless it has one), its ``index`` (its 0-based line)
     and its seed (from ``seed`` and its index, unless it has one)."""
-    from lmgen.batching import prompt_seed
-    from lmgen.completion import check_record
+    from lmgen.engine.batching import prompt_seed
+    from lmgen.engine.completion import check_record
 
     check_input(path)
     jsonl = path.suffix in (".jsonl", ".json")
@@ -204,8 +204,8 @@ def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat
              written: Written) -> None:
     """Generate the records' completions in this process into a new part file, counting them in
     ``written`` as each is flushed (so that a run ended by an error still counts what it wrote)."""
-    from lmgen.completion import complete
-    from lmgen.startup import progress
+    from lmgen.engine.completion import complete
+    from lmgen.cli.startup import progress
 
     if not records:
         return

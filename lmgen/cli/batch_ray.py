@@ -42,7 +42,7 @@ class Completer:
 
     def __init__(self, model: str, dtype: str | None, settings, batch_size: int, chat: bool, system: str | None,
                  threads: int):
-        from lmgen.loading import load
+        from lmgen.engine.load import load
 
         self.lm = load(model, dtype=dtype, threads=threads)
         self.settings, self.batch_size, self.chat, self.system = settings, batch_size, chat, system
@@ -52,7 +52,7 @@ class Completer:
 
         import pandas as pd
 
-        from lmgen.completion import complete
+        from lmgen.engine.completion import complete
 
         items = [json.loads(text) for text in batch["record"]]  # as JSON text: no column types to guess
         return pd.DataFrame(list(complete(self.lm, items, self.settings, self.batch_size, self.chat, self.system)))

@@ -23,12 +23,12 @@ try:  # typer >= 0.2x carries its own copy of click
 except ImportError:  # pragma: no cover - older typer on top of click
     from click.exceptions import NoArgsIsHelpError, UsageError
 
-from lmgen.cli_options import (DEVICE_OPTION, DTYPE_OPTION, FILE_OPTION, MODEL_OPTION, SEED, STATS,
+from lmgen.cli.options import (DEVICE_OPTION, DTYPE_OPTION, FILE_OPTION, MODEL_OPTION, SEED, STATS,
                                THREADS_OPTION, with_sampling)
-from lmgen.config import FAMILIES
+from lmgen.config.model_config import FAMILIES
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
-from lmgen.render import one_line
-from lmgen.threads import yielding_threads
+from lmgen.cli.render import one_line
+from lmgen.model.threads import yielding_threads
 
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -166,11 +166,11 @@ def leave(code: int) -> None:
 def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Optional[int]):
     """What generate and score do before reading input: check the options, pick the model and
     its config (torch-free: a bad model fails before the slow load). Returns (path, config)."""
-    from lmgen.checkpoint import gguf_file, locate, read_config
-    from lmgen.loading import parse_device, parse_dtype
-    from lmgen.paths import resolve_model
-    from lmgen.startup import freeze_imports
-    from lmgen.threads import set_threads
+    from lmgen.formats.checkpoint import gguf_file, locate, read_config
+    from lmgen.engine.load import parse_device, parse_dtype
+    from lmgen.formats.paths import resolve_model
+    from lmgen.cli.startup import freeze_imports
+    from lmgen.model.threads import set_threads
 
     freeze_imports()
     if dtype is not None:
@@ -180,16 +180,16 @@ def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Op
     path = resolve_model(model)
     src = gguf_file(Path(path))
     if src is not None:  # its config, read into the cache on first use
-        from lmgen.checkpoint import load_config_file
-        from lmgen.gguf_index import gguf_index
+        from lmgen.formats.checkpoint import load_config_file
+        from lmgen.formats.gguf.index import gguf_index
 
         return path, load_config_file(gguf_index(src) / "config.json")
     return path, read_config(locate(path))
 
 
 def load_model(path, dtype: Optional[str], device: str):
-    from lmgen.loading import load
-    from lmgen.startup import loading_status
+    from lmgen.engine.load import load
+    from lmgen.cli.startup import loading_status
 
     with loading_status():
         lm = load(path, dtype=dtype, device=device)
@@ -227,7 +227,8 @@ def generate(
     stats: bool = STATS,
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
-    from lmgen import prompts, render
+    from lmgen.cli import prompts
+    from lmgen.cli import render
 
     if as_json and jsonl:
         raise InputError("choose one of --json and --jsonl")
@@ -236,9 +237,9 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
 
-    from lmgen.batching import PromptError
-    from lmgen.constraint import Constraint
-    from lmgen.generation import GenerationSettings, generate as run
+    from lmgen.engine.batching import PromptError
+    from lmgen.engine.constraint import Constraint
+    from lmgen.engine.generation import GenerationSettings, generate as run
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs,
@@ -246,8 +247,8 @@ def generate(
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
     limit = prompts.max_bytes(cfg.max_context)
     lines: dict[int, int] = {}  # --each-line: a prompt's position -> its line of stdin
-    from lmgen.chat import messages_of
-    from lmgen.output import Input, generate_in_order, generate_one
+    from lmgen.text.chat import messages_of
+    from lmgen.cli.output import Input, generate_in_order, generate_one
 
     def inputs():
         numbered = prompts.numbered_lines(limit, truncate) if each_line else \
@@ -296,9 +297,9 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Show the LM head, parameter counts, memory and attention layout without loading weights."""
-    from lmgen.inspect import report
-    from lmgen.paths import resolve_model
-    from lmgen.render import print_inspect
+    from lmgen.formats.inspect import report
+    from lmgen.formats.paths import resolve_model
+    from lmgen.cli.render import print_inspect
 
     path = resolve_model(None if path is None else str(path))
     glob = match if match is not None else ("*" if tensors else None)
@@ -322,9 +323,9 @@ def score(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Score TEXT: each token's log-probability and rank, total NLL and perplexity."""
-    from lmgen import prompts
-    from lmgen.render import print_score, score_record
-    from lmgen.score import MAX_TEXT_BYTES, score as run
+    from lmgen.cli import prompts
+    from lmgen.cli.render import print_score, score_record
+    from lmgen.engine.score import MAX_TEXT_BYTES, score as run
 
     path, _ = prepare(model, dtype, device, threads)
     body = prompts.read_prompt(text, file, MAX_TEXT_BYTES)
@@ -346,7 +347,7 @@ def convert(
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it is not empty."),
 ) -> None:
     """Import a GGUF file: dequantize to fp32 and write an HF-layout directory."""
-    from lmgen.gguf_import import convert_gguf
+    from lmgen.formats.gguf.reader import convert_gguf
 
     cfg = convert_gguf(gguf_file, out_dir, force=force)
     sys.stderr.write(f"wrote {out_dir} ({cfg.family}, {cfg.n_layers} layers, vocab {cfg.vocab_size})\n")
@@ -360,10 +361,10 @@ def setup(force: bool = typer.Option(False, "--force", help="Install it again ev
     which --dtype loads."""
     import shutil
 
-    from lmgen.gguf_import import expanded
-    from lmgen.gguf_index import cache_path, gguf_index
-    from lmgen.paths import DEFAULT_GGUF_FILE, bundled_gguf, default_model_dir
-    from lmgen.startup import status
+    from lmgen.formats.gguf.reader import expanded
+    from lmgen.formats.gguf.index import cache_path, gguf_index
+    from lmgen.formats.paths import DEFAULT_GGUF_FILE, bundled_gguf, default_model_dir
+    from lmgen.cli.startup import status
 
     target = default_model_dir()
     gguf = target / DEFAULT_GGUF_FILE
@@ -392,4 +393,4 @@ def setup(force: bool = typer.Option(False, "--force", help="Install it again ev
 OLD_LAYOUT = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json")
 
 
-from lmgen import cli_batch, cli_chat  # noqa: E402,F401 (register `lmgen chat` and `batch`, with the options above)
+from lmgen.cli import batch_command, chat_command  # noqa: E402,F401 (register `lmgen chat` and `batch`, with the options above)

@@ -19,7 +19,7 @@ DTYPE_OPTION = typer.Option(
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
-# How the next token is chosen (lmgen.sampling): options that generate, chat and batch share.
+# How the next token is chosen (lmgen.engine.sampling): options that generate, chat and batch share.
 SAMPLING_OPTIONS = {
     "temperature": (float, typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random.")),
     "top_k": (int, typer.Option(0, "--top-k", help="Sample only from the k most likely tokens (0: all).")),
@@ -44,7 +44,7 @@ def with_sampling(command):
 
     @functools.wraps(command)
     def wrapper(**values):
-        from lmgen.sampling import SamplingSettings
+        from lmgen.engine.sampling import SamplingSettings
 
         sampling = SamplingSettings(**{name: values.pop(name) for name in SAMPLING_OPTIONS})
         return command(sampling=sampling, **values)

@@ -183,7 +183,7 @@ class JsonlRenderer(JsonRenderer):
         self.tokenizer = tokenizer
 
     def token(self, event) -> None:
-        from lmgen.records import token_record
+        from lmgen.engine.records import token_record
 
         json_line({"event": "token", "sample": event.sample, **token_record(event, self.tokenizer)})
 

@@ -3,7 +3,7 @@
 per line in and one reply per line out (or one JSON object per reply with ``--jsonl``).
 
 The conversation itself — templates, the KV cache kept between turns, dropping old exchanges —
-is ``lmgen.conversation``; this module reads, prints and runs the slash commands.
+is ``lmgen.engine.conversation``; this module reads, prints and runs the slash commands.
 """
 
 from __future__ import annotations
@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from lmgen.conversation import Conversation
+from lmgen.engine.conversation import Conversation
 from lmgen.errors import InputError, LmgenError
-from lmgen.prompts import BOM, utf8_text
-from lmgen.generation import Finished, Token
-from lmgen.records import summary
-from lmgen.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
+from lmgen.cli.prompts import BOM, utf8_text
+from lmgen.engine.generation import Finished, Token
+from lmgen.engine.records import summary
+from lmgen.cli.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
 
 HELP = """\
 /help            this list
@@ -237,7 +237,7 @@ def _start_readline() -> Path | None:
         return None
     import os
 
-    from lmgen.paths import cache_dir
+    from lmgen.formats.paths import cache_dir
 
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") in (None, "", "dumb"):
         readline.parse_and_bind("set enable-bracketed-paste off")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from lmgen.config import ModelConfig
+from lmgen.config.model_config import ModelConfig
 
 Shape = tuple[int, ...]
 

@@ -226,7 +226,7 @@ def is_number(value) -> bool:
 
 
 def load_toml(path: Path) -> ModelConfig:
-    from lmgen.files import read_text
+    from lmgen.formats.files import read_text
 
     try:
         data = tomllib.loads(read_text(Path(path), "config"))
@@ -239,8 +239,8 @@ def load_toml(path: Path) -> ModelConfig:
 
 
 def load_hf_json(path: Path) -> ModelConfig:
-    from lmgen.files import read_json
-    from lmgen.hf_config import from_hf
+    from lmgen.formats.files import read_json
+    from lmgen.formats.hf_config import from_hf
 
     return from_hf(read_json(Path(path), "config"))
 

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from lmgen.config import ModelConfig
+from lmgen.config.model_config import ModelConfig
 
 
 def default_frequencies(theta: float, dim: int) -> Tensor:

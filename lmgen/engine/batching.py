@@ -20,10 +20,10 @@ from dataclasses import dataclass
 import torch
 
 from lmgen.errors import InputError
-from lmgen.generation import (Finished, GenerationSettings, LanguageModel, Token, _probabilities, _Sample,
+from lmgen.engine.generation import (Finished, GenerationSettings, LanguageModel, Token, _probabilities, _Sample,
                               prompt_ids_for, require_finite)
-from lmgen.model import KVCache
-from lmgen.sampling import TokenHistory, sample_next_token
+from lmgen.model.decoder import KVCache
+from lmgen.engine.sampling import TokenHistory, sample_next_token
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads the seeds of neighbouring prompts
 

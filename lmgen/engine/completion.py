@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 
-from lmgen.batching import PromptError, Request, generate_many, in_input_order
-from lmgen.chat import check_messages
+from lmgen.engine.batching import PromptError, Request, generate_many, in_input_order
+from lmgen.text.chat import check_messages
 from lmgen.errors import InputError
-from lmgen.generation import Finished, GenerationSettings, LanguageModel, is_token_ids
-from lmgen.records import summary
+from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, is_token_ids
+from lmgen.engine.records import summary
 
 FIELDS = {"id": (str, int), "prompt": (str, list), "system": (str,), "max_new_tokens": (int,), "seed": (int,),
           "index": (int,)}

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from lmgen.errors import CheckpointError, EnvironmentFailure, InputError
-from lmgen.files import parse_json, read_text
-from lmgen.prompts import utf8_text
+from lmgen.formats.files import parse_json, read_text
+from lmgen.cli.prompts import utf8_text
 
 KINDS = ("json_schema", "regex", "grammar")
 OPTIONS = {"json_schema": "--json-schema", "regex": "--regex", "grammar": "--grammar"}

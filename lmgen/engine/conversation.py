@@ -15,10 +15,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmgen.chat import check_messages
+from lmgen.text.chat import check_messages
 from lmgen.errors import InputError, LmgenError
-from lmgen.files import read_json
-from lmgen.generation import Finished, GenerationSettings, LanguageModel, Token, _events
+from lmgen.formats.files import read_json
+from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, _events
 
 
 REPLY_SHARE = 8  # of the context window, the most kept free for a reply

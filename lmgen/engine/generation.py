@@ -18,13 +18,13 @@ from dataclasses import dataclass
 
 import torch
 
-from lmgen.constraint import Constraint, Matcher, compiled
+from lmgen.engine.constraint import Constraint, Matcher, compiled
 from lmgen.errors import CheckpointError, InputError
-from lmgen.loading import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
-from lmgen.model import Decoder
-from lmgen.prompts import utf8_text
-from lmgen.sampling import SamplingSettings, TokenHistory, sample_next_token
-from lmgen.stops import StopStrings
+from lmgen.engine.load import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
+from lmgen.model.decoder import Decoder
+from lmgen.cli.prompts import utf8_text
+from lmgen.engine.sampling import SamplingSettings, TokenHistory, sample_next_token
+from lmgen.text.stops import StopStrings
 
 
 def require_finite(logits: torch.Tensor) -> None:
@@ -44,7 +44,7 @@ class GenerationSettings:
     stop: tuple[str, ...] = ()  # stop strings: never printed, end the sample
     num_samples: int = 1  # independent continuations, batched
     show_probs: int = 0  # report each token's probability and this many alternatives
-    constraint: Constraint | None = None  # output a JSON schema, regex or grammar accepts (lmgen.constraint)
+    constraint: Constraint | None = None  # output a JSON schema, regex or grammar accepts (lmgen.engine.constraint)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -153,7 +153,7 @@ def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], sett
             raise InputError(f"token id {beyond[0]} is not in the model's vocabulary (0 to {lm.config.vocab_size - 1})")
     else:
         if not isinstance(prompt, str):
-            from lmgen.chat import check_messages
+            from lmgen.text.chat import check_messages
 
             check_messages(prompt)
         if not prompt:
@@ -173,7 +173,7 @@ def generate(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSe
     """
     ids = prompt_ids_for(lm, prompt, settings)
     if settings.num_samples > 1:  # one row per sample; a sample that finishes stops being decoded
-        from lmgen.batching import generate_many
+        from lmgen.engine.batching import generate_many
 
         return generate_many(lm, [ids], settings, batch_size=settings.num_samples)
     return _events(lm, ids, settings)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmgen import quant
+from lmgen.model import quant
 
 PACKED, TABLE = "packed.bin", "packed.json"
 ALIGN = 64  # each tensor starts on a cache line

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import torch
 
-from lmgen.checkpoint import gguf_file, load_model
-from lmgen.config import ModelConfig, is_int
+from lmgen.formats.checkpoint import gguf_file, load_model
+from lmgen.config.model_config import ModelConfig, is_int
 from lmgen.errors import CheckpointError, InputError
-from lmgen.files import read_json
-from lmgen.model import Decoder
-from lmgen.tokenizer import Tokenizer
+from lmgen.formats.files import read_json
+from lmgen.model.decoder import Decoder
+from lmgen.text.tokenizer import Tokenizer
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16}
-# Block-quantized weights (lmgen.quant), fp32 activations: --dtype name → (projections' format,
+# Block-quantized weights (lmgen.model.quant), fp32 activations: --dtype name → (projections' format,
 # the token embedding's and LM head's). 4-bit keeps those two at 8 bits, as llama.cpp does.
 QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q8_0"), "q4_1": ("q4_1", "q8_0"),
              "q4_0": ("q4_0", "q8_0"), "int8": ("q8_0", "q8_0")}  # int8: the 8-bit format's old name
@@ -38,8 +38,8 @@ class LanguageModel:
 
     @cached_property
     def chat_template(self):
-        """The model's chat template (``lmgen.chat.ChatTemplate``), read on first use, once."""
-        from lmgen.chat import ChatTemplate
+        """The model's chat template (``lmgen.text.chat.ChatTemplate``), read on first use, once."""
+        from lmgen.text.chat import ChatTemplate
 
         return ChatTemplate(self.path)
 
@@ -97,14 +97,14 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu", thread
     convert``, kept in the cache) and loaded from there in that dtype. ``threads``: compute with
     this many (torch's and the kernels'; default: as they are, the cores available at start)."""
     if threads is not None:
-        from lmgen.threads import set_threads
+        from lmgen.model.threads import set_threads
 
         set_threads(threads)
     src = gguf_file(Path(path))
     if src is not None and dtype is None:
         return _load_gguf(src, parse_device(device))
     if src is not None:
-        from lmgen.gguf_import import expanded
+        from lmgen.formats.gguf.reader import expanded
 
         path = expanded(src)
     dtype = dtype or "float32"
@@ -116,15 +116,15 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu", thread
     # Weights about to be quantized stay views of the file, its pages dropped as each is quantized.
     model, cfg, files = load_model(path, torch_dtype, torch_device, vector_dtype)
     if quantized:
-        from lmgen.linear import quantize_blocks
-        from lmgen.quant import FORMATS
+        from lmgen.model.linear import quantize_blocks
+        from lmgen.model.quant import FORMATS
 
         quantize_blocks(model, *(FORMATS[name] for name in QUANTIZED[dtype]))
     return _language_model(model, cfg, files.root, files.tokenizer)
 
 
 def _load_gguf(src: Path, device: torch.device) -> LanguageModel:
-    from lmgen.gguf_load import load_gguf
+    from lmgen.engine.load_gguf import load_gguf
 
     model, cfg, root, requantized = load_gguf(src)
     lm = _language_model(model.to(device), cfg, root, root / "tokenizer.json")
@@ -146,7 +146,7 @@ def _language_model(model: Decoder, cfg: ModelConfig, root: Path, tokenizer_file
         )
     notes: list[str] = []
     if model.device.type == "cpu":
-        from lmgen import kernels
+        from lmgen.model import kernels
 
         if kernels.library() is None and kernels.unavailable:  # never silently slow
             notes.append(kernels.unavailable)

@@ -21,12 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmgen import gguf_packed, layout, quant
-from lmgen.checkpoint import load_config_file
+from lmgen.engine import gguf_packed
+from lmgen.config import layout
+from lmgen.model import quant
+from lmgen.formats.checkpoint import load_config_file
 from lmgen.errors import CheckpointError
-from lmgen.gguf_arch import ARCHS, hf_tensor_name, restore
-from lmgen.gguf_index import gguf_index, read_table
-from lmgen.linear import drop_pages, set_block_weight
+from lmgen.formats.gguf.arch import ARCHS, hf_tensor_name, restore
+from lmgen.formats.gguf.index import gguf_index, read_table
+from lmgen.model.linear import drop_pages, set_block_weight
 
 # ggml's type numbers (GGMLQuantizationType), so that a file of these formats loads without
 # importing the gguf library (~0.1 s): it is needed only to dequantize other formats.
@@ -124,7 +126,7 @@ def _split(tensor: torch.Tensor, mapped, shapes: dict) -> list[tuple[str, torch.
 def load_gguf(src: Path):
     """(Decoder, config, directory of its small files, re-quantization report or None) for a GGUF
     file, its quantized tensors as stored."""
-    from lmgen.model import Decoder
+    from lmgen.model.decoder import Decoder
 
     root = gguf_index(src)
     cfg = load_config_file(root / "config.json")

@@ -63,7 +63,7 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 def score(lm, text: str, window: int | None = None, stride: int | None = None) -> Score:
-    from lmgen.generation import require_finite
+    from lmgen.engine.generation import require_finite
 
     ids = lm.encode(text)
     if len(ids) < 2:

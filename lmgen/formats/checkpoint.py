@@ -20,12 +20,12 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmgen import layout
-from lmgen.config import ModelConfig, load_hf_json, load_toml
+from lmgen.config import layout
+from lmgen.config.model_config import ModelConfig, load_hf_json, load_toml
 from lmgen.errors import CheckpointError
-from lmgen.files import read_json, regular_file
+from lmgen.formats.files import read_json, regular_file
 from lmgen.resources import require_memory
-from lmgen.safetensors_header import read_header
+from lmgen.formats.safetensors_header import read_header
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -278,7 +278,7 @@ def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=N
     """
     import torch
 
-    from lmgen.model import Decoder
+    from lmgen.model.decoder import Decoder
 
     files = locate(path)
     cfg = read_config(files)

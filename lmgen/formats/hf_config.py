@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import MISSING, dataclass
 
-from lmgen.config import LIMITS, ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, is_int, is_number
+from lmgen.config.model_config import LIMITS, ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, is_int, is_number
 from lmgen.errors import ConfigError
 
 

@@ -16,9 +16,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmgen import layout
-from lmgen.checkpoint import find_config, gguf_file, load_config_file, locate, read_config, safetensors_header
-from lmgen.config import ModelConfig
+from lmgen.config import layout
+from lmgen.formats.checkpoint import find_config, gguf_file, load_config_file, locate, read_config, safetensors_header
+from lmgen.config.model_config import ModelConfig
 from lmgen.errors import CheckpointError
 
 PARTS = ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head")
@@ -87,8 +87,8 @@ def _gguf(path: Path) -> tuple[ModelConfig, list[TensorInfo]]:
     vocabulary takes seconds to parse)."""
     from gguf import GGMLQuantizationType
 
-    from lmgen.gguf_arch import ARCHS, hf_tensor_name
-    from lmgen.gguf_index import gguf_index, read_table
+    from lmgen.formats.gguf.arch import ARCHS, hf_tensor_name
+    from lmgen.formats.gguf.index import gguf_index, read_table
 
     root = gguf_index(path)
     cfg = load_config_file(root / "config.json")

@@ -35,7 +35,7 @@ class Bad(Exception):
 
 def read_header(path: Path) -> tuple[dict[str, dict], int]:
     """(tensor name → {dtype, shape, data_offsets}, byte offset where the data starts)."""
-    from lmgen.files import regular_file
+    from lmgen.formats.files import regular_file
 
     regular_file(path, "weights file")
     try:

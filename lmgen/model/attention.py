@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmgen.config import ModelConfig
-from lmgen.linear import Linear
-from lmgen.rope import apply_rope
+from lmgen.config.model_config import ModelConfig
+from lmgen.model.linear import Linear
+from lmgen.config.rope import apply_rope
 
 
 class Attention(nn.Module):

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmgen import kernels
-from lmgen.attention import Attention, attention_mask, soft_cap
-from lmgen.config import ModelConfig
-from lmgen.layout import tied_aliases
-from lmgen.linear import Linear
+from lmgen.model import kernels
+from lmgen.model.attention import Attention, attention_mask, soft_cap
+from lmgen.config.model_config import ModelConfig
+from lmgen.config.layout import tied_aliases
+from lmgen.model.linear import Linear
 from lmgen.resources import require_memory
-from lmgen.rope import rope_rows, rope_tables
+from lmgen.config.rope import rope_rows, rope_tables
 
 
 class RMSNorm(nn.Module):

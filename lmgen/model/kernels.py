@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmgen.threads import ThreadTuner
+from lmgen.model.threads import ThreadTuner
 
 SOURCE = Path(__file__).with_name("kernels.c")
 HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels_quant.h")]  # included by kernels.c
@@ -36,7 +36,7 @@ FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
 # Above this many rows (a long prompt) torch's matmul is the better tool.
 MAX_ROWS = {torch.float32: 16, torch.bfloat16: 16}
-WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1}  # the float weight dtypes kernels.c reads (blocks: lmgen.quant)
+WEIGHT_CODES = {torch.float32: 0, torch.bfloat16: 1}  # the float weight dtypes kernels.c reads (blocks: lmgen.model.quant)
 
 
 def _cpu_fingerprint() -> str:
@@ -110,7 +110,7 @@ def _packaged() -> ctypes.CDLL | None:
 
 def _native() -> ctypes.CDLL:
     sources = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
-    from lmgen.paths import cache_dir
+    from lmgen.formats.paths import cache_dir
 
     key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_fingerprint().encode())
     target = cache_dir() / "kernels" / f"lmgen-kernels-{key.hexdigest()[:16]}.so"
@@ -185,7 +185,7 @@ def block_usable(x: Tensor) -> bool:
 
 
 def block_linear(x: Tensor, packed: Tensor, fmt, n_out: int, n_in: int, bias: Tensor | None = None) -> Tensor:
-    """x @ W.T + bias for W (n_out, n_in) stored as blocks of ``fmt`` packed by lmgen.quant.pack."""
+    """x @ W.T + bias for W (n_out, n_in) stored as blocks of ``fmt`` packed by lmgen.model.quant.pack."""
     rows = x.reshape(-1, n_in).to(torch.float32).contiguous()
     out = torch.empty(rows.shape[0], n_out, dtype=torch.float32)
     library().gemv(fmt.code, packed.data_ptr(), rows.data_ptr(), out.data_ptr(), n_out, n_in, rows.shape[0])

@@ -3,7 +3,7 @@
 ``Linear`` is an ``nn.Linear`` (same parameters, same state-dict names) whose
 few-row products — the decode step — run in lmgen's matrix-vector kernels;
 long prompts still go through torch's matmul. ``BlockLinear`` and ``BlockEmbedding``
-hold weights in llama.cpp's block formats (``lmgen.quant``), packed for the kernels;
+hold weights in llama.cpp's block formats (``lmgen.model.quant``), packed for the kernels;
 ``quantize_blocks`` swaps every projection and the embeddings for them, and a GGUF
 file's blocks are put in place with ``set_block_weight``. Activations stay fp32.
 With tied embeddings the token embedding and the LM head share one block tensor.
@@ -16,8 +16,9 @@ import functools
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmgen import kernels, quant
-from lmgen.layout import tied_aliases
+from lmgen.model import kernels
+from lmgen.model import quant
+from lmgen.config.layout import tied_aliases
 
 
 class Linear(nn.Linear):

@@ -133,7 +133,7 @@ def pack(blocks: Tensor, fmt: BlockFormat) -> Tensor:
     rows, width = blocks.shape
     groups, n_blocks = -(-rows // GROUP), width // fmt.block_bytes
     packed = torch.empty(groups, n_blocks * GROUP * fmt.block_bytes, dtype=torch.uint8)
-    from lmgen import kernels
+    from lmgen.model import kernels
 
     lib = kernels.library()
     if lib is not None and blocks.is_contiguous() and blocks.device.type == "cpu":  # the same bytes, 50x sooner

@@ -50,7 +50,7 @@ def set_threads(count: int | None) -> int:
     count = count or available_cores()
     import torch
 
-    from lmgen import kernels
+    from lmgen.model import kernels
 
     torch.set_num_threads(count)
     kernels.set_threads(count)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmgen.errors import CheckpointError
-from lmgen.files import read_text
+from lmgen.formats.files import read_text
 
 REPLACEMENT = "\ufffd"
 

@@ -15,7 +15,7 @@ import hashlib
 from pathlib import Path
 
 from lmgen.errors import CheckpointError
-from lmgen.files import read_json, regular_file, staged_directory
+from lmgen.formats.files import read_json, regular_file, staged_directory
 
 TABLE = "tensors.json"
 
@@ -23,7 +23,7 @@ TABLE = "tensors.json"
 def cache_path(src: Path, suffix: str = "") -> Path:
     """Where files derived from a GGUF file live in the cache, under a key made of its path,
     size and modification time."""
-    from lmgen.paths import cache_dir
+    from lmgen.formats.paths import cache_dir
 
     info = src.stat()
     key = hashlib.sha256(f"{src.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -58,9 +58,9 @@ def _table(root: Path) -> dict | None:
 
 
 def _build(src: Path, target: Path) -> None:
-    from lmgen.gguf_import import check_tensors, gguf_arch, gguf_hf_config, open_gguf, read_metadata, \
+    from lmgen.formats.gguf.reader import check_tensors, gguf_arch, gguf_hf_config, open_gguf, read_metadata, \
         write_json, write_small_files
-    from lmgen.hf_config import from_hf
+    from lmgen.formats.hf_config import from_hf
 
     reader = open_gguf(src)
     meta = read_metadata(reader)

@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
-from lmgen import layout
-from lmgen.config import LIMITS, ModelConfig, is_int
+from lmgen.config import layout
+from lmgen.config.model_config import LIMITS, ModelConfig, is_int
 from lmgen.errors import CheckpointError
-from lmgen.gguf_arch import ARCHS, ROPE_TENSORS, Arch, block_names, gemma_query_scalar, hf_tensor_name, restore, \
+from lmgen.formats.gguf.arch import ARCHS, ROPE_TENSORS, Arch, block_names, gemma_query_scalar, hf_tensor_name, restore, \
     rope_config
-from lmgen.files import regular_file, staged_directory
+from lmgen.formats.files import regular_file, staged_directory
 from lmgen.resources import require_memory
 
 SUPPORTED_ARCHS = tuple(ARCHS)
@@ -135,7 +135,7 @@ def token_list(meta: dict) -> list[str]:
 
 def read_gguf_config(reader, meta: dict | None = None) -> ModelConfig:
     """The ModelConfig of an open GGUF file (``inspect`` and ``convert`` both read it here)."""
-    from lmgen.hf_config import from_hf
+    from lmgen.formats.hf_config import from_hf
 
     return from_hf(gguf_hf_config(reader, read_metadata(reader) if meta is None else meta))
 
@@ -152,7 +152,7 @@ def gguf_hf_config(reader, meta: dict) -> dict:
     if n_tokens > sizes["vocab_size"]:
         raise CheckpointError(f"GGUF metadata has {n_tokens} tokens but {name}.vocab_size is {sizes['vocab_size']}")
     names = {t.name for t in reader.tensors}
-    from lmgen.hf_config import ARCHITECTURES
+    from lmgen.formats.hf_config import ARCHITECTURES
 
     hf = {
         "architectures": [ARCHITECTURES[arch.model_type]], "model_type": arch.model_type,
@@ -274,7 +274,7 @@ def expanded(src: Path) -> Path:
     """The HF-layout fp32 directory of a GGUF file (what ``--dtype`` loads it from): converted
     once and kept in lmgen's cache beside the file's index (``lmgen setup`` makes the default
     model's)."""
-    from lmgen.gguf_index import cache_path
+    from lmgen.formats.gguf.index import cache_path
 
     target = cache_path(src, "-fp32")
     if not (target / "config.json").exists():
@@ -290,7 +290,7 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
     """
     from safetensors.numpy import save_file
 
-    from lmgen.hf_config import from_hf
+    from lmgen.formats.hf_config import from_hf
 
     src, out = Path(src), Path(out)
     reader = open_gguf(src)
@@ -308,7 +308,7 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
 
 def write_small_files(directory: Path, meta: dict, hf: dict, cfg: ModelConfig) -> None:
     """config.json, tokenizer.json and tokenizer_config.json (the chat template) from the metadata."""
-    from lmgen import gguf_tokenizer
+    from lmgen.formats.gguf import tokenizer as gguf_tokenizer
 
     tokenizer, tok_config = gguf_tokenizer.rebuild(meta), gguf_tokenizer.tokenizer_config(meta, cfg)
     (directory / "tokenizer.json").write_text(tokenizer.to_str(), encoding="utf-8")
