@@ -17,14 +17,14 @@ def __getattr__(name):
         from lmgen.engine.load import load
 
         return load
-    if name in ("generate", "GenerationSettings"):
-        from lmgen.engine import generation as module
+    if name == "GenerationSettings":
+        from lmgen.engine.generation import GenerationSettings
 
-        return getattr(module, name)
-    if name == "generate_many":
-        from lmgen.engine.batching import generate_many
+        return GenerationSettings
+    if name in ("generate", "generate_many"):
+        from lmgen.engine import batching
 
-        return generate_many
+        return getattr(batching, name)
     if name == "SamplingSettings":
         from lmgen.engine.sampling import SamplingSettings
 

@@ -202,8 +202,8 @@ def compare_constraint(args) -> None:
     """Decode tokens/s with --json-schema against none: the default model as stored, a chat
     prompt asking for JSON, greedy; each constrained run is followed by a free run of as many
     tokens (end-of-sequence ignored), --reps pairs, medians."""
-    from lmgen.text.chat import render_chat
     from lmgen.engine.constraint import Constraint
+    from lmgen.text.chat import render_chat
 
     lm = lmgen.load(resolve_model(args.model))
     free_lm = dataclasses.replace(lm, eos_ids=frozenset())
@@ -256,7 +256,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path = resolve_model(args.model)
     if path.suffix == ".gguf":  # transformers loads its fp32 expansion
-        from lmgen.formats.gguf.reader import expanded
+        from lmgen.formats.gguf.index import expanded
 
         path = expanded(path)
     lm = lmgen.load(path, dtype=args.dtype)

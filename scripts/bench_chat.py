@@ -17,8 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lmgen  # noqa: E402
+from lmgen.engine.batching import generate
 from lmgen.engine.conversation import Conversation  # noqa: E402
-from lmgen.engine.generation import Finished, GenerationSettings, generate  # noqa: E402
+from lmgen.engine.generation import Finished, GenerationSettings  # noqa: E402
 from lmgen.formats.paths import resolve_model  # noqa: E402
 
 TURNS = ["What is the capital of France?", "What is the population of that city?", "Tell me a fact about the sea.",

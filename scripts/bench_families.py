@@ -25,9 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmgen.formats.hf_config import from_hf  # noqa: E402
+from lmgen.model.decoder import Decoder  # noqa: E402
 from lmgen.model.linear import quantize_blocks  # noqa: E402
 from lmgen.model.quant import FORMATS  # noqa: E402
-from lmgen.model.decoder import Decoder  # noqa: E402
 
 SHAPE = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
              num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,

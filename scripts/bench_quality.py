@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import lmgen  # noqa: E402
-from lmgen.model import kernels  # noqa: E402
-from lmgen.formats.checkpoint import gguf_file  # noqa: E402
 from lmgen.engine.generation import Token  # noqa: E402
+from lmgen.formats.checkpoint import gguf_file  # noqa: E402
 from lmgen.formats.paths import resolve_model  # noqa: E402
+from lmgen.model import kernels  # noqa: E402
 
 LICENSE = Path("/usr/share/common-licenses/Apache-2.0")
 

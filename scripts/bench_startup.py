@@ -73,7 +73,7 @@ def main() -> None:
         "generate fp32": [lmgen, "generate", PROMPT, "-n", "1", "--model", model, "--dtype", "float32"],
     }
     if args.transformers:
-        from lmgen.formats.gguf.reader import expanded
+        from lmgen.formats.gguf.index import expanded
 
         checkpoint = str(expanded(Path(model))) if model.endswith(".gguf") else model
         commands["transformers"] = [sys.executable, "-c", TRANSFORMERS_ONE_TOKEN, checkpoint, PROMPT]

@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import assert_one_line_error
 
 import lmgen
 from lmgen.engine.completion import complete
 from lmgen.engine.generation import GenerationSettings
-
-from conftest import assert_one_line_error
 
 TIMING = ("time_to_first_token_s", "decode_s", "prefill_tokens_per_s", "decode_tokens_per_s", "weights_gb_per_s")
 SUBJECTS = ["the sea", "a cat", "Paris", "winter", "bread", "a violin", "the moon", "rivers", "chess", "tea"]

@@ -5,13 +5,12 @@ import random
 
 import pytest
 import torch
-
-from lmgen.model import kernels
-from lmgen.engine.batching import generate_many, prompt_seed
-from lmgen.engine.generation import Finished, GenerationSettings, generate, load
-from lmgen.engine.sampling import SamplingSettings
-
 from conftest import run_on_a_terminal, save_tiny
+
+from lmgen.engine.batching import generate, generate_many, prompt_seed
+from lmgen.engine.generation import Finished, GenerationSettings, load
+from lmgen.engine.sampling import SamplingSettings
+from lmgen.model import kernels
 
 PROMPTS = ["".join(random.Random(i).choice("abcdefgh ijklmnop\n") for _ in range(1 + 7 * i % 61)) for i in range(22)]
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from lmgen.engine.batching import PromptError, generate_many, prompt_seed
+from lmgen.engine.batching import PromptError, generate, generate_many, prompt_seed
 from lmgen.engine.constraint import Constraint
-from lmgen.engine.generation import Finished, GenerationSettings, Token, generate, load
+from lmgen.engine.generation import Finished, GenerationSettings, Token, load
 from lmgen.engine.sampling import SamplingSettings
 
 CONTEXT = 128  # the tiny model's

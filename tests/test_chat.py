@@ -3,11 +3,10 @@
 import json
 
 import pytest
-
-from lmgen.text.chat import render_chat
-from lmgen.errors import CheckpointError, InputError
-
 from conftest import run_lmgen
+
+from lmgen.errors import CheckpointError, InputError
+from lmgen.text.chat import render_chat
 
 LLAMA3_STYLE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -66,8 +65,9 @@ def test_chat_answers_sensibly_with_the_default_model(lmgen_exe, smollm2_dir):
 
 
 def test_chat_prompt_tokens_have_no_extra_bos(smollm2_dir):
-    import lmgen
     from transformers import AutoTokenizer
+
+    import lmgen
 
     lm = lmgen.load(smollm2_dir)
     text = render_chat(smollm2_dir, "Hi")
@@ -87,9 +87,10 @@ def test_a_bos_is_added_once_whether_or_not_the_text_holds_it(tiny_dir, tmp_path
     begins with it (a rendered chat template): decided from the text, not from a flag."""
     import shutil
 
-    import lmgen
     from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
+
+    import lmgen
 
     root = tmp_path / "bos"
     shutil.copytree(tiny_dir, root)

@@ -5,14 +5,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import save_tiny
 from safetensors.torch import load_file, save_file
 
-from lmgen.formats.checkpoint import load_model, locate
 from lmgen.config.model_config import to_toml
-from lmgen.formats.hf_config import from_hf
+from lmgen.engine.load_checkpoint import load_model
 from lmgen.errors import CheckpointError
-
-from conftest import save_tiny
+from lmgen.formats.checkpoint import locate
+from lmgen.formats.hf_config import from_hf
 
 
 def copy_dir(src, dst):

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ANSI, assert_one_line_error, run_lmgen, run_on_a_terminal
 
 
@@ -52,7 +51,7 @@ def test_prompt_from_stdin(cli, tiny_dir):
 
 def test_inspect_and_help_do_not_import_torch(smollm2_dir):
     code = (
-        "import sys\nfrom lmgen.cli.main import app\n"
+        "import sys\nfrom lmgen.cli.app import app\n"
         "for args in (['--help'], ['inspect', sys.argv[1]]):\n"
         "    try:\n        app(args)\n    except SystemExit:\n        pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import assert_one_line_error, run_lmgen
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
-from hypothesis import given, strategies as st
-
 from cli_harness import assert_clean_outcome, fraction, invoke
+from hypothesis import given
+from hypothesis import strategies as st
 
 line_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"),
                     max_size=12)

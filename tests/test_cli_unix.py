@@ -9,7 +9,6 @@ import subprocess
 import time
 
 import pytest
-
 from conftest import ANSI, assert_one_line_error, run_lmgen, run_on_a_terminal, save_tiny
 
 

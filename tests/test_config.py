@@ -4,13 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-
-from lmgen.formats.checkpoint import load_config_file
-from lmgen.config.model_config import ModelConfig, load_toml
-from lmgen.formats.hf_config import from_hf
-from lmgen.errors import ConfigError, LmgenError
-
 from conftest import tiny_hf_config
+
+from lmgen.config.model_config import ModelConfig
+from lmgen.errors import ConfigError, LmgenError
+from lmgen.formats.config_file import load_config_file, load_toml
+from lmgen.formats.hf_config import from_hf
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -135,6 +134,7 @@ def test_token_ids_beyond_the_vocabulary_are_noted_and_ignored(tmp_path, change,
     import shutil
 
     from conftest import save_tiny
+
     from lmgen.engine.load import load
 
     save_tiny("llama", tmp_path)

@@ -7,16 +7,15 @@ import subprocess
 
 import jsonschema
 import pytest
+from conftest import assert_one_line_error
 
 import lmgen
-from lmgen.engine.batching import generate_many
-from lmgen.text.chat import render_chat
+from lmgen.engine.batching import generate, generate_many
 from lmgen.engine.constraint import Constraint
-from lmgen.errors import InputError
-from lmgen.engine.generation import Finished, GenerationSettings, generate
+from lmgen.engine.generation import Finished, GenerationSettings
 from lmgen.engine.sampling import SamplingSettings
-
-from conftest import assert_one_line_error
+from lmgen.errors import InputError
+from lmgen.text.chat import render_chat
 
 SCHEMA = {
     "type": "object",

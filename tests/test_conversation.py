@@ -5,9 +5,10 @@ import shutil
 import pytest
 
 import lmgen
+from lmgen.engine.batching import generate
 from lmgen.engine.conversation import Conversation, common_prefix
+from lmgen.engine.generation import Finished, GenerationSettings
 from lmgen.errors import InputError
-from lmgen.engine.generation import Finished, GenerationSettings, generate
 from lmgen.model.decoder import Decoder
 
 TEMPLATE = ("{% for m in messages %}<{{ m.role }}>{{ m.content }}\n{% endfor %}"

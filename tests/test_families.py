@@ -10,12 +10,11 @@ import copy
 
 import pytest
 import torch
-
-from lmgen.model import kernels
-from lmgen.formats.checkpoint import load_model
-from lmgen.engine.generation import GenerationSettings, decode_loop
-
 from conftest import TINY, byte_tokenizer
+
+from lmgen.engine.generation import GenerationSettings, decode_loop
+from lmgen.engine.load_checkpoint import load_model
+from lmgen.model import kernels
 
 PROMPT = 40  # longer than the windows (16) and the original contexts (32) below
 # Gemma 3: linear scaling on the full-attention layers, an unscaled base of their own on the sliding ones

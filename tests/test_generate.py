@@ -4,13 +4,12 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import save_tiny
 
 import lmgen
-from lmgen.errors import InputError
 from lmgen.engine.generation import Finished, GenerationSettings, Token, decode_loop
 from lmgen.engine.sampling import SamplingSettings
-
-from conftest import save_tiny
+from lmgen.errors import InputError
 
 
 @pytest.fixture(scope="module")

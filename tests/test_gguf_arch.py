@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 from gguf import MODEL_ARCH, GGUFWriter, RopeScalingType, get_tensor_name_map, quants
-
-from lmgen.formats.checkpoint import load_model
-from lmgen.formats.gguf.reader import convert_gguf
-
 from test_families import GEMMA3_ROPE, save_family
 from test_gguf_fuzz import MERGES, tiny_vocab
 from test_gguf_tokenizer import WORDS
+
+from lmgen.engine.load_checkpoint import load_model
+from lmgen.formats.gguf.reader import convert_gguf
 
 CASES = {
     "llama-llama3": ("llama", dict(rope_parameters=dict(rope_type="llama3", rope_theta=10000.0, factor=8.0,

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
+from lmgen.engine.batching import generate
+from lmgen.engine.generation import GenerationSettings, load
 from lmgen.errors import CheckpointError
-from lmgen.engine.generation import GenerationSettings, generate, load
 from lmgen.formats.gguf.arch import unpermute_rows
 from lmgen.formats.gguf.reader import convert_gguf
 

@@ -3,19 +3,19 @@
 import numpy as np
 import pytest
 import torch
-from gguf import GGMLQuantizationType as GGML, GGUFReader
-
-import lmgen
-from lmgen.formats.gguf import reader as gguf_import
-from lmgen.formats.gguf import index as gguf_index
-from lmgen.model import quant
-from lmgen.formats.checkpoint import load_model
-from lmgen.formats.gguf.reader import convert_gguf
-from lmgen.model.linear import BlockEmbedding, BlockLinear
-
+from gguf import GGMLQuantizationType as GGML
+from gguf import GGUFReader
 from test_families import save_family
 from test_gguf_arch import CASES, write_like_llama_cpp
 from test_gguf_fuzz import tiny_gguf  # noqa: F401 (a fixture)
+
+import lmgen
+from lmgen.engine.load_checkpoint import load_model
+from lmgen.formats.gguf import index as gguf_index
+from lmgen.formats.gguf import metadata
+from lmgen.formats.gguf.reader import convert_gguf
+from lmgen.model import quant
+from lmgen.model.linear import BlockEmbedding, BlockLinear
 
 FORMATS = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1"}
 
@@ -77,7 +77,7 @@ def test_second_load_reads_the_cache_not_the_header(written, monkeypatch, tmp_pa
     monkeypatch.setenv("LMGEN_HOME", str(tmp_path))
     _, path, _ = written
     lmgen.load(path)
-    monkeypatch.setattr(gguf_import, "open_gguf", lambda *_: pytest.fail("parsed the header again"))
+    monkeypatch.setattr(metadata, "open_gguf", lambda *_: pytest.fail("parsed the header again"))
     lmgen.load(path)
 
 

@@ -5,7 +5,7 @@ import pytest
 from gguf import GGUFWriter
 
 from lmgen.errors import CheckpointError
-from lmgen.formats.gguf.reader import open_gguf, read_metadata
+from lmgen.formats.gguf.metadata import open_gguf, read_metadata
 from lmgen.formats.gguf.tokenizer import rebuild
 
 SPACE = "\u2581"

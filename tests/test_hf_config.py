@@ -111,9 +111,9 @@ def test_fuzzed_family_configs_fail_cleanly():
     import random
 
     import torch
+    from test_fuzz import ITERATIONS, mutate_json
 
     from lmgen.config.rope import frequencies
-    from test_fuzz import ITERATIONS, mutate_json
 
     rng, outcomes = random.Random(7), {"ok": 0, "refused": 0}
     for i in range(ITERATIONS):

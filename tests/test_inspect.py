@@ -4,10 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import run_lmgen, save_tiny
 
 from lmgen.formats.inspect import PARTS, report
-
-from conftest import run_lmgen, save_tiny
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -30,7 +29,7 @@ def test_smollm2_config_and_checkpoint_are_135m(smollm2_dir):
 def test_counts_equal_the_sum_of_tensor_sizes_and_the_loaded_model(tmp_path):
     import torch
 
-    from lmgen.formats.checkpoint import load_model
+    from lmgen.engine.load_checkpoint import load_model
 
     for family in ("gpt2", "llama", "qwen2", "mistral"):
         path = tmp_path / family
@@ -102,7 +101,7 @@ def test_a_gguf_file_is_read_from_lmgens_index_after_the_first_time(monkeypatch,
     """The header of a large vocabulary takes ~2 s to parse: inspect reads it once, as generate does."""
     import shutil
 
-    from lmgen.formats.gguf import reader as gguf_import
+    from lmgen.formats.gguf import metadata
     from lmgen.formats.paths import bundled_gguf
 
     monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
@@ -112,7 +111,7 @@ def test_a_gguf_file_is_read_from_lmgens_index_after_the_first_time(monkeypatch,
     def parse(*args):
         raise AssertionError("the header was parsed again")
 
-    monkeypatch.setattr(gguf_import, "open_gguf", parse)
+    monkeypatch.setattr(metadata, "open_gguf", parse)
     assert report(gguf, "*") == first
     assert report(tmp_path, "*")["tensors"] == first["tensors"]  # a directory holding one GGUF file
 

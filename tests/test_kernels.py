@@ -3,11 +3,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import save_tiny
 
 import lmgen
 from lmgen.model import kernels
-
-from conftest import save_tiny
 
 
 def test_the_kernels_build_on_this_machine():

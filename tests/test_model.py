@@ -2,11 +2,10 @@
 
 import pytest
 import torch
-
-from lmgen.formats.checkpoint import load_model
-from lmgen.engine.generation import GenerationSettings, decode_loop
-
 from conftest import save_tiny
+
+from lmgen.engine.generation import GenerationSettings, decode_loop
+from lmgen.engine.load_checkpoint import load_model
 
 FAMILIES = ["gpt2", "llama", "qwen2", "mistral"]
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from lmgen.formats.checkpoint import gguf_file
 from lmgen.errors import CheckpointError
+from lmgen.formats.checkpoint import gguf_file
 from lmgen.formats.paths import DEFAULT_GGUF_FILE, default_model_dir, resolve_model
 
 

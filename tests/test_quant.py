@@ -14,7 +14,6 @@ from gguf import GGMLQuantizationType, quants
 from lmgen.model import kernels
 from lmgen.model.quant import FORMATS, dequantize, dequantize_rows, pack, packed_rows, quantize, unpack
 
-
 GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
 
 

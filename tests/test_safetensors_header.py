@@ -5,11 +5,10 @@ import random
 import struct
 
 import pytest
+from test_fuzz import mutate_json
 
 from lmgen.errors import CheckpointError
 from lmgen.formats.safetensors_header import read_header
-
-from test_fuzz import mutate_json
 
 VALID = {"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]},
          "b": {"dtype": "BF16", "shape": [4], "data_offsets": [24, 32]}}

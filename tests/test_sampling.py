@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from lmgen.errors import InputError
 from lmgen.engine.sampling import (
     SamplingSettings,
     TokenHistory,
@@ -18,6 +17,7 @@ from lmgen.engine.sampling import (
     typical_filter,
     warp,
 )
+from lmgen.errors import InputError
 
 
 def logits(seed=0, vocab=50):
@@ -168,7 +168,8 @@ def test_invalid_settings_are_refused(kwargs):
 
 # ------------------------------------------------------------------------------ properties (hypothesis)
 
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given
+from hypothesis import strategies as st  # noqa: E402
 
 values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**80, 2**80))
 

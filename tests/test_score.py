@@ -5,12 +5,11 @@ import math
 
 import pytest
 import torch
+from conftest import run_lmgen, save_tiny
 
 import lmgen
-from lmgen.errors import InputError
 from lmgen.engine.score import score, windows
-
-from conftest import run_lmgen, save_tiny
+from lmgen.errors import InputError
 
 TEXT = "The cat sat on the mat. It was a sunny day, and the cat was happy."
 

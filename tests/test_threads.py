@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from lmgen.model.threads import SPIN_COUNT, ThreadTuner, set_threads, yielding_threads
+from lmgen.model.kernels import use_threads as set_threads
+from lmgen.model.threads import SPIN_COUNT, ThreadTuner, yielding_threads
 
 
 def test_tuner_keeps_the_faster_count_and_still_probes_the_other():

@@ -1,8 +1,8 @@
 """Incremental decoding never prints half a character."""
 
-from lmgen.text.tokenizer import REPLACEMENT, Tokenizer
-
 from conftest import byte_tokenizer
+
+from lmgen.text.tokenizer import REPLACEMENT, Tokenizer
 
 
 def make(tmp_path):

@@ -9,7 +9,8 @@ from typing import Optional
 
 import typer
 
-from lmgen.cli.main import app, load_model, prepare
+from lmgen.cli.app import app
+from lmgen.cli.common import load_model, prepare
 from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
 
 
@@ -40,7 +41,17 @@ def batch(
     """Complete every prompt of INPUT into JSONL records in OUT, resumably (here, or on Ray)."""
     import dataclasses
 
-    from lmgen.cli.batch_job import Job, Written, check_input, fingerprint, finish, pending, prepare_out, read_all, run_here
+    from lmgen.cli.batch_job import (
+        Job,
+        Written,
+        check_input,
+        fingerprint,
+        finish,
+        pending,
+        prepare_out,
+        read_all,
+        run_here,
+    )
     from lmgen.engine.constraint import Constraint
     from lmgen.engine.generation import GenerationSettings
 

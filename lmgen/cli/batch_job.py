@@ -204,8 +204,8 @@ def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat
              written: Written) -> None:
     """Generate the records' completions in this process into a new part file, counting them in
     ``written`` as each is flushed (so that a run ended by an error still counts what it wrote)."""
-    from lmgen.engine.completion import complete
     from lmgen.cli.startup import progress
+    from lmgen.engine.completion import complete
 
     if not records:
         return

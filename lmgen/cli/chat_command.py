@@ -6,7 +6,8 @@ from typing import Optional
 
 import typer
 
-from lmgen.cli.main import app, load_model, prepare
+from lmgen.cli.app import app
+from lmgen.cli.common import load_model, prepare
 from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, STATS, THREADS_OPTION, with_sampling
 
 
@@ -25,8 +26,8 @@ def chat(
     stats: bool = STATS,
 ) -> None:
     """Talk with a chat model: one reply per message, the conversation kept (type /help)."""
-    from lmgen.engine.generation import GenerationSettings
     from lmgen.cli.repl import run_chat
+    from lmgen.engine.generation import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens, sampling, seed)
     path, _ = prepare(model, dtype, device, threads)  # refuse bad values before the slow load

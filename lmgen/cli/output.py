@@ -25,9 +25,9 @@ def generate_in_order(lm, inputs, settings, renderer, batch_size: int, total: in
     every earlier one are done: output in input order. Yields each prompt's summary record.
     Each prompt is seeded from the settings' seed and its index, so that blank lines before it
     change nothing. ``total``: how many prompts there are, if known (the progress bar's length)."""
+    from lmgen.cli.startup import progress
     from lmgen.engine.batching import Request, generate_many, in_input_order, prompt_seed
     from lmgen.engine.generation import Finished
-    from lmgen.cli.startup import progress
 
     read: dict[int, Input] = {}
 

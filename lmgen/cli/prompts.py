@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmgen.errors import InputError
+from lmgen.text.utf8 import BOM, utf8_text
 
 MAX_TOKEN_BYTES = 256  # no token of a byte-level vocabulary is near this long
 MAX_STREAM_BYTES = 1 << 30  # what --truncate reads of an endless stream before giving up
 CHUNK = 1 << 16
-BOM = "\ufeff"  # a UTF-8 byte order mark some editors put first: not part of the prompt
 
 
 def max_bytes(context: int) -> int:
@@ -42,16 +42,6 @@ def read_prompt(prompt: str | None, file: Path | None, limit: int, truncate: boo
     text = text.removeprefix(BOM).removesuffix("\n")
     if not text.strip():
         raise InputError("the prompt is empty")
-    return text
-
-
-def utf8_text(text: str, what: str) -> str:
-    """Text that came in as bytes (a command-line argument, a line): any that were not UTF-8,
-    which Python keeps as lone surrogates, are refused here, not deep in the tokenizer."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InputError(f"{what} is not valid UTF-8 (character {exc.start})") from None
     return text
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from lmgen.cli.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
 from lmgen.engine.conversation import Conversation
-from lmgen.errors import InputError, LmgenError
-from lmgen.cli.prompts import BOM, utf8_text
 from lmgen.engine.generation import Finished, Token
 from lmgen.engine.records import summary
-from lmgen.cli.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
+from lmgen.errors import InputError, LmgenError
+from lmgen.text.utf8 import BOM, utf8_text
 
 HELP = """\
 /help            this list

@@ -1,7 +1,7 @@
 """ModelConfig: one dataclass that describes every decoder lmgen can run.
 
 Read from lmgen's own TOML files (``configs/*.toml``) or from a Hugging Face
-``config.json`` (``hf_config.py``). Each family's differences from a plain
+``config.json`` by ``lmgen.formats.config_file``. Each family's differences from a plain
 pre-norm Llama block are fields here, set from the family table in
 ``hf_config.FAMILIES``. This module imports no torch, so ``inspect`` stays fast.
 """
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from pathlib import Path
 
 from lmgen.errors import ConfigError
 
@@ -223,26 +221,6 @@ def is_int(value) -> bool:
 
 def is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def load_toml(path: Path) -> ModelConfig:
-    from lmgen.formats.files import read_text
-
-    try:
-        data = tomllib.loads(read_text(Path(path), "config"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc}") from None
-    model = data.get("model", data)
-    if not isinstance(model, dict):
-        raise ConfigError(f"config {path}: [model] must be a table")
-    return ModelConfig.from_dict(model)
-
-
-def load_hf_json(path: Path) -> ModelConfig:
-    from lmgen.formats.files import read_json
-    from lmgen.formats.hf_config import from_hf
-
-    return from_hf(read_json(Path(path), "config"))
 
 
 def to_toml(cfg: ModelConfig) -> str:

@@ -19,11 +19,20 @@ from dataclasses import dataclass
 
 import torch
 
-from lmgen.errors import InputError
-from lmgen.engine.generation import (Finished, GenerationSettings, LanguageModel, Token, _probabilities, _Sample,
-                              prompt_ids_for, require_finite)
-from lmgen.model.decoder import KVCache
+from lmgen.engine.generation import (
+    Finished,
+    GenerationSettings,
+    LanguageModel,
+    Token,
+    _events,
+    _probabilities,
+    _Sample,
+    prompt_ids_for,
+    require_finite,
+)
 from lmgen.engine.sampling import TokenHistory, sample_next_token
+from lmgen.errors import InputError
+from lmgen.model.decoder import KVCache
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads the seeds of neighbouring prompts
 
@@ -118,6 +127,18 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
             if refused is not None:
                 raise refused
             return
+
+
+def generate(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSettings = GenerationSettings()) -> Iterator:
+    """Stream ``Token`` events for the continuation of ``prompt``; each sample ends with a ``Finished``.
+
+    The prompt is text, or messages (``[{"role": "user", "content": ...}]``) that the model's
+    chat template renders. One that cannot be used raises here, before any event is produced.
+    """
+    ids = prompt_ids_for(lm, prompt, settings)
+    if settings.num_samples > 1:  # one row per sample; a sample that finishes stops being decoded
+        return generate_many(lm, [ids], settings, batch_size=settings.num_samples)
+    return _events(lm, ids, settings)
 
 
 def in_input_order(events: Iterable, samples: int = 1, keep=lambda event: True) -> Iterator[tuple[int, list]]:

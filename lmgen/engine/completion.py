@@ -13,10 +13,10 @@ import json
 from collections.abc import Iterable, Iterator
 
 from lmgen.engine.batching import PromptError, Request, generate_many, in_input_order
-from lmgen.text.chat import check_messages
-from lmgen.errors import InputError
 from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, is_token_ids
 from lmgen.engine.records import summary
+from lmgen.errors import InputError
+from lmgen.text.chat import check_messages
 
 FIELDS = {"id": (str, int), "prompt": (str, list), "system": (str,), "max_new_tokens": (int,), "seed": (int,),
           "index": (int,)}

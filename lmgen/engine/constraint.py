@@ -20,7 +20,7 @@ import numpy as np
 
 from lmgen.errors import CheckpointError, EnvironmentFailure, InputError
 from lmgen.formats.files import parse_json, read_text
-from lmgen.cli.prompts import utf8_text
+from lmgen.text.utf8 import utf8_text
 
 KINDS = ("json_schema", "regex", "grammar")
 OPTIONS = {"json_schema": "--json-schema", "regex": "--regex", "grammar": "--grammar"}

@@ -15,11 +15,10 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from lmgen.text.chat import check_messages
+from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, _events
 from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import read_json
-from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, _events
-
+from lmgen.text.chat import check_messages
 
 REPLY_SHARE = 8  # of the context window, the most kept free for a reply
 

@@ -6,7 +6,8 @@ token (and the logits it came from) until the token budget is spent.
 safe to print) and ends each sample with a ``Finished`` event whose reason is
 "stop" (an end-of-sequence token or a stop string) or "length" (``max_new_tokens``
 or the context window). Several samples of one prompt, like many prompts, decode
-together on the engine of ``batching.py``, which keeps the same rules per row.
+together on the engine of ``batching.py`` (which holds ``generate``, for one prompt and any
+number of samples), keeping the same rules per row.
 """
 
 from __future__ import annotations
@@ -19,12 +20,12 @@ from dataclasses import dataclass
 import torch
 
 from lmgen.engine.constraint import Constraint, Matcher, compiled
-from lmgen.errors import CheckpointError, InputError
 from lmgen.engine.load import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
-from lmgen.model.decoder import Decoder
-from lmgen.cli.prompts import utf8_text
 from lmgen.engine.sampling import SamplingSettings, TokenHistory, sample_next_token
+from lmgen.errors import CheckpointError, InputError
+from lmgen.model.decoder import Decoder
 from lmgen.text.stops import StopStrings
+from lmgen.text.utf8 import utf8_text
 
 
 def require_finite(logits: torch.Tensor) -> None:
@@ -163,20 +164,6 @@ def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], sett
         ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)
     check_fits(ids, lm.config.max_context)
     return ids
-
-
-def generate(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSettings = GenerationSettings()) -> Iterator:
-    """Stream ``Token`` events for the continuation of ``prompt``; each sample ends with a ``Finished``.
-
-    The prompt is text, or messages (``[{"role": "user", "content": ...}]``) that the model's
-    chat template renders. One that cannot be used raises here, before any event is produced.
-    """
-    ids = prompt_ids_for(lm, prompt, settings)
-    if settings.num_samples > 1:  # one row per sample; a sample that finishes stops being decoded
-        from lmgen.engine.batching import generate_many
-
-        return generate_many(lm, [ids], settings, batch_size=settings.num_samples)
-    return _events(lm, ids, settings)
 
 
 class _Sample:

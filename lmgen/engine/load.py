@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
-from lmgen.formats.checkpoint import gguf_file, load_model
 from lmgen.config.model_config import ModelConfig, is_int
+from lmgen.engine.load_checkpoint import load_model
 from lmgen.errors import CheckpointError, InputError
+from lmgen.formats.checkpoint import gguf_file
 from lmgen.formats.files import read_json
 from lmgen.model.decoder import Decoder
 from lmgen.text.tokenizer import Tokenizer
@@ -97,14 +98,14 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu", thread
     convert``, kept in the cache) and loaded from there in that dtype. ``threads``: compute with
     this many (torch's and the kernels'; default: as they are, the cores available at start)."""
     if threads is not None:
-        from lmgen.model.threads import set_threads
+        from lmgen.model.kernels import use_threads
 
-        set_threads(threads)
+        use_threads(threads)
     src = gguf_file(Path(path))
     if src is not None and dtype is None:
         return _load_gguf(src, parse_device(device))
     if src is not None:
-        from lmgen.formats.gguf.reader import expanded
+        from lmgen.formats.gguf.index import expanded
 
         path = expanded(src)
     dtype = dtype or "float32"

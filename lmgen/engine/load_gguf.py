@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmgen.engine import gguf_packed
 from lmgen.config import layout
-from lmgen.model import quant
-from lmgen.formats.checkpoint import load_config_file
+from lmgen.engine import gguf_packed
 from lmgen.errors import CheckpointError
+from lmgen.formats.config_file import load_config_file
 from lmgen.formats.gguf.arch import ARCHS, hf_tensor_name, restore
 from lmgen.formats.gguf.index import gguf_index, read_table
+from lmgen.model import quant
 from lmgen.model.linear import drop_pages, set_block_weight
 
 # ggml's type numbers (GGMLQuantizationType), so that a file of these formats loads without

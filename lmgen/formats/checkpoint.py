@@ -21,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmgen.config import layout
-from lmgen.config.model_config import ModelConfig, load_hf_json, load_toml
+from lmgen.config.model_config import ModelConfig
 from lmgen.errors import CheckpointError
+from lmgen.formats.config_file import load_config_file
 from lmgen.formats.files import read_json, regular_file
-from lmgen.resources import require_memory
 from lmgen.formats.safetensors_header import read_header
+from lmgen.resources import require_memory
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -111,10 +112,6 @@ def _shards(root: Path) -> tuple[Path, ...]:
 
 def read_config(files: CheckpointFiles) -> ModelConfig:
     return load_config_file(files.config)
-
-
-def load_config_file(path: Path) -> ModelConfig:
-    return load_toml(path) if path.suffix == ".toml" else load_hf_json(path)
 
 
 def safetensors_header(path: Path) -> dict[str, dict]:
@@ -267,25 +264,3 @@ def _release(data, offset: int, nbytes: int) -> None:
     end = (offset + nbytes) // mmap.PAGESIZE * mmap.PAGESIZE
     if end > start:
         data.madvise(mmap.MADV_DONTNEED, start, end - start)
-
-
-def load_model(path: str | Path, dtype=None, device: str = "cpu", vector_dtype=None, mapped: bool = True):
-    """Build a Decoder from a checkpoint directory. Returns (model, config, files).
-
-    Weight matrices are stored in ``dtype``; norm weights and biases in ``vector_dtype``,
-    which also sets the dtype of the activations (default: ``dtype``). ``mapped``: see
-    ``read_state``.
-    """
-    import torch
-
-    from lmgen.model.decoder import Decoder
-
-    files = locate(path)
-    cfg = read_config(files)
-    dtype = dtype or torch.float32
-    state = read_state(files, cfg, dtype, vector_dtype, mapped)
-    with torch.device("meta"):
-        model = Decoder(cfg)
-    model.load_state_dict(state, strict=True, assign=True)
-    model.tie_weights()
-    return model.to(device).eval(), cfg, files

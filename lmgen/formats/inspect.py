@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmgen.config import layout
-from lmgen.formats.checkpoint import find_config, gguf_file, load_config_file, locate, read_config, safetensors_header
 from lmgen.config.model_config import ModelConfig
 from lmgen.errors import CheckpointError
+from lmgen.formats.checkpoint import find_config, gguf_file, locate, read_config, safetensors_header
+from lmgen.formats.config_file import load_config_file
 
 PARTS = ("token_embedding", "position_embedding", "attention", "mlp", "norms", "head")
 

@@ -28,7 +28,7 @@ def default_model_dir() -> Path:
 def resolve_model(option: str | None) -> Path:
     """The model to use; a missing default says how to create it. The default model is one
     file, its Q4_1 GGUF, whatever the dtype: ``--dtype`` loads that file's fp32 expansion, which
-    ``lmgen setup`` makes in the cache (``gguf_import.expanded``)."""
+    ``lmgen setup`` makes in the cache (``formats.gguf.index.expanded``)."""
     if option:
         return Path(option)
     if os.environ.get("LMGEN_MODEL"):

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmgen.config.model_config import ModelConfig
-from lmgen.model.linear import Linear
 from lmgen.config.rope import apply_rope
+from lmgen.model.linear import Linear
 
 
 class Attention(nn.Module):

@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmgen.config.layout import tied_aliases
+from lmgen.config.model_config import ModelConfig
+from lmgen.config.rope import rope_rows, rope_tables
 from lmgen.model import kernels
 from lmgen.model.attention import Attention, attention_mask, soft_cap
-from lmgen.config.model_config import ModelConfig
-from lmgen.config.layout import tied_aliases
 from lmgen.model.linear import Linear
 from lmgen.resources import require_memory
-from lmgen.config.rope import rope_rows, rope_tables
 
 
 class RMSNorm(nn.Module):
@@ -183,7 +183,7 @@ class RaggedStep:
 
 
 class Decoder(nn.Module):
-    """The whole model. Its parameters start uninitialised: ``checkpoint.load_model`` fills them."""
+    """The whole model. Its parameters start uninitialised: ``engine.load_checkpoint.load_model`` fills them."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmgen.model.threads import ThreadTuner
+from lmgen.model.threads import ThreadTuner, thread_count
 
 SOURCE = Path(__file__).with_name("kernels.c")
 HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels_quant.h")]  # included by kernels.c
@@ -141,6 +141,15 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.set_threads.restype = None
     lib.set_threads(torch.get_num_threads())
     return lib
+
+
+def use_threads(count: int | None) -> int:
+    """Use count threads (default: $LMGEN_THREADS, else the cores available to this process)
+    for torch and the kernels; the count used."""
+    count = thread_count(count)
+    torch.set_num_threads(count)
+    set_threads(count)
+    return count
 
 
 def set_threads(count: int) -> None:

@@ -16,9 +16,8 @@ import functools
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmgen.model import kernels
-from lmgen.model import quant
 from lmgen.config.layout import tied_aliases
+from lmgen.model import kernels, quant
 
 
 class Linear(nn.Linear):

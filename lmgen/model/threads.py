@@ -37,9 +37,9 @@ def yielding_threads() -> None:
 MAX_THREADS = 4096  # far beyond any CPU; torch takes a C int
 
 
-def set_threads(count: int | None) -> int:
-    """Use count threads (default: $LMGEN_THREADS, else the cores available to this process)
-    for torch and the kernels."""
+def thread_count(count: int | None) -> int:
+    """The threads to compute with: count, else $LMGEN_THREADS, else the cores available to
+    this process (``kernels.use_threads`` applies it to torch and the kernels)."""
     if count is None and os.environ.get("LMGEN_THREADS"):
         try:
             count = int(os.environ["LMGEN_THREADS"])
@@ -47,14 +47,7 @@ def set_threads(count: int | None) -> int:
             raise InputError(f"LMGEN_THREADS must be a number, got {os.environ['LMGEN_THREADS']!r}") from None
     if count is not None and not 1 <= count <= MAX_THREADS:
         raise InputError(f"threads must be from 1 to {MAX_THREADS}, got {count}")
-    count = count or available_cores()
-    import torch
-
-    from lmgen.model import kernels
-
-    torch.set_num_threads(count)
-    kernels.set_threads(count)
-    return count
+    return count or available_cores()
 
 
 class ThreadTuner:

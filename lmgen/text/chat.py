@@ -30,7 +30,7 @@ from pathlib import Path
 
 from lmgen.errors import CheckpointError, InputError
 from lmgen.formats.files import read_json, read_text
-from lmgen.cli.prompts import utf8_text
+from lmgen.text.utf8 import utf8_text
 
 MAX_TEMPLATE_CHARS = 1_000_000  # real templates are a few KB, tool-heavy ones tens of KB
 MAX_OUTPUT = 1_000_000  # characters a template may make, plus MESSAGE_COPIES times the messages

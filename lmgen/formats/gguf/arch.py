@@ -77,7 +77,7 @@ def hf_tensor_name(arch: Arch, gguf_name: str) -> str | None:
     names = block_names(arch)
     if match and match.group(2) in names:
         return f"model.layers.{match.group(1)}.{names[match.group(2)]}"
-    from lmgen.formats.gguf.reader import printable
+    from lmgen.formats.gguf.metadata import printable
 
     raise CheckpointError(f"GGUF tensor {printable(gguf_name)} has no known Hugging Face name")
 

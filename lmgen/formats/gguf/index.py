@@ -58,8 +58,8 @@ def _table(root: Path) -> dict | None:
 
 
 def _build(src: Path, target: Path) -> None:
-    from lmgen.formats.gguf.reader import check_tensors, gguf_arch, gguf_hf_config, open_gguf, read_metadata, \
-        write_json, write_small_files
+    from lmgen.formats.gguf.metadata import open_gguf, read_metadata
+    from lmgen.formats.gguf.reader import check_tensors, gguf_arch, gguf_hf_config, write_json, write_small_files
     from lmgen.formats.hf_config import from_hf
 
     reader = open_gguf(src)
@@ -84,3 +84,15 @@ def read_table(root: Path, src: Path) -> tuple[str, list[dict]]:
         if not 0 <= t["offset"] <= t["offset"] + t["nbytes"] <= size:
             raise CheckpointError(f"GGUF tensor {t['name']} lies beyond the end of {src}")
     return table["architecture"], table["tensors"]
+
+
+def expanded(src: Path) -> Path:
+    """The HF-layout fp32 directory of a GGUF file (what ``--dtype`` loads it from): converted
+    once and kept in lmgen's cache beside the file's index (``lmgen setup`` makes the default
+    model's)."""
+    from lmgen.formats.gguf.reader import convert_gguf
+
+    target = cache_path(src, "-fp32")
+    if not (target / "config.json").exists():
+        convert_gguf(src, target, force=True)
+    return target

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from lmgen.config.model_config import ModelConfig
 from lmgen.errors import CheckpointError
-from lmgen.formats.gguf.reader import _token_id, printable, token_list, typed
+from lmgen.formats.gguf.metadata import _token_id, printable, token_list, typed
 
 _CONTROL, _USER_DEFINED = 3, 4  # llama.cpp token types
 SPACE = "\u2581"  # SentencePiece's visible space
