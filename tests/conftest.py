@@ -153,20 +153,25 @@ def run_on_a_terminal(exe: str, args, env: dict, stream: str = "stdout", input=b
     if piped:
         proc.stdin.write(input)
         proc.stdin.close()
-    received = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # EIO: the terminal closed
-            break
-        if not chunk:
-            break
-        received += chunk
+    received = read_terminal(controller)
     proc.wait(timeout=120)
     reader.join()
     os.close(controller)
     assert proc.returncode == 0
     return received, other[0]
+
+
+def read_terminal(controller: int) -> bytes:
+    """All a pseudo-terminal's controller side receives until the terminal closes."""
+    received = b""
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the terminal closed
+            return received
+        if not chunk:
+            return received
+        received += chunk
 
 
 def run_in_a_terminal(exe: str, args, env: dict, stdin=subprocess.DEVNULL) -> bytes:
@@ -177,15 +182,7 @@ def run_in_a_terminal(exe: str, args, env: dict, stdin=subprocess.DEVNULL) -> by
     controller, terminal = pty.openpty()
     proc = subprocess.Popen([exe, *args], stdin=stdin, stdout=terminal, stderr=terminal, env={**os.environ, **env})
     os.close(terminal)
-    received = b""
-    while True:
-        try:
-            chunk = os.read(controller, 4096)
-        except OSError:  # EIO: the terminal closed
-            break
-        if not chunk:
-            break
-        received += chunk
+    received = read_terminal(controller)
     proc.wait(timeout=120)
     os.close(controller)
     assert proc.returncode == 0, received
