@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.skipif(os.environ.get("LMGEN_TEST_INSTALLED") != "1", reason="CI's run against the installed wheel")
 def test_the_package_under_test_is_the_installed_one():
-    assert REPO not in Path(lmgen.__file__).resolve().parents, lmgen.__file__
+    assert REPO / "lmgen" not in Path(lmgen.__file__).resolve().parents, lmgen.__file__  # not the source tree
     assert "site-packages" in lmgen.__file__
 
 
