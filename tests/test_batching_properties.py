@@ -111,3 +111,33 @@ def test_a_prompts_seed_depends_on_its_index_only(tiny_lm, prompts, batch_size, 
         alone = dataclasses.replace(settings, seed=prompt_seed(seed, i))
         done = [e for e in generate(tiny_lm, prompt, alone) if isinstance(e, Finished)][0]
         assert together[i, 0][-1].token_ids == done.token_ids
+
+
+@st.composite
+def own_settings(draw):
+    """A request's settings of its own: greedy or seeded sampling, its stops, budget and samples."""
+    sampled = draw(st.booleans())
+    return GenerationSettings(
+        max_new_tokens=draw(st.integers(1, 6)),
+        sampling=SamplingSettings(temperature=1.0, top_k=draw(st.integers(0, 20)),
+                                  repetition_penalty=draw(st.sampled_from([1.0, 1.3]))) if sampled else SamplingSettings(),
+        seed=draw(st.integers(0, 2**64 - 1)) if sampled else None,
+        stop=tuple(draw(st.lists(st.sampled_from(["a", "e", " "]), max_size=2))),
+        num_samples=draw(st.integers(1, 3)),
+    )
+
+
+@given(st.lists(st.tuples(st.one_of(text_prompts, id_prompts), own_settings()), min_size=1, max_size=5),
+       st.integers(1, 5))
+def test_requests_with_settings_of_their_own_each_decode_as_alone(tiny_lm, requests, batch_size):
+    """Rows with different settings share every step (as a server's requests will), and each
+    request's samples are what it gives alone with its settings."""
+    from lmgen.engine.batching import Request
+
+    together = by_sample(generate_many(tiny_lm, [Request(p, settings=s) for p, s in requests], batch_size=batch_size))
+    for i, (prompt, own) in enumerate(requests):
+        for s in range(own.num_samples):  # each sample alone, through the one-prompt decode loop
+            seed = None if own.seed is None else prompt_seed(prompt_seed(own.seed, i), s)
+            alone = [e for e in generate(tiny_lm, prompt, dataclasses.replace(own, num_samples=1, seed=seed))
+                     if isinstance(e, Finished)][0]
+            assert together[i, s][-1].token_ids == alone.token_ids

@@ -44,11 +44,12 @@ def prompt_seed(seed: int | None, index: int) -> int | None:
 
 @dataclass(frozen=True)
 class Request:
-    """A prompt with settings of its own (``lmgen batch``'s per-record fields)."""
+    """A prompt with settings of its own (``lmgen batch``'s per-record fields; a server's request)."""
 
     prompt: str | list[dict] | list[int]
     max_new_tokens: int | None = None  # None: the settings'
     seed: int | None = None  # its own sampling seed; None: the settings' seed spread by its index
+    settings: GenerationSettings | None = None  # all of its own (sampling, stops, samples...); None: the run's
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Row:
 
     index: int
     prompt_ids: list[int]
+    settings: GenerationSettings  # its request's: how its tokens are chosen, when it stops
     budget: int  # new tokens it may generate (max_new_tokens, or less near the context's end)
     sample_text: _Sample
     generator: torch.Generator | None
@@ -87,25 +89,27 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
     """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
     each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
     order, but the samples' are interleaved. A prompt is text, messages (rendered with the chat
-    template) or token ids, or a ``Request`` holding one with its own token budget and seed. One
+    template) or token ids, or a ``Request`` holding one with its own token budget and seed, or
+    settings of its own (then its events come from them, as if it ran alone with them). One
     that cannot be used (or an iterable that raises InputError) ends the run with a
     ``PromptError`` naming its index, once every prompt before it has finished and its events
     have been yielded: no work done is lost."""
     if batch_size < 1:
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
-    engine = _Engine(lm, settings, batch_size)
+    engine = _Engine(lm, batch_size)
 
-    def pending():  # (index, sample, token ids, budget, seed), each prompt tokenized once for all its samples
+    def pending():  # (index, sample, token ids, settings, budget, seed), each prompt tokenized once
         for index, prompt in enumerate(prompts):
             request = prompt if isinstance(prompt, Request) else Request(prompt)
-            ids = prompt_ids_for(lm, request.prompt, settings)
-            budget = settings.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
+            own = request.settings or settings
+            ids = prompt_ids_for(lm, request.prompt, own)
+            budget = own.max_new_tokens if request.max_new_tokens is None else request.max_new_tokens
             if budget < 1:
                 raise InputError(f"max_new_tokens must be >= 1, got {budget}")
-            seed = prompt_seed(settings.seed, index) if request.seed is None else request.seed
+            seed = prompt_seed(own.seed, index) if request.seed is None else request.seed
             engine.read = index + 1
-            for sample in range(settings.num_samples):
-                yield index, sample, ids, budget, seed
+            for sample in range(own.num_samples):
+                yield index, sample, ids, own, budget, seed
 
     queue, exhausted, refused = pending(), False, None
     while True:
@@ -159,8 +163,8 @@ def in_input_order(events: Iterable, samples: int = 1, keep=lambda event: True) 
 
 
 class _Engine:
-    def __init__(self, lm: LanguageModel, settings: GenerationSettings, batch_size: int):
-        self.lm, self.settings, self.model = lm, settings, lm.model
+    def __init__(self, lm: LanguageModel, batch_size: int):
+        self.lm, self.model = lm, lm.model
         self.rows: list[Row | None] = [None] * batch_size
         self.read = 0  # prompts read and found usable: the index of the next
         self.cache: KVCache | None = None
@@ -173,17 +177,17 @@ class _Engine:
     def in_flight(self) -> list[int]:
         return [slot for slot, row in enumerate(self.rows) if row is not None]
 
-    def join(self, slot: int, index: int, sample: int, ids: list[int], max_new_tokens: int,
-             seed: int | None) -> Iterator:
+    def join(self, slot: int, index: int, sample: int, ids: list[int], settings: GenerationSettings,
+             max_new_tokens: int, seed: int | None) -> Iterator:
         """Put sample ``sample`` of prompt ``index`` (token ids) in row ``slot`` and choose its first
         token. The prompt is prefilled there, or, when another sample of it is in flight, its keys
         and values are copied from that row (a prompt is prefilled once for all its samples)."""
-        lm, settings = self.lm, self.settings
+        lm = self.lm
         budget = min(max_new_tokens, lm.config.max_context - len(ids))
         self._reserve(len(ids) + budget)
         seed = prompt_seed(seed, sample)
         device = self.model.device
-        row = Row(index, ids, budget, _Sample(lm, settings),
+        row = Row(index, ids, settings, budget, _Sample(lm, settings),
                   torch.Generator(device).manual_seed(seed) if seed is not None else None,
                   TokenHistory(ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
                   time.perf_counter(), sample=sample)
@@ -218,7 +222,7 @@ class _Engine:
         row = self.rows[slot]
         matcher = row.sample_text.matcher
         scores = logits if matcher is None else matcher.restrict(logits)
-        token = sample_next_token(scores, self.settings.sampling, row.generator, row.history)
+        token = sample_next_token(scores, row.settings.sampling, row.generator, row.history)
         if row.history is not None:
             row.history.add(token)
         row.token = int(token)
@@ -226,7 +230,7 @@ class _Engine:
             yield self._finish(slot, "stop", row.sample_text.flush())
             return
         text, stopped = row.sample_text.push(row.token)
-        probs = _probabilities(logits, token, self.settings.show_probs)
+        probs = _probabilities(logits, token, row.settings.show_probs)
         prob, top = probs[0] if probs else (None, ())
         yield Token(row.token, text, row.sample, prob, top, row.index)
         if stopped:
