@@ -133,5 +133,6 @@ from lmgen.cli import (  # noqa: E402,F401; (each registers its command on app)
     generate_command,
     inspect_command,
     score_command,
+    serve_command,
     setup_command,
 )

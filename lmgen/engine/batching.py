@@ -96,7 +96,7 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
     have been yielded: no work done is lost."""
     if batch_size < 1:
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
-    engine = _Engine(lm, batch_size)
+    engine = Engine(lm, batch_size)
 
     def pending():  # (index, sample, token ids, settings, budget, seed), each prompt tokenized once
         for index, prompt in enumerate(prompts):
@@ -162,7 +162,12 @@ def in_input_order(events: Iterable, samples: int = 1, keep=lambda event: True) 
             next_index += 1
 
 
-class _Engine:
+class Engine:
+    """Rows of one KV cache, each a sample of a prompt in flight: prompts join rows as they free
+    up (``join``), one ``step`` decodes a token for every row, and ``drop`` frees a prompt's rows
+    at once (a request cancelled). ``generate_many`` drives it from an iterable; a server drives
+    it from a queue of requests, step by step."""
+
     def __init__(self, lm: LanguageModel, batch_size: int):
         self.lm, self.model = lm, lm.model
         self.rows: list[Row | None] = [None] * batch_size
@@ -176,6 +181,10 @@ class _Engine:
 
     def in_flight(self) -> list[int]:
         return [slot for slot, row in enumerate(self.rows) if row is not None]
+
+    def drop(self, index: int) -> None:
+        """Free every row of prompt ``index``, without events (its request was cancelled)."""
+        self.rows = [None if row is not None and row.index == index else row for row in self.rows]
 
     def join(self, slot: int, index: int, sample: int, ids: list[int], settings: GenerationSettings,
              max_new_tokens: int, seed: int | None) -> Iterator:

@@ -1,0 +1,150 @@
+"""OpenAI's request and response shapes: a request's fields into lmgen's settings, and the engine's
+events into completions, chunks and errors.
+
+Fields are read as the ``openai`` client sends them; unknown ones are ignored, and a field lmgen
+knows but cannot honour yet (``logprobs``, ``response_format``, ``tools``) is refused rather than
+silently dropped. Every bad value is an ``APIError``: a 400 with OpenAI's error object naming the
+field, never a 422 or a 500.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from lmgen.engine.generation import GenerationSettings
+from lmgen.engine.sampling import SamplingSettings
+from lmgen.errors import InputError
+
+UNSUPPORTED = ("logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Call:
+    """What one request asks for."""
+
+    prompt: str | list[dict]  # text (completions) or messages (chat)
+    settings: GenerationSettings
+    stream: bool
+    include_usage: bool
+
+
+def _field(body: dict, name: str, kinds, default=None, check=None, hint: str = ""):
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, kinds) or (isinstance(value, bool) and kinds is not bool):
+        raise APIError(400, f"'{name}' must be {hint or kinds.__name__}, got {value!r}"[:300], name)
+    if check is not None and not check(value):
+        raise APIError(400, f"'{name}' must be {hint}, got {value!r}"[:300], name)
+    return value
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    stop = body.get("stop")
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > 16:
+        raise APIError(400, "'stop' must be a non-empty string or a list of up to 16 of them", "stop")
+    return tuple(stops)
+
+
+def settings_of(body: dict, context: int) -> tuple[GenerationSettings, bool, bool]:
+    """(settings, stream, include_usage) from a request's fields."""
+    for name in UNSUPPORTED:
+        if body.get(name) not in (None, False, []):
+            raise APIError(400, f"'{name}' is not supported by lmgen's server yet", name)
+    number = (int, float)
+    limit = _field(body, "max_completion_tokens", int, None, lambda v: v >= 1, "an integer >= 1")
+    limit = limit or _field(body, "max_tokens", int, None, lambda v: v >= 1, "an integer >= 1") or context
+    options = _stream_options(body)
+    try:
+        sampling = SamplingSettings(
+            temperature=float(_field(body, "temperature", number, 1.0, hint="a number")),
+            top_p=float(_field(body, "top_p", number, 1.0, hint="a number")),
+            top_k=_field(body, "top_k", int, 0, hint="an integer"),
+            min_p=float(_field(body, "min_p", number, 0.0, hint="a number")),
+            repetition_penalty=float(_field(body, "repetition_penalty", number, 1.0, hint="a number")),
+            frequency_penalty=float(_field(body, "frequency_penalty", number, 0.0, hint="a number")),
+            presence_penalty=float(_field(body, "presence_penalty", number, 0.0, hint="a number")),
+        )
+        seed = _field(body, "seed", int, None, lambda v: 0 <= v < 2**64, "an integer from 0 to 2**64 - 1")
+        n = _field(body, "n", int, 1, lambda v: 1 <= v <= 16, "an integer from 1 to 16")
+        settings = GenerationSettings(max_new_tokens=limit, sampling=sampling, seed=seed, stop=_stops(body),
+                                      num_samples=n)
+    except InputError as exc:
+        raise APIError(400, str(exc), str(exc).split(" ")[0].replace("-", "_")) from None
+    return settings, bool(_field(body, "stream", bool, False, hint="true or false")), options
+
+
+def _stream_options(body: dict) -> bool:
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise APIError(400, "'stream_options' must be an object", "stream_options")
+    return bool(options.get("include_usage"))
+
+
+def messages_of(body: dict) -> list[dict]:
+    """Chat messages, each content a string or a list of text parts (joined)."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise APIError(400, "'messages' must be a non-empty list", "messages")
+    out = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ("system", "developer", "user", "assistant"):
+            raise APIError(400, f"messages[{i}] must have a role: system, user or assistant", "messages")
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
+                raise APIError(400, f"messages[{i}].content parts must be text parts", "messages")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise APIError(400, f"messages[{i}].content must be a string or a list of text parts", "messages")
+        role = "system" if message["role"] == "developer" else message["role"]
+        out.append({"role": role, "content": content})
+    return out
+
+
+def prompts_of(body: dict) -> list[str]:
+    """A completions request's prompts: a string or a list of strings."""
+    prompt = body.get("prompt")
+    prompts = [prompt] if isinstance(prompt, str) else prompt
+    if not isinstance(prompts, list) or not prompts or not all(isinstance(p, str) and p for p in prompts):
+        raise APIError(400, "'prompt' must be a non-empty string or a list of them", "prompt")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------- responses
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def chat_choice(index: int, text: str, reason: str) -> dict:
+    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+            "logprobs": None}
+
+
+def text_choice(index: int, text: str, reason: str) -> dict:
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+
+
+def envelope(kind: str, ident: str, model: str, choices: list, extra: dict | None = None) -> dict:
+    return {"id": ident, "object": kind, "created": int(time.time()), "model": model, "choices": choices,
+            **(extra or {})}

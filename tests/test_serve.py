@@ -1,0 +1,167 @@
+"""``lmgen serve`` as a real process on a free port, driven by the official ``openai`` client (and
+raw HTTP where the client hides details): the same text as ``lmgen generate``, streamed or not,
+under any concurrency; OpenAI's errors; rows freed when a client goes away; a clean SIGTERM."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+EXE = str(Path(sys.executable).parent / "lmgen")
+QUESTION = "What is the capital of France?"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Served:
+    def __init__(self, *args: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen([EXE, "serve", "--port", str(self.port), *args], stderr=subprocess.PIPE,
+                                     stdout=subprocess.DEVNULL, env={**os.environ, "LMGEN_API_KEY": ""})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise AssertionError("lmgen serve did not become healthy")
+
+    def client(self, key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=120)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def server():
+    served = Served("--max-batch", "8")
+    yield served
+    served.stop()
+
+
+def generate_json(cli, *args) -> dict:
+    result = cli("generate", "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_chat_is_what_generate_chat_prints(server, cli):
+    reply = server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}],
+                                                   max_tokens=12, temperature=0)
+    local = generate_json(cli, "--chat", "-n", "12", QUESTION)
+    assert reply.choices[0].message.content == local["text"]
+    assert reply.choices[0].finish_reason == local["finish_reason"]
+    assert reply.usage.prompt_tokens == local["prompt_tokens"]
+    assert reply.usage.completion_tokens == local["new_tokens"]
+
+
+def test_a_stream_adds_up_to_the_reply_and_ends_with_usage(server):
+    client = server.client()
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
+    whole = client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0)
+    chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0,
+                                                 stream=True, stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+
+
+def test_completions_n_seed_and_stop(server, cli):
+    client = server.client()
+    kwargs = dict(model="m", prompt=["The cat sat", "Once upon a time"], max_tokens=8, temperature=0.9, seed=7, n=2)
+    first, again = client.completions.create(**kwargs), client.completions.create(**kwargs)
+    assert [c.text for c in first.choices] == [c.text for c in again.choices]  # a seed reproduces
+    assert [c.index for c in first.choices] == [0, 1, 2, 3]
+    greedy = client.completions.create(model="m", prompt="The capital of France is", max_tokens=8, temperature=0,
+                                       stop=[" Paris"])
+    local = generate_json(cli, "-n", "8", "--stop", " Paris", "The capital of France is")
+    assert greedy.choices[0].text == local["text"] and " Paris" not in greedy.choices[0].text
+    assert greedy.choices[0].finish_reason == "stop"
+
+
+def test_sixteen_concurrent_streams_each_equal_their_solo_greedy_output(server):
+    client = server.client()
+    prompts = [f"Write a sentence about the number {i}." for i in range(16)]
+    solo = [client.completions.create(model="m", prompt=p, max_tokens=16, temperature=0).choices[0].text
+            for p in prompts]
+    together: dict[int, str] = {}
+
+    def stream(i: int) -> None:
+        pieces = client.completions.create(model="m", prompt=prompts[i], max_tokens=16, temperature=0, stream=True)
+        together[i] = "".join(c.choices[0].text for c in pieces if c.choices)
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert [together.get(i) for i in range(16)] == solo
+
+
+@pytest.mark.parametrize("fields, param", [
+    ({"temperature": -1}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"n": 99}, "n"),
+    ({"stop": [""]}, "stop"), ({"logprobs": True}, "logprobs"), ({"top_p": "high"}, "top_p"),
+])
+def test_bad_fields_are_400_with_openais_error_object(server, fields, param):
+    with pytest.raises(openai.BadRequestError) as raised:
+        server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], **fields)
+    error = raised.value.body
+    assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
+
+
+def test_a_prompt_longer_than_the_context_is_400_naming_the_sizes(server):
+    with pytest.raises(openai.BadRequestError, match="tokens but the context window holds 8192"):
+        server.client().completions.create(model="m", prompt="word " * 9000, max_tokens=2)
+
+
+def test_key_body_limit_and_a_full_server():
+    served = Served("--api-key", "s3cret", "--max-batch", "1", "--queue", "0", "--max-body", "2000")
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            served.client("wrong").models.list()
+        assert [m.id for m in served.client("s3cret").models.list().data]
+        with urllib.request.urlopen(served.url + "/health") as response:  # open without a key
+            assert response.status == 200
+        with pytest.raises(openai.APIStatusError) as raised:
+            served.client("s3cret").completions.create(model="m", prompt="x" * 5000, max_tokens=2)
+        assert raised.value.status_code == 413
+        client = served.client("s3cret")
+        long = client.completions.create(model="m", prompt="Tell a long story.", max_tokens=400, temperature=0,
+                                         stream=True)
+        next(iter(long))  # it holds the only row
+        with pytest.raises(openai.APIStatusError) as raised:
+            client.completions.create(model="m", prompt="Hi", max_tokens=2)
+        assert raised.value.status_code == 503 and raised.value.response.headers["retry-after"]
+        for _, chunk in zip(range(2), long):
+            pass
+        long.close()  # the client goes away: its row is freed at the next step
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert client.completions.create(model="m", prompt="Hi", max_tokens=2).choices
+                break
+            except openai.APIStatusError:
+                assert time.monotonic() < deadline, "the closed stream's row was never freed"
+                time.sleep(0.1)
+    finally:
+        assert served.stop() == 0  # SIGTERM: a clean exit
