@@ -58,6 +58,12 @@ def server():
     served.stop()
 
 
+def rows_in_flight(served) -> float:
+    with urllib.request.urlopen(served.url + "/metrics") as response:
+        text = response.read().decode()
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("lmgen_rows_in_flight ")))
+
+
 def generate_json(cli, *args) -> dict:
     result = cli("generate", "--json", *args)
     assert result.returncode == 0, result.stderr
@@ -120,7 +126,8 @@ def test_sixteen_concurrent_streams_each_equal_their_solo_greedy_output(server):
 
 @pytest.mark.parametrize("fields, param", [
     ({"temperature": -1}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"n": 99}, "n"),
-    ({"stop": [""]}, "stop"), ({"logprobs": True}, "logprobs"), ({"top_p": "high"}, "top_p"),
+    ({"stop": [""]}, "stop"), ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"), ({"top_p": "high"}, "top_p"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
 ])
 def test_bad_fields_are_400_with_openais_error_object(server, fields, param):
     with pytest.raises(openai.BadRequestError) as raised:
@@ -155,6 +162,10 @@ def test_key_body_limit_and_a_full_server():
         for _, chunk in zip(range(2), long):
             pass
         long.close()  # the client goes away: its row is freed at the next step
+        deadline = time.monotonic() + 1
+        while rows_in_flight(served) != 0:
+            assert time.monotonic() < deadline, "the closed stream's row was not freed within 1 s"
+            time.sleep(0.05)
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -165,3 +176,50 @@ def test_key_body_limit_and_a_full_server():
                 time.sleep(0.1)
     finally:
         assert served.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_response_format_json_schema_and_json_object(server):
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+              "required": ["name", "age"], "additionalProperties": False}
+    client = server.client()
+    for temperature in (0, 0.8):
+        reply = client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": "Describe a person as JSON."}], max_tokens=60,
+            temperature=temperature, seed=3,
+            response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
+        assert reply.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hello."}],
+                                           max_tokens=40, temperature=0, response_format={"type": "json_object"})
+    text = reply.choices[0].message.content  # without the constraint: "Hello! ..."
+    assert text.lstrip().startswith("{")
+    if reply.choices[0].finish_reason == "stop":  # complete: an object; cut by max_tokens: its beginning
+        assert isinstance(json.loads(text), dict)
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+                                       response_format={"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}})
+    assert raised.value.body["param"] == "response_format"
+
+
+def test_logprobs_are_the_probabilities_generate_shows(server, cli):
+    import math
+
+    client = server.client()
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}], max_tokens=6,
+                                           temperature=0, logprobs=True, top_logprobs=3)
+    local = generate_json(cli, "--chat", "-n", "6", "--show-probs", "3", QUESTION)
+    content = reply.choices[0].logprobs.content
+    assert [c.token for c in content] == [t["token"] for t in local["tokens"]]
+    for entry, token in zip(content, local["tokens"]):
+        assert math.isclose(math.exp(entry.logprob), token["prob"], abs_tol=2e-6)
+        assert [t.token for t in entry.top_logprobs] == [t["token"] for t in token["top"]]
+        assert entry.bytes == list(entry.token.encode())
+    text = client.completions.create(model="m", prompt="The capital of France is", max_tokens=4, temperature=0,
+                                     logprobs=2)
+    local = generate_json(cli, "-n", "4", "--show-probs", "2", "The capital of France is")
+    lp = text.choices[0].logprobs
+    assert lp.tokens == [t["token"] for t in local["tokens"]]
+    assert all(math.isclose(math.exp(a), t["prob"], abs_tol=2e-6) for a, t in zip(lp.token_logprobs, local["tokens"]))
+    assert all(len(top) == 2 for top in lp.top_logprobs)

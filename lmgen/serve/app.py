@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from lmgen.engine.generation import Finished, prompt_ids_for
+from lmgen.engine.generation import Finished, Token, prompt_ids_for
 from lmgen.errors import LmgenError
 from lmgen.serve import openai_api as api
 from lmgen.serve.bridge import EngineThread, Job
+from lmgen.serve.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Server:
     def __init__(self, options: ServeOptions):
         self.options, self.lm, self.engine, self.failed = options, None, None, None
         self.name = options.model.rstrip("/").rsplit("/", 1)[-1]
+        self.metrics = Metrics()
 
     def load(self) -> None:
         from lmgen.engine.load import load
@@ -50,6 +52,7 @@ class Server:
         try:
             self.lm = load(self.options.model, dtype=self.options.dtype, device=self.options.device)
             self.engine = EngineThread(self.lm, self.options.max_batch, self.options.queue)
+            self.metrics.watch(self.engine)
             for note in self.lm.notes:
                 sys.stderr.write(f"lmgen: note: {note}\n")
             sys.stderr.write(f"lmgen: serving {self.name}\n")
@@ -64,22 +67,27 @@ class Server:
             return JSONResponse({"status": "failed" if self.failed else "loading"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
+    async def metrics_text(self, request: Request) -> Response:
+        data, content_type = self.metrics.exposition()
+        return Response(data, media_type=content_type)
+
     async def models(self, request: Request) -> JSONResponse:
         return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
                                                          "owned_by": "lmgen"}]})
 
     async def chat(self, request: Request):
         body = await self._body(request)
-        settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context)
+        settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context, chat=True)
         messages = api.messages_of(body)
         ids = self._ids(messages, settings)
-        return await self._respond(request, [ids], settings, stream, include_usage, chat=True)
+        top = body.get("top_logprobs") or 0
+        return await self._respond(request, [ids], settings, stream, include_usage, chat=True, top=top)
 
     async def completions(self, request: Request):
         body = await self._body(request)
-        settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context)
+        settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context, chat=False)
         ids = [self._ids(prompt, settings) for prompt in api.prompts_of(body)]
-        return await self._respond(request, ids, settings, stream, include_usage, chat=False)
+        return await self._respond(request, ids, settings, stream, include_usage, chat=False, top=body.get("logprobs") or 0)
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -105,7 +113,7 @@ class Server:
         return ids
 
     async def _respond(self, request: Request, prompts: list[list[int]], settings, stream: bool,
-                       include_usage: bool, chat: bool):
+                       include_usage: bool, chat: bool, top: int):
         loop = asyncio.get_running_loop()
         jobs = [Job(ids, settings, loop) for ids in prompts]
         for job in jobs:
@@ -113,39 +121,54 @@ class Server:
                 for other in jobs:
                     other.cancelled = True
                 raise api.APIError(503, "the server is full; try again shortly", kind="server_error", code="overloaded")
+            self.metrics.prompt_tokens.inc(len(job.ids))
         kind, ident = ("chat.completion", api.new_id("chatcmpl")) if chat else ("text_completion", api.new_id("cmpl"))
         if stream:
-            return StreamingResponse(self._chunks(jobs, ident, kind, include_usage, chat),
+            return StreamingResponse(self._chunks(jobs, ident, kind, include_usage, chat, top),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            choices, prompt_tokens, completion_tokens = await self._collect(request, jobs, chat)
+            choices, prompt_tokens, completion_tokens = await self._collect(jobs, chat, top)
         finally:
             for job in jobs:
                 job.cancelled = True  # a client gone before the end frees its rows
         return JSONResponse(api.envelope(kind, ident, self.name, choices,
                                          {"usage": api.usage(prompt_tokens, completion_tokens)}))
 
-    async def _collect(self, request: Request, jobs: list[Job], chat: bool):
+    async def _collect(self, jobs: list[Job], chat: bool, top: int):
         choices, prompt_tokens, completion_tokens = [], 0, 0
-        n = jobs[0].settings.num_samples
+        n, wanted = jobs[0].settings.num_samples, jobs[0].settings.show_probs > 0
         for p, job in enumerate(jobs):
             done: dict[int, Finished] = {}
+            tokens: dict[int, list[Token]] = {s: [] for s in range(n)}
             while (event := await job.events.get()) is not None:
                 if isinstance(event, Exception):
                     raise api.APIError(400, str(event)) if isinstance(event, LmgenError) else event
                 if isinstance(event, Finished):
                     done[event.sample] = event
+                    self._observe(event)
+                elif wanted:
+                    tokens[event.sample].append(event)
             prompt_tokens += len(job.ids)
             for sample in sorted(done):
                 event = done[sample]
                 completion_tokens += event.new_tokens
                 choice = api.chat_choice if chat else api.text_choice
-                choices.append(choice(p * n + sample, event.output, event.reason))
+                choices.append(choice(p * n + sample, event.output, event.reason,
+                                      self._logprobs(tokens[sample], chat, top) if wanted else None))
         return choices, prompt_tokens, completion_tokens
 
-    async def _chunks(self, jobs: list[Job], ident: str, kind: str, include_usage: bool, chat: bool):
+    def _logprobs(self, tokens: list[Token], chat: bool, top: int) -> dict:
+        return (api.chat_logprobs if chat else api.text_logprobs)(tokens, self.lm.tokenizer, top)
+
+    def _observe(self, done: Finished) -> None:
+        self.metrics.generated_tokens.inc(done.new_tokens)
+        self.metrics.time_to_first_token.observe(done.prefill_seconds)
+        if done.new_tokens > 1:
+            self.metrics.inter_token.observe(done.decode_seconds / (done.new_tokens - 1))
+
+    async def _chunks(self, jobs: list[Job], ident: str, kind: str, include_usage: bool, chat: bool, top: int):
         kind = "chat.completion.chunk" if chat else kind
-        n = jobs[0].settings.num_samples
+        n, wanted = jobs[0].settings.num_samples, jobs[0].settings.show_probs > 0
         completion_tokens = 0
         try:
             if chat:
@@ -160,10 +183,12 @@ class Server:
                     index = p * n + event.sample
                     if isinstance(event, Finished):
                         completion_tokens += event.new_tokens
+                        self._observe(event)
                         choice = {"index": index, "finish_reason": event.reason, "logprobs": None}
                         choice.update({"delta": {"content": event.text}} if chat else {"text": event.text})
-                    elif event.text:
-                        choice = {"index": index, "finish_reason": None, "logprobs": None}
+                    elif event.text or wanted:
+                        logprobs = self._logprobs([event], chat, top) if wanted else None
+                        choice = {"index": index, "finish_reason": None, "logprobs": logprobs}
                         choice.update({"delta": {"content": event.text}} if chat else {"text": event.text})
                     else:
                         continue
@@ -184,7 +209,7 @@ def _sse(data: dict) -> str:
 
 def create_app(options: ServeOptions) -> Starlette:
     server = Server(options)
-    routes = [Route("/health", server.health), Route("/v1/models", server.models),
+    routes = [Route("/health", server.health), Route("/metrics", server.metrics_text), Route("/v1/models", server.models),
               Route("/v1/chat/completions", server.chat, methods=["POST"]),
               Route("/v1/completions", server.completions, methods=["POST"])]
 
@@ -227,6 +252,7 @@ class _Guard:
         except api.APIError as exc:
             headers = {"Retry-After": "1"} if exc.status == 503 else None
             await JSONResponse(exc.body(), status_code=exc.status, headers=headers)(scope, receive, sending)
+        self.server.metrics.requests.labels(scope["path"], str(status[0])).inc()
         sys.stderr.write(f"lmgen: {scope['method']} {scope['path']} {status[0]} "
                          f"{(time.perf_counter() - start) * 1000:.0f} ms\n")
 

@@ -3,12 +3,16 @@ events into completions, chunks and errors.
 
 Fields are read as the ``openai`` client sends them; unknown ones are ignored, and a field lmgen
 knows but cannot honour yet (``logprobs``, ``response_format``, ``tools``) is refused rather than
-silently dropped. Every bad value is an ``APIError``: a 400 with OpenAI's error object naming the
+silently dropped. ``response_format`` becomes lmgen's llguidance constraint (``json_object``: any JSON
+object; ``json_schema``: its schema); ``logprobs`` come from the same probabilities as
+``--show-probs``. Every bad value is an ``APIError``: a 400 with OpenAI's error object naming the
 field, never a 422 or a 500.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +21,7 @@ from lmgen.engine.generation import GenerationSettings
 from lmgen.engine.sampling import SamplingSettings
 from lmgen.errors import InputError
 
-UNSUPPORTED = ("logprobs", "top_logprobs", "response_format", "tools", "tool_choice", "functions")
+UNSUPPORTED = ("tools", "tool_choice", "functions")
 
 
 class APIError(Exception):
@@ -59,7 +63,7 @@ def _stops(body: dict) -> tuple[str, ...]:
     return tuple(stops)
 
 
-def settings_of(body: dict, context: int) -> tuple[GenerationSettings, bool, bool]:
+def settings_of(body: dict, context: int, chat: bool) -> tuple[GenerationSettings, bool, bool]:
     """(settings, stream, include_usage) from a request's fields."""
     for name in UNSUPPORTED:
         if body.get(name) not in (None, False, []):
@@ -81,10 +85,50 @@ def settings_of(body: dict, context: int) -> tuple[GenerationSettings, bool, boo
         seed = _field(body, "seed", int, None, lambda v: 0 <= v < 2**64, "an integer from 0 to 2**64 - 1")
         n = _field(body, "n", int, 1, lambda v: 1 <= v <= 16, "an integer from 1 to 16")
         settings = GenerationSettings(max_new_tokens=limit, sampling=sampling, seed=seed, stop=_stops(body),
-                                      num_samples=n)
+                                      num_samples=n, show_probs=_probabilities(body, chat),
+                                      constraint=_constraint(body))
     except InputError as exc:
         raise APIError(400, str(exc), str(exc).split(" ")[0].replace("-", "_")) from None
     return settings, bool(_field(body, "stream", bool, False, hint="true or false")), options
+
+
+def _probabilities(body: dict, chat: bool) -> int:
+    """How many alternatives each token's record carries (``show_probs``), at least 1 when
+    logprobs are asked for (the chosen token's own), 0 when not. Chat: ``logprobs`` true and
+    ``top_logprobs`` 0-20; completions: ``logprobs`` 0-5."""
+    if chat:
+        if not _field(body, "logprobs", bool, False, hint="true or false"):
+            if body.get("top_logprobs") is not None:
+                raise APIError(400, "'top_logprobs' needs 'logprobs': true", "top_logprobs")
+            return 0
+        return max(1, _field(body, "top_logprobs", int, 0, lambda v: 0 <= v <= 20, "an integer from 0 to 20"))
+    top = _field(body, "logprobs", int, None, lambda v: 0 <= v <= 5, "an integer from 0 to 5")
+    return 0 if top is None else max(1, top)
+
+
+def _constraint(body: dict):
+    form = body.get("response_format")
+    if form is None:
+        return None
+    kind = form.get("type") if isinstance(form, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        schema = {"type": "object"}
+    elif kind == "json_schema" and isinstance(form.get("json_schema"), dict):
+        schema = form["json_schema"].get("schema", {})
+    else:
+        raise APIError(400, "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                       "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": …}}", "response_format")
+    from lmgen.engine.constraint import Constraint
+    from lmgen.errors import EnvironmentFailure
+
+    try:
+        return Constraint.from_options(json_schema=json.dumps(schema))
+    except EnvironmentFailure as exc:
+        raise APIError(400, str(exc), "response_format") from None
+    except InputError as exc:
+        raise APIError(400, str(exc).replace("--json-schema", "response_format"), "response_format") from None
 
 
 def _stream_options(body: dict) -> bool:
@@ -136,13 +180,36 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
-def chat_choice(index: int, text: str, reason: str) -> dict:
+def chat_choice(index: int, text: str, reason: str, logprobs=None) -> dict:
     return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-            "logprobs": None}
+            "logprobs": logprobs}
 
 
-def text_choice(index: int, text: str, reason: str) -> dict:
-    return {"index": index, "text": text, "finish_reason": reason, "logprobs": None}
+def text_choice(index: int, text: str, reason: str, logprobs=None) -> dict:
+    return {"index": index, "text": text, "finish_reason": reason, "logprobs": logprobs}
+
+
+def _logprob(p: float) -> float:
+    return math.log(p) if p > 0 else -9999.0
+
+
+def chat_logprobs(tokens: list, tokenizer, top: int) -> dict:
+    """OpenAI's chat shape: per token its text, logprob, UTF-8 bytes and the ``top`` likeliest."""
+    def entry(token_id: int, p: float) -> dict:
+        text = tokenizer.decode([token_id], skip_special_tokens=False)
+        return {"token": text, "logprob": _logprob(p), "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(t.id, t.prob), "top_logprobs": [entry(i, p) for i, p in t.top[:top]]}
+                        for t in tokens]}
+
+
+def text_logprobs(tokens: list, tokenizer, top: int) -> dict:
+    """The completions shape: tokens, their logprobs, the ``top`` likeliest of each, offsets."""
+    texts = [tokenizer.decode([t.id], skip_special_tokens=False) for t in tokens]
+    offsets = [sum(len(x) for x in texts[:i]) for i in range(len(texts))]
+    return {"tokens": texts, "token_logprobs": [_logprob(t.prob) for t in tokens],
+            "top_logprobs": [{tokenizer.decode([i], skip_special_tokens=False): _logprob(p) for i, p in t.top[:top]}
+                             for t in tokens], "text_offset": offsets}
 
 
 def envelope(kind: str, ident: str, model: str, choices: list, extra: dict | None = None) -> dict:

@@ -1,0 +1,36 @@
+"""``GET /metrics``: the server's counters in Prometheus's text format (``prometheus_client``).
+
+Each server has a registry of its own (never the process-wide default), so that two servers in
+one process, as in tests, count apart. The engine thread's queue depth and rows in flight are
+read when /metrics is asked (gauges with a callback), never kept in step by hand.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("lmgen_requests", "HTTP requests by route and status", ["route", "status"], registry=r)
+        self.prompt_tokens = Counter("lmgen_prompt_tokens", "Prompt tokens of admitted requests", registry=r)
+        self.generated_tokens = Counter("lmgen_generated_tokens", "Tokens generated", registry=r)
+        self.queue_depth = Gauge("lmgen_queue_depth", "Requests waiting for rows", registry=r)
+        self.rows_in_flight = Gauge("lmgen_rows_in_flight", "Rows of the batch decoding now", registry=r)
+        self.time_to_first_token = Histogram("lmgen_time_to_first_token_seconds", "From admission to the first token",
+                                             buckets=LATENCY_BUCKETS, registry=r)
+        self.inter_token = Histogram("lmgen_inter_token_seconds", "Between a sample's tokens",
+                                     buckets=LATENCY_BUCKETS, registry=r)
+
+    def watch(self, engine) -> None:
+        """Read the engine thread's queue and rows whenever /metrics is asked."""
+        self.queue_depth.set_function(engine.queued)
+        self.rows_in_flight.set_function(engine.rows_in_flight)
+
+    def exposition(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
