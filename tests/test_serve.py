@@ -223,3 +223,31 @@ def test_logprobs_are_the_probabilities_generate_shows(server, cli):
     assert lp.tokens == [t["token"] for t in local["tokens"]]
     assert all(math.isclose(math.exp(a), t["prob"], abs_tol=2e-6) for a, t in zip(lp.token_logprobs, local["tokens"]))
     assert all(len(top) == 2 for top in lp.top_logprobs)
+
+
+# ------------------------------------------------------------- the command line as a client (--server)
+
+
+def test_generate_with_server_prints_what_it_prints_locally(server, cli):
+    remote = subprocess.run([EXE, "generate", "--server", server.url, "-n", "12", "The capital of France is"],
+                            capture_output=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    assert remote.stdout == cli("generate", "-n", "12", "The capital of France is").stdout
+    lines = b"The cat sat\n\nOnce upon a time\nHello\n"
+    remote = subprocess.run([EXE, "generate", "--server", server.url, "-n", "6", "--each-line", "--json"],
+                            input=lines, capture_output=True, timeout=120)
+    assert remote.returncode == 0, remote.stderr
+    local = [json.loads(line) for line in cli("generate", "-n", "6", "--each-line", "--json", input=lines).stdout.splitlines()]
+    keys = ("prompt", "text", "finish_reason", "prompt_tokens", "new_tokens", "sample", "index")
+    assert [json.loads(line) for line in remote.stdout.splitlines()] == [{k: r[k] for k in keys} for r in local]
+
+
+def test_the_client_imports_no_torch_and_refuses_what_a_server_cannot_honour(server, cli):
+    probe = ("import sys; from lmgen.cli.main import run; code = run(['generate', '--server', sys.argv[1], '-n', '2', "
+             "'Hi']); print(code, 'torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe, server.url], capture_output=True, text=True, timeout=120)
+    assert result.stderr.strip().splitlines()[-1] == "0 False"
+    refused = cli("generate", "--server", server.url, "--show-probs", "2", "Hi")
+    assert refused.returncode == 2 and b"--show-probs: not with --server" in refused.stderr
+    nobody = cli("generate", "--server", f"http://127.0.0.1:{free_port()}", "Hi")
+    assert nobody.returncode == 4 and nobody.stderr.startswith(b"lmgen: error: no server answers at")

@@ -51,6 +51,9 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per token, then a summary line."),
     stats: bool = STATS,
+    server: Optional[str] = typer.Option(None, "--server", envvar="LMGEN_SERVER",
+                                         help="Send the work to this OpenAI-compatible server (lmgen serve)."),
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", help="The server's key."),
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
     from lmgen.cli import prompts, render
@@ -61,6 +64,15 @@ def generate(
         raise InputError("--each-line reads prompts from stdin; drop the prompt argument and --file")
     if system is not None and not chat:
         raise InputError("--system needs --chat")
+    if server:
+        remote = {"--model": model, "--dtype": dtype, "--threads": threads, "--jsonl": jsonl, "--show-probs": show_probs,
+                  "--json-schema": json_schema, "--regex": regex, "--grammar": grammar, "--truncate": truncate,
+                  "--stats": stats, "--device": device != "cpu"}
+        refused = [name for name, value in remote.items() if value]
+        if refused:
+            raise InputError(f"{', '.join(refused)}: not with --server (the server's model and options decide)")
+        return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
+                          stop, chat, system, as_json, echo, batch_size)
 
     from lmgen.engine.batching import PromptError
     from lmgen.engine.batching import generate as run
@@ -109,3 +121,20 @@ def generate(
                 sys.stderr.write(render.stats_line(record) + "\n")
     except PromptError as exc:  # every earlier prompt has been printed: name the line that cannot be used
         raise InputError(f"stdin line {lines[exc.index]}: {exc}" if exc.index in lines else str(exc)) from None
+
+
+def _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed, stop, chat,
+               system, as_json, echo, batch_size) -> None:
+    """generate --server: the prompts read as locally, the work done by the server (cli.remote)."""
+    from lmgen.cli import prompts
+    from lmgen.cli.remote import run_remote
+
+    limit = prompts.max_bytes(1 << 20)  # the server knows its context; a prompt too long is its 400
+    if num_samples < 1 or max_new_tokens < 1:
+        raise InputError("num-samples and max-new-tokens must be >= 1")
+    if seed is not None and not 0 <= seed < 2**64:
+        raise InputError(f"seed must be from 0 to 2**64 - 1, got {seed}")
+    numbered = prompts.numbered_lines(limit) if each_line else [(1, prompts.read_prompt(prompt, file, limit))]
+    settings = {"max_new_tokens": max_new_tokens, "num_samples": num_samples, "seed": seed, "stop": tuple(stop or ())}
+    run_remote(server, api_key, ((number - 1, text) for number, text in numbered), sampling, settings, chat, system,
+               as_json, each_line, echo, batch_size)

@@ -20,64 +20,13 @@ Every filter keeps at least one token, and filtered tokens get -inf.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from lmgen.errors import InputError
+from lmgen.engine.sampling_settings import BOUNDS, SamplingSettings  # noqa: F401 (also from here)
 
 NEG_INF = float("-inf")
-
-
-# Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
-# below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most
-# the context length times 1e6. Wider values are refused where they are parsed.
-BOUNDS = (("temperature", 1e-6, 1e6), ("repetition_penalty", 1e-6, 1e6),
-          ("frequency_penalty", -1e6, 1e6), ("presence_penalty", -1e6, 1e6))
-
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temperature: float = 0.0
-    top_k: int = 0  # 0 keeps every token
-    top_p: float = 1.0  # 1 keeps every token
-    min_p: float = 0.0  # 0 keeps every token
-    typical_p: float = 1.0  # 1 keeps every token
-    repetition_penalty: float = 1.0  # 1 is off
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.temperature >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}"),
-            (self.top_k >= 0, f"top-k must be >= 0 (0 disables it), got {self.top_k}"),
-            (0 < self.top_p <= 1, f"top-p must be in (0, 1], got {self.top_p}"),
-            (0 <= self.min_p <= 1, f"min-p must be in [0, 1], got {self.min_p}"),
-            (0 < self.typical_p <= 1, f"typical-p must be in (0, 1], got {self.typical_p}"),
-            (self.repetition_penalty > 0, f"repetition-penalty must be > 0 (1 disables it), got {self.repetition_penalty}"),
-        ]
-        for name in ("temperature", "repetition_penalty", "frequency_penalty", "presence_penalty"):
-            value = getattr(self, name)
-            checks.append((math.isfinite(value), f"{name.replace('_', '-')} must be a finite number, got {value}"))
-        for name, low, high in BOUNDS:
-            value = getattr(self, name)
-            if name == "temperature" and value == 0:
-                continue
-            zero = "0 (greedy) or " if name == "temperature" else ""
-            checks.append((low <= value <= high or not math.isfinite(value),
-                           f"{name.replace('_', '-')} must be {zero}from {low:g} to {high:g}, got {value}"))
-        for ok, message in checks:
-            if not ok:  # also catches NaN
-                raise InputError(message)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    @property
-    def uses_history(self) -> bool:
-        return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
 
 
 class TokenHistory:

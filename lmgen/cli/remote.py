@@ -1,0 +1,108 @@
+"""``generate --server URL``: the same command, its work sent to a running OpenAI-compatible server
+(``lmgen serve``, or any other), printed as it would be printed locally.
+
+It imports neither torch nor the model code (the standard library's ``urllib`` speaks HTTP), so
+a script that calls lmgen once per input pays no start-up beyond Python's. Text streams as it
+arrives; ``--each-line`` sends its lines concurrently (``--batch-size`` at a time, so that the
+server batches them) and prints the answers in input order; ``--json`` records carry what the API
+returns (the prompt, text, finish reason, token counts, index and sample; no token ids or
+timings). An option a server cannot honour is refused, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from lmgen.cli.render import escape_line, json_line, write_out
+from lmgen.errors import EnvironmentFailure, InputError
+
+TIMEOUT = 600  # seconds a request may take
+
+
+def post(server: str, path: str, body: dict, key: str | None):
+    """The open HTTP response of a POST; a refusal is one line (4xx: exit 2, else exit 4)."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    request = urllib.request.Request(server.rstrip("/") + path, json.dumps(body).encode(), headers)
+    try:
+        return urllib.request.urlopen(request, timeout=TIMEOUT)
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read())["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        error = InputError if 400 <= exc.code < 500 else EnvironmentFailure
+        raise error(f"the server at {server} refused ({exc.code}): {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise EnvironmentFailure(f"no server answers at {server} ({getattr(exc, 'reason', exc)})") from None
+
+
+def chunks(response):
+    """The JSON chunks of a server-sent event stream, until ``[DONE]``."""
+    for raw in response:
+        line = raw.decode("utf-8").strip()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            return
+        yield json.loads(data)
+
+
+def request_body(text: str, sampling, settings: dict, chat: bool, system: str | None) -> tuple[str, dict]:
+    """(path, body) for one prompt."""
+    body = {"max_tokens": settings["max_new_tokens"], "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "top_k": sampling.top_k, "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty,
+            "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
+            "n": settings["num_samples"], "seed": settings["seed"], "stop": list(settings["stop"]) or None}
+    if sampling.typical_p != 1:
+        raise InputError("--typical-p is not an OpenAI field: not with --server")
+    if chat:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        return "/v1/chat/completions", {**body, "messages": messages}
+    return "/v1/completions", {**body, "prompt": text}
+
+
+def run_remote(server: str, key: str | None, prompts, sampling, settings: dict, chat: bool, system: str | None,
+               as_json: bool, each_line: bool, echo: bool, concurrency: int) -> None:
+    """Generate every prompt (index, text) on the server and print it as ``generate`` would."""
+    if each_line or as_json or settings["num_samples"] > 1:
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            answers = pool.map(lambda item: (item, _whole(server, key, item[1], sampling, settings, chat, system)),
+                               prompts)
+            for (index, text), reply in answers:
+                _print_whole(index, text, reply, chat, as_json, each_line, echo)
+        return
+    for _, text in prompts:  # one prompt, as text: streamed
+        path, body = request_body(text, sampling, settings, chat, system)
+        if echo:
+            write_out(text)
+        with post(server, path, {**body, "stream": True}, key) as response:
+            for chunk in chunks(response):
+                for choice in chunk.get("choices", []):
+                    write_out((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+        write_out("\n")
+
+
+def _whole(server, key, text, sampling, settings, chat, system) -> dict:
+    path, body = request_body(text, sampling, settings, chat, system)
+    with post(server, path, body, key) as response:
+        return json.loads(response.read())
+
+
+def _print_whole(index: int, text: str, reply: dict, chat: bool, as_json: bool, each_line: bool, echo: bool) -> None:
+    choices = sorted(reply.get("choices", []), key=lambda c: c["index"])
+    usage = reply.get("usage") or {}
+    for sample, choice in enumerate(choices):
+        output = choice["message"]["content"] if chat else choice["text"]
+        if as_json:
+            json_line({"prompt": text, "text": output, "finish_reason": choice.get("finish_reason"),
+                       "prompt_tokens": usage.get("prompt_tokens"),
+                       "new_tokens": usage.get("completion_tokens") if len(choices) == 1 else None,
+                       "sample": sample, "index": index})
+        else:
+            write_out((text if echo else "") + (escape_line(output) if each_line else output) + "\n")
+    sys.stdout.flush()
