@@ -35,6 +35,12 @@ class Job:
         self.loop.call_soon_threadsafe(self.events.put_nowait, item)
 
 
+def _deliver(items: list) -> None:
+    """On the event loop: each (job, event) of a step into the job's queue."""
+    for job, item in items:
+        job.events.put_nowait(item)
+
+
 class EngineThread:
     """The engine, run on a thread of its own; ``submit`` and ``cancel`` are safe from any thread."""
 
@@ -108,14 +114,20 @@ class EngineThread:
                 job.send(exc)
 
     def _dispatch(self, events) -> None:
+        """A step's events to their jobs, with one wake-up of the event loop for all of them (one
+        per event cost more than the step itself with many streams)."""
+        batches: dict = {}
         for event in events:
             job = self.running.get(event.index)
             if job is None:
                 continue
-            job.send(event)
+            items = batches.setdefault(job.loop, [])
+            items.append((job, event))
             if isinstance(event, Finished):
                 job.finished += 1
                 if job.finished == job.settings.num_samples:
                     del self.running[event.index]
-                    job.send(None)
+                    items.append((job, None))
+        for loop, items in batches.items():
+            loop.call_soon_threadsafe(_deliver, items)
 
