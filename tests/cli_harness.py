@@ -9,10 +9,7 @@ from contextlib import contextmanager
 
 from hypothesis import settings
 
-
-class Result:
-    def __init__(self, returncode: int, stdout: bytes, stderr: bytes):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+from conftest import Result
 
 
 @contextmanager

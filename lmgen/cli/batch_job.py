@@ -26,6 +26,7 @@ from pathlib import Path
 
 from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import regular_file
+from lmgen.text.utf8 import BOM
 
 MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
 PART_SUFFIXES = (".jsonl", ".json")  # ours, and Ray's write_json
@@ -71,7 +72,7 @@ def read_input(path: Path, seed: int | None) -> Iterator[dict]:
             except UnicodeDecodeError:
                 raise InputError(f"{path}:{number} is not valid UTF-8") from None
             if number == 1:
-                line = line.removeprefix("\ufeff")  # a byte order mark is not part of the prompt
+                line = line.removeprefix(BOM)  # a byte order mark is not part of the prompt
             if not line.strip():
                 continue
             record = _json_line(line, path, number) if jsonl else {"prompt": line}

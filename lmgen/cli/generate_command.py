@@ -128,13 +128,10 @@ def _on_server(server, api_key, prompt, file, each_line, sampling, max_new_token
     """generate --server: the prompts read as locally, the work done by the server (cli.remote)."""
     from lmgen.cli import prompts
     from lmgen.cli.remote import run_remote
+    from lmgen.engine.settings import GenerationSettings
 
+    settings = GenerationSettings(max_new_tokens, sampling, seed, stop=tuple(stop or ()), num_samples=num_samples)
     limit = prompts.max_bytes(1 << 20)  # the server knows its context; a prompt too long is its 400
-    if num_samples < 1 or max_new_tokens < 1:
-        raise InputError("num-samples and max-new-tokens must be >= 1")
-    if seed is not None and not 0 <= seed < 2**64:
-        raise InputError(f"seed must be from 0 to 2**64 - 1, got {seed}")
     numbered = prompts.numbered_lines(limit) if each_line else [(1, prompts.read_prompt(prompt, file, limit))]
-    settings = {"max_new_tokens": max_new_tokens, "num_samples": num_samples, "seed": seed, "stop": tuple(stop or ())}
-    run_remote(server, api_key, ((number - 1, text) for number, text in numbered), sampling, settings, chat, system,
+    run_remote(server, api_key, ((number - 1, text) for number, text in numbered), settings, chat, system,
                as_json, each_line, echo, batch_size)

@@ -44,7 +44,7 @@ def with_sampling(command):
 
     @functools.wraps(command)
     def wrapper(**values):
-        from lmgen.engine.sampling_settings import SamplingSettings
+        from lmgen.engine.settings import SamplingSettings
 
         sampling = SamplingSettings(**{name: values.pop(name) for name in SAMPLING_OPTIONS})
         return command(sampling=sampling, **values)

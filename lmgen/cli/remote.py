@@ -15,6 +15,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 from lmgen.cli.render import escape_line, json_line, write_out
@@ -52,12 +53,13 @@ def chunks(response):
         yield json.loads(data)
 
 
-def request_body(text: str, sampling, settings: dict, chat: bool, system: str | None) -> tuple[str, dict]:
-    """(path, body) for one prompt."""
-    body = {"max_tokens": settings["max_new_tokens"], "temperature": sampling.temperature, "top_p": sampling.top_p,
+def request_body(text: str, settings, chat: bool, system: str | None) -> tuple[str, dict]:
+    """(path, body) for one prompt and its GenerationSettings."""
+    sampling = settings.sampling
+    body = {"max_tokens": settings.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "top_k": sampling.top_k, "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty,
             "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
-            "n": settings["num_samples"], "seed": settings["seed"], "stop": list(settings["stop"]) or None}
+            "n": settings.num_samples, "seed": settings.seed, "stop": list(settings.stop) or None}
     if sampling.typical_p != 1:
         raise InputError("--typical-p is not an OpenAI field: not with --server")
     if chat:
@@ -66,18 +68,23 @@ def request_body(text: str, sampling, settings: dict, chat: bool, system: str | 
     return "/v1/completions", {**body, "prompt": text}
 
 
-def run_remote(server: str, key: str | None, prompts, sampling, settings: dict, chat: bool, system: str | None,
+def run_remote(server: str, key: str | None, prompts, settings, chat: bool, system: str | None,
                as_json: bool, each_line: bool, echo: bool, concurrency: int) -> None:
-    """Generate every prompt (index, text) on the server and print it as ``generate`` would."""
-    if each_line or as_json or settings["num_samples"] > 1:
+    """Generate every prompt (index, text) on the server and print it as ``generate`` would.
+    Many prompts go ``concurrency`` at a time, read from the input only as answers are printed
+    (bounded memory for any number of lines, as locally)."""
+    if each_line or as_json or settings.num_samples > 1:
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
-            answers = pool.map(lambda item: (item, _whole(server, key, item[1], sampling, settings, chat, system)),
-                               prompts)
-            for (index, text), reply in answers:
-                _print_whole(index, text, reply, chat, as_json, each_line, echo)
+            window: deque = deque()
+            for item in prompts:
+                window.append((item, pool.submit(_whole, server, key, item[1], settings, chat, system)))
+                if len(window) >= max(1, concurrency):
+                    _print_next(window, chat, as_json, each_line, echo)
+            while window:
+                _print_next(window, chat, as_json, each_line, echo)
         return
     for _, text in prompts:  # one prompt, as text: streamed
-        path, body = request_body(text, sampling, settings, chat, system)
+        path, body = request_body(text, settings, chat, system)
         if echo:
             write_out(text)
         with post(server, path, {**body, "stream": True}, key) as response:
@@ -87,8 +94,13 @@ def run_remote(server: str, key: str | None, prompts, sampling, settings: dict, 
         write_out("\n")
 
 
-def _whole(server, key, text, sampling, settings, chat, system) -> dict:
-    path, body = request_body(text, sampling, settings, chat, system)
+def _print_next(window: deque, chat: bool, as_json: bool, each_line: bool, echo: bool) -> None:
+    (index, text), answer = window.popleft()
+    _print_whole(index, text, answer.result(), chat, as_json, each_line, echo)
+
+
+def _whole(server, key, text, settings, chat, system) -> dict:
+    path, body = request_body(text, settings, chat, system)
     with post(server, path, body, key) as response:
         return json.loads(response.read())
 

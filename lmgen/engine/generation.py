@@ -19,9 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-from lmgen.engine.constraint import Constraint, Matcher, compiled
+from lmgen.engine.constraint import Matcher, compiled
 from lmgen.engine.load import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
-from lmgen.engine.sampling import SamplingSettings, TokenHistory, sample_next_token
+from lmgen.engine.sampling import TokenHistory, sample_next_token
+from lmgen.engine.settings import GenerationSettings, SamplingSettings  # noqa: F401 (also from here)
 from lmgen.errors import CheckpointError, InputError
 from lmgen.model.decoder import Decoder
 from lmgen.text.stops import StopStrings
@@ -34,32 +35,6 @@ def require_finite(logits: torch.Tensor) -> None:
     if not math.isfinite(float(logits.sum(dtype=torch.float64))):
         raise CheckpointError("the model computed NaN or infinite logits: its weights are broken "
                               "(or overflow in this dtype); no text was generated from them")
-
-
-@dataclass(frozen=True)
-class GenerationSettings:
-    max_new_tokens: int = 128
-    sampling: SamplingSettings = SamplingSettings()
-    seed: int | None = None
-    truncate: bool = False  # keep the end of a prompt that leaves no room to generate
-    stop: tuple[str, ...] = ()  # stop strings: never printed, end the sample
-    num_samples: int = 1  # independent continuations, batched
-    show_probs: int = 0  # report each token's probability and this many alternatives
-    constraint: Constraint | None = None  # output a JSON schema, regex or grammar accepts (lmgen.engine.constraint)
-
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise InputError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_samples < 1:
-            raise InputError(f"num-samples must be >= 1, got {self.num_samples}")
-        if self.show_probs < 0:
-            raise InputError(f"show-probs must be >= 0, got {self.show_probs}")
-        if self.seed is not None and not 0 <= self.seed < 2**64:
-            raise InputError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
-        if any(not stop for stop in self.stop):
-            raise InputError("a --stop string must not be empty")
-        for stop in self.stop:
-            utf8_text(stop, "a --stop string")
 
 
 @dataclass(frozen=True)

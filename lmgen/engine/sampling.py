@@ -24,7 +24,7 @@ import math
 import torch
 from torch import Tensor
 
-from lmgen.engine.sampling_settings import BOUNDS, SamplingSettings  # noqa: F401 (also from here)
+from lmgen.engine.settings import BOUNDS, SamplingSettings  # noqa: F401 (also from here)
 
 NEG_INF = float("-inf")
 

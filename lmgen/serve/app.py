@@ -203,15 +203,18 @@ class Server:
                 job.cancelled = True
 
 
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+
+
 def _sse(data: dict) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def create_app(options: ServeOptions) -> Starlette:
     server = Server(options)
-    routes = [Route("/health", server.health), Route("/metrics", server.metrics_text), Route("/v1/models", server.models),
-              Route("/v1/chat/completions", server.chat, methods=["POST"]),
-              Route("/v1/completions", server.completions, methods=["POST"])]
+    routes = [Route(path, endpoint, methods=["POST"] if path.endswith("completions") else ["GET"])
+              for path, endpoint in zip(ROUTES, (server.health, server.metrics_text, server.models, server.chat,
+                                                 server.completions))]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -252,7 +255,8 @@ class _Guard:
         except api.APIError as exc:
             headers = {"Retry-After": "1"} if exc.status == 503 else None
             await JSONResponse(exc.body(), status_code=exc.status, headers=headers)(scope, receive, sending)
-        self.server.metrics.requests.labels(scope["path"], str(status[0])).inc()
+        route = scope["path"] if scope["path"] in ROUTES else "other"  # a scan of paths never grows the metric
+        self.server.metrics.requests.labels(route, str(status[0])).inc()
         sys.stderr.write(f"lmgen: {scope['method']} {scope['path']} {status[0]} "
                          f"{(time.perf_counter() - start) * 1000:.0f} ms\n")
 

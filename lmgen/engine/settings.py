@@ -1,13 +1,19 @@
-"""How the next token is to be chosen: ``SamplingSettings``, checked where they are made, with no
-torch (the command line builds them before deciding whether a model is needed at all:
-``generate --server`` never loads one). ``engine.sampling`` applies them to logits."""
+"""What a generation is asked to do: ``SamplingSettings`` (how each token is chosen) and
+``GenerationSettings`` (budget, seed, stops, samples, constraint), each checked where it is made.
+No torch: the command line builds them before deciding whether a model is needed at all
+(``generate --server`` never loads one). ``engine.sampling`` and ``engine.generation`` use them."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from lmgen.errors import InputError
+from lmgen.text.utf8 import utf8_text
+
+if TYPE_CHECKING:
+    from lmgen.engine.constraint import Constraint
 
 # Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
 # below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most
@@ -57,3 +63,29 @@ class SamplingSettings:
     @property
     def uses_history(self) -> bool:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    max_new_tokens: int = 128
+    sampling: SamplingSettings = SamplingSettings()
+    seed: int | None = None
+    truncate: bool = False  # keep the end of a prompt that leaves no room to generate
+    stop: tuple[str, ...] = ()  # stop strings: never printed, end the sample
+    num_samples: int = 1  # independent continuations, batched
+    show_probs: int = 0  # report each token's probability and this many alternatives
+    constraint: Constraint | None = None  # output a JSON schema, regex or grammar accepts (lmgen.engine.constraint)
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise InputError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
+        if self.num_samples < 1:
+            raise InputError(f"num-samples must be >= 1, got {self.num_samples}")
+        if self.show_probs < 0:
+            raise InputError(f"show-probs must be >= 0, got {self.show_probs}")
+        if self.seed is not None and not 0 <= self.seed < 2**64:
+            raise InputError(f"seed must be from 0 to 2**64 - 1, got {self.seed}")
+        if any(not stop for stop in self.stop):
+            raise InputError("a --stop string must not be empty")
+        for stop in self.stop:
+            utf8_text(stop, "a --stop string")
