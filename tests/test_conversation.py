@@ -6,7 +6,7 @@ import pytest
 
 import lmgen
 from lmgen.engine.batching import generate
-from lmgen.engine.conversation import Conversation, common_prefix
+from lmgen.engine.conversation import Conversation
 from lmgen.engine.generation import Finished, GenerationSettings
 from lmgen.errors import InputError
 from lmgen.model.decoder import Decoder
@@ -113,8 +113,3 @@ def test_a_model_without_a_chat_template_is_refused(tiny_dir):
     with pytest.raises(InputError, match="lmgen generate"):
         Conversation(lmgen.load(tiny_dir))
 
-
-def test_common_prefix():
-    assert common_prefix([1, 2, 3], [1, 2, 4, 5]) == 2
-    assert common_prefix([], [1]) == 0
-    assert common_prefix([1, 2], [1, 2]) == 2

@@ -30,6 +30,7 @@ from lmgen.engine.generation import (
     prompt_ids_for,
     require_finite,
 )
+from lmgen.engine.prefix_cache import PrefixCache
 from lmgen.engine.sampling import TokenHistory, sample_next_token
 from lmgen.errors import InputError
 from lmgen.model.decoder import KVCache
@@ -68,6 +69,7 @@ class Row:
     token: int = 0  # the last token chosen, fed back at the next step
     sample: int = 0  # which of the prompt's samples (--num-samples)
     prompt_logits: torch.Tensor | None = None  # the prefill's, for the prompt's later samples
+    cached: int = 0  # leading prompt tokens whose keys and values came from the prefix cache
 
     @property
     def position(self) -> int:
@@ -85,7 +87,8 @@ class PromptError(InputError):
 
 
 def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[int] | Request],
-                  settings: GenerationSettings = GenerationSettings(), batch_size: int = 8) -> Iterator[Token | Finished]:
+                  settings: GenerationSettings = GenerationSettings(), batch_size: int = 8,
+                  prefix_cache: PrefixCache | None = None) -> Iterator[Token | Finished]:
     """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
     each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
     order, but the samples' are interleaved. A prompt is text, messages (rendered with the chat
@@ -93,10 +96,11 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
     settings of its own (then its events come from them, as if it ran alone with them). One
     that cannot be used (or an iterable that raises InputError) ends the run with a
     ``PromptError`` naming its index, once every prompt before it has finished and its events
-    have been yielded: no work done is lost."""
+    have been yielded: no work done is lost. With a ``prefix_cache``, each prompt prefills only
+    what follows the longest prefix of it found there (kept from earlier prompts' rows)."""
     if batch_size < 1:
         raise InputError(f"batch-size must be >= 1, got {batch_size}")
-    engine = Engine(lm, batch_size)
+    engine = Engine(lm, batch_size, prefix_cache)
 
     def pending():  # (index, sample, token ids, settings, budget, seed), each prompt tokenized once
         for index, prompt in enumerate(prompts):
@@ -166,10 +170,12 @@ class Engine:
     """Rows of one KV cache, each a sample of a prompt in flight: prompts join rows as they free
     up (``join``), one ``step`` decodes a token for every row, and ``drop`` frees a prompt's rows
     at once (a request cancelled). ``generate_many`` drives it from an iterable; a server drives
-    it from a queue of requests, step by step."""
+    it from a queue of requests, step by step. With a ``PrefixCache``, a finished row's keys and
+    values are kept, and a joining prompt prefills only what follows the longest prefix found."""
 
-    def __init__(self, lm: LanguageModel, batch_size: int):
+    def __init__(self, lm: LanguageModel, batch_size: int, prefix_cache: PrefixCache | None = None):
         self.lm, self.model = lm, lm.model
+        self.prefix_cache = prefix_cache
         self.rows: list[Row | None] = [None] * batch_size
         self.read = 0  # prompts read and found usable: the index of the next
         self.cache: KVCache | None = None
@@ -206,8 +212,11 @@ class Engine:
             self.cache.v[:, slot, :, : len(ids)] = self.cache.v[:, sibling, :, : len(ids)]
             logits = self.rows[sibling].prompt_logits
             row.start = self.rows[sibling].start  # its time to first token includes the shared prefill
+            row.cached = self.rows[sibling].cached
         else:
-            logits = self.forward(torch.tensor([ids], device=device), 0, self.cache.row(slot), last_only=True)[:, -1]
+            row.cached = self._copy_prefix(slot, ids)
+            logits = self.forward(torch.tensor([ids[row.cached :]], device=device), row.cached, self.cache.row(slot),
+                                  last_only=True)[:, -1]
             require_finite(logits)
         row.prompt_logits = logits
         row.first = time.perf_counter()
@@ -249,8 +258,25 @@ class Engine:
 
     def _finish(self, slot: int, reason: str, tail: str) -> Finished:
         row, self.rows[slot] = self.rows[slot], None
+        if self.prefix_cache is not None:  # the tokens whose keys and values the row holds
+            generated = row.sample_text.ids
+            held = row.prompt_ids + (generated if row.token in self.lm.eos_ids else generated[:-1])
+            n = len(held)
+            self.prefix_cache.put(held, self.cache.k[:, slot, :, :n], self.cache.v[:, slot, :, :n])
         return row.sample_text.finished(reason, tail, len(row.prompt_ids), row.start, row.first, row.sample,
-                                        row.index)
+                                        row.index, row.cached)
+
+    def _copy_prefix(self, slot: int, ids: list[int]) -> int:
+        """Copy the keys and values of the longest cached prefix of ``ids`` into row ``slot`` (at
+        least one token is left to prefill, for its logits); how many tokens that is."""
+        if self.prefix_cache is None:
+            return 0
+        n, k, v = self.prefix_cache.longest(ids)
+        n = min(n, len(ids) - 1)
+        if n > 0:
+            self.cache.k[:, slot, :, :n] = k[:, :, :n]
+            self.cache.v[:, slot, :, :n] = v[:, :, :n]
+        return n
 
     def _reserve(self, length: int) -> None:
         """A cache with room for ``length`` positions per row, grown (and its rows kept) if need be."""

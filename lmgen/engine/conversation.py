@@ -16,20 +16,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, _events
+from lmgen.engine.prefix_cache import common_prefix
 from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import read_json
 from lmgen.text.chat import check_messages
 
 REPLY_SHARE = 8  # of the context window, the most kept free for a reply
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class Conversation:

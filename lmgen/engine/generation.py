@@ -61,6 +61,7 @@ class Finished:
     token_ids: tuple[int, ...] = ()  # the sample's tokens (an end-of-sequence token is not one)
     complete: bool | None = None  # with a constraint: whether it accepts the output (None: no constraint)
     constraint_seconds: float = 0.0  # spent computing the constraint's masks
+    cached_tokens: int = 0  # leading prompt tokens not prefilled: their keys and values were cached
 
 
 def check_fits(prompt_ids: list[int], context: int) -> None:
@@ -173,11 +174,12 @@ class _Sample:
         return tail
 
     def finished(self, reason: str, tail: str, prompt_tokens: int, start: float, first: float, sample: int,
-                 index: int = 0) -> "Finished":
+                 index: int = 0, cached: int = 0) -> "Finished":
         """The sample's closing event; tail is what the sample released last (already counted)."""
         m = self.matcher
         return Finished(reason, tail, prompt_tokens, self.count, first - start, time.perf_counter() - first,
-                        sample, index, self.text, tuple(self.ids), m and m.complete, m.seconds if m else 0.0)
+                        sample, index, self.text, tuple(self.ids), m and m.complete, m.seconds if m else 0.0,
+                        cached)
 
 
 def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings, cache=None,

@@ -38,6 +38,7 @@ class ServeOptions:
     max_batch: int = 8
     queue: int = 64
     max_body: int = 1 << 20
+    prefix_cache_mib: int = 256  # keys and values of recent requests kept for the next (0: none)
 
 
 class Server:
@@ -51,7 +52,8 @@ class Server:
 
         try:
             self.lm = load(self.options.model, dtype=self.options.dtype, device=self.options.device)
-            self.engine = EngineThread(self.lm, self.options.max_batch, self.options.queue)
+            self.engine = EngineThread(self.lm, self.options.max_batch, self.options.queue,
+                                       self.options.prefix_cache_mib << 20)
             self.metrics.watch(self.engine)
             for note in self.lm.notes:
                 sys.stderr.write(f"lmgen: note: {note}\n")
@@ -127,15 +129,14 @@ class Server:
             return StreamingResponse(self._chunks(jobs, ident, kind, include_usage, chat, top),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
         try:
-            choices, prompt_tokens, completion_tokens = await self._collect(jobs, chat, top)
+            choices, usage = await self._collect(jobs, chat, top)
         finally:
             for job in jobs:
                 job.cancelled = True  # a client gone before the end frees its rows
-        return JSONResponse(api.envelope(kind, ident, self.name, choices,
-                                         {"usage": api.usage(prompt_tokens, completion_tokens)}))
+        return JSONResponse(api.envelope(kind, ident, self.name, choices, {"usage": usage}))
 
     async def _collect(self, jobs: list[Job], chat: bool, top: int):
-        choices, prompt_tokens, completion_tokens = [], 0, 0
+        choices, prompt_tokens, completion_tokens, cached = [], 0, 0, 0
         n, wanted = jobs[0].settings.num_samples, jobs[0].settings.show_probs > 0
         for p, job in enumerate(jobs):
             done: dict[int, Finished] = {}
@@ -149,19 +150,23 @@ class Server:
                 elif wanted:
                     tokens[event.sample].append(event)
             prompt_tokens += len(job.ids)
+            cached += done[0].cached_tokens if 0 in done else 0
             for sample in sorted(done):
                 event = done[sample]
                 completion_tokens += event.new_tokens
                 choice = api.chat_choice if chat else api.text_choice
                 choices.append(choice(p * n + sample, event.output, event.reason,
                                       self._logprobs(tokens[sample], chat, top) if wanted else None))
-        return choices, prompt_tokens, completion_tokens
+        return choices, api.usage(prompt_tokens, completion_tokens, cached)
 
     def _logprobs(self, tokens: list[Token], chat: bool, top: int) -> dict:
         return (api.chat_logprobs if chat else api.text_logprobs)(tokens, self.lm.tokenizer, top)
 
     def _observe(self, done: Finished) -> None:
         self.metrics.generated_tokens.inc(done.new_tokens)
+        if done.sample == 0 and done.cached_tokens:
+            self.metrics.prefix_cache_hits.inc()
+            self.metrics.prefix_cache_tokens.inc(done.cached_tokens)
         self.metrics.time_to_first_token.observe(done.prefill_seconds)
         if done.new_tokens > 1:
             self.metrics.inter_token.observe(done.decode_seconds / (done.new_tokens - 1))
@@ -169,7 +174,7 @@ class Server:
     async def _chunks(self, jobs: list[Job], ident: str, kind: str, include_usage: bool, chat: bool, top: int):
         kind = "chat.completion.chunk" if chat else kind
         n, wanted = jobs[0].settings.num_samples, jobs[0].settings.show_probs > 0
-        completion_tokens = 0
+        completion_tokens, cached = 0, 0
         try:
             if chat:
                 first = [{"index": s, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
@@ -183,6 +188,7 @@ class Server:
                     index = p * n + event.sample
                     if isinstance(event, Finished):
                         completion_tokens += event.new_tokens
+                        cached += event.cached_tokens if event.sample == 0 else 0
                         self._observe(event)
                         choice = {"index": index, "finish_reason": event.reason, "logprobs": None}
                         choice.update({"delta": {"content": event.text}} if chat else {"text": event.text})
@@ -196,7 +202,7 @@ class Server:
             if include_usage:
                 prompt_tokens = sum(len(job.ids) for job in jobs)
                 yield _sse(api.envelope(kind, ident, self.name, [],
-                                        {"usage": api.usage(prompt_tokens, completion_tokens)}))
+                                        {"usage": api.usage(prompt_tokens, completion_tokens, cached)}))
             yield "data: [DONE]\n\n"
         finally:  # also when the client disconnects: its rows are freed at the next step
             for job in jobs:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from lmgen.engine.batching import Engine
 from lmgen.engine.generation import Finished, GenerationSettings
+from lmgen.engine.prefix_cache import PrefixCache
 
 
 @dataclass
@@ -44,8 +45,8 @@ def _deliver(items: list) -> None:
 class EngineThread:
     """The engine, run on a thread of its own; ``submit`` and ``cancel`` are safe from any thread."""
 
-    def __init__(self, lm, max_batch: int, max_waiting: int):
-        self.engine = Engine(lm, max_batch)
+    def __init__(self, lm, max_batch: int, max_waiting: int, prefix_cache_bytes: int = 0):
+        self.engine = Engine(lm, max_batch, PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None)
         self.max_batch, self.max_waiting = max_batch, max_waiting
         self.inbox: queue.Queue[Job] = queue.Queue()
         self.waiting: deque[Job] = deque()

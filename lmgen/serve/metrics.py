@@ -22,6 +22,10 @@ class Metrics:
         self.generated_tokens = Counter("lmgen_generated_tokens", "Tokens generated", registry=r)
         self.queue_depth = Gauge("lmgen_queue_depth", "Requests waiting for rows", registry=r)
         self.rows_in_flight = Gauge("lmgen_rows_in_flight", "Rows of the batch decoding now", registry=r)
+        self.prefix_cache_hits = Counter("lmgen_prefix_cache_hits", "Requests that found a prefix cached",
+                                         registry=r)
+        self.prefix_cache_tokens = Counter("lmgen_prefix_cache_tokens", "Prompt tokens found cached, not prefilled",
+                                           registry=r)
         self.time_to_first_token = Histogram("lmgen_time_to_first_token_seconds", "From admission to the first token",
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.inter_token = Histogram("lmgen_inter_token_seconds", "Between a sample's tokens",
