@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lmgen.cli.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
 from lmgen.engine.conversation import Conversation
-from lmgen.engine.generation import Finished, Token
+from lmgen.engine.events import Finished, Token
 from lmgen.engine.records import summary
 from lmgen.errors import InputError, LmgenError
 from lmgen.text.utf8 import BOM, utf8_text

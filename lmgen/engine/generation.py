@@ -15,11 +15,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
 from lmgen.engine.constraint import Matcher, compiled
+from lmgen.engine.events import Finished, Token  # noqa: F401 (also from here)
 from lmgen.engine.load import LanguageModel, load, parse_device, parse_dtype  # noqa: F401 (load: also from here)
 from lmgen.engine.sampling import TokenHistory, sample_next_token
 from lmgen.engine.settings import GenerationSettings, SamplingSettings  # noqa: F401 (also from here)
@@ -35,33 +35,6 @@ def require_finite(logits: torch.Tensor) -> None:
     if not math.isfinite(float(logits.sum(dtype=torch.float64))):
         raise CheckpointError("the model computed NaN or infinite logits: its weights are broken "
                               "(or overflow in this dtype); no text was generated from them")
-
-
-@dataclass(frozen=True)
-class Token:
-    id: int
-    text: str  # the text this token releases (may be empty while a character or stop string is pending)
-    sample: int = 0
-    prob: float | None = None  # softmax of the LM head's logits for the chosen token (with show_probs)
-    top: tuple[tuple[int, float], ...] = ()  # the most likely (id, probability) pairs (with show_probs)
-    index: int = 0  # the prompt's, with several prompts (batching.generate_many)
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str  # "stop" (EOS or a stop string) or "length" (max-new-tokens or the context window)
-    text: str  # held-back text released at the end (usually empty)
-    prompt_tokens: int
-    new_tokens: int
-    prefill_seconds: float  # prompt forward pass and first token: time to first token
-    decode_seconds: float  # every later token
-    sample: int = 0
-    index: int = 0  # the prompt's, with several prompts (batching.generate_many)
-    output: str = ""  # the sample's whole text (every Token's text, then this event's)
-    token_ids: tuple[int, ...] = ()  # the sample's tokens (an end-of-sequence token is not one)
-    complete: bool | None = None  # with a constraint: whether it accepts the output (None: no constraint)
-    constraint_seconds: float = 0.0  # spent computing the constraint's masks
-    cached_tokens: int = 0  # leading prompt tokens not prefilled: their keys and values were cached
 
 
 def check_fits(prompt_ids: list[int], context: int) -> None:

@@ -6,7 +6,7 @@ Library code: no Typer, no rich. A finished sample carries its text and token id
 
 from __future__ import annotations
 
-from lmgen.engine.generation import Finished, Token
+from lmgen.engine.events import Finished, Token
 
 
 def summary(prompt: str, done: Finished, bytes_per_token: int, tokens: list[Token] | None = None,
