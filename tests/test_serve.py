@@ -283,3 +283,35 @@ def test_the_client_imports_no_torch_and_refuses_what_a_server_cannot_honour(ser
     assert refused.returncode == 2 and b"--show-probs: not with --server" in refused.stderr
     nobody = cli("generate", "--server", f"http://127.0.0.1:{free_port()}", "Hi")
     assert nobody.returncode == 4 and nobody.stderr.startswith(b"lmgen: error: no server answers at")
+
+
+def test_piped_chat_with_server_prints_what_it_prints_locally(server, cli):
+    lines = b"What is the capital of France?\nAnd of Italy?\n/undo\nAnd of Spain?\n"
+    local = cli("chat", "-n", "16", input=lines)
+    remote = cli("chat", "--server", server.url, "-n", "16", input=lines)
+    assert remote.returncode == local.returncode == 0, remote.stderr
+    assert remote.stdout == local.stdout and len(remote.stdout.splitlines()) == 3
+    records = [json.loads(line) for line in
+               cli("chat", "--server", server.url, "-n", "16", "--jsonl", input=lines).stdout.splitlines()]
+    assert [r["text"] for r in records] == local.stdout.decode().splitlines()
+    assert records[1]["reused_tokens"] >= records[0]["prompt_tokens"]  # the server's prefix cache
+    probe = ("import sys; from lmgen.cli.main import run; code = run(['chat', '--server', sys.argv[1], '-n', '2']); "
+             "print(code, 'torch' in sys.modules, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", probe, server.url], input="Hi\n", capture_output=True, text=True,
+                            timeout=120)
+    assert result.stderr.strip().splitlines()[-1] == "0 False"
+    refused = cli("chat", "--server", server.url, "--dtype", "q8", input=b"Hi\n")
+    assert refused.returncode == 2 and b"--dtype: not with --server" in refused.stderr
+
+
+def test_chat_with_server_drops_old_exchanges_the_servers_context_cannot_hold(tiny_chat_dir, cli):
+    served = Served("--model", str(tiny_chat_dir))  # a context of 128 tokens
+    try:
+        lines = b"".join(f"message {i} {'x' * 40}\n".encode() for i in range(4)) + ("y" * 200 + "\n").encode()
+        result = cli("chat", "--server", served.url, "-n", "4", input=lines)
+        assert result.returncode == 2  # the last message cannot fit even alone: one error line, the others answered
+        assert len(result.stdout.splitlines()) == 5
+        assert b"oldest exchange(s) to fit the context window" in result.stderr
+        assert result.stderr.count(b"lmgen: error: stdin line 5") == 1
+    finally:
+        assert served.stop() == 0

@@ -8,7 +8,8 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import load_model, prepare
-from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, STATS, THREADS_OPTION, with_sampling
+from lmgen.cli.options import (API_KEY_OPTION, DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, SERVER_OPTION, STATS,
+                               THREADS_OPTION, refuse_with_server, with_sampling)
 
 
 @app.command()
@@ -24,12 +25,21 @@ def chat(
     threads: Optional[int] = THREADS_OPTION,
     jsonl: bool = typer.Option(False, "--jsonl", help="Not on a terminal: one JSON object per reply."),
     stats: bool = STATS,
+    server: Optional[str] = SERVER_OPTION,
+    api_key: Optional[str] = API_KEY_OPTION,
 ) -> None:
     """Talk with a chat model: one reply per message, the conversation kept (type /help)."""
     from lmgen.cli.repl import run_chat
-    from lmgen.engine.generation import GenerationSettings
+    from lmgen.engine.settings import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens, sampling, seed)
+    if server:
+        from lmgen.cli.remote_chat import RemoteConversation
+
+        refuse_with_server(model=model, dtype=dtype, threads=threads, device=device != "cpu")
+        return run_chat(RemoteConversation(server, api_key, settings, system), jsonl, stats)
+    from lmgen.engine.conversation import Conversation
+
     path, _ = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
     lm = load_model(path, dtype, device)
-    run_chat(lm, settings, system, jsonl, stats)
+    run_chat(Conversation(lm, settings, system), jsonl, stats, lm.model.weight_bytes_per_token())

@@ -12,13 +12,16 @@ import typer
 from lmgen.cli.app import app
 from lmgen.cli.common import load_model, prepare
 from lmgen.cli.options import (
+    API_KEY_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
     FILE_OPTION,
     MODEL_OPTION,
     SEED,
+    SERVER_OPTION,
     STATS,
     THREADS_OPTION,
+    refuse_with_server,
     with_sampling,
 )
 from lmgen.errors import InputError
@@ -51,9 +54,8 @@ def generate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end instead of text."),
     jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per token, then a summary line."),
     stats: bool = STATS,
-    server: Optional[str] = typer.Option(None, "--server", envvar="LMGEN_SERVER",
-                                         help="Send the work to this OpenAI-compatible server (lmgen serve)."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", help="The server's key."),
+    server: Optional[str] = SERVER_OPTION,
+    api_key: Optional[str] = API_KEY_OPTION,
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
     from lmgen.cli import prompts, render
@@ -65,12 +67,9 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
     if server:
-        remote = {"--model": model, "--dtype": dtype, "--threads": threads, "--jsonl": jsonl, "--show-probs": show_probs,
-                  "--json-schema": json_schema, "--regex": regex, "--grammar": grammar, "--truncate": truncate,
-                  "--stats": stats, "--device": device != "cpu"}
-        refused = [name for name, value in remote.items() if value]
-        if refused:
-            raise InputError(f"{', '.join(refused)}: not with --server (the server's model and options decide)")
+        refuse_with_server(model=model, dtype=dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
+                           json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
+                           device=device != "cpu")
         return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
                           stop, chat, system, as_json, echo, batch_size)
 

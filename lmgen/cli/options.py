@@ -19,6 +19,18 @@ DTYPE_OPTION = typer.Option(
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
+SERVER_OPTION = typer.Option(None, "--server", envvar="LMGEN_SERVER",
+                             help="Send the work to this OpenAI-compatible server (lmgen serve).")
+API_KEY_OPTION = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", help="The server's key.")
+
+
+def refuse_with_server(**options) -> None:
+    """Options a server cannot honour (its model and options decide): one error naming every one given."""
+    given = ["--" + name.replace("_", "-") for name, value in options.items() if value]
+    if given:
+        from lmgen.errors import InputError
+
+        raise InputError(f"{', '.join(given)}: not with --server (the server's model and options decide)")
 # How the next token is chosen (lmgen.engine.sampling): options that generate, chat and batch share.
 SAMPLING_OPTIONS = {
     "temperature": (float, typer.Option(0.0, "--temperature", "-t", help="0 is greedy (argmax); higher is more random.")),

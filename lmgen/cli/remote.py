@@ -24,6 +24,14 @@ from lmgen.errors import EnvironmentFailure, InputError
 TIMEOUT = 600  # seconds a request may take
 
 
+class Refused(InputError):
+    """A server's 4xx answer; ``code`` is OpenAI's error code (``context_length_exceeded``...)."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
+
+
 def post(server: str, path: str, body: dict, key: str | None):
     """The open HTTP response of a POST; a refusal is one line (4xx: exit 2, else exit 4)."""
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
@@ -32,11 +40,12 @@ def post(server: str, path: str, body: dict, key: str | None):
         return urllib.request.urlopen(request, timeout=TIMEOUT)
     except urllib.error.HTTPError as exc:
         try:
-            message = json.loads(exc.read())["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = exc.reason
-        error = InputError if 400 <= exc.code < 500 else EnvironmentFailure
-        raise error(f"the server at {server} refused ({exc.code}): {message}") from None
+            error = json.loads(exc.read())["error"]
+            message, code = error["message"], error.get("code")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message, code = exc.reason, None
+        text = f"the server at {server} refused ({exc.code}): {message}"
+        raise (Refused(text, code) if 400 <= exc.code < 500 else EnvironmentFailure(text)) from None
     except (urllib.error.URLError, OSError) as exc:
         raise EnvironmentFailure(f"no server answers at {server} ({getattr(exc, 'reason', exc)})") from None
 
@@ -53,15 +62,20 @@ def chunks(response):
         yield json.loads(data)
 
 
-def request_body(text: str, settings, chat: bool, system: str | None) -> tuple[str, dict]:
-    """(path, body) for one prompt and its GenerationSettings."""
+def settings_fields(settings) -> dict:
+    """The request fields of GenerationSettings (OpenAI's, and lmgen's own extras)."""
     sampling = settings.sampling
-    body = {"max_tokens": settings.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
+    if sampling.typical_p != 1:
+        raise InputError("--typical-p is not an OpenAI field: not with --server")
+    return {"max_tokens": settings.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "top_k": sampling.top_k, "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty,
             "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
             "n": settings.num_samples, "seed": settings.seed, "stop": list(settings.stop) or None}
-    if sampling.typical_p != 1:
-        raise InputError("--typical-p is not an OpenAI field: not with --server")
+
+
+def request_body(text: str, settings, chat: bool, system: str | None) -> tuple[str, dict]:
+    """(path, body) for one prompt and its GenerationSettings."""
+    body = settings_fields(settings)
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
         return "/v1/chat/completions", {**body, "messages": messages}

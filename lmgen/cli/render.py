@@ -18,9 +18,10 @@ def stats_line(record: dict) -> str:
         f"prompt {record['prompt_tokens']} tokens, generated {record['new_tokens']} ({record['finish_reason']}); "
         f"time to first token {record['time_to_first_token_s'] * 1000:.0f} ms "
         f"({record['prefill_tokens_per_s']:.1f} prompt tokens/s); "
-        f"decode {record['decode_tokens_per_s']:.1f} tokens/s, "
-        f"reading weights at {record['weights_gb_per_s']:.1f} GB/s"
+        f"decode {record['decode_tokens_per_s']:.1f} tokens/s"
     )
+    if "weights_gb_per_s" in record:  # not known of a server's model
+        line += f", reading weights at {record['weights_gb_per_s']:.1f} GB/s"
     if "constraint_s" in record:
         total = record["time_to_first_token_s"] + record["decode_s"]
         share = record["constraint_s"] / total if total > 0 else 0.0

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from lmgen.cli.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
-from lmgen.engine.conversation import Conversation
 from lmgen.engine.events import Finished, Token
 from lmgen.engine.records import summary
 from lmgen.errors import InputError, LmgenError
@@ -43,9 +42,12 @@ def note(text: str) -> None:
 
 
 class Session:
-    def __init__(self, conversation: Conversation, stats: bool):
+    """A conversation (``engine.conversation.Conversation``, or ``cli.remote_chat``'s from a server)
+    with its slash commands and the record of its last reply."""
+
+    def __init__(self, conversation, stats: bool, bytes_per_token: int = 0):
         self.conversation, self.stats = conversation, stats
-        self.bytes_per_token = conversation.lm.model.weight_bytes_per_token()
+        self.bytes_per_token = bytes_per_token  # the model's weights read per token (0: unknown, on a server)
         self.record: dict | None = None  # the last reply's, if it finished and is still in the conversation
         self.last = "(no reply yet)"  # what /stats says when there is no such record
 
@@ -99,6 +101,8 @@ class Session:
                 elif isinstance(event, Finished):
                     show(event.text)
                     self.record = summary(user, event, self.bytes_per_token)
+                    if not self.bytes_per_token:  # a server's model: what it reads is not known here
+                        del self.record["weights_gb_per_s"]
                     self.record.update(turn=self.turns(), reused_tokens=self.conversation.reused,
                                        prefilled_tokens=self.conversation.prefilled)
         except InputError:  # the message was not taken: the conversation, and its last reply, are as they were
@@ -120,10 +124,10 @@ class Session:
         return f"{stats_line(r)}; {r['reused_tokens']} tokens reused from the cache, {r['prefilled_tokens']} prefilled"
 
 
-def run_chat(lm, settings, system: str | None, jsonl: bool, stats: bool) -> None:
+def run_chat(conversation, jsonl: bool, stats: bool, bytes_per_token: int = 0) -> None:
     if sys.stdin is None:
         raise InputError("chat reads messages from stdin, and stdin is closed")
-    session = Session(Conversation(lm, settings, system), stats)
+    session = Session(conversation, stats, bytes_per_token)
     if sys.stdin.isatty():
         interactive(session)
     else:

@@ -11,25 +11,22 @@ oldest exchanges are dropped (never the system message).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
-from pathlib import Path
 
+from lmgen.engine.chat_history import ChatHistory, drop_oldest_exchange
 from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, _events
 from lmgen.engine.prefix_cache import common_prefix
 from lmgen.errors import InputError, LmgenError
-from lmgen.formats.files import read_json
-from lmgen.text.chat import check_messages
 
 REPLY_SHARE = 8  # of the context window, the most kept free for a reply
 
 
-class Conversation:
+class Conversation(ChatHistory):
     def __init__(self, lm: LanguageModel, settings: GenerationSettings = GenerationSettings(),
                  system: str | None = None):
         lm.chat_template  # a model without one fails here, before the first turn
+        super().__init__(system)
         self.lm, self.settings = lm, settings
-        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.cache = None
         self.cached_ids: list[int] = []  # the tokens whose keys and values the cache holds, in order
         self.prefilled = 0  # tokens the last turn prefilled (its prompt's, less those reused)
@@ -62,7 +59,7 @@ class Conversation:
                 yield event
         finally:  # also when cut short (Ctrl-C, or the caller closing the events)
             text = done.output if done else self.lm.tokenizer.decode(tokens)
-            self.messages.append({"role": "assistant", "content": text, **({} if done else {"cut": True})})
+            self.answered(text, cut=done is None)
 
     def _fit(self) -> list[int]:
         """The conversation's prompt ids. The reply's budget shrinks to what the context window
@@ -71,15 +68,12 @@ class Conversation:
         messages, dropped = list(self.messages), 0  # the conversation changes only if the message fits
         while True:
             ids = self.lm.encode_prompt(self.lm.chat_template.render(messages))
-            first = 1 if messages[0]["role"] == "system" else 0
-            later_user = next((i for i in range(first + 1, len(messages)) if messages[i]["role"] == "user"), None)
-            if len(ids) + room <= context or later_user is None:
+            if len(ids) + room <= context or not drop_oldest_exchange(messages):
                 if len(ids) >= context:
                     raise InputError(f"the message has {len(ids)} tokens with what must stay of the conversation "
                                      f"but the context window holds {context}; send a shorter message")
                 self.messages, self.dropped = messages, dropped
                 return ids
-            del messages[first:later_user]  # the oldest exchange: a user turn and its replies
             dropped += 1
 
     def reply_room(self) -> int:
@@ -91,32 +85,3 @@ class Conversation:
         """The KV cache, grown (its filled part kept) to hold ``length`` positions."""
         self.cache = self.lm.model.grow_cache(self.cache, length)
         return self.cache
-
-    # ---------------------------------------------------------------------------- the commands
-
-    def reset(self) -> None:
-        """A new conversation (the system message kept)."""
-        self.messages = [m for m in self.messages[:1] if m["role"] == "system"]
-
-    def undo(self) -> bool:
-        """Drop the last exchange (the last user turn and what followed it); False if there is none."""
-        last_user = next((i for i in range(len(self.messages) - 1, -1, -1) if self.messages[i]["role"] == "user"), None)
-        if last_user is None:
-            return False
-        del self.messages[last_user:]
-        return True
-
-    def set_system(self, text: str) -> None:
-        rest = [m for m in self.messages if m["role"] != "system"]
-        self.messages = ([{"role": "system", "content": text}] if text else []) + rest
-
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.messages, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-
-    def load(self, path: Path) -> None:
-        messages = read_json(path, "conversation", expect=list)
-        try:
-            check_messages(messages)
-        except InputError as exc:
-            raise InputError(f"{path}: {exc}") from None
-        self.messages = messages

@@ -37,11 +37,15 @@ def require_finite(logits: torch.Tensor) -> None:
                               "(or overflow in this dtype); no text was generated from them")
 
 
+class PromptTooLong(InputError):
+    """A prompt with no room left in the context window (a server's ``context_length_exceeded``)."""
+
+
 def check_fits(prompt_ids: list[int], context: int) -> None:
     if not prompt_ids:
         raise InputError("the prompt is empty")
     if len(prompt_ids) >= context:
-        raise InputError(
+        raise PromptTooLong(
             f"the prompt has {len(prompt_ids)} tokens but the context window holds {context}; "
             "shorten it or pass --truncate to keep its end"
         )

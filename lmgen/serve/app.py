@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from lmgen.engine.generation import Finished, Token, prompt_ids_for
+from lmgen.engine.generation import Finished, PromptTooLong, Token, prompt_ids_for
 from lmgen.errors import LmgenError
 from lmgen.serve import openai_api as api
 from lmgen.serve.bridge import EngineThread, Job
@@ -111,7 +111,8 @@ class Server:
         try:
             ids = prompt_ids_for(self.lm, prompt, settings)
         except LmgenError as exc:
-            raise api.APIError(400, str(exc), "messages" if isinstance(prompt, list) else "prompt") from None
+            code = "context_length_exceeded" if isinstance(exc, PromptTooLong) else None
+            raise api.APIError(400, str(exc), "messages" if isinstance(prompt, list) else "prompt", code=code) from None
         return ids
 
     async def _respond(self, request: Request, prompts: list[list[int]], settings, stream: bool,
