@@ -86,11 +86,13 @@ def main() -> None:
     parser.add_argument("--clients", default="1,4,16,32")
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--reps", type=int, default=7, help="rounds of the client start-up comparison")
+    parser.add_argument("--serve-args", default="", help="more options for lmgen serve, e.g. '--threads 1'")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([EXE, "serve", "--port", str(port), "--max-batch", str(max(counts))],
+    server = subprocess.Popen([EXE, "serve", "--port", str(port), "--max-batch", str(max(counts)),
+                               *args.serve_args.split()],
                               stderr=subprocess.DEVNULL, env={**os.environ, "LMGEN_API_KEY": ""})
     try:
         while True:
