@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from gguf import MODEL_ARCH, GGUFWriter, RopeScalingType, get_tensor_name_map, quants
+from gguf import MODEL_ARCH, GGMLQuantizationType, GGUFWriter, RopeScalingType, get_tensor_name_map, quants
 from test_families import GEMMA3_ROPE, save_family
 from test_gguf_fuzz import MERGES, tiny_vocab
 from test_gguf_tokenizer import WORDS
@@ -61,6 +61,23 @@ def llama3_rope_freqs(p: dict, head_dim: int, theta: float) -> np.ndarray:
             smooth = (8192 / wavelen - p["low_freq_factor"]) / (p["high_freq_factor"] - p["low_freq_factor"])
             factors.append(1 / ((1 - smooth) / p["factor"] + smooth))
     return np.array(factors, dtype=np.float32)
+
+
+RANDOM_BLOCKS = {GGMLQuantizationType.Q4_K: "q4_k", GGMLQuantizationType.Q5_K: "q5_k", GGMLQuantizationType.Q6_K: "q6_k"}
+
+
+def stored_blocks(array: np.ndarray, qtype, seed: int):
+    """(blocks, qtype) for a matrix: the gguf library's quantization, or, for the K-quants it
+    cannot make, random blocks of the matrix's shape (rows not a multiple of 256 fall back to
+    Q8_0, as llama.cpp's quantizer does with them)."""
+    from test_kquant import random_blocks
+
+    if qtype not in RANDOM_BLOCKS:
+        return quants.quantize(array, qtype), qtype
+    if array.shape[-1] % 256:
+        return quants.quantize(array, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0
+    scale = 2e-4 if qtype == GGMLQuantizationType.Q6_K else 1e-3
+    return random_blocks(RANDOM_BLOCKS[qtype], array.shape[0], array.shape[1], seed, scale).numpy(), qtype
 
 
 def write_like_llama_cpp(reference, model_type: str, path, sentencepiece: bool = False, qtype=None) -> None:
@@ -136,9 +153,10 @@ def write_like_llama_cpp(reference, model_type: str, path, sentencepiece: bool =
         if model_type.startswith("gemma") and hf_name.endswith("norm.weight"):
             array = array + 1  # Gemma's norms scale by (1 + weight): llama.cpp stores the sum
         tensors[f"{names.get_name(base)}.{suffix}"] = array
-    for gguf_name, array in tensors.items():
+    for seed, (gguf_name, array) in enumerate(tensors.items()):
         if qtype is not None and array.ndim == 2:
-            writer.add_tensor(gguf_name, quants.quantize(array, qtype), raw_dtype=qtype)
+            blocks, stored_type = stored_blocks(array, qtype, seed)
+            writer.add_tensor(gguf_name, blocks, raw_dtype=stored_type)
         else:
             writer.add_tensor(gguf_name, array)
     writer.write_header_to_file()

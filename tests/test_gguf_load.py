@@ -17,7 +17,9 @@ from lmgen.formats.gguf.reader import convert_gguf
 from lmgen.model import quant
 from lmgen.model.linear import BlockEmbedding, BlockLinear
 
-FORMATS = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1"}
+FORMATS = {GGML.Q8_0: "q8_0", GGML.Q4_0: "q4_0", GGML.Q4_1: "q4_1", GGML.Q5_0: "q5_0", GGML.Q5_1: "q5_1",
+           GGML.Q4_K: "q4_k", GGML.Q5_K: "q5_k", GGML.Q6_K: "q6_k"}  # every format lmgen runs as stored
+K_SIZES = dict(hidden_size=256, intermediate_size=512)  # rows of K-quants: multiples of 256 values
 
 
 def logits_of(model, tokens):
@@ -26,12 +28,15 @@ def logits_of(model, tokens):
 
 
 @pytest.fixture(scope="module", params=[("llama-llama3", GGML.Q4_1), ("llama-llama3", GGML.Q8_0),
-                                        ("phi3", GGML.Q4_0), ("qwen3", GGML.Q5_0)])
+                                        ("phi3", GGML.Q4_0), ("qwen3", GGML.Q5_0), ("llama-llama3", GGML.Q5_1),
+                                        ("llama-llama3", GGML.Q4_K), ("qwen3", GGML.Q5_K), ("llama-llama3", GGML.Q6_K),
+                                        ("llama-llama3", GGML.TQ2_0)])
 def written(request, tmp_path_factory):
     case, qtype = request.param
     model_type, overrides = CASES[case]
     root = tmp_path_factory.mktemp(f"{case}-{qtype.name}")
-    reference = save_family(model_type, overrides, root / "hf")
+    sizes = K_SIZES if qtype.name.endswith("_K") or qtype == GGML.TQ2_0 else {}
+    reference = save_family(model_type, {**overrides, **sizes}, root / "hf")
     write_like_llama_cpp(reference, model_type, root / "model.gguf", qtype=qtype)
     convert_gguf(root / "model.gguf", root / "expanded")  # every tensor dequantized to fp32
     expanded, _, _ = load_model(root / "expanded")
@@ -44,7 +49,8 @@ def test_blocks_are_used_as_stored_and_match_the_fp32_expansion(written, monkeyp
     lm = lmgen.load(path)  # no dtype: as stored
     model = lm.model
     formats = {m.format.name for m in model.modules() if isinstance(m, (BlockLinear, BlockEmbedding))}
-    assert formats == {FORMATS.get(qtype, "q8_0")}  # Q5_0 is re-quantized to Q8_0
+    stored = {GGML(t.tensor_type).name.lower() for t in GGUFReader(path).tensors if len(t.shape) == 2}
+    assert formats == ({"q8_0"} if qtype not in FORMATS else stored)  # TQ2_0 is re-quantized to Q8_0
     assert isinstance(model.embed, BlockEmbedding)
     assert not any(p.dim() == 2 for p in model.parameters())  # no float matrix anywhere
     tokens = torch.randint(0, 256, (2, 30), generator=torch.Generator().manual_seed(4))
@@ -54,7 +60,7 @@ def test_blocks_are_used_as_stored_and_match_the_fp32_expansion(written, monkeyp
         assert (got - expected).abs().max().item() < 2e-3 * expected.abs().max().item()
         assert not lm.notes
     else:
-        assert len(lm.notes) == 1 and "Q5_0 re-quantized to q8_0" in lm.notes[0]
+        assert len(lm.notes) == 1 and "TQ2_0 re-quantized to q8_0" in lm.notes[0]
         assert (got - expected).abs().max().item() < 0.05 * expected.abs().max().item()
     cache = model.new_cache(1, 32)
     assert model.plan is not None  # decoding runs native

@@ -38,7 +38,7 @@ def read(root: Path) -> tuple[dict, dict] | None:
         with warnings.catch_warnings():  # the map is read-only, and nothing ever writes weights
             warnings.simplefilter("ignore", UserWarning)
             blocks = {e["name"]: (torch.from_numpy(data[e["offset"]: e["offset"] + e["nbytes"]]).view(e["groups"], -1),
-                                  quant.FORMATS[e["format"]]) for e in entries}
+                                  quant.ALL_FORMATS[e["format"]]) for e in entries}
         return blocks, table["requantized"]
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -1,13 +1,13 @@
 """Run a GGUF file as it is: ``--model FILE.gguf`` (or a directory holding one).
 
-Q8_0, Q4_0 and Q4_1 tensors are used as stored: their blocks, the same bytes, are read from the
-mapped file and packed for the native kernels (``quant.pack``: 16 rows interleaved, as llama.cpp
-repacks for its CPU kernels), one tensor at a time, and the file's pages handed back once
-packed — no float copy is ever made. (llama's q/k rows, which llama.cpp's converter
-interleaved, are put back in order first: also a copy of the blocks.) F32, F16 and BF16
-tensors are read as fp32. Other formats (the K-quants: Q4_K, Q5_K, Q6_K, ...) are dequantized
-with the ``gguf`` library one tensor at a time and re-quantized to Q8_0, and the error this
-adds is reported. The config, tokenizer, chat template and tensor table come from the file's
+Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K tensors are used as stored: their blocks, the
+same bits, are read from the mapped file and packed for the native kernels (``quant.pack``: 16
+rows interleaved, as llama.cpp repacks for its CPU kernels), one tensor at a time, and the
+file's pages handed back once packed — no float copy is ever made. (llama's q/k rows, which
+llama.cpp's converter interleaved, are put back in order first: also a copy of the blocks.)
+F32, F16 and BF16 tensors are read as fp32. Other formats (Q2_K, Q3_K, the IQ and ternary
+ones) are dequantized with the ``gguf`` library one tensor at a time and re-quantized to Q8_0,
+and the error this adds is reported. The config, tokenizer, chat template and tensor table come from the file's
 metadata, read once into lmgen's cache (``gguf_index``).
 """
 
@@ -32,7 +32,7 @@ from lmgen.model.linear import drop_pages, set_block_weight
 
 # ggml's type numbers (GGMLQuantizationType), so that a file of these formats loads without
 # importing the gguf library (~0.1 s): it is needed only to dequantize other formats.
-AS_STORED = {8: "q8_0", 2: "q4_0", 3: "q4_1"}  # Q8_0, Q4_0, Q4_1
+AS_STORED = {8: "q8_0", 2: "q4_0", 3: "q4_1", 6: "q5_0", 7: "q5_1", 12: "q4_k", 13: "q5_k", 14: "q6_k"}
 FLOATS = (0, 1, 30)  # F32, F16, BF16
 REQUANTIZED = quant.FORMATS["q8_0"]  # what other quantized formats become
 
@@ -59,8 +59,10 @@ class Requantized:
 
 
 def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():  # the map is read-only, and nothing ever writes weights
-        warnings.simplefilter("ignore", UserWarning)
+    """A tensor over the read-only map, without torch's warning that it is not writable (nothing
+    ever writes weights, and lmgen's stderr carries only its own lines); other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
         return torch.from_numpy(array)
 
 
@@ -87,7 +89,7 @@ def read_tensors(src: Path, tensors: list[dict], cfg, arch, packed: dict | None 
             continue
         kind, shape = AS_STORED.get(t["type"]), tuple(t["shape"])
         if kind and len(shape) == 2 and not mapped.transpose:
-            fmt, stored = quant.FORMATS[kind], _stored(data, t)
+            fmt, stored = quant.ALL_FORMATS[kind], _stored(data, t)
             raw = restore(arch, t["name"], stored, cfg.n_heads, cfg.n_kv_heads)
             blocks.update((target, (quant.pack(part, fmt), fmt)) for target, part in
                           _split(_read_only_tensor(raw), mapped, shapes))
@@ -103,7 +105,7 @@ def read_tensors(src: Path, tensors: list[dict], cfg, arch, packed: dict | None 
             name = GGMLQuantizationType(t["type"]).name if t["type"] in GGMLQuantizationType._value2member_map_ \
                 else t["type"]
             raise CheckpointError(f"GGUF tensor {t['name']} has type {name}, which lmgen cannot read") from None
-        tensor = torch.from_numpy(np.ascontiguousarray(restore(arch, t["name"], array, cfg.n_heads, cfg.n_kv_heads)))
+        tensor = _read_only_tensor(np.ascontiguousarray(restore(arch, t["name"], array, cfg.n_heads, cfg.n_kv_heads)))
         if mapped.transpose:
             tensor = tensor.t().contiguous()
         for target, part in _split(tensor, mapped, shapes):

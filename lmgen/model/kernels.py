@@ -30,7 +30,7 @@ from torch import Tensor
 from lmgen.model.threads import ThreadTuner, thread_count
 
 SOURCE = Path(__file__).with_name("kernels.c")
-HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels_quant.h")]  # included by kernels.c
+HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels_quant.h", "kernels_kquant.h")]  # included by kernels.c
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]

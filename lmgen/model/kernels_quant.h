@@ -1,5 +1,5 @@
-/* Products of block-quantized weights (llama.cpp's Q8_0, Q4_0 and Q4_1; see lmgen/quant.py) with
- * rows of x. Included by kernels.c.
+/* Products of block-quantized weights (llama.cpp's Q8_0, Q4_0 and Q4_1; see lmgen/quant.py; the
+ * other formats in kernels_kquant.h) with rows of x. Included by kernels.c.
  *
  * The weights come in lmgen.quant's packed layout: groups of 16 rows, and within a group, block
  * by block, the 16 rows' quants interleaved four bytes at a time, then their 16 scales d (and
@@ -54,13 +54,13 @@ static inline float half_to_float(const uint8_t* p) {
 }
 
 /* Rows of x rounded per block of 32: the 16-bit values q, and as bytes its 32 lo then 32 hi
- * (q = 256 hi + lo), its scale xs (x ≈ xs · q) and its integer sum Σq. */
-typedef struct { int16_t* q; int8_t* bytes; float* scale; int32_t* total; int64_t blocks; } QuantizedX;
+ * (q = 256 hi + lo), its scale xs (x ≈ xs · q), its integer sum Σq and that of its first 16. */
+typedef struct { int16_t* q; int8_t* bytes; float* scale; int32_t* total; int32_t* half; int64_t blocks; } QuantizedX;
 
 static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
   int64_t blocks = K / QBLOCK;
   QuantizedX a = {malloc(sizeof(int16_t) * M * K), malloc(2 * M * K), malloc(sizeof(float) * M * blocks),
-                  malloc(sizeof(int32_t) * M * blocks), blocks};
+                  malloc(sizeof(int32_t) * M * blocks), malloc(sizeof(int32_t) * M * blocks), blocks};
   for (int64_t b = 0; b < M * blocks; b++) {  /* written so that the compiler vectorises it */
     const float* v = x + b * QBLOCK;
     int8_t *lo = a.bytes + 2 * QBLOCK * b, *hi = lo + QBLOCK;
@@ -71,21 +71,23 @@ static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
       poison += v[i] * 0.f;
     }
     float inv = top > 0.f && top <= 3.4e38f ? (float)QMAX / top : 0.f;
-    int32_t total = 0;
+    int32_t total = 0, half = 0;
     for (int i = 0; i < QBLOCK; i++) {
       float r = rintf(v[i] * inv);
       r = r > -(float)QMAX ? r : -(float)QMAX;  /* and NaN → -QMAX: the scale carries the NaN */
       r = r < (float)QMAX ? r : (float)QMAX;
       int32_t q = (int32_t)r, h = (q + 128) >> 8;
       a.q[b * QBLOCK + i] = (int16_t)q, hi[i] = (int8_t)h, lo[i] = (int8_t)(q - 256 * h), total += q;
+      half += i < QBLOCK / 2 ? q : 0;
     }
     a.scale[b] = top / (float)QMAX + poison;  /* a NaN or infinity in x makes every product NaN */
     a.total[b] = total;
+    a.half[b] = half;
   }
   return a;
 }
 
-static void free_x(QuantizedX a) { free(a.q); free(a.bytes); free(a.scale); free(a.total); }
+static void free_x(QuantizedX a) { free(a.q); free(a.bytes); free(a.scale); free(a.total); free(a.half); }
 
 #ifdef PACKED_VNNI
 static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
@@ -221,18 +223,21 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
 QTILE(qtile4, 4)
 QTILE(qtile1, 1)
 
+#include "kernels_kquant.h"  /* Q5_0, Q5_1 and the K-quants, on the same activations */
+
 /* out[i][b] = weight row r + i · row x0 + b of x, for the 16 rows of the group starting at row r
  * (a multiple of 16) and nb ≤ 4 rows of x. */
 static void block_tile(int dtype, const void* W, int64_t r, const QuantizedX* a, int64_t x0, int nb,
                        float out[QGROUP][4]) {
-  const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * group_block_bytes(dtype);
+  int k = dtype >= W_Q5_0;
+  const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * (k ? kgroup_block_bytes(dtype) : group_block_bytes(dtype));
   if (nb == 4) {
-    qtile4(dtype, g, a, x0, out);
+    (k ? ktile4 : qtile4)(dtype, g, a, x0, out);
     return;
   }
   float one[QGROUP][4];
   for (int b = 0; b < nb; b++) {  /* a row or few of x (decoding one prompt) */
-    qtile1(dtype, g, a, x0 + b, one);
+    (k ? ktile1 : qtile1)(dtype, g, a, x0 + b, one);
     for (int i = 0; i < QGROUP; i++) out[i][b] = one[i][0];
   }
 }

@@ -47,8 +47,8 @@ class BlockLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if kernels.block_usable(x):
             return kernels.block_linear(x, self.weight, self.format, self.out_features, self.in_features, self.bias)
-        blocks = quant.unpack(self.weight, self.format, self.out_features)
-        return F.linear(x, quant.dequantize(blocks, self.format).to(x.dtype), self.bias)
+        weight = quant.dequantize_packed(self.weight, self.format, self.out_features)
+        return F.linear(x, weight.to(x.dtype), self.bias)
 
 
 class BlockEmbedding(nn.Module):

@@ -1,4 +1,6 @@
-"""Block-quantized weights in llama.cpp's formats: Q8_0, Q4_0 and Q4_1.
+"""Block-quantized weights in llama.cpp's formats: Q8_0, Q4_0 and Q4_1 here; Q5_0, Q5_1, Q4_K,
+Q5_K and Q6_K (read from GGUF files, never made by lmgen) in ``kquant``, which ``pack``,
+``dequantize`` and ``packed_rows`` hand them to.
 
 A weight row of K values is K / 32 blocks stored one after another, each block its own scale:
 
@@ -27,6 +29,8 @@ from functools import lru_cache
 import torch
 from torch import Tensor
 
+from lmgen.model import kquant
+
 BLOCK = 32  # values per block in every format here
 
 
@@ -35,13 +39,27 @@ class BlockFormat:
     name: str
     block_bytes: int
     code: int  # the weight format's number in kernels.c
+    block_values: int = BLOCK  # weights per block of the file (a K-quant's super-block: 256)
+
+    @property
+    def k(self) -> bool:
+        """One of kquant's formats (5- and 6-bit, K-quants), which lmgen reads but never writes."""
+        return self.code >= 6
 
 
-FORMATS = {
+FORMATS = {  # what lmgen quantizes to (--dtype q8, q4; GGUF files' tensors in other formats)
     "q8_0": BlockFormat("q8_0", 34, 3),
     "q4_0": BlockFormat("q4_0", 18, 4),
     "q4_1": BlockFormat("q4_1", 20, 5),
 }
+READ_ONLY = {  # what lmgen runs as a GGUF file stores it, but never makes (kquant)
+    "q5_0": BlockFormat("q5_0", 22, 6),
+    "q5_1": BlockFormat("q5_1", 24, 7),
+    "q4_k": BlockFormat("q4_k", 144, 8, 256),
+    "q5_k": BlockFormat("q5_k", 176, 9, 256),
+    "q6_k": BlockFormat("q6_k", 210, 10, 256),
+}
+ALL_FORMATS = FORMATS | READ_ONLY
 
 
 def _round_half_away(v: Tensor) -> Tensor:
@@ -100,7 +118,9 @@ def _quantize_rows(weight: Tensor, fmt: BlockFormat) -> Tensor:
 
 
 def dequantize(packed: Tensor, fmt: BlockFormat) -> Tensor:
-    """The float32 matrix (rows, K) that blocks (rows, K / 32 * block bytes) stand for."""
+    """The float32 matrix (rows, K) that blocks (rows, K / block values * block bytes) stand for."""
+    if fmt.k:
+        return kquant.dequantize(packed, fmt.name, fmt.block_bytes)
     rows = packed.shape[0]
     blocks = packed.reshape(-1, fmt.block_bytes)
     d = blocks[:, :2].contiguous().view(torch.float16).float()
@@ -130,6 +150,8 @@ def _header_bytes(fmt: BlockFormat) -> int:
 def pack(blocks: Tensor, fmt: BlockFormat) -> Tensor:
     """Blocks (rows, K / 32 * block bytes) in the kernels' layout: (groups of 16 rows, K / 32 *
     16 * block bytes), the last group padded with zero rows."""
+    if fmt.k:
+        return kquant.pack(kquant.fields(blocks, fmt.name, fmt.block_bytes), fmt.name)
     rows, width = blocks.shape
     groups, n_blocks = -(-rows // GROUP), width // fmt.block_bytes
     packed = torch.empty(groups, n_blocks * GROUP * fmt.block_bytes, dtype=torch.uint8)
@@ -163,6 +185,8 @@ def _pack_groups(b: Tensor, fmt: BlockFormat) -> Tensor:
 
 def unpack(packed: Tensor, fmt: BlockFormat, rows: int | None = None) -> Tensor:
     """The blocks (rows, K / 32 * block bytes) that ``pack`` made ``packed`` of (its first rows)."""
+    if fmt.k:
+        return kquant.to_blocks(kquant.unpack(packed, fmt.name, rows), fmt.name)
     blocks = _unpermute(packed, fmt)
     if fmt.name == "q8_0":
         quants = blocks.reshape(blocks.shape[0], -1, fmt.block_bytes)[..., 2:]
@@ -183,9 +207,18 @@ def _unpermute(packed: Tensor, fmt: BlockFormat) -> Tensor:
     return blocks.reshape(groups * GROUP, -1)
 
 
+def dequantize_packed(packed: Tensor, fmt: BlockFormat, rows: int) -> Tensor:
+    """The float32 matrix (rows, K) a packed block matrix stands for (without the kernels)."""
+    if fmt.k:
+        return kquant.values(kquant.unpack(packed, fmt.name, rows), fmt.name)
+    return dequantize(unpack(packed, fmt, rows), fmt)
+
+
 def packed_rows(packed: Tensor, fmt: BlockFormat, ids: Tensor) -> Tensor:
     """Rows ``ids`` (any shape) of a packed block matrix, as float32 (..., K): an embedding lookup,
     one gather of each row's bytes."""
+    if fmt.k:
+        return kquant.packed_rows(packed, fmt.name, ids)
     flat = ids.reshape(-1)
     where = _row_offsets(fmt, packed.shape[1] // (GROUP * fmt.block_bytes))
     blocks = packed.reshape(-1)[(flat // GROUP * packed.shape[1])[:, None] + where[flat % GROUP]]

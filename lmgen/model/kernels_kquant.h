@@ -1,0 +1,271 @@
+/* Products of weights in llama.cpp's 5- and 6-bit block formats and its K-quants — Q5_0, Q5_1,
+ * Q4_K, Q5_K, Q6_K — with rows of x. Included by kernels_quant.h, after the 4- and 8-bit ones,
+ * whose activations (QuantizedX: x rounded to int16 per block of 32) and arithmetic they share.
+ *
+ * lmgen.model.kquant packs them as the other formats are: groups of 16 rows, and per block of
+ * 32 values (a K-quant's sub-block) the 16 rows' low four bits interleaved four bytes at a time,
+ * byte t of chunk c holding value 4c+t in its low nibble and 16+4c+t in its high one. The fifth
+ * bit (Q5) comes as one 32-bit word per row whose byte t holds, for c = 0..3, value 4c+t's in bit
+ * 2c and value 16+4c+t's in bit 2c+1; Q6_K's two high bits as two such words, bits 2c..2c+1 of
+ * byte t for value 4c+t (first word) and 16+4c+t (second): a shift by 2c and a mask put them in
+ * place for all 64 bytes of a chunk at once. The scales follow the blocks (see kquant.py):
+ *
+ *   Q5_0  per block: d (fp16) ×16                   w = d (q - 16)
+ *   Q5_1  per block: d, m ×16                       w = d q + m
+ *   Q4_K, Q5_K  per 8 blocks: sc[8][16], mn[8][16] (6-bit integers), d, dmin ×16
+ *                                                   w = d sc q - dmin mn
+ *   Q6_K  per 8 blocks: sc[16][16] (int8, one per 16 values), d ×16    w = d sc (q - 32)
+ *
+ * Each block's (each half block's, for Q6_K) integer sum of q·x is exact, times the integer
+ * scale still exact in int32 (|sc · Σ| < 2^31 for every format: 63 · 32 · 31 · 32639, and
+ * 128 · 16 · 32 · 32639), then scaled into fp32 in one order for every row, batch and build.
+ */
+
+enum { W_Q5_0 = 6, W_Q5_1 = 7, W_Q4_K = 8, W_Q5_K = 9, W_Q6_K = 10 };
+
+/* A format's packed group: `subs` blocks of 32 (1, or a K-quant's 8) of `sub_bytes` each (256
+ * bytes of nibbles, then `extra` bytes of high bits), then `tail` bytes of scales. */
+typedef struct { int subs; int64_t sub_bytes, extra, tail, group_bytes; } KLayout;
+
+static inline KLayout klayout(int dtype) {
+  int subs = dtype >= W_Q4_K ? 8 : 1;
+  int64_t extra = dtype == W_Q6_K ? 128 : dtype == W_Q4_K ? 0 : 64;
+  int64_t tail = dtype == W_Q5_0 ? 32 : dtype == W_Q5_1 ? 64 : dtype == W_Q6_K ? 288 : 320;
+  KLayout l = {subs, 256 + extra, extra, tail, subs * (256 + extra) + tail};
+  return l;
+}
+
+/* Bytes of a packed group per block of 32 values (a K-quant's group holds 8 blocks). */
+static inline int64_t kgroup_block_bytes(int dtype) { KLayout l = klayout(dtype); return l.group_bytes / l.subs; }
+
+#ifdef PACKED_VNNI
+/* The weights of chunk c (values 4c.. in w0, 16+4c.. in w1) of a block whose high bits are hA, hB. */
+#define KWEIGHTS(w0, w1, q, c, extra, hA, hB)                                                            \
+  do {                                                                                                     \
+    __m512i raw_ = _mm512_loadu_si512((q) + 64 * (c)), low4_ = _mm512_set1_epi8(0x0f);                     \
+    w0 = _mm512_and_si512(raw_, low4_), w1 = _mm512_and_si512(_mm512_srli_epi16(raw_, 4), low4_);          \
+    if ((extra) == 64) {                                                                                   \
+      __m512i t_ = _mm512_srli_epi32(hA, 2 * (c)), bit_ = _mm512_set1_epi8(0x10);                          \
+      w0 = _mm512_or_si512(w0, _mm512_and_si512(_mm512_slli_epi32(t_, 4), bit_));                          \
+      w1 = _mm512_or_si512(w1, _mm512_and_si512(_mm512_slli_epi32(t_, 3), bit_));                          \
+    } else if ((extra) == 128) {                                                                           \
+      __m512i two_ = _mm512_set1_epi8(0x30);                                                               \
+      w0 = _mm512_or_si512(w0, _mm512_and_si512(_mm512_slli_epi32(_mm512_srli_epi32(hA, 2 * (c)), 4), two_)); \
+      w1 = _mm512_or_si512(w1, _mm512_and_si512(_mm512_slli_epi32(_mm512_srli_epi32(hB, 2 * (c)), 4), two_)); \
+    }                                                                                                      \
+  } while (0)
+
+#define KTILE(NAME, B)                                                                                     \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) {   \
+    KLayout L = klayout(dtype);                                                                            \
+    int64_t blocks = a->blocks;                                                                            \
+    __m512 acc[B];                                                                                         \
+    for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();                                              \
+    for (int64_t j0 = 0; j0 < blocks; j0 += L.subs, g += L.group_bytes) {                                  \
+      const uint8_t* tail = g + L.subs * L.sub_bytes;                                                      \
+      for (int s = 0; s < L.subs; s++) {                                                                   \
+        const uint8_t* q = g + s * L.sub_bytes;                                                            \
+        __m512i hA = L.extra ? _mm512_loadu_si512(q + 256) : _mm512_setzero_si512();                        \
+        __m512i hB = L.extra == 128 ? _mm512_loadu_si512(q + 320) : _mm512_setzero_si512();                 \
+        __m512i f_lo[B], f_hi[B], s_lo[B], s_hi[B]; /* sums over values 0-15 and 16-31, x's lo and hi bytes */ \
+        const int8_t* xq[B];                                                                               \
+        for (int b = 0; b < B; b++) {                                                                      \
+          f_lo[b] = f_hi[b] = s_lo[b] = s_hi[b] = _mm512_setzero_si512();                                  \
+          xq[b] = a->bytes + 2 * QBLOCK * ((x0 + b) * blocks + j0 + s);                                    \
+        }                                                                                                  \
+        for (int c = 0; c < 4; c++) {                                                                      \
+          __m512i w0, w1;                                                                                  \
+          KWEIGHTS(w0, w1, q, c, L.extra, hA, hB);                                                         \
+          for (int b = 0; b < B; b++) DOT4(f_lo[b], f_hi[b], w0, xq[b], c), DOT4(s_lo[b], s_hi[b], w1, xq[b], 4 + c); \
+        }                                                                                                  \
+        for (int b = 0; b < B; b++) {                                                                      \
+          int64_t xb = (x0 + b) * blocks + j0 + s;                                                         \
+          __m512i first = _mm512_add_epi32(f_lo[b], _mm512_slli_epi32(f_hi[b], 8));                        \
+          __m512i second = _mm512_add_epi32(s_lo[b], _mm512_slli_epi32(s_hi[b], 8));                       \
+          acc[b] = kscale_vnni(dtype, tail, s, first, second, a->scale[xb], a->total[xb], a->half[xb], acc[b]); \
+        }                                                                                                  \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int b = 0; b < B; b++) {                                                                          \
+      float t[QGROUP];                                                                                     \
+      _mm512_storeu_ps(t, acc[b]);                                                                         \
+      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                                   \
+    }                                                                                                      \
+  }
+
+static inline __m512 halves16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
+static inline __m512i bytes16(const uint8_t* p, int sign) {
+  __m128i v = _mm_loadu_si128((const __m128i*)p);
+  return sign ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
+}
+
+/* acc + block s's products for 16 rows, given its sums over values 0-15 (first) and 16-31. */
+static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i first, __m512i second, float xs,
+                                 int32_t total, int32_t half, __m512 acc) {
+  __m512 x = _mm512_set1_ps(xs);
+  __m512i sum = _mm512_add_epi32(first, second);
+  if (dtype == W_Q5_0)
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(16 * total))),
+                           _mm512_mul_ps(halves16(tail), x), acc);
+  if (dtype == W_Q5_1) {
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(halves16(tail), x), acc);
+    return _mm512_fmadd_ps(halves16(tail + 32), _mm512_set1_ps(xs * (float)total), acc);
+  }
+  if (dtype == W_Q6_K) {
+    __m512 dx = _mm512_mul_ps(halves16(tail + 256), x);
+    __m512i a0 = _mm512_mullo_epi32(bytes16(tail + 32 * s, 1), _mm512_sub_epi32(first, _mm512_set1_epi32(32 * half)));
+    __m512i a1 = _mm512_mullo_epi32(bytes16(tail + 32 * s + 16, 1),
+                                    _mm512_sub_epi32(second, _mm512_set1_epi32(32 * (total - half))));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dx, acc);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), dx, acc);
+  }
+  __m512i scaled = _mm512_mullo_epi32(bytes16(tail + 16 * s, 0), sum);  /* Q4_K, Q5_K */
+  __m512i mins = _mm512_mullo_epi32(bytes16(tail + 128 + 16 * s, 0), _mm512_set1_epi32(total));
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled), _mm512_mul_ps(halves16(tail + 256), x), acc);
+  return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(halves16(tail + 288), x), acc);
+}
+#elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+/* AVX2: as kernels_quant.h's, four rows' weights widened to 16 bits, pairs of products summed
+ * (vpmaddwd), each row's two lanes added once a block. */
+#define KTILE(NAME, B)                                                                                     \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) {   \
+    KLayout L = klayout(dtype);                                                                            \
+    int64_t blocks = a->blocks;                                                                            \
+    const __m256i low4 = _mm256_set1_epi16(0x0f), bit = _mm256_set1_epi16(0x10), two = _mm256_set1_epi16(0x30); \
+    __m256 acc[B][2];                                                                                      \
+    for (int b = 0; b < B; b++) acc[b][0] = acc[b][1] = _mm256_setzero_ps();                               \
+    for (int64_t j0 = 0; j0 < blocks; j0 += L.subs, g += L.group_bytes) {                                  \
+      const uint8_t* tail = g + L.subs * L.sub_bytes;                                                      \
+      for (int s = 0; s < L.subs; s++) {                                                                   \
+        const uint8_t* q = g + s * L.sub_bytes;                                                            \
+        __m256i f[B][4], sc[B][4];                                                                         \
+        const int16_t* xq[B];                                                                              \
+        for (int b = 0; b < B; b++) {                                                                      \
+          xq[b] = a->q + QBLOCK * ((x0 + b) * blocks + j0 + s);                                            \
+          for (int k = 0; k < 4; k++) f[b][k] = sc[b][k] = _mm256_setzero_si256();                         \
+        }                                                                                                  \
+        for (int k = 0; k < 4; k++) { /* rows 4k..4k+3 */                                                 \
+          __m256i hA = _mm256_setzero_si256(), hB = _mm256_setzero_si256();                                \
+          if (L.extra) hA = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + 256 + 16 * k)));     \
+          if (L.extra == 128) hB = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + 320 + 16 * k))); \
+          for (int c = 0; c < 4; c++) {                                                                    \
+            __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(q + 64 * c + 16 * k)));      \
+            __m256i w0 = _mm256_and_si256(v, low4), w1 = _mm256_srli_epi16(v, 4);                          \
+            if (L.extra == 64) {                                                                           \
+              __m256i t = _mm256_srli_epi16(hA, 2 * c);                                                    \
+              w0 = _mm256_or_si256(w0, _mm256_and_si256(_mm256_slli_epi16(t, 4), bit));                    \
+              w1 = _mm256_or_si256(w1, _mm256_and_si256(_mm256_slli_epi16(t, 3), bit));                    \
+            } else if (L.extra == 128) {                                                                   \
+              w0 = _mm256_or_si256(w0, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hA, 2 * c), 4), two)); \
+              w1 = _mm256_or_si256(w1, _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hB, 2 * c), 4), two)); \
+            }                                                                                              \
+            for (int b = 0; b < B; b++) {                                                                  \
+              f[b][k] = _mm256_add_epi32(f[b][k], _mm256_madd_epi16(w0, x4(xq[b] + 4 * c)));               \
+              sc[b][k] = _mm256_add_epi32(sc[b][k], _mm256_madd_epi16(w1, x4(xq[b] + 16 + 4 * c)));         \
+            }                                                                                              \
+          }                                                                                                \
+        }                                                                                                  \
+        for (int h = 0; h < 2; h++) /* rows 8h..8h+7 */                                                   \
+          for (int b = 0; b < B; b++) {                                                                    \
+            int64_t xb = (x0 + b) * blocks + j0 + s;                                                       \
+            acc[b][h] = kscale_avx2(dtype, tail, s, h, rows8(f[b][2 * h], f[b][2 * h + 1]),                 \
+                                    rows8(sc[b][2 * h], sc[b][2 * h + 1]), a->scale[xb], a->total[xb],     \
+                                    a->half[xb], acc[b][h]);                                               \
+          }                                                                                                \
+      }                                                                                                    \
+    }                                                                                                      \
+    for (int b = 0; b < B; b++) {                                                                          \
+      float t[QGROUP];                                                                                     \
+      _mm256_storeu_ps(t, acc[b][0]), _mm256_storeu_ps(t + 8, acc[b][1]);                                  \
+      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                                   \
+    }                                                                                                      \
+  }
+
+static inline __m256 halves8(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }
+static inline __m256i bytes8(const uint8_t* p, int sign) {
+  __m128i v = _mm_loadl_epi64((const __m128i*)p);
+  return sign ? _mm256_cvtepi8_epi32(v) : _mm256_cvtepu8_epi32(v);
+}
+
+/* kscale_vnni's arithmetic for rows 8h..8h+7. */
+static inline __m256 kscale_avx2(int dtype, const uint8_t* tail, int s, int h, __m256i first, __m256i second,
+                                 float xs, int32_t total, int32_t half, __m256 acc) {
+  __m256 x = _mm256_set1_ps(xs);
+  __m256i sum = _mm256_add_epi32(first, second);
+  int r = 8 * h;
+  if (dtype == W_Q5_0)
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(sum, _mm256_set1_epi32(16 * total))),
+                           _mm256_mul_ps(halves8(tail + 2 * r), x), acc);
+  if (dtype == W_Q5_1) {
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(halves8(tail + 2 * r), x), acc);
+    return _mm256_fmadd_ps(halves8(tail + 32 + 2 * r), _mm256_set1_ps(xs * (float)total), acc);
+  }
+  if (dtype == W_Q6_K) {
+    __m256 dx = _mm256_mul_ps(halves8(tail + 256 + 2 * r), x);
+    __m256i a0 = _mm256_mullo_epi32(bytes8(tail + 32 * s + r, 1), _mm256_sub_epi32(first, _mm256_set1_epi32(32 * half)));
+    __m256i a1 = _mm256_mullo_epi32(bytes8(tail + 32 * s + 16 + r, 1),
+                                    _mm256_sub_epi32(second, _mm256_set1_epi32(32 * (total - half))));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), dx, acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), dx, acc);
+  }
+  __m256i scaled = _mm256_mullo_epi32(bytes8(tail + 16 * s + r, 0), sum);
+  __m256i mins = _mm256_mullo_epi32(bytes8(tail + 128 + 16 * s + r, 0), _mm256_set1_epi32(total));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(scaled), _mm256_mul_ps(halves8(tail + 256 + 2 * r), x), acc);
+  return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(halves8(tail + 288 + 2 * r), x), acc);
+}
+#else
+/* Portable C: the same integer sums and the same fp32 operations in the same order. */
+static inline int khigh(const uint8_t* q, int64_t extra, int c, int i, int t, int second) {
+  if (extra == 64) return ((q[256 + 4 * i + t] >> (2 * c + second)) & 1) << 4;
+  if (extra == 128) return ((q[256 + 64 * second + 4 * i + t] >> (2 * c)) & 3) << 4;
+  return 0;
+}
+
+static inline float kscale_row(int dtype, const uint8_t* tail, int s, int i, int32_t first, int32_t second, float xs,
+                               int32_t total, int32_t half, float acc) {
+  int32_t sum = first + second;
+  if (dtype == W_Q5_0) return fmaf((float)(sum - 16 * total), half_to_float(tail + 2 * i) * xs, acc);
+  if (dtype == W_Q5_1) {
+    acc = fmaf((float)sum, half_to_float(tail + 2 * i) * xs, acc);
+    return fmaf(half_to_float(tail + 32 + 2 * i), xs * (float)total, acc);
+  }
+  if (dtype == W_Q6_K) {
+    float dx = half_to_float(tail + 256 + 2 * i) * xs;
+    acc = fmaf((float)((int8_t)tail[32 * s + i] * (first - 32 * half)), dx, acc);
+    return fmaf((float)((int8_t)tail[32 * s + 16 + i] * (second - 32 * (total - half))), dx, acc);
+  }
+  acc = fmaf((float)(tail[16 * s + i] * sum), half_to_float(tail + 256 + 2 * i) * xs, acc);
+  return fmaf((float)(tail[128 + 16 * s + i] * total), -(half_to_float(tail + 288 + 2 * i) * xs), acc);
+}
+
+#define KTILE(NAME, B)                                                                                     \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) {   \
+    KLayout L = klayout(dtype);                                                                            \
+    int64_t blocks = a->blocks;                                                                            \
+    for (int b = 0; b < B; b++) {                                                                          \
+      float acc[QGROUP] = {0};                                                                             \
+      const uint8_t* p = g;                                                                                \
+      for (int64_t j0 = 0; j0 < blocks; j0 += L.subs, p += L.group_bytes)                                  \
+        for (int s = 0; s < L.subs; s++) {                                                                 \
+          const uint8_t* q = p + s * L.sub_bytes;                                                          \
+          int64_t xb = (x0 + b) * blocks + j0 + s;                                                         \
+          const int16_t* xq = a->q + QBLOCK * xb;                                                          \
+          int32_t first[QGROUP] = {0}, second[QGROUP] = {0};                                               \
+          for (int c = 0; c < 4; c++)                                                                      \
+            for (int i = 0; i < QGROUP; i++)                                                               \
+              for (int t = 0; t < 4; t++) {                                                                \
+                int w = q[64 * c + 4 * i + t];                                                             \
+                first[i] += ((w & 15) | khigh(q, L.extra, c, i, t, 0)) * xq[4 * c + t];                    \
+                second[i] += ((w >> 4) | khigh(q, L.extra, c, i, t, 1)) * xq[16 + 4 * c + t];              \
+              }                                                                                            \
+          for (int i = 0; i < QGROUP; i++)                                                                 \
+            acc[i] = kscale_row(dtype, p + L.subs * L.sub_bytes, s, i, first[i], second[i], a->scale[xb],  \
+                                a->total[xb], a->half[xb], acc[i]);                                        \
+        }                                                                                                  \
+      for (int i = 0; i < QGROUP; i++) out[i][b] = acc[i];                                                 \
+    }                                                                                                      \
+  }
+#endif
+
+KTILE(ktile4, 4)
+KTILE(ktile1, 1)
