@@ -5,6 +5,7 @@
     python scripts/bench.py --dtype q8 --tokens 64 --reps 3
     python scripts/bench.py --loaded              # lmgen alone vs beside busy processes
     python scripts/bench.py --dtypes bfloat16,q8,q4,stored   # lmgen's dtypes against each other
+    python scripts/bench.py --dtypes stored,/tmp/mixes/q4_k_m.gguf  # GGUF files (scripts/make_mixes.py)
     python scripts/bench.py --json-schema schema.json         # constrained decoding against none
 
 Same model directory, same prompt, greedy, the same number of new tokens (end-of-sequence
@@ -178,8 +179,12 @@ def read_bandwidth(threads: int, size: int = 1 << 30) -> float:
 def compare_dtypes(args) -> None:
     path = resolve_model(args.model)
     dtypes = args.dtypes.split(",")
-    models = {d: dataclasses.replace(lmgen.load(resolve_model(args.model), dtype=None) if d == "stored"
-                                     else lmgen.load(path, dtype=d), eos_ids=frozenset()) for d in dtypes}
+    def load(d: str):  # "stored": the model as its file stores it; a .gguf path: that file, as stored
+        if d.endswith(".gguf"):
+            return lmgen.load(d, dtype=None)
+        return lmgen.load(path, dtype=None) if d == "stored" else lmgen.load(path, dtype=d)
+
+    models = {d: dataclasses.replace(load(d), eos_ids=frozenset()) for d in dtypes}
     for lm in models.values():
         run_lmgen(lm, 8)  # warm-up
     rates: dict[str, list[float]] = {d: [] for d in dtypes}
@@ -194,7 +199,7 @@ def compare_dtypes(args) -> None:
     first = statistics.median(rates[dtypes[0]])
     for dtype, lm in models.items():
         rate, per_token = statistics.median(rates[dtype]), lm.model.weight_bytes_per_token()
-        print(f"{dtype:10} {rate:7.1f} tokens/s  {rate / first:5.2f}x {dtypes[0]}  {per_token / 1e6:5.0f} MB/token  "
+        print(f"{Path(dtype).stem:18} {rate:7.1f} tokens/s  {rate / first:5.2f}x {dtypes[0]}  {per_token / 1e6:5.0f} MB/token  "
               f"{rate * per_token / 1e9:5.1f} GB/s = {100 * rate * per_token / peak:3.0f}% of bandwidth")
 
 
