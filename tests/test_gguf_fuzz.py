@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import threading
 import traceback
@@ -286,7 +287,7 @@ def _patched(data: bytes, after: bytes, skip: int, value: int) -> bytes:
     (b"general.blob", 8, 3_000_000, 3_000_000, "more than 2097152 items"),  # fits the file, but ~3 GB parsed
     (b"tokenizer.ggml.token_type", 8, 1_000_000, 0, "past the end"),
     (b"general.name", 4, 2**62, 0, "past its end"),  # a string longer than the file
-    (b"token_embd.weight", 4, 2**40, 0, "cannot reshape"),  # a dimension far beyond the data
+    (b"token_embd.weight", 4, 2**40, 0, r"token_embd\.weight .* beyond the end of the data section"),  # a dimension far beyond the data
 ])
 def test_absurd_lengths_in_the_header_end_quickly(tmp_path, after, skip, value, padding, pattern):
     meta = tiny_metadata() | {"general.blob": ([1, 2, 3], V.ARRAY, V.UINT8)}  # 1-byte items: no alignment error
@@ -556,3 +557,108 @@ def test_fuzzed_gguf_files_end_in_lmgen_errors(tiny_gguf, tmp_path):
         path.unlink()
     print(f"\n{ITERATIONS} fuzz cases (inspect/convert outcomes):", dict(counts.most_common()))
     assert not failures, f"{len(failures)} case(s) raised a non-LmgenError:\n\n" + "\n\n".join(failures[:5])
+
+
+# ---------------------------------------------------------------------------------- the tensor table and values
+# The gguf reader trusts a file's tensor table and never looks at the values: lmgen checks both
+# (formats/gguf/validate.py). Each case below moves one tensor's offset where no valid file has
+# it, or makes one value or block scale NaN or infinite; inspect and convert must both refuse it,
+# naming that tensor.
+
+BLOCK_TYPES = ["F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]  # of the matrices (the norms stay F32)
+
+
+def tensor_table(path: Path) -> dict[str, dict]:
+    """name → where its offset lies in the file (``entry``), that offset, where its data starts,
+    its byte count and type."""
+    from gguf import GGUFReader
+
+    table = {}
+    for t in GGUFReader(path).tensors:
+        entry = t.field.offset + 8 + len(t.name.encode()) + 4 + 8 * len(t.shape) + 4  # name, n_dims, dims, type
+        table[t.name] = {"entry": entry, "offset": int(t.field.parts[-1][0]), "start": int(t.data_offset),
+                         "nbytes": int(t.n_bytes), "type": t.tensor_type}
+    return table
+
+
+def patched_at(data: bytes, at: int, raw: bytes) -> bytes:
+    return data[:at] + raw + data[at + len(raw):]
+
+
+def with_offset(data: bytes, table: dict, name: str, offset: int) -> bytes:
+    """data with tensor ``name``'s offset in the table replaced (a uint64, as the format has it)."""
+    return patched_at(data, table[name]["entry"], offset.to_bytes(8, "little"))
+
+
+def mutate_layout(rng: random.Random, data: bytes, table: dict, data_start: int) -> tuple[bytes, str, str, str]:
+    """(bytes, what was done, the tensor to be named, the error expected)."""
+    name, other = rng.sample(sorted(table), 2)
+    t, o, data_size = table[name], table[other], len(data) - data_start
+    inside = 32 * rng.randrange(1, -(-o["nbytes"] // 32)) if o["nbytes"] > 32 else 0
+    op = rng.choice(["wraps into the header", "past the end", "unaligned", "shares", "inside another"])
+    offset = {"wraps into the header": 2**64 - 32 * rng.randint(1, data_start // 32),
+              "past the end": -(-(data_size - t["nbytes"] + 1) // 32) * 32 + 32 * rng.randrange(4),
+              "unaligned": t["offset"] + rng.randint(1, 31),
+              "shares": o["offset"], "inside another": o["offset"] + inside}[op]
+    expected = {"wraps into the header": "beyond the end", "past the end": "beyond the end", "unaligned": "alignment",
+                "shares": "share their bytes|beyond the end",
+                "inside another": "overlap|share their bytes|beyond the end"}[op]
+    return with_offset(data, table, name, offset), f"{name} offset {offset} ({op} {other})", name, expected
+
+
+def non_finite(rng: random.Random, field) -> tuple[int, str]:
+    """Random bits that make ``field`` NaN or infinite (either sign, any NaN payload), and which."""
+    width = np.dtype(field.dtype).itemsize
+    mantissa = rng.choice([0, rng.randint(1, field.mantissa)])
+    bits = rng.choice([0, 1 << (8 * width - 1)]) | field.exponent | mantissa
+    return bits & ((1 << 8 * width) - 1), "NaN" if bits & field.mantissa else "infinity"
+
+
+def mutate_values(rng: random.Random, data: bytes, table: dict) -> tuple[bytes, str, str, str]:
+    from gguf import GGML_QUANT_SIZES
+
+    from lmgen.formats.gguf.validate import FIELDS
+
+    name = rng.choice(sorted(table))
+    t = table[name]
+    block_bytes = GGML_QUANT_SIZES[t["type"]][1]
+    block, field = rng.randrange(t["nbytes"] // block_bytes), rng.choice(FIELDS[t["type"].name])
+    bits, what = non_finite(rng, field)
+    raw = bits.to_bytes(np.dtype(field.dtype).itemsize, "little")
+    mutated = patched_at(data, t["start"] + block * block_bytes + field.offset, raw)
+    return mutated, f"{name} {field.name} of block {block}: {what}", name, f"{what}.* {block} of"
+
+
+@pytest.fixture(scope="module")
+def typed_ggufs(tmp_path_factory, tiny_gguf) -> dict[str, Path]:
+    """The tiny model with its matrices in each format lmgen reads as stored or as floats."""
+    root, files = tmp_path_factory.mktemp("typed"), {"F32": tiny_gguf}
+    for kind in BLOCK_TYPES:
+        qtype = GGMLQuantizationType[kind]
+        tensors = {n: (a, qtype if a.ndim == 2 else t) for n, (a, t) in tiny_tensors().items()}
+        files[kind] = write_gguf(root / f"{kind}.gguf", tiny_metadata(), tensors)
+    return files
+
+
+def test_fuzzed_tables_and_values_are_refused_naming_the_tensor(typed_ggufs, tmp_path, monkeypatch):
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
+    rng, failures = random.Random(SEED + 1), []
+    for i in range(max(ITERATIONS // 4, 20)):
+        kind = rng.choice(sorted(typed_ggufs))
+        data, table = typed_ggufs[kind].read_bytes(), tensor_table(typed_ggufs[kind])
+        if rng.random() < 0.5:
+            mutated, what, name, expected = mutate_layout(rng, data, table, header_length(typed_ggufs[kind]))
+        else:
+            mutated, what, name, expected = mutate_values(rng, data, table)
+        path = tmp_path / f"case{i}.gguf"  # a name of its own: lmgen's index is keyed by path
+        path.write_bytes(mutated)
+        for step in (lambda: report(path), lambda: convert_gguf(path, tmp_path / f"out{i}")):
+            try:
+                with deadline(CASE_SECONDS):
+                    step()
+                failures.append(f"case {i} ({kind}, {what}): accepted")
+            except CheckpointError as exc:
+                if name not in str(exc) or not re.search(expected, str(exc)):
+                    failures.append(f"case {i} ({kind}, {what}): {exc}")
+        assert not (tmp_path / f"out{i}").exists()
+    assert not failures, f"{len(failures)} case(s) not refused as expected:\n" + "\n".join(failures[:10])

@@ -62,12 +62,26 @@ class BoundedReader(GGUFReader):
                 raise ValueError(f"its metadata arrays hold more than {MAX_METADATA_ITEMS} items")
         return super()._get_field_parts(orig_offs, raw_type)
 
+    def _build_tensors(self, start_offs, fields):
+        """The stock reader adds each offset to ``start_offs`` as a uint64 (2**64 - 32 wraps round
+        into the header) and slices whatever lies there: the table is checked first."""
+        from lmgen.formats.gguf.validate import TableEntry, check_layout
+
+        entries = [TableEntry(bytes(f.parts[1]).decode("utf-8", "replace"), int(f.parts[4][0]),
+                              tuple(int(n) for n in f.parts[3]), int(f.parts[5][0])) for f in fields]
+        check_layout(entries, int(self.alignment), len(self.data) - int(start_offs))
+        super()._build_tensors(start_offs, fields)
+
 
 def open_gguf(src: Path) -> GGUFReader:
-    """A reader for src, or a CheckpointError saying why not (a FIFO or device is refused unopened)."""
+    """A reader for src, or a CheckpointError saying why not (a FIFO or device is refused unopened;
+    a tensor table that points outside the data section, off its alignment or at another
+    tensor's bytes is refused, naming the tensor, before any tensor is read)."""
     regular_file(Path(src), "GGUF file")
     try:
         return BoundedReader(src)
+    except CheckpointError as exc:  # the tensor table, checked by BoundedReader
+        raise CheckpointError(f"{src} is not a readable GGUF file ({exc})") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read GGUF file {src}: {exc.strerror or exc}") from None
     except IndexError:  # a field read past the end: the file is cut short, or a length in it is wrong

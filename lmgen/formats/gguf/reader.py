@@ -45,6 +45,7 @@ from lmgen.formats.gguf.metadata import (
     token_list,
     typed,
 )
+from lmgen.formats.gguf.validate import check_finite
 from lmgen.resources import require_memory
 
 SUPPORTED_ARCHS = tuple(ARCHS)
@@ -144,7 +145,14 @@ def gguf_arch(meta: dict) -> Arch:
 
 def check_tensors(reader, cfg: ModelConfig, arch: Arch) -> None:
     """Every tensor is one the config implies, with the shape it implies, and none is missing
-    (the rotary-scaling tensors were checked as the config was read)."""
+    (the rotary-scaling tensors were checked as the config was read); then every value and
+    block scale is finite, so that nothing lmgen runs or writes from the file is NaN or infinite
+    (its layout was checked as it was opened)."""
+    _check_names_and_shapes(reader, cfg, arch)
+    check_finite(reader)
+
+
+def _check_names_and_shapes(reader, cfg: ModelConfig, arch: Arch) -> None:
     expected = expected_shapes(cfg, arch)
     for t in reader.tensors:
         if hf_tensor_name(arch, t.name) is None:  # a name no model has is an error of its own
