@@ -174,6 +174,12 @@ def _check_and_map(files: CheckpointFiles, cfg: ModelConfig) -> list[Stored]:
     return plan
 
 
+def stored_tensors(files: CheckpointFiles, cfg: ModelConfig) -> list[Stored]:
+    """Every stored tensor, checked against the config as loading checks it, with where its bytes
+    lie: for readers that take the bytes themselves, without torch (``lmgen quantize``)."""
+    return _check_and_map(files, cfg)
+
+
 def _fmt(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(map(str, shape)) + ")"
 

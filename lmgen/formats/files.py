@@ -1,9 +1,11 @@
-"""Reading files from strangers, and writing directories so that a failure leaves nothing behind.
+"""Reading files from strangers, and writing directories and files so that a failure leaves
+nothing behind.
 
 Every file lmgen reads from a checkpoint directory goes through ``regular_file`` first: a FIFO
 or a device in its place would block ``open`` or never end. JSON is parsed with the errors a
 hostile file can cause (bad UTF-8, deep nesting) turned into one ``CheckpointError`` naming the
-file. ``staged_directory`` writes a whole directory beside its target and renames it into place.
+file. ``staged_directory`` writes a whole directory beside its target and renames it into place;
+``staged_file`` does the same for one file.
 """
 
 from __future__ import annotations
@@ -108,6 +110,39 @@ def staged_directory(target: Path, force: bool = False):
         raise EnvironmentFailure(f"cannot write {target}: {exc.strerror}") from None
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def staged_file(target: Path, force: bool = False):
+    """Yield a fresh path beside ``target`` to write; on success it is renamed to ``target``.
+
+    ``target`` must not exist unless ``force``. On any failure (or Ctrl-C) the staged file is
+    removed and ``target`` is left as it was, so no reader ever sees half a file; of two writers
+    at once without ``force``, exactly one wins (``renameat2`` with ``RENAME_NOREPLACE``).
+    """
+    import secrets
+
+    target = Path(target)
+    if target.is_dir():
+        raise InputError(f"{target} is a directory; name the file to write")
+    if os.path.lexists(target) and not force:
+        raise InputError(f"{target} exists; pass --force to replace it")
+    stage = target.parent / f".{target.name}.{secrets.token_hex(4)}.partial"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as umask allows
+    except OSError as exc:
+        raise EnvironmentFailure(f"cannot write to {target.parent}: {exc.strerror}") from None
+    try:
+        yield stage
+        if force:
+            os.replace(stage, target)
+        elif not _rename(stage, target, RENAME_NOREPLACE):
+            raise InputError(f"{target} exists; pass --force to replace it (another writer finished first)")
+    except OSError as exc:
+        raise EnvironmentFailure(f"cannot write {target}: {exc.strerror or exc}") from None
+    finally:
+        stage.unlink(missing_ok=True)
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2's flags (Linux 3.15+)
