@@ -176,3 +176,16 @@ def test_a_second_load_maps_the_packed_blocks_and_computes_the_same(written, mon
     third = lmgen.load(path)
     assert torch.equal(logits_of(third.model, tokens), logits_of(first.model, tokens))
     assert packed_file.stat().st_size > 100
+
+
+def test_generate_on_an_f32_gguf_prints_only_lmgens_lines(tiny_gguf, lmgen_exe, tmp_path):
+    """torch warns that a tensor over the read-only map is not writable, once per process: so a
+    process of its own, as a user runs it. stderr holds lmgen's lines only: none, then --stats'."""
+    from conftest import run_lmgen
+
+    env = {"LMGEN_HOME": str(tmp_path)}
+    quiet = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_gguf), "-n", "3", "hello", env=env)
+    assert quiet.returncode == 0 and quiet.stdout and quiet.stderr == b"", quiet.stderr
+    stats = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_gguf), "-n", "3", "--stats", "hello", env=env)
+    lines = stats.stderr.decode().splitlines()
+    assert stats.returncode == 0 and len(lines) == 1 and lines[0].startswith("prompt "), stats.stderr
