@@ -43,6 +43,9 @@ def generate(
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
     show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
+    lookup: int = typer.Option(0, "--lookup", metavar="N",
+                               help="Greedy: draft up to N tokens from the prompt and output so far, checked in one "
+                                    "step (the same text, sooner when the output repeats its input)."),
     truncate: bool = typer.Option(False, "--truncate", help="Keep the end of a prompt too long for the context."),
     json_schema: Optional[str] = typer.Option(None, "--json-schema", help="Output JSON this schema accepts (inline or a file)."),
     regex: Optional[str] = typer.Option(None, "--regex", help="Output text this regular expression matches in full."),
@@ -67,7 +70,7 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
     if server:
-        refuse_with_server(model=model, dtype=dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
+        refuse_with_server(model=model, dtype=dtype, threads=threads, jsonl=jsonl, show_probs=show_probs, lookup=lookup,
                            json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
                            device=device != "cpu")
         return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
@@ -80,7 +83,7 @@ def generate(
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs,
-                                  constraint)
+                                  constraint, lookup)
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
     limit = prompts.max_bytes(cfg.max_context)
     lines: dict[int, int] = {}  # --each-line: a prompt's position -> its line of stdin

@@ -22,6 +22,9 @@ def stats_line(record: dict) -> str:
     )
     if "weights_gb_per_s" in record:  # not known of a server's model
         line += f", reading weights at {record['weights_gb_per_s']:.1f} GB/s"
+    if "drafted_tokens" in record:
+        drafted, accepted = record["drafted_tokens"], record["accepted_tokens"]
+        line += f"; lookup drafted {drafted} tokens, {accepted} accepted ({accepted / drafted:.0%})"
     if "constraint_s" in record:
         total = record["time_to_first_token_s"] + record["decode_s"]
         share = record["constraint_s"] / total if total > 0 else 0.0
@@ -284,12 +287,33 @@ def print_inspect(info: dict) -> None:
         ["weights at q4", human_bytes(memory["q4"]), "Q4_1 blocks (llama.cpp keeps the embedding at q8)"],
         ["KV cache per token", f"{human_bytes(kv['fp32'])} fp32", f"{human_bytes(kv['bf16'])} bf16"],
         [f"KV cache, {full} tokens", f"{human_bytes(kv['fp32'] * full)} fp32", f"{human_bytes(kv['bf16'] * full)} bf16"],
+        *_per_token_rows(info.get("bytes_read_per_token")),
     ]
     print_table(["memory", "bytes", ""], memory_rows, right={1})
+    print_formats(info)
     if "tensors" in info:
         tensor_rows = [[t["name"], " × ".join(map(str, t["shape"])), t["dtype"], human_bytes(t["bytes"]), t["part"] or "-"]
                        for t in info["tensors"]]
-        print_table(["tensor", "shape", "dtype", "size", "counted as"], tensor_rows, right={3})
+        print_table(["tensor", "shape", "format", "size", "counted as"], tensor_rows, right={3})
+
+
+def _per_token_rows(read: dict | None) -> list[list[str]]:
+    """inspect --stats: the weights one decoded token reads (decoding is bound by them)."""
+    if read is None:
+        return []
+    embedding = "tied: the head reads the embedding whole" if read["embedding_read_whole"] else \
+        "the embedding: one row per token, left out"
+    by_format = ", ".join(f"{name} {human_bytes(n)}" for name, n in read["formats"].items())
+    return [["weights read per token", human_bytes(read["total"]), f"{by_format}; {embedding}"]]
+
+
+def print_formats(info: dict) -> None:
+    """Parameters, bytes and bits per weight of each stored format, and of all together."""
+    rows = [[name, str(f["tensors"]), f"{f['parameters']:,}", human_bytes(f["bytes"]), f"{f['bits_per_weight']:.2f}"]
+            for name, f in info["formats"].items()]
+    rows.append(["all", str(sum(f["tensors"] for f in info["formats"].values())), f"{info['parameters']['total']:,}",
+                 human_bytes(info["memory_bytes"]["stored"]), f"{info['bits_per_weight']:.2f}"])
+    print_table(["format", "tensors", "parameters", "size", "bits/weight"], rows, right={1, 2, 3, 4})
 
 
 def score_record(result, tokenizer) -> dict:

@@ -13,6 +13,7 @@ up, so any number of them takes bounded memory.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from lmgen.engine.generation import (
     prompt_ids_for,
     require_finite,
 )
+from lmgen.engine.lookup import PromptLookup
 from lmgen.engine.prefix_cache import PrefixCache
 from lmgen.engine.sampling import TokenHistory, sample_next_token
 from lmgen.errors import InputError
@@ -70,6 +72,9 @@ class Row:
     sample: int = 0  # which of the prompt's samples (--num-samples)
     prompt_logits: torch.Tensor | None = None  # the prefill's, for the prompt's later samples
     cached: int = 0  # leading prompt tokens whose keys and values came from the prefix cache
+    lookup: PromptLookup | None = None  # greedy with --lookup: drafts of its next tokens
+    drafted: int = 0
+    accepted: int = 0
 
     @property
     def position(self) -> int:
@@ -144,7 +149,7 @@ def generate(lm: LanguageModel, prompt: str | list[dict], settings: GenerationSe
     chat template renders. One that cannot be used raises here, before any event is produced.
     """
     ids = prompt_ids_for(lm, prompt, settings)
-    if settings.num_samples > 1:  # one row per sample; a sample that finishes stops being decoded
+    if settings.num_samples > 1 or settings.lookup:  # one row per sample; lookup drafts are checked there
         return generate_many(lm, [ids], settings, batch_size=settings.num_samples)
     return _events(lm, ids, settings)
 
@@ -206,6 +211,8 @@ class Engine:
                   torch.Generator(device).manual_seed(seed) if seed is not None else None,
                   TokenHistory(ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
                   time.perf_counter(), sample=sample)
+        if settings.lookup and settings.sampling.greedy:
+            row.lookup = PromptLookup(ids, settings.lookup)
         sibling = next((s for s, r in enumerate(self.rows) if r is not None and r.index == index), None)
         if sibling is not None:  # its first len(ids) positions are the prompt's, whatever it has generated since
             self.cache.k[:, slot, :, : len(ids)] = self.cache.k[:, sibling, :, : len(ids)]
@@ -224,16 +231,41 @@ class Engine:
         yield from self._choose(slot, logits)
 
     def step(self) -> Iterator:
-        """One token for every row in flight."""
+        """One token for every row in flight; more for a row whose lookup draft the model agrees
+        with. A row with a draft of k tokens takes k + 1 rows of the decode step, all on its own
+        row of the cache at consecutive positions: each sees the keys and values the others
+        write before attending, so each row's logits are the ones k + 1 plain steps would give,
+        bit for bit (the kernels compute every row as they would alone). Its tokens are then
+        chosen one by one from them, as long as each is the drafted one."""
         slots = self.in_flight()
-        rows = [self.rows[slot] for slot in slots]
+        drafts = {slot: self._draft(self.rows[slot]) for slot in slots}
+        tokens, positions, cache_rows = [], [], []
+        for slot in slots:
+            row, draft = self.rows[slot], drafts[slot]
+            tokens += [row.token, *draft]
+            positions += range(row.position, row.position + len(draft) + 1)
+            cache_rows += [slot] * (len(draft) + 1)
         device = self.model.device
-        tokens = torch.tensor([row.token for row in rows], device=device)
-        positions = torch.tensor([row.position for row in rows], dtype=torch.int64, device=device)
-        logits = self.decode(tokens, positions, self.cache, torch.tensor(slots, dtype=torch.int64, device=device))
+        logits = self.decode(torch.tensor(tokens, device=device), torch.tensor(positions, dtype=torch.int64, device=device),
+                             self.cache, torch.tensor(cache_rows, dtype=torch.int64, device=device))
         require_finite(logits)
-        for i, slot in enumerate(slots):
-            yield from self._choose(slot, logits[i : i + 1])
+        at = 0
+        for slot in slots:
+            draft, row = drafts[slot], self.rows[slot]
+            row.drafted += len(draft)
+            for j in range(len(draft) + 1):
+                yield from self._choose(slot, logits[at + j : at + j + 1])
+                if self.rows[slot] is None or j == len(draft) or row.token != draft[j]:
+                    break
+                row.accepted += 1
+            at += len(draft) + 1
+
+    def _draft(self, row: Row) -> list[int]:
+        """The tokens prompt lookup guesses follow (none without --lookup), as many as the row's
+        budget leaves after the one this step chooses anyway."""
+        if row.lookup is None:
+            return []
+        return row.lookup.draft(row.budget - row.sample_text.count - 1)
 
     def _choose(self, slot: int, logits: torch.Tensor) -> Iterator:
         """Sample row ``slot``'s next token from its logits (1, vocab); its events."""
@@ -244,6 +276,8 @@ class Engine:
         if row.history is not None:
             row.history.add(token)
         row.token = int(token)
+        if row.lookup is not None:
+            row.lookup.add(row.token)
         if row.token in self.lm.eos_ids:
             yield self._finish(slot, "stop", row.sample_text.flush())
             return
@@ -263,8 +297,9 @@ class Engine:
             held = row.prompt_ids + (generated if row.token in self.lm.eos_ids else generated[:-1])
             n = len(held)
             self.prefix_cache.put(held, self.cache.k[:, slot, :, :n], self.cache.v[:, slot, :, :n])
-        return row.sample_text.finished(reason, tail, len(row.prompt_ids), row.start, row.first, row.sample,
+        done = row.sample_text.finished(reason, tail, len(row.prompt_ids), row.start, row.first, row.sample,
                                         row.index, row.cached)
+        return dataclasses.replace(done, drafted=row.drafted, accepted=row.accepted) if row.lookup else done
 
     def _copy_prefix(self, slot: int, ids: list[int]) -> int:
         """Copy the keys and values of the longest cached prefix of ``ids`` into row ``slot`` (at

@@ -31,3 +31,5 @@ class Finished:
     complete: bool | None = None  # with a constraint: whether it accepts the output (None: no constraint)
     constraint_seconds: float = 0.0  # spent computing the constraint's masks
     cached_tokens: int = 0  # leading prompt tokens not prefilled: their keys and values were cached
+    drafted: int = 0  # tokens prompt lookup drafted (--lookup)
+    accepted: int = 0  # ... and the model chose too: each saved a decode step

@@ -33,6 +33,8 @@ def summary(prompt: str, done: Finished, bytes_per_token: int, tokens: list[Toke
     if done.complete is not None:  # with --json-schema, --regex or --grammar
         record["complete"] = done.complete
         record["constraint_s"] = round(done.constraint_seconds, 6)
+    if done.drafted:  # with --lookup
+        record["drafted_tokens"], record["accepted_tokens"] = done.drafted, done.accepted
     if tokens is not None:
         record["tokens"] = [token_record(t, tokenizer) for t in tokens]
     return record

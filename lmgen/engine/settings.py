@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 # Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
 # below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most
 # the context length times 1e6. Wider values are refused where they are parsed.
+MAX_LOOKUP = 64  # tokens drafted at most: a decode step's rows
 BOUNDS = (("temperature", 1e-6, 1e6), ("repetition_penalty", 1e-6, 1e6),
           ("frequency_penalty", -1e6, 1e6), ("presence_penalty", -1e6, 1e6))
 
@@ -75,12 +76,15 @@ class GenerationSettings:
     num_samples: int = 1  # independent continuations, batched
     show_probs: int = 0  # report each token's probability and this many alternatives
     constraint: Constraint | None = None  # output a JSON schema, regex or grammar accepts (lmgen.engine.constraint)
+    lookup: int = 0  # greedy: tokens drafted from the text so far and checked in one step (engine.lookup)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InputError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
         if self.num_samples < 1:
             raise InputError(f"num-samples must be >= 1, got {self.num_samples}")
+        if not 0 <= self.lookup <= MAX_LOOKUP:
+            raise InputError(f"lookup must be from 0 to {MAX_LOOKUP}, got {self.lookup}")
         if self.show_probs < 0:
             raise InputError(f"show-probs must be >= 0, got {self.show_probs}")
         if self.seed is not None and not 0 <= self.seed < 2**64:
