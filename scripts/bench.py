@@ -16,8 +16,9 @@ asserts nothing.
 
 With --loaded it measures how lmgen holds up on a busy machine instead: ``lmgen generate``
 runs as a fresh process, alternately on a quiet machine and beside one CPU-burning process
-(a busy Python loop) per available core; it prints the median decode tokens/s of each and
-the loaded/quiet ratio. ``--variant NAME:VAR=VALUE,...`` adds runs with other environment
+(a busy Python loop) per available core (``--busy N``: N of them); it prints the median decode
+tokens/s of each and the loaded/quiet ratio, for --tokens new tokens and for a short run of 32
+(which must adapt within its first steps). ``--variant NAME:VAR=VALUE,...`` adds runs with other environment
 settings (e.g. ``spinning:OMP_WAIT_POLICY=active``, OpenMP's busy-waiting threads), or another
 checkout of lmgen (``before:LMGEN_SOURCE=/path/to/checkout``).
 
@@ -121,13 +122,17 @@ OTHER_SOURCE = ("import os, sys; sys.meta_path[:] = [f for f in sys.meta_path if
 
 
 def run_cli(path: Path, dtype: str, tokens: int, env: dict) -> float:
-    """Decode tokens/s of one `lmgen generate` process."""
+    """Decode tokens/s of one `lmgen generate` process (dtype "stored": the file as it is)."""
     exe = [str(Path(sys.executable).parent / "lmgen")]
     if "LMGEN_SOURCE" in env:
         exe = [sys.executable, "-c", OTHER_SOURCE]
-    result = subprocess.run([*exe, "generate", "-m", str(path), "--dtype", dtype, "-n", str(tokens), "--json",
+    dtype_args = [] if dtype == "stored" else ["--dtype", dtype]
+    result = subprocess.run([*exe, "generate", "-m", str(path), *dtype_args, "-n", str(tokens), "--json",
                              PROMPT], capture_output=True, env={**os.environ, **env}, timeout=900, check=True)
     return json.loads(result.stdout)["decode_tokens_per_s"]
+
+
+SHORT = 32  # new tokens of the short run: a user's one-line question adapts within it or not at all
 
 
 def loaded(args) -> None:
@@ -139,27 +144,31 @@ def loaded(args) -> None:
         name, _, assignments = spec.partition(":")
         variants[name] = dict(a.split("=", 1) for a in assignments.split(",") if a)
     cores = available_cores()
-    rates = {(name, load): [] for name in variants for load in ("quiet", "loaded")}
+    busy = args.busy or cores
+    lengths = (args.tokens, SHORT)
+    rates = {(name, n, load): [] for name in variants for n in lengths for load in ("quiet", "loaded")}
     run_cli(path, args.dtype, 8, {})  # warm-up: page cache, compiled kernels
     for _ in range(args.reps):
         for name, env in variants.items():
-            rates[name, "quiet"].append(run_cli(path, args.dtype, args.tokens, env))
-            burners = burn_cores(cores)
-            try:
-                time.sleep(0.5)
-                rates[name, "loaded"].append(run_cli(path, args.dtype, args.tokens, env))
-            finally:
-                for p in burners:
-                    p.kill()
-                    p.wait()
-    print(f"model {path}  --dtype {args.dtype}, {args.tokens} new tokens, {cores} cores, loaded = {cores} "
-          f"busy processes beside lmgen; {args.reps} runs each, alternating (medians, decode tokens/s)")
-    print(f"{'':12}{'quiet':>10}{'loaded':>10}{'loaded/quiet':>14}   runs (quiet | loaded)")
+            for n in lengths:
+                rates[name, n, "quiet"].append(run_cli(path, args.dtype, n, env))
+                burners = burn_cores(busy)
+                try:
+                    time.sleep(0.5)
+                    rates[name, n, "loaded"].append(run_cli(path, args.dtype, n, env))
+                finally:
+                    for p in burners:
+                        p.kill()
+                        p.wait()
+    print(f"model {path}  --dtype {args.dtype}, {cores} cores, loaded = {busy} busy processes beside lmgen; "
+          f"{args.reps} runs each, alternating (medians, decode tokens/s)")
+    print(f"{'':12}{'tokens':>7}{'quiet':>10}{'loaded':>10}{'loaded/quiet':>14}   runs (quiet | loaded)")
     for name in variants:
-        quiet, busy = (statistics.median(rates[name, load]) for load in ("quiet", "loaded"))
-        runs = " ".join(f"{r:.0f}" for r in rates[name, "quiet"]) + " | " + " ".join(
-            f"{r:.1f}" for r in rates[name, "loaded"])
-        print(f"{name:12}{quiet:10.1f}{busy:10.1f}{busy / quiet:14.2f}   {runs}")
+        for n in lengths:
+            quiet, loaded_rate = (statistics.median(rates[name, n, load]) for load in ("quiet", "loaded"))
+            runs = " ".join(f"{r:.0f}" for r in rates[name, n, "quiet"]) + " | " + " ".join(
+                f"{r:.1f}" for r in rates[name, n, "loaded"])
+            print(f"{name:12}{n:7d}{quiet:10.1f}{loaded_rate:10.1f}{loaded_rate / quiet:14.2f}   {runs}")
 
 
 def read_bandwidth(threads: int, size: int = 1 << 30) -> float:
@@ -245,6 +254,7 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed runs of each")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads for both")
     parser.add_argument("--loaded", action="store_true", help="quiet vs beside one busy process per core")
+    parser.add_argument("--busy", type=int, help="with --loaded: busy processes (default: one per core)")
     parser.add_argument("--variant", action="append", default=[], help="with --loaded: NAME:VAR=VALUE,...")
     parser.add_argument("--dtypes", help="compare these lmgen dtypes (and 'stored') instead of transformers")
     parser.add_argument("--json-schema", help="compare decoding with this schema (a file or inline JSON) to none")
