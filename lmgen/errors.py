@@ -29,3 +29,9 @@ class EnvironmentFailure(LmgenError):
     """The machine refused: a full disk, a read-only directory, a closed output."""
 
     exit_code = 4
+
+
+def printable(text: str, limit: int = 120) -> str:
+    """A stranger's text made safe for a one-line error: no newlines or escapes, not too long."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[:limit] + "..."

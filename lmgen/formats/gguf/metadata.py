@@ -14,8 +14,9 @@ import numpy as np
 from gguf import GGUFReader, GGUFValueType
 
 from lmgen.config.model_config import is_int
-from lmgen.errors import CheckpointError
+from lmgen.errors import CheckpointError, printable
 from lmgen.formats.files import regular_file
+from lmgen.formats.gguf.validate import TableEntry, check_layout
 
 # The reader makes ~1 KB of Python objects per metadata array item: this caps what a hostile
 # header can cost (~2 GB), above twice o200k's tokens + merges + token types (0.85 M items).
@@ -32,12 +33,6 @@ _KINDS = {
     "a list of numbers": lambda v: isinstance(v, list) and all(_KINDS["a number"](x) for x in v),
 }
 _REQUIRED = object()
-
-
-def printable(text: str, limit: int = 120) -> str:
-    """A stranger's text made safe for a one-line error: no newlines or escapes, not too long."""
-    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class BoundedReader(GGUFReader):
@@ -65,8 +60,6 @@ class BoundedReader(GGUFReader):
     def _build_tensors(self, start_offs, fields):
         """The stock reader adds each offset to ``start_offs`` as a uint64 (2**64 - 32 wraps round
         into the header) and slices whatever lies there: the table is checked first."""
-        from lmgen.formats.gguf.validate import TableEntry, check_layout
-
         entries = [TableEntry(bytes(f.parts[1]).decode("utf-8", "replace"), int(f.parts[4][0]),
                               tuple(int(n) for n in f.parts[3]), int(f.parts[5][0])) for f in fields]
         check_layout(entries, int(self.alignment), len(self.data) - int(start_offs))

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from lmgen.errors import CheckpointError
-from lmgen.formats.gguf.metadata import printable
+from lmgen.errors import CheckpointError, printable
 
 MAX_DIM = 1 << 63  # llama.cpp reads dimensions as int64
 CHUNK = 1 << 20  # blocks checked at once: bounds the temporaries
