@@ -122,3 +122,51 @@ def test_inspect_without_a_path_inspects_the_default_model(cli):
     result = cli("inspect", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["path"] == str(resolve_model(None))
+
+
+def test_gguf_formats_and_bits_per_weight():
+    """The default model: Q4_1 matrices (20 bytes a block of 32), its embedding at Q8_0 (34), norms F32."""
+    from lmgen.formats.paths import bundled_gguf
+
+    info = report(bundled_gguf())
+    formats = info["formats"]
+    assert {name: f["tensors"] for name, f in formats.items()} == {"F32": 61, "Q4_1": 210, "Q8_0": 1}
+    assert [formats[name]["bits_per_weight"] for name in ("F32", "Q4_1", "Q8_0")] == [32.0, 5.0, 8.5]
+    assert sum(f["parameters"] for f in formats.values()) == info["parameters"]["total"]
+    assert sum(f["bytes"] for f in formats.values()) == info["memory_bytes"]["stored"]
+    assert info["bits_per_weight"] == 8 * info["memory_bytes"]["stored"] / info["parameters"]["total"]
+    assert 5.7 < info["bits_per_weight"] < 5.8
+    assert "bytes_read_per_token" not in info  # only with stats
+
+
+def test_bytes_read_per_token_are_what_a_decode_step_reads(monkeypatch, tmp_path):
+    """Tied (the default model): every tensor, the embedding whole, as its head reads it; untied:
+    all but the embedding, of which a token reads one row — as the loaded models count them."""
+    import lmgen
+    from lmgen.engine.load_checkpoint import load_model
+    from lmgen.formats.paths import bundled_gguf
+
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
+    tied = report(bundled_gguf(), stats=True)
+    read = tied["bytes_read_per_token"]
+    assert read["embedding_read_whole"] and read["total"] == tied["memory_bytes"]["stored"]
+    assert read["total"] == lmgen.load(bundled_gguf()).model.weight_bytes_per_token()
+    save_tiny("llama", tmp_path / "untied")
+    untied = report(tmp_path / "untied", stats=True)
+    embedding = 4 * 300 * 64
+    assert untied["bytes_read_per_token"]["total"] == untied["memory_bytes"]["stored"] - embedding
+    assert untied["bytes_read_per_token"]["total"] == load_model(tmp_path / "untied")[0].weight_bytes_per_token()
+
+
+def test_cli_shows_formats_and_with_stats_the_bytes_read_per_token(cli):
+    from lmgen.formats.paths import bundled_gguf
+
+    plain = cli("inspect", str(bundled_gguf())).stdout.decode()
+    assert "bits/weight" in plain and "weights read per token" not in plain
+    assert any(line.split()[:2] == ["Q4_1", "210"] and line.split()[-1] == "5.00" for line in plain.splitlines())
+    stats = cli("inspect", "--stats", str(bundled_gguf())).stdout.decode()
+    assert "weights read per token        96.6 MB" in stats and "tied: the head reads the embedding whole" in stats
+    info = json.loads(cli("inspect", "--json", "-v", str(bundled_gguf())).stdout)
+    assert info["bytes_read_per_token"]["formats"].keys() == {"F32", "Q4_1", "Q8_0"}
+    listed = cli("inspect", "--tensors", "--match", "blk.0.ffn_up*", str(bundled_gguf())).stdout.decode()
+    assert "format" in listed and "blk.0.ffn_up.weight" in listed and "Q4_1" in listed

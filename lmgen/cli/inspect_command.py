@@ -18,6 +18,7 @@ def inspect(
     tensors: bool = typer.Option(False, "--tensors", help="List every tensor: shape, dtype, size."),
     match: Optional[str] = typer.Option(None, "--match", help="Only tensors whose name matches this glob."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    stats: bool = typer.Option(False, "--stats", "-v", help="Also the bytes of weights one decoded token reads."),
 ) -> None:
     """Show the LM head, parameter counts, memory and attention layout without loading weights."""
     from lmgen.cli.render import print_inspect
@@ -26,7 +27,7 @@ def inspect(
 
     path = resolve_model(None if path is None else str(path))
     glob = match if match is not None else ("*" if tensors else None)
-    info = report(path, glob)
+    info = report(path, glob, stats)
     if as_json:
         print(json.dumps(info, indent=2))
     else:

@@ -125,8 +125,8 @@ def load_source(path: str | Path) -> tuple[str, ModelConfig, list[TensorInfo], s
     )
 
 
-def report(path: str | Path, tensor_glob: str | None = None) -> dict:
-    """Everything ``lmgen inspect`` shows, as plain data."""
+def report(path: str | Path, tensor_glob: str | None = None, stats: bool = False) -> dict:
+    """Everything ``lmgen inspect`` shows, as plain data (with ``stats``, the bytes read per token)."""
     source, cfg, tensors, kind = load_source(path)
     counted = [t for t in tensors if t.part is not None]
     parts = {part: sum(t.numel for t in counted if t.part == part) for part in PARTS}
@@ -168,10 +168,14 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
             "q8": total * 34 // 32,  # Q8_0 blocks: 32 values in 34 bytes
             "q4": total * 20 // 32,  # Q4_1 blocks: 32 values in 20 bytes
         },
+        "formats": formats(counted),
+        "bits_per_weight": bits_per_weight(sum(t.nbytes for t in counted), total),
         "kv_cache_bytes_per_token": {"fp32": 4 * kv_per_token, "bf16": 2 * kv_per_token},
         "features": features(cfg),
         "config": cfg.to_dict(),
     }
+    if stats:
+        info["bytes_read_per_token"] = bytes_read_per_token(cfg, counted)
     if tensor_glob is not None:
         info["tensors"] = [
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes, "part": t.part}
@@ -179,6 +183,38 @@ def report(path: str | Path, tensor_glob: str | None = None) -> dict:
             if fnmatch.fnmatchcase(t.name, tensor_glob)
         ]
     return info
+
+
+def bits_per_weight(nbytes: int, parameters: int) -> float:
+    return 8 * nbytes / parameters if parameters else 0.0
+
+
+def formats(counted: list[TensorInfo]) -> dict[str, dict]:
+    """Each stored format (a dtype, or a GGUF block format: Q8_0, Q4_K, ...) with its tensors,
+    parameters, bytes and bits per weight: what a file of mixed formats really costs."""
+    out = {}
+    for t in counted:
+        entry = out.setdefault(t.dtype, {"tensors": 0, "parameters": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["parameters"] += t.numel
+        entry["bytes"] += t.nbytes
+    for entry in out.values():
+        entry["bits_per_weight"] = bits_per_weight(entry["bytes"], entry["parameters"])
+    return dict(sorted(out.items()))
+
+
+def bytes_read_per_token(cfg: ModelConfig, counted: list[TensorInfo]) -> dict:
+    """The weights one decode step reads, as stored: decoding is bound by them. Every tensor but
+    the embeddings, of which a token reads one row (left out, as the model's own count leaves
+    it) — unless the LM head is tied to the token embedding, which the head then reads whole."""
+    tied = "head.linear.weight" in layout.tied_aliases(cfg)
+    read = [t for t in counted
+            if t.part not in ("token_embedding", "position_embedding") or (tied and t.part == "token_embedding")]
+    by_format = {}
+    for t in read:
+        by_format[t.dtype] = by_format.get(t.dtype, 0) + t.nbytes
+    return {"total": sum(by_format.values()), "formats": dict(sorted(by_format.items())),
+            "embedding_read_whole": tied}
 
 
 def _layers(layers: list[int], n_layers: int) -> str:
