@@ -132,6 +132,7 @@ from lmgen.cli import (  # noqa: E402,F401; (each registers its command on app)
     chat_command,
     generate_command,
     inspect_command,
+    quantize_command,
     score_command,
     serve_command,
     setup_command,
