@@ -25,6 +25,7 @@ from gguf.quants import quantize as gguf_quantize
 from safetensors.numpy import load_file, save_file
 from test_families import save_family
 from test_gguf_arch import llama_cpp_permute
+from test_gguf_fuzz import tiny_gguf, typed_ggufs  # noqa: F401 (fixtures)
 
 import lmgen
 from lmgen.formats.gguf import arch as gguf_arch
@@ -89,6 +90,20 @@ def test_every_block_is_the_gguf_librarys_bytes_of_the_permuted_source(tiny_dir,
         assert tuple(reversed(stored[name].shape.tolist())) == array.shape
         assert np.array_equal(np.asarray(stored[name].data).reshape(-1).view(np.uint8),
                               gguf_quantize(array, want).reshape(-1).view(np.uint8)), name
+
+
+def test_bf16_and_f16_sources_are_widened_bit_for_bit(tiny_dir, cli, tmp_path):
+    import safetensors.torch
+
+    for dtype in (torch.bfloat16, torch.float16):
+        src = tmp_path / str(dtype)
+        shutil.copytree(tiny_dir, src)
+        narrow = {k: v.to(dtype) for k, v in safetensors.torch.load_file(str(src / "model.safetensors")).items()}
+        safetensors.torch.save_file(narrow, str(src / "model.safetensors"), metadata={"format": "pt"})
+        quantized(cli, src, tmp_path / "out.gguf", "q4_1", "--force")
+        stored = {t.name: np.asarray(t.data) for t in GGUFReader(tmp_path / "out.gguf").tensors}
+        down = narrow["model.layers.0.mlp.down_proj.weight"].float().numpy()
+        assert np.array_equal(stored["blk.0.ffn_down.weight"], gguf_quantize(down, GGMLQuantizationType.Q4_1))
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -326,3 +341,74 @@ def test_quantize_never_imports_torch(tiny_dir, tmp_path):
             f"assert run(['quantize', {str(tiny_dir)!r}, {str(tmp_path / 'o.gguf')!r}, '--type', 'q4_1']) == 0; "
             "assert 'torch' not in sys.modules, 'torch was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# --------------------------------------------------------------------------- hostile GGUF sources
+
+
+def quantize_case(path, out) -> str:
+    """'ok' or the LmgenError's class; any other exception (or a hang) fails the test."""
+    from test_gguf_fuzz import CASE_SECONDS, deadline
+
+    from lmgen.errors import LmgenError
+    from lmgen.formats.gguf.quantize import quantize
+
+    try:
+        with deadline(CASE_SECONDS):
+            quantize(path, out, "q4_0")
+        return "ok"
+    except LmgenError as exc:
+        assert "\n" not in str(exc), f"a multi-line error: {exc!r}"
+        assert not out.exists()
+        return type(exc).__name__
+
+
+def test_fuzzed_gguf_sources_end_in_lmgen_errors(tiny_gguf, tmp_path):
+    import random
+    from collections import Counter
+
+    from test_gguf_fuzz import (ITERATIONS, SEED, header_length, mutate_bytes, mutate_metadata, mutate_tensors,
+                                tiny_metadata, tiny_tensors, write_gguf)
+
+    rng, counts = random.Random(SEED + 2), Counter()
+    data, header_end = tiny_gguf.read_bytes(), header_length(tiny_gguf)
+    for i in range(max(ITERATIONS // 4, 20)):
+        path, kind = tmp_path / f"case{i}.gguf", rng.choice(["metadata", "tensors", "bytes"])
+        meta, tensors = tiny_metadata(), tiny_tensors()
+        if kind == "bytes":
+            path.write_bytes(mutate_bytes(rng, data, header_end)[0])
+        else:
+            if kind == "metadata":
+                mutate_metadata(rng, meta)
+            else:
+                mutate_tensors(rng, tensors)
+            try:
+                write_gguf(path, meta, tensors)
+            except Exception:  # noqa: BLE001 (a value GGUFWriter cannot write)
+                continue
+        counts[quantize_case(path, tmp_path / f"out{i}.gguf")] += 1
+    assert counts["ok"] and sum(counts.values()) > counts["ok"], counts
+    no_leftovers(tmp_path)
+
+
+def test_hostile_tables_and_non_finite_blocks_are_refused_naming_the_tensor(typed_ggufs, tmp_path):
+    import random
+
+    from test_gguf_fuzz import SEED, header_length, mutate_layout, mutate_values, tensor_table
+
+    from lmgen.errors import CheckpointError
+    from lmgen.formats.gguf.quantize import quantize
+
+    rng = random.Random(SEED + 3)
+    for i in range(20):
+        kind = rng.choice(sorted(typed_ggufs))
+        data, table = typed_ggufs[kind].read_bytes(), tensor_table(typed_ggufs[kind])
+        mutate = rng.choice([lambda: mutate_layout(rng, data, table, header_length(typed_ggufs[kind])),
+                             lambda: mutate_values(rng, data, table)])
+        mutated, what, name, expected = mutate()
+        (tmp_path / f"case{i}.gguf").write_bytes(mutated)
+        with pytest.raises(CheckpointError, match=expected) as refused:
+            quantize(tmp_path / f"case{i}.gguf", tmp_path / f"out{i}.gguf", "q8_0")
+        assert name in str(refused.value), what
+        assert not (tmp_path / f"out{i}.gguf").exists()
+    no_leftovers(tmp_path)
