@@ -291,11 +291,10 @@ void decode_layers(const Shape* s, float* x, int64_t M, const Layer* layers, con
                    int64_t head_stride, const int64_t* cache_row, const int64_t* pos) {
   Rows rows = {cache_row, pos, 0};
   for (int64_t m = 0; m < M; m++) if (pos[m] > rows.max_pos) rows.max_pos = pos[m];
-  float* scratch = malloc(sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
+  float* scratch = arena(ARENA_SCRATCH, sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
   for (int64_t l = 0; l < s->n_layers; l++) {
     int64_t r = layers[l].rope;
     decode_block(s, x, M, layers + l, &rows, scratch, k_cache + l * layer_stride, v_cache + l * layer_stride,
                  batch_stride, head_stride, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
   }
-  free(scratch);
 }
