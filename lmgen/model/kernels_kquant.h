@@ -16,9 +16,9 @@
  *                                                   w = d sc q - dmin mn
  *   Q6_K  per 8 blocks: sc[16][16] (int8, one per 16 values), d ×16    w = d sc (q - 32)
  *
- * Each block's (each half block's, for Q6_K) integer sum of q·x is exact, times the integer
- * scale still exact in int32 (|sc · Σ| < 2^31 for every format: 63 · 32 · 31 · 32639, and
- * 128 · 16 · 32 · 32639), then scaled into fp32 in one order for every row, batch and build.
+ * Each block's (each half block's, for Q6_K) integer sum of q·x is exact; a K-quant's scale and
+ * minimum multiply its fp16 d and dmin exactly in fp32 (an 11-bit mantissa times a 6- or 8-bit
+ * integer), and the sums scale into fp32 in one order for every row, batch and build.
  */
 
 enum { W_Q5_0 = 6, W_Q5_1 = 7, W_Q4_K = 8, W_Q5_K = 9, W_Q6_K = 10 };
@@ -39,19 +39,26 @@ static inline KLayout klayout(int dtype) {
 static inline int64_t kgroup_block_bytes(int dtype) { KLayout l = klayout(dtype); return l.group_bytes / l.subs; }
 
 #ifdef PACKED_VNNI
-/* The weights of chunk c (values 4c.. in w0, 16+4c.. in w1) of a block whose high bits are hA, hB. */
+/* v shifted left by n bits (right by -n) in each 32-bit lane: n is a constant once unrolled. */
+static inline __m512i shift_lanes(__m512i v, int n) {
+  return n > 0 ? _mm512_slli_epi32(v, n) : n < 0 ? _mm512_srli_epi32(v, -n) : v;
+}
+
+/* The weights of chunk c (values 4c.. in w0, 16+4c.. in w1) of a block whose high bits are hA,
+ * hB: each high bit moved to bit 4 (bits 4-5 for Q6_K's pairs) within its byte, then or-ed in
+ * under a mask in one ternary-logic instruction (a | (b & c): 0xF8). */
 #define KWEIGHTS(w0, w1, q, c, extra, hA, hB)                                                            \
   do {                                                                                                     \
     __m512i raw_ = _mm512_loadu_si512((q) + 64 * (c)), low4_ = _mm512_set1_epi8(0x0f);                     \
     w0 = _mm512_and_si512(raw_, low4_), w1 = _mm512_and_si512(_mm512_srli_epi16(raw_, 4), low4_);          \
     if ((extra) == 64) {                                                                                   \
-      __m512i t_ = _mm512_srli_epi32(hA, 2 * (c)), bit_ = _mm512_set1_epi8(0x10);                          \
-      w0 = _mm512_or_si512(w0, _mm512_and_si512(_mm512_slli_epi32(t_, 4), bit_));                          \
-      w1 = _mm512_or_si512(w1, _mm512_and_si512(_mm512_slli_epi32(t_, 3), bit_));                          \
+      __m512i bit_ = _mm512_set1_epi8(0x10);                                                               \
+      w0 = _mm512_ternarylogic_epi32(w0, shift_lanes(hA, 4 - 2 * (c)), bit_, 0xF8);                        \
+      w1 = _mm512_ternarylogic_epi32(w1, shift_lanes(hA, 3 - 2 * (c)), bit_, 0xF8);                        \
     } else if ((extra) == 128) {                                                                           \
       __m512i two_ = _mm512_set1_epi8(0x30);                                                               \
-      w0 = _mm512_or_si512(w0, _mm512_and_si512(_mm512_slli_epi32(_mm512_srli_epi32(hA, 2 * (c)), 4), two_)); \
-      w1 = _mm512_or_si512(w1, _mm512_and_si512(_mm512_slli_epi32(_mm512_srli_epi32(hB, 2 * (c)), 4), two_)); \
+      w0 = _mm512_ternarylogic_epi32(w0, shift_lanes(hA, 4 - 2 * (c)), two_, 0xF8);                        \
+      w1 = _mm512_ternarylogic_epi32(w1, shift_lanes(hB, 4 - 2 * (c)), two_, 0xF8);                        \
     }                                                                                                      \
   } while (0)
 
@@ -111,18 +118,20 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(halves16(tail), x), acc);
     return _mm512_fmadd_ps(halves16(tail + 32), _mm512_set1_ps(xs * (float)total), acc);
   }
-  if (dtype == W_Q6_K) {
-    __m512 dx = _mm512_mul_ps(halves16(tail + 256), x);
-    __m512i a0 = _mm512_mullo_epi32(bytes16(tail + 32 * s, 1), _mm512_sub_epi32(first, _mm512_set1_epi32(32 * half)));
-    __m512i a1 = _mm512_mullo_epi32(bytes16(tail + 32 * s + 16, 1),
-                                    _mm512_sub_epi32(second, _mm512_set1_epi32(32 * (total - half))));
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a0), dx, acc);
-    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(a1), dx, acc);
+  if (dtype == W_Q6_K) {  /* d · sc exact in fp32 (11 + 8 bits), as is each half's sum (|Σ| < 2^24) */
+    __m512 d = halves16(tail + 256);
+    __m512 ds0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(bytes16(tail + 32 * s, 1)));
+    __m512 ds1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(bytes16(tail + 32 * s + 16, 1)));
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(first, _mm512_set1_epi32(32 * half))),
+                          _mm512_mul_ps(ds0, x), acc);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(second, _mm512_set1_epi32(32 * (total - half)))),
+                           _mm512_mul_ps(ds1, x), acc);
   }
-  __m512i scaled = _mm512_mullo_epi32(bytes16(tail + 16 * s, 0), sum);  /* Q4_K, Q5_K */
-  __m512i mins = _mm512_mullo_epi32(bytes16(tail + 128 + 16 * s, 0), _mm512_set1_epi32(total));
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(scaled), _mm512_mul_ps(halves16(tail + 256), x), acc);
-  return _mm512_fnmadd_ps(_mm512_cvtepi32_ps(mins), _mm512_mul_ps(halves16(tail + 288), x), acc);
+  /* Q4_K, Q5_K: d · sc and dmin · mn exact in fp32 (11 + 6 bits) */
+  __m512 ds = _mm512_mul_ps(halves16(tail + 256), _mm512_cvtepi32_ps(bytes16(tail + 16 * s, 0)));
+  __m512 dm = _mm512_mul_ps(halves16(tail + 288), _mm512_cvtepi32_ps(bytes16(tail + 128 + 16 * s, 0)));
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(ds, x), acc);
+  return _mm512_fnmadd_ps(dm, _mm512_set1_ps(xs * (float)total), acc);
 }
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 /* AVX2: as kernels_quant.h's, four rows' weights widened to 16 bits, pairs of products summed
@@ -201,17 +210,18 @@ static inline __m256 kscale_avx2(int dtype, const uint8_t* tail, int s, int h, _
     return _mm256_fmadd_ps(halves8(tail + 32 + 2 * r), _mm256_set1_ps(xs * (float)total), acc);
   }
   if (dtype == W_Q6_K) {
-    __m256 dx = _mm256_mul_ps(halves8(tail + 256 + 2 * r), x);
-    __m256i a0 = _mm256_mullo_epi32(bytes8(tail + 32 * s + r, 1), _mm256_sub_epi32(first, _mm256_set1_epi32(32 * half)));
-    __m256i a1 = _mm256_mullo_epi32(bytes8(tail + 32 * s + 16 + r, 1),
-                                    _mm256_sub_epi32(second, _mm256_set1_epi32(32 * (total - half))));
-    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(a0), dx, acc);
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(a1), dx, acc);
+    __m256 d = halves8(tail + 256 + 2 * r);
+    __m256 ds0 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(bytes8(tail + 32 * s + r, 1)));
+    __m256 ds1 = _mm256_mul_ps(d, _mm256_cvtepi32_ps(bytes8(tail + 32 * s + 16 + r, 1)));
+    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(first, _mm256_set1_epi32(32 * half))),
+                          _mm256_mul_ps(ds0, x), acc);
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(second, _mm256_set1_epi32(32 * (total - half)))),
+                           _mm256_mul_ps(ds1, x), acc);
   }
-  __m256i scaled = _mm256_mullo_epi32(bytes8(tail + 16 * s + r, 0), sum);
-  __m256i mins = _mm256_mullo_epi32(bytes8(tail + 128 + 16 * s + r, 0), _mm256_set1_epi32(total));
-  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(scaled), _mm256_mul_ps(halves8(tail + 256 + 2 * r), x), acc);
-  return _mm256_fnmadd_ps(_mm256_cvtepi32_ps(mins), _mm256_mul_ps(halves8(tail + 288 + 2 * r), x), acc);
+  __m256 ds = _mm256_mul_ps(halves8(tail + 256 + 2 * r), _mm256_cvtepi32_ps(bytes8(tail + 16 * s + r, 0)));
+  __m256 dm = _mm256_mul_ps(halves8(tail + 288 + 2 * r), _mm256_cvtepi32_ps(bytes8(tail + 128 + 16 * s + r, 0)));
+  acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ds, x), acc);
+  return _mm256_fnmadd_ps(dm, _mm256_set1_ps(xs * (float)total), acc);
 }
 #else
 /* Portable C: the same integer sums and the same fp32 operations in the same order. */
@@ -230,12 +240,15 @@ static inline float kscale_row(int dtype, const uint8_t* tail, int s, int i, int
     return fmaf(half_to_float(tail + 32 + 2 * i), xs * (float)total, acc);
   }
   if (dtype == W_Q6_K) {
-    float dx = half_to_float(tail + 256 + 2 * i) * xs;
-    acc = fmaf((float)((int8_t)tail[32 * s + i] * (first - 32 * half)), dx, acc);
-    return fmaf((float)((int8_t)tail[32 * s + 16 + i] * (second - 32 * (total - half))), dx, acc);
+    float d = half_to_float(tail + 256 + 2 * i);
+    float ds0 = d * (float)(int8_t)tail[32 * s + i], ds1 = d * (float)(int8_t)tail[32 * s + 16 + i];
+    acc = fmaf((float)(first - 32 * half), ds0 * xs, acc);
+    return fmaf((float)(second - 32 * (total - half)), ds1 * xs, acc);
   }
-  acc = fmaf((float)(tail[16 * s + i] * sum), half_to_float(tail + 256 + 2 * i) * xs, acc);
-  return fmaf((float)(tail[128 + 16 * s + i] * total), -(half_to_float(tail + 288 + 2 * i) * xs), acc);
+  float ds = half_to_float(tail + 256 + 2 * i) * (float)tail[16 * s + i];
+  float dm = half_to_float(tail + 288 + 2 * i) * (float)tail[128 + 16 * s + i];
+  acc = fmaf((float)sum, ds * xs, acc);
+  return fmaf(dm, -(xs * (float)total), acc);
 }
 
 #define KTILE(NAME, B)                                                                                     \
