@@ -7,8 +7,9 @@ Input-grounded tasks (repeat a paragraph, edit one lightly, quote from a text, f
 snippet) and free generation (a story, an explanation), each as a chat message, greedy, up to
 --tokens new tokens (the model's own end of sequence ends a run, as it would for a user). For
 each task the two settings run alternately --reps times; it prints the median tokens/s of each
-(new tokens over the whole generation, first token included), the ratio, and the share of
-drafted tokens accepted, and checks that both gave the same text. It reports; it asserts nothing.
+(new tokens over the whole generation, first token included), the ratio, the ratio of decode
+rates alone (the tokens after the first), and the share of drafted tokens accepted, and checks
+that both gave the same text. It reports; it asserts nothing.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ TASKS = {
 }
 
 
-def run(lm, prompt, settings) -> tuple[float, Finished]:
+def run(lm, prompt, settings) -> tuple[float, float, Finished]:
+    """(new tokens / whole generation, tokens after the first / their time, the record)."""
     start = time.perf_counter()
     done = next(e for e in lmgen.generate(lm, prompt, settings) if isinstance(e, Finished))
-    return done.new_tokens / (time.perf_counter() - start), done
+    decode = (done.new_tokens - 1) / done.decode_seconds if done.decode_seconds > 0 else 0.0
+    return done.new_tokens / (time.perf_counter() - start), decode, done
 
 
 def main() -> None:
@@ -63,19 +66,24 @@ def main() -> None:
     drafted = dataclasses.replace(plain, lookup=args.lookup)
     print(f"model {lm.path}, greedy, up to {args.tokens} new tokens, --lookup {args.lookup} against none, "
           f"{args.reps} alternating runs each (medians of new tokens / whole generation)")
-    print(f"{'task':15}{'tokens':>7}{'plain tok/s':>13}{'lookup tok/s':>14}{'ratio':>8}{'accepted':>10}  same text")
+    print(f"{'task':15}{'tokens':>7}{'plain tok/s':>13}{'lookup tok/s':>14}{'ratio':>8}{'decode ratio':>14}"
+          f"{'accepted':>10}  same text")
     for name, text in TASKS.items():
         prompt = [{"role": "user", "content": text}]
         run(lm, prompt, plain), run(lm, prompt, drafted)  # warm-up
-        rates = {"plain": [], "lookup": []}
+        rates = {key: [] for key in ("plain", "lookup", "plain decode", "lookup decode")}
+        a = b = None
         for _ in range(args.reps):
-            rate, a = run(lm, prompt, plain)
-            rates["plain"].append(rate)
-            rate, b = run(lm, prompt, drafted)
-            rates["lookup"].append(rate)
+            for key, settings in (("plain", plain), ("lookup", drafted)):
+                whole, decode, done = run(lm, prompt, settings)
+                rates[key].append(whole)
+                rates[key + " decode"].append(decode)
+                a, b = (done, b) if key == "plain" else (a, done)
         p, q = statistics.median(rates["plain"]), statistics.median(rates["lookup"])
+        dp, dq = statistics.median(rates["plain decode"]), statistics.median(rates["lookup decode"])
         share = b.accepted / b.drafted if b.drafted else 0.0
-        print(f"{name:15}{a.new_tokens:7d}{p:13.1f}{q:14.1f}{q / p:7.2f}x{share:9.0%}  {a.token_ids == b.token_ids}")
+        print(f"{name:15}{a.new_tokens:7d}{p:13.1f}{q:14.1f}{q / p:7.2f}x{dq / dp:13.2f}x{share:9.0%}  "
+              f"{a.token_ids == b.token_ids}")
 
 
 if __name__ == "__main__":

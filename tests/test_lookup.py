@@ -37,7 +37,24 @@ def test_a_draft_follows_the_latest_earlier_occurrence_of_the_longest_suffix(tok
     lookup = PromptLookup(tokens[: len(tokens) // 2], limit)
     for token in tokens[len(tokens) // 2 :]:  # indexed as they arrive, as output tokens are
         lookup.add(token)
-    assert lookup.draft(room) == brute_force_draft(tokens, min(limit, room)) if room > 0 else lookup.draft(room) == []
+    count = min(room, lookup.worth())
+    assert lookup.draft(room) == (brute_force_draft(tokens, count) if count > 0 else [])
+
+
+def test_drafts_grow_while_accepted_stop_when_they_fail_and_come_back():
+    lookup = PromptLookup([], 8)
+    assert lookup.worth() == 1  # even odds: one token is worth its row
+    for _ in range(6):
+        lookup.checked(lookup.worth(), lookup.worth())  # every drafted token taken
+    assert lookup.worth() == 8
+    for _ in range(6):
+        lookup.checked(lookup.worth(), 0)  # every draft wrong from its first token
+    assert lookup.worth() == 0
+    steps = 0
+    while lookup.worth() == 0:  # no drafts, no evidence: back to a one-token try in a while
+        lookup.checked(0, 0)
+        steps += 1
+    assert 5 <= steps <= 60 and lookup.worth() == 1
 
 
 def test_lookup_is_bounded():

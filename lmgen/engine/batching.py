@@ -253,11 +253,15 @@ class Engine:
         for slot in slots:
             draft, row = drafts[slot], self.rows[slot]
             row.drafted += len(draft)
+            taken = 0
             for j in range(len(draft) + 1):
                 yield from self._choose(slot, logits[at + j : at + j + 1])
                 if self.rows[slot] is None or j == len(draft) or row.token != draft[j]:
                     break
-                row.accepted += 1
+                taken += 1
+            row.accepted += taken
+            if row.lookup is not None:
+                row.lookup.checked(len(draft), taken)
             at += len(draft) + 1
 
     def _draft(self, row: Row) -> list[int]:
