@@ -1,6 +1,7 @@
 """Many prompts at once: aggregate tokens/s of continuous batching against one at a time.
 
     python scripts/bench_batch.py                          # default model, fp32 and int8
+    python scripts/bench_batch.py --sizes 1,16 --tokens 64 --dtypes float32,q8,stored
     python scripts/bench_batch.py --prompts 64 --tokens 64 --sizes 1,2,4,8,16,32 --transformers
 
 The same prompts of mixed lengths (greedy, end-of-sequence ignored by giving every prompt the
@@ -36,16 +37,18 @@ def mixed_prompts(count: int) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 40))).capitalize() for _ in range(count)]
 
 
-def run_lmgen(lm, prompts: list[str], tokens: int, batch_size: int) -> tuple[float, float]:
-    """(aggregate generated tokens/s, share of the time in decode steps)."""
+def run_lmgen(lm, prompts: list[str], tokens: int, batch_size: int) -> tuple[float, float, float]:
+    """(aggregate generated tokens/s, share of the time in decode steps, tokens/s in the decode
+    loop: the tokens the steps chose over the steps' time)."""
     settings = GenerationSettings(max_new_tokens=tokens)
     lm.eos_ids = frozenset()  # every prompt generates its full budget: the same work at every size
-    decode_step, in_steps = lm.model.decode_step, [0.0]
+    decode_step, in_steps, step_tokens = lm.model.decode_step, [0.0], [0]
 
     def timed_step(*args):
         begin = time.perf_counter()
         logits = decode_step(*args)
         in_steps[0] += time.perf_counter() - begin
+        step_tokens[0] += logits.shape[0]
         return logits
 
     lm.model.decode_step = timed_step
@@ -57,7 +60,7 @@ def run_lmgen(lm, prompts: list[str], tokens: int, batch_size: int) -> tuple[flo
     finally:
         del lm.model.decode_step
     wall = time.perf_counter() - start
-    return generated / wall, in_steps[0] / wall
+    return generated / wall, in_steps[0] / wall, step_tokens[0] / in_steps[0]
 
 
 def run_transformers(path: Path, prompts: list[str], tokens: int, batch_size: int) -> float:
@@ -90,17 +93,18 @@ def main() -> None:
     path = resolve_model(args.model)
     prompts = mixed_prompts(args.prompts)
     for dtype in args.dtypes.split(","):
-        lm = load(path, dtype=dtype)
+        lm = load(path, dtype=None if dtype == "stored" else dtype)
         cfg = lm.config
         row_bytes = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * 4 * 256  # the engine's first cache: 256 positions
         run_lmgen(lm, prompts[:2], 4, 2)  # warm-up: kernels built, pages touched
-        base = None
+        base = loop_base = None
         print(f"{dtype}: {len(prompts)} prompts × {args.tokens} new tokens, greedy")
         for size in map(int, args.sizes.split(",")):
-            rate, in_steps = run_lmgen(lm, prompts, args.tokens, size)
-            base = base or rate
+            rate, in_steps, in_loop = run_lmgen(lm, prompts, args.tokens, size)
+            base, loop_base = base or rate, loop_base or in_loop
             print(f"  batch {size:3}  {rate:7.1f} tokens/s  {rate / base:5.2f}x batch 1   "
-                  f"{100 * in_steps:3.0f}% in decode steps   KV cache {row_bytes / 2**20:.1f} MiB per row")
+                  f"{100 * in_steps:3.0f}% in decode steps   decode loop {in_loop:7.1f} tokens/s "
+                  f"{in_loop / loop_base:5.2f}x   KV cache {row_bytes / 2**20:.1f} MiB per row")
     if args.transformers:
         rate = run_transformers(path, prompts, args.tokens, 16)
         print(f"transformers fp32, left-padded batches of 16: {rate:.1f} tokens/s")
