@@ -109,6 +109,20 @@ def test_completions_n_seed_and_stop(server, cli):
     assert greedy.choices[0].finish_reason == "stop"
 
 
+def test_lookup_is_an_extra_field_that_never_changes_the_text(server, cli):
+    client = server.client()
+    prompt = "Repeat exactly: the quick brown fox jumps over the lazy dog. The quick brown fox"
+    plain = client.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0)
+    drafted = client.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
+                                        extra_body={"lookup": 8})
+    assert drafted.choices[0].text == plain.choices[0].text
+    with pytest.raises(openai.BadRequestError) as raised:
+        client.completions.create(model="m", prompt=prompt, max_tokens=2, extra_body={"lookup": 99})
+    assert raised.value.body["param"] == "lookup"
+    remote = cli("generate", "--server", server.url, "--lookup", "8", "-n", "24", prompt)
+    assert remote.returncode == 0 and remote.stdout.decode() == plain.choices[0].text + "\n"
+
+
 def test_sixteen_concurrent_streams_each_equal_their_solo_greedy_output(server):
     client = server.client()
     prompts = [f"Write a sentence about the number {i}." for i in range(16)]

@@ -70,11 +70,11 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
     if server:
-        refuse_with_server(model=model, dtype=dtype, threads=threads, jsonl=jsonl, show_probs=show_probs, lookup=lookup,
+        refuse_with_server(model=model, dtype=dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
                            json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
                            device=device != "cpu")
         return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
-                          stop, chat, system, as_json, echo, batch_size)
+                          stop, chat, system, as_json, echo, batch_size, lookup)
 
     from lmgen.engine.batching import PromptError
     from lmgen.engine.batching import generate as run
@@ -126,13 +126,14 @@ def generate(
 
 
 def _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed, stop, chat,
-               system, as_json, echo, batch_size) -> None:
+               system, as_json, echo, batch_size, lookup) -> None:
     """generate --server: the prompts read as locally, the work done by the server (cli.remote)."""
     from lmgen.cli import prompts
     from lmgen.cli.remote import run_remote
     from lmgen.engine.settings import GenerationSettings
 
-    settings = GenerationSettings(max_new_tokens, sampling, seed, stop=tuple(stop or ()), num_samples=num_samples)
+    settings = GenerationSettings(max_new_tokens, sampling, seed, stop=tuple(stop or ()), num_samples=num_samples,
+                                  lookup=lookup)
     limit = prompts.max_bytes(1 << 20)  # the server knows its context; a prompt too long is its 400
     numbered = prompts.numbered_lines(limit) if each_line else [(1, prompts.read_prompt(prompt, file, limit))]
     run_remote(server, api_key, ((number - 1, text) for number, text in numbered), settings, chat, system,

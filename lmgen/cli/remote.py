@@ -70,7 +70,8 @@ def settings_fields(settings) -> dict:
     return {"max_tokens": settings.max_new_tokens, "temperature": sampling.temperature, "top_p": sampling.top_p,
             "top_k": sampling.top_k, "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty,
             "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
-            "n": settings.num_samples, "seed": settings.seed, "stop": list(settings.stop) or None}
+            "n": settings.num_samples, "seed": settings.seed, "stop": list(settings.stop) or None,
+            **({"lookup": settings.lookup} if settings.lookup else {})}
 
 
 def request_body(text: str, settings, chat: bool, system: str | None) -> tuple[str, dict]:

@@ -86,7 +86,8 @@ def settings_of(body: dict, context: int, chat: bool) -> tuple[GenerationSetting
         n = _field(body, "n", int, 1, lambda v: 1 <= v <= 16, "an integer from 1 to 16")
         settings = GenerationSettings(max_new_tokens=limit, sampling=sampling, seed=seed, stop=_stops(body),
                                       num_samples=n, show_probs=_probabilities(body, chat),
-                                      constraint=_constraint(body))
+                                      constraint=_constraint(body),
+                                      lookup=_field(body, "lookup", int, 0, hint="an integer from 0 to 64"))
     except InputError as exc:
         raise APIError(400, str(exc), str(exc).split(" ")[0].replace("-", "_")) from None
     return settings, bool(_field(body, "stream", bool, False, hint="true or false")), options
