@@ -141,17 +141,39 @@ static void normalize(int kind, float eps, float offset, const float* w, const f
   }
 }
 
-/* a · b over n values, summed in 16 interleaved partial sums: one fixed order, which the
- * compiler vectorises (a plain running sum it must keep scalar). */
+/* a · b over n values, summed in 16 interleaved partial sums, then pairwise: one fixed order,
+ * which the compiler vectorises (a plain running sum it must keep scalar; adding the 16 partials
+ * one after another was a chain of 16 dependent adds per key, most of attention's time). */
 static inline float dot16(const float* a, const float* b, int64_t n) {
   float part[16] = {0.f};
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
     for (int j = 0; j < 16; j++) part[j] += a[i + j] * b[i + j];
   for (; i < n; i++) part[i % 16] += a[i] * b[i];
-  float total = 0.f;
-  for (int j = 0; j < 16; j++) total += part[j];
-  return total;
+  for (int w = 8; w > 0; w /= 2)  /* the partial sums added pairwise: 4 dependent adds, not 16 */
+    for (int j = 0; j < w; j++) part[j] += part[j + w];
+  return part[0];
+}
+
+/* o = Σ_j p[j] · v[j] over n rows v of hd values, each o[i] summed over j in order. For the usual
+ * head sizes o stays in registers through the loop (in memory, every key cost a store and a
+ * reload of o); the sums are the same either way. */
+#define WEIGH(HD)                                                                   \
+  static void weigh##HD(const float* p, const float* v, int64_t n, float* o) {      \
+    float acc[HD] = {0.f};                                                          \
+    for (int64_t j = 0; j < n; j++)                                                 \
+      for (int i = 0; i < HD; i++) acc[i] += p[j] * v[j * HD + i];                  \
+    memcpy(o, acc, sizeof acc);                                                     \
+  }
+WEIGH(64)
+WEIGH(128)
+
+static void weigh_values(const float* p, const float* v, int64_t n, int64_t hd, float* o) {
+  if (hd == 64) return weigh64(p, v, n, o);
+  if (hd == 128) return weigh128(p, v, n, o);
+  for (int64_t i = 0; i < hd; i++) o[i] = 0.f;
+  for (int64_t j = 0; j < n; j++)
+    for (int64_t i = 0; i < hd; i++) o[i] += p[j] * v[j * hd + i];
 }
 
 /* Rotate the first n dims of one head (cos and sin hold n values); the rest pass unchanged. */
@@ -258,13 +280,8 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
         if (sc[j] > top) top = sc[j];
       }
       for (int64_t j = 0; j < n_keys; j++) { sc[j] = expf(sc[j] - top); total += sc[j]; }
-      float* o = att + m * q_dim + head * hd;
-      for (int64_t i = 0; i < hd; i++) o[i] = 0.f;
-      for (int64_t j = 0; j < n_keys; j++) {
-        const float* vj = vals + (first + j) * hd;
-        float p = sc[j] / total;
-        for (int64_t i = 0; i < hd; i++) o[i] += p * vj[i];
-      }
+      for (int64_t j = 0; j < n_keys; j++) sc[j] /= total;
+      weigh_values(sc, vals + first * hd, n_keys, hd, att + m * q_dim + head * hd);
     }
   Projection o_proj = PROJ(o, out, d);
   project(&o_proj, 1, att, q_dim, M);
