@@ -93,11 +93,7 @@ static inline __m512i shift_lanes(__m512i v, int n) {
         }                                                                                                  \
       }                                                                                                    \
     }                                                                                                      \
-    for (int b = 0; b < B; b++) {                                                                          \
-      float t[QGROUP];                                                                                     \
-      _mm512_storeu_ps(t, acc[b]);                                                                         \
-      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                                   \
-    }                                                                                                      \
+    for (int b = 0; b < B; b++) store_rows(acc[b], b, out);                                                \
   }
 
 static inline __m512 halves16(const uint8_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)p)); }
@@ -183,11 +179,7 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
           }                                                                                                \
       }                                                                                                    \
     }                                                                                                      \
-    for (int b = 0; b < B; b++) {                                                                          \
-      float t[QGROUP];                                                                                     \
-      _mm256_storeu_ps(t, acc[b][0]), _mm256_storeu_ps(t + 8, acc[b][1]);                                  \
-      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                                   \
-    }                                                                                                      \
+    for (int b = 0; b < B; b++) store_rows(acc[b][0], acc[b][1], b, out);                                  \
   }
 
 static inline __m256 halves8(const uint8_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)p)); }

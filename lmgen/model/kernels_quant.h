@@ -110,6 +110,13 @@ static void free_x(QuantizedX a) { (void)a; }  /* its memory stays with the thre
 #ifdef PACKED_VNNI
 static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
 
+/* Column b of a tile's output: the 16 rows' sums of one row of x. */
+static inline void store_rows(__m512 acc, int b, float out[QGROUP][4]) {
+  float t[QGROUP];
+  _mm512_storeu_ps(t, acc);
+  for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];
+}
+
 /* Add block j of x row xb's products to lo and hi, given the group's c-th 64 bytes of weights
  * w, which hold values 4c'..4c'+3 of each row (c' = position in the block). */
 #define DOT4(lo, hi, w, xq, c) \
@@ -150,17 +157,20 @@ static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); ret
                                    _mm512_set1_ps(a->scale[xb] * (float)a->total[xb]), acc[b]);    \
       }                                                                                            \
     }                                                                                              \
-    for (int b = 0; b < B; b++) {                                                                  \
-      float t[QGROUP];                                                                             \
-      _mm512_storeu_ps(t, acc[b]);                                                                 \
-      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                           \
-    }                                                                                              \
+    for (int b = 0; b < B; b++) store_rows(acc[b], b, out);                                        \
   }
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 /* AVX2: 16 bytes of a group hold four weights of each of four rows; widened to 16-bit they are
  * multiplied by x's 16-bit values in pairs (vpmaddwd), which leaves each row two lanes of a
  * block's sum, added once a block (vphaddd). */
 static inline __m256i x4(const int16_t* q) { int64_t v; memcpy(&v, q, 8); return _mm256_set1_epi64x(v); }
+
+/* Column b of a tile's output: the 16 rows' sums of one row of x, rows 0-7 in lo, 8-15 in hi. */
+static inline void store_rows(__m256 lo, __m256 hi, int b, float out[QGROUP][4]) {
+  float t[QGROUP];
+  _mm256_storeu_ps(t, lo), _mm256_storeu_ps(t + 8, hi);
+  for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];
+}
 
 /* Eight rows' sums, in order, from the two-lanes-a-row sums of rows 0-3 (a) and 4-7 (b). */
 static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_epi64(_mm256_hadd_epi32(a, b), 0xD8); }
@@ -200,11 +210,7 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
         }                                                                                          \
       }                                                                                            \
     }                                                                                              \
-    for (int b = 0; b < B; b++) {                                                                  \
-      float t[QGROUP];                                                                             \
-      _mm256_storeu_ps(t, acc[b][0]), _mm256_storeu_ps(t + 8, acc[b][1]);                          \
-      for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];                                           \
-    }                                                                                              \
+    for (int b = 0; b < B; b++) store_rows(acc[b][0], acc[b][1], b, out);                          \
   }
 #else
 /* Portable C: the same arithmetic in the same order, the 16 rows of a group side by side so
