@@ -329,3 +329,14 @@ def test_chat_with_server_drops_old_exchanges_the_servers_context_cannot_hold(ti
         assert result.stderr.count(b"lmgen: error: stdin line 5") == 1
     finally:
         assert served.stop() == 0
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--max-batch", "0", "max-batch must be >= 1"), ("--queue", "-1", "queue must be >= 0"),
+    ("--max-body", "0", "max-body must be >= 1"), ("--prefix-cache", "-1", "prefix-cache must be >= 0"),
+    ("--prefix-cache", str(1 << 21), "prefix-cache must be at most"), ("--port", "0", "port must be from 1 to 65535"),
+])
+def test_bad_serve_options_are_one_line_before_anything_loads(cli, option, value, message):
+    result = cli("serve", option, value)
+    assert result.returncode == 2 and result.stdout == b""
+    assert result.stderr.decode().splitlines() == [result.stderr.decode().strip()] and message in result.stderr.decode()
