@@ -72,15 +72,16 @@ def main() -> None:
         prompt = [{"role": "user", "content": text}]
         run(lm, prompt, plain), run(lm, prompt, drafted)  # warm-up
         rates = {key: [] for key in ("plain", "lookup", "plain decode", "lookup decode")}
-        a = b = None
+        last = {}  # each setting's last record
         for _ in range(args.reps):
             for key, settings in (("plain", plain), ("lookup", drafted)):
                 whole, decode, done = run(lm, prompt, settings)
                 rates[key].append(whole)
                 rates[key + " decode"].append(decode)
-                a, b = (done, b) if key == "plain" else (a, done)
+                last[key] = done
         p, q = statistics.median(rates["plain"]), statistics.median(rates["lookup"])
         dp, dq = statistics.median(rates["plain decode"]), statistics.median(rates["lookup decode"])
+        a, b = last["plain"], last["lookup"]
         share = b.accepted / b.drafted if b.drafted else 0.0
         print(f"{name:15}{a.new_tokens:7d}{p:13.1f}{q:14.1f}{q / p:7.2f}x{dq / dp:13.2f}x{share:9.0%}  "
               f"{a.token_ids == b.token_ids}")

@@ -202,7 +202,7 @@ def unpack(packed: Tensor, name: str, rows: int | None = None) -> Fields:
     nib = sub[..., :256].reshape(groups, -1, 4, GROUP, 4).permute(0, 3, 1, 2, 4).reshape(groups, GROUP, -1, 16)
     q = torch.cat([nib & 15, nib >> 4], -1)
     shift = (torch.arange(4) * 2)[:, None]
-    for w in range(width if width == 2 else 1 if width else 0):  # the high bits back in place
+    for w in range(width):  # the high bits back in place: one word (Q5), two (Q6_K) or none
         word = sub[..., 256 + 64 * w : 320 + 64 * w].reshape(groups, -1, GROUP, 1, 4).permute(0, 2, 1, 3, 4)
         if width == 1:
             bits = torch.cat([((word >> shift) & 1).reshape(*word.shape[:3], 16),
