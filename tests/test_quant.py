@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from gguf import GGMLQuantizationType, quants
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmgen.model import kernels
 from lmgen.model.quant import FORMATS, dequantize, dequantize_rows, pack, packed_rows, quantize, unpack
@@ -93,6 +95,42 @@ def test_kernels_equal_dequantize_then_matmul(name, n_out, k):
     alone = torch.cat([kernels.block_linear(x[i : i + 1], packed, fmt, n_out, k, bias) for i in range(9)])
     assert torch.equal(batched, alone)  # any batch gives each row bit for bit what it gets alone
     assert torch.equal(kernels.block_linear(x[:5], packed, fmt, n_out, k, bias), alone[:5])
+
+
+def cpu_has_amx() -> bool:
+    flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "").split()
+    return "amx_int8" in flags and "amx_tile" in flags
+
+
+def test_amx_tiles_are_used_where_the_cpu_has_them():
+    """Where the CPU has AMX int8 (and Linux grants the tile state), batches of 8 rows or more
+    go through the tiles; LMGEN_AMX=0 turns them off. Elsewhere nothing asks for them."""
+    lib = kernels.library()
+    assert lib.amx_enable(1) == int(cpu_has_amx())
+    assert lib.amx_enable(0) == 0
+    assert lib.amx_enable(1) == int(cpu_has_amx())
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=st.sampled_from(sorted(FORMATS)), rows=st.integers(1, 40), n_out=st.integers(1, 80),
+       blocks=st.integers(1, 6), seed=st.integers(0, 2**31), scale=st.sampled_from([1e-30, 1.0, 1e30]))
+def test_any_batch_gives_each_row_the_bits_it_gets_alone(name, rows, n_out, blocks, seed, scale):
+    """Batches of 8 or more rows go through AMX tiles in chunks of 16 (the rest through VNNI),
+    one row alone through VNNI: the integer block sums are exact either way and are scaled in one
+    order, so every row's products are the same to the bit, whatever the batch, tiles on or off."""
+    fmt, k = FORMATS[name], 32 * blocks
+    gen = torch.Generator().manual_seed(seed)
+    packed = pack(quantize(torch.randn(n_out, k, generator=gen), fmt), fmt)
+    x, bias = torch.randn(rows, k, generator=gen) * scale, torch.randn(n_out, generator=gen)
+    batched = kernels.block_linear(x, packed, fmt, n_out, k, bias)
+    alone = torch.cat([kernels.block_linear(x[i : i + 1], packed, fmt, n_out, k, bias) for i in range(rows)])
+    assert torch.equal(batched, alone)
+    lib = kernels.library()
+    try:
+        lib.amx_enable(0)
+        assert torch.equal(kernels.block_linear(x, packed, fmt, n_out, k, bias), batched)
+    finally:
+        lib.amx_enable(1)
 
 
 @pytest.mark.parametrize("build", ["serial", "avx2", "portable"])

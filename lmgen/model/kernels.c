@@ -67,35 +67,60 @@ enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 /* One projection of a block: y (M, n) = x (M, K) @ W.T + bias, W in weight format dtype. */
 typedef struct { int dtype; const void* w; const float* bias; float* y; int64_t n; } Projection;
 
-/* Output rows a job takes at once: a packed group of block rows (kernels_quant.h), or eight. */
-static inline int64_t group_rows(int dtype) { return dtype >= W_Q8_0 ? QGROUP : 8; }
-static inline int64_t groups_of(const Projection* p) { return (p->n + group_rows(p->dtype) - 1) / group_rows(p->dtype); }
+/* Output rows a job takes at once: a packed group of block rows (kernels_quant.h), two with AMX
+ * tiles, or eight float rows. */
+static inline int64_t job_rows(int dtype, int tiles) { return dtype >= W_Q8_0 ? QGROUP << (tiles && amx_format(dtype)) : 8; }
+static inline int64_t jobs_of(const Projection* p, int tiles) { return (p->n + job_rows(p->dtype, tiles) - 1) / job_rows(p->dtype, tiles); }
+
+/* out[i][c] = weight row r + i · row m + c of x, for the job's nr ≤ 32 rows and nb rows of x
+ * (nb: how many it took, up to 4, or 16 with AMX tiles). */
+static void job_tile(const Projection* p, int tiles, const QuantizedX* a, const float* x, int64_t K, int64_t M,
+                     int64_t r, int nr, int64_t m, int64_t* nb, float out[2 * QGROUP][AMX_ROWS]) {
+  float four[QGROUP][4];
+  if (tiles && amx_format(p->dtype) && M - m >= AMX_MIN_ROWS) {
+    const uint8_t* g = (const uint8_t*)p->w + r / QGROUP * a->blocks * group_block_bytes(p->dtype);
+    *nb = M - m < AMX_ROWS ? M - m : AMX_ROWS;
+    amx_tile(p->dtype, g, nr > QGROUP ? g + a->blocks * group_block_bytes(p->dtype) : NULL, a, m, (int)*nb, out);
+    return;
+  }
+  *nb = M - m < 4 ? M - m : 4;
+  for (int64_t h = 0; h < nr; h += QGROUP) {  /* a job of two groups (tiles on, but few rows left) */
+    if (p->dtype >= W_Q8_0) block_tile(p->dtype, p->w, r + h, a, m, (int)*nb, four);
+    else dot_tile(p->dtype, p->w, r, nr, x + m * K, (int)*nb, K, four);
+    for (int i = 0; i < QGROUP && h + i < nr; i++)
+      for (int c = 0; c < *nb; c++) out[h + i][c] = four[i][c];
+  }
+}
 
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
 static void project(const Projection* p, int count, const float* x, int64_t K, int64_t M) {
-  int blocked = 0;
-  for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0;
+  int blocked = 0, tiles = 0;
+  for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0, tiles |= amx_format(p[i].dtype);
   QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
-  int64_t groups = 0;
-  for (int i = 0; i < count; i++) groups += groups_of(p + i);
-  #pragma omp parallel for schedule(static) num_threads(n_threads)
-  for (int64_t group = 0; group < groups; group++) {
-    int i = 0;
-    int64_t g = group;
-    while (g >= groups_of(p + i)) g -= groups_of(p + i++);
-    int64_t size = group_rows(p[i].dtype), r = size * g;
-    int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
-    for (int64_t m = 0; m < M; m += 4) {
-      int nb = M - m < 4 ? (int)(M - m) : 4;
-      float out[QGROUP][4];
-      if (p[i].dtype >= W_Q8_0) block_tile(p[i].dtype, p[i].w, r, &a, m, nb, out);
-      else dot_tile(p[i].dtype, p[i].w, r, nr, x + m * K, nb, K, out);
-      for (int j = 0; j < nr; j++) {
-        float b = p[i].bias ? p[i].bias[r + j] : 0.f;
-        for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
+  tiles = tiles && use_amx && M >= AMX_MIN_ROWS;
+  int64_t jobs = 0;
+  for (int i = 0; i < count; i++) jobs += jobs_of(p + i, tiles);
+  #pragma omp parallel num_threads(n_threads)
+  {
+    if (tiles) amx_begin();  /* each thread's tile registers */
+    #pragma omp for schedule(static)
+    for (int64_t job = 0; job < jobs; job++) {
+      int i = 0;
+      int64_t g = job;
+      while (g >= jobs_of(p + i, tiles)) g -= jobs_of(p + i++, tiles);
+      int64_t size = job_rows(p[i].dtype, tiles), r = size * g;
+      int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
+      for (int64_t m = 0, nb; m < M; m += nb) {
+        float out[2 * QGROUP][AMX_ROWS];
+        job_tile(p + i, tiles, &a, x, K, M, r, nr, m, &nb, out);
+        for (int j = 0; j < nr; j++) {
+          float b = p[i].bias ? p[i].bias[r + j] : 0.f;
+          for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
+        }
       }
     }
+    if (tiles) amx_end();
   }
   if (blocked) free_x(a);
 }

@@ -30,7 +30,8 @@ from torch import Tensor
 from lmgen.model.threads import ThreadTuner, thread_count
 
 SOURCE = Path(__file__).with_name("kernels.c")
-HEADERS = [Path(__file__).with_name(name) for name in ("kernels_dot.h", "kernels_quant.h", "kernels_kquant.h")]  # included by kernels.c
+HEADERS = [Path(__file__).with_name(name)  # included by kernels.c
+           for name in ("kernels_dot.h", "kernels_quant.h", "kernels_kquant.h", "kernels_amx.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
@@ -140,6 +141,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.set_threads.argtypes = [int_]
     lib.set_threads.restype = None
     lib.set_threads(torch.get_num_threads())
+    lib.amx_enable.argtypes = [int_]
+    lib.amx_enable.restype = int_
+    lib.amx_enable(os.environ.get("LMGEN_AMX", "1") != "0")  # AMX tiles for batches, where the CPU has them
     return lib
 
 

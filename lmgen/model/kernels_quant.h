@@ -32,6 +32,7 @@ enum { QBLOCK = 32, QGROUP = 16, QMAX = 32639 /* 127 · 256 + 127: hi and lo fit
 
 static inline int64_t quant_bytes(int dtype) { return dtype == W_Q8_0 ? 512 : 256; }  /* a group's quants per block */
 static inline int64_t group_block_bytes(int dtype) { return QGROUP * (dtype == W_Q8_0 ? 34 : dtype == W_Q4_0 ? 18 : 20); }
+static inline int amx_format(int dtype) { return dtype == W_Q8_0 || dtype == W_Q4_0 || dtype == W_Q4_1; }
 static inline int32_t quant_offset(int dtype) { return dtype == W_Q8_0 ? 128 : dtype == W_Q4_0 ? 8 : 0; }
 
 static inline float half_to_float(const uint8_t* p) {
@@ -73,35 +74,66 @@ static void* arena(int which, size_t bytes) {
   return memory[which];
 }
 
+/* One block of 32 values rounded: q, its lo then hi bytes, its scale, sum and first half's sum. */
+#ifdef PACKED_VNNI
+/* The scalar code's arithmetic, 16 values to an instruction (the compiler left it scalar):
+ * max and min with NaN as the scalar comparisons treat it, rounding to nearest even as rintf. */
+static void quantize_block(const float* v, int16_t* q, int8_t* bytes, float* scale, int32_t* total, int32_t* half) {
+  const __m512 zero = _mm512_setzero_ps(), qmax = _mm512_set1_ps((float)QMAX), qmin = _mm512_set1_ps(-(float)QMAX);
+  __m512 x0 = _mm512_loadu_ps(v), x1 = _mm512_loadu_ps(v + 16);
+  __m512 top16 = _mm512_max_ps(_mm512_abs_ps(x1), _mm512_max_ps(_mm512_abs_ps(x0), zero));  /* NaN: ignored */
+  float top = _mm512_reduce_max_ps(top16);
+  float poison = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_mul_ps(x0, zero), _mm512_mul_ps(x1, zero)));
+  __m512 inv = _mm512_set1_ps(top > 0.f && top <= 3.4e38f ? (float)QMAX / top : 0.f);
+  __m512i sums = _mm512_setzero_si512(), first = _mm512_setzero_si512();
+  for (int h = 0; h < 2; h++) {
+    __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(h ? x1 : x0, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm512_min_ps(_mm512_max_ps(r, qmin), qmax);  /* max: NaN → -QMAX, as the scalar code */
+    __m512i qi = _mm512_cvtps_epi32(r), hi = _mm512_srai_epi32(_mm512_add_epi32(qi, _mm512_set1_epi32(128)), 8);
+    _mm256_storeu_si256((__m256i*)(q + 16 * h), _mm512_cvtepi32_epi16(qi));
+    _mm_storeu_si128((__m128i*)(bytes + 16 * h), _mm512_cvtepi32_epi8(_mm512_sub_epi32(qi, _mm512_slli_epi32(hi, 8))));
+    _mm_storeu_si128((__m128i*)(bytes + QBLOCK + 16 * h), _mm512_cvtepi32_epi8(hi));
+    sums = _mm512_add_epi32(sums, qi);
+    if (!h) first = qi;
+  }
+  *scale = top / (float)QMAX + poison;
+  *total = _mm512_reduce_add_epi32(sums);
+  *half = _mm512_reduce_add_epi32(first);
+}
+#else
+static void quantize_block(const float* v, int16_t* q, int8_t* bytes, float* scale, int32_t* total, int32_t* half) {
+  int8_t *lo = bytes, *hi = bytes + QBLOCK;
+  float top = 0.f, poison = 0.f;  /* poison: NaN if any value is NaN or infinite */
+  for (int i = 0; i < QBLOCK; i++) {
+    float m = fabsf(v[i]);
+    top = m > top ? m : top;
+    poison += v[i] * 0.f;
+  }
+  float inv = top > 0.f && top <= 3.4e38f ? (float)QMAX / top : 0.f;
+  int32_t sum = 0, first = 0;
+  for (int i = 0; i < QBLOCK; i++) {
+    float r = rintf(v[i] * inv);
+    r = r > -(float)QMAX ? r : -(float)QMAX;  /* and NaN → -QMAX: the scale carries the NaN */
+    r = r < (float)QMAX ? r : (float)QMAX;
+    int32_t qi = (int32_t)r, h = (qi + 128) >> 8;
+    q[i] = (int16_t)qi, hi[i] = (int8_t)h, lo[i] = (int8_t)(qi - 256 * h), sum += qi;
+    first += i < QBLOCK / 2 ? qi : 0;
+  }
+  *scale = top / (float)QMAX + poison;  /* a NaN or infinity in x makes every product NaN */
+  *total = sum;
+  *half = first;
+}
+#endif
+
 static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
   int64_t blocks = K / QBLOCK;
-  char* m = arena(ARENA_X, (sizeof(int16_t) + 2) * M * K + (sizeof(float) + 2 * sizeof(int32_t)) * M * blocks);
+  /* + 16 rows of bytes: AMX tiles read 16 rows of x, past the batch's last (kernels_amx.h) */
+  char* m = arena(ARENA_X, (sizeof(int16_t) + 2) * M * K + (sizeof(float) + 2 * sizeof(int32_t)) * M * blocks + 2 * 16 * K);
   QuantizedX a = {(int16_t*)m, (int8_t*)(m + sizeof(int16_t) * M * K), (float*)(m + 4 * M * K),
                   (int32_t*)(m + 4 * M * K + sizeof(float) * M * blocks),
                   (int32_t*)(m + 4 * M * K + (sizeof(float) + sizeof(int32_t)) * M * blocks), blocks};
-  for (int64_t b = 0; b < M * blocks; b++) {  /* written so that the compiler vectorises it */
-    const float* v = x + b * QBLOCK;
-    int8_t *lo = a.bytes + 2 * QBLOCK * b, *hi = lo + QBLOCK;
-    float top = 0.f, poison = 0.f;  /* poison: NaN if any value is NaN or infinite */
-    for (int i = 0; i < QBLOCK; i++) {
-      float m = fabsf(v[i]);
-      top = m > top ? m : top;
-      poison += v[i] * 0.f;
-    }
-    float inv = top > 0.f && top <= 3.4e38f ? (float)QMAX / top : 0.f;
-    int32_t total = 0, half = 0;
-    for (int i = 0; i < QBLOCK; i++) {
-      float r = rintf(v[i] * inv);
-      r = r > -(float)QMAX ? r : -(float)QMAX;  /* and NaN → -QMAX: the scale carries the NaN */
-      r = r < (float)QMAX ? r : (float)QMAX;
-      int32_t q = (int32_t)r, h = (q + 128) >> 8;
-      a.q[b * QBLOCK + i] = (int16_t)q, hi[i] = (int8_t)h, lo[i] = (int8_t)(q - 256 * h), total += q;
-      half += i < QBLOCK / 2 ? q : 0;
-    }
-    a.scale[b] = top / (float)QMAX + poison;  /* a NaN or infinity in x makes every product NaN */
-    a.total[b] = total;
-    a.half[b] = half;
-  }
+  for (int64_t b = 0; b < M * blocks; b++)
+    quantize_block(x + b * QBLOCK, a.q + b * QBLOCK, a.bytes + 2 * QBLOCK * b, a.scale + b, a.total + b, a.half + b);
   return a;
 }
 
@@ -246,6 +278,20 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
 
 QTILE(qtile4, 4)
 QTILE(qtile1, 1)
+
+#ifdef PACKED_VNNI
+#include "kernels_amx.h"  /* ... and with AMX tiles, for many rows of x */
+#else
+enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8 };
+static const int use_amx = 0;
+int amx_enable(int want) { (void)want; return 0; }
+static void amx_begin(void) {}
+static void amx_end(void) {}
+static void amx_tile(int dtype, const uint8_t* g0, const uint8_t* g1, const QuantizedX* a, int64_t x0, int rows,
+                     float out[2 * QGROUP][AMX_ROWS]) {
+  (void)dtype, (void)g0, (void)g1, (void)a, (void)x0, (void)rows, (void)out;
+}
+#endif
 
 #include "kernels_kquant.h"  /* Q5_0, Q5_1 and the K-quants, on the same activations */
 
