@@ -97,14 +97,14 @@ def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
     assert "portable" in builds, "the package was built without its kernels"
     best = kernels.best_level(builds)
     runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
-    x, w = torch.randn(5, 160), torch.randn(70, 160)
+    x, w = torch.randn(20, 160), torch.randn(70, 160)  # 16 rows through AMX tiles where the CPU has them
     results = {}
     for level in runnable:
         lib = kernels.declare(ctypes.CDLL(str(builds[level])))
         outputs = []
         for fmt in FORMATS.values():
-            packed, y = pack(quantize(w, fmt), fmt), torch.empty(5, 70)
-            lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 160, 5)
+            packed, y = pack(quantize(w, fmt), fmt), torch.empty(20, 70)
+            lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), 70, 160, 20)
             outputs.append(y)
         results[level] = outputs
     for level in runnable[1:]:

@@ -63,9 +63,11 @@ def tolerance(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (step.expand_as(blocks).reshape(x.shape).double() @ w.abs().double().T).float() + 1e-5
 
 
-@given(st.sampled_from(sorted(READ_ONLY)), st.integers(1, 40), st.integers(1, 3), st.integers(1, 9),
+@given(st.sampled_from(sorted(READ_ONLY)), st.integers(1, 40), st.integers(1, 3), st.integers(1, 20),
        st.integers(0, 2**32 - 1))
 def test_products_equal_dequantize_then_matmul_and_batched_equals_alone(name, rows, supers, batch, seed):
+    """Batches of 8 rows or more go through AMX tiles where the CPU has them, a row alone
+    through VNNI: the same bits either way."""
     fmt = READ_ONLY[name]
     k = supers * fmt.block_values * (2 if fmt.block_values == 32 else 1)
     blocks = random_blocks(name, rows, k, seed)
@@ -83,14 +85,14 @@ def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
     best = kernels.best_level(builds)
     runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
     assert len(runnable) == 3, "this test wants a CPU with AVX-512 VNNI to compare every build"
-    x = torch.randn(6, 512) * 2
+    x = torch.randn(20, 512) * 2  # 16 rows through AMX tiles where the CPU has them, 4 through VNNI
     results = {}
     for level in runnable:
         lib = kernels.declare(ctypes.CDLL(str(builds[level])))
         outputs = []
         for name, fmt in READ_ONLY.items():
-            packed, y = pack(random_blocks(name, 35, 512, seed=7), fmt), torch.empty(6, 35)
-            lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), 35, 512, 6)
+            packed, y = pack(random_blocks(name, 35, 512, seed=7), fmt), torch.empty(20, 35)
+            lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), 35, 512, 20)
             outputs.append(y)
         results[level] = outputs
     for level in runnable[1:]:
@@ -108,8 +110,8 @@ def test_extreme_activations_stay_exact_in_integers():
             if key in f.scales:
                 f.scales[key][:] = 0x80 if name == "q6_k" else 63  # int8 -128 for Q6_K
         packed = kquant.pack(f, name)
-        x = torch.full((1, 256), -7.0)
-        y = kernels.block_linear(x, packed, fmt, 16, 256)
+        x = torch.full((16, 256), -7.0)  # one row alone (VNNI) and a tile's 16 (AMX)
+        y = torch.cat([kernels.block_linear(x[:1], packed, fmt, 16, 256), kernels.block_linear(x, packed, fmt, 16, 256)])
         w = kquant.values(f, name)
-        expected = (x.double() @ w.double().T).float()
+        expected = (x[0].double() @ w.double().T).float().expand_as(y)
         assert torch.allclose(y, expected, rtol=1e-5, atol=1e-3), name

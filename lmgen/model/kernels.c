@@ -68,8 +68,10 @@ enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 typedef struct { int dtype; const void* w; const float* bias; float* y; int64_t n; } Projection;
 
 /* Output rows a job takes at once: a packed group of block rows (kernels_quant.h), two with AMX
- * tiles, or eight float rows. */
-static inline int64_t job_rows(int dtype, int tiles) { return dtype >= W_Q8_0 ? QGROUP << (tiles && amx_format(dtype)) : 8; }
+ * tiles (but for Q6_K), or eight float rows. */
+static inline int64_t job_rows(int dtype, int tiles) {
+  return dtype < W_Q8_0 ? 8 : tiles && dtype != W_Q6_K ? AMX_GROUPS * QGROUP : QGROUP;
+}
 static inline int64_t jobs_of(const Projection* p, int tiles) { return (p->n + job_rows(p->dtype, tiles) - 1) / job_rows(p->dtype, tiles); }
 
 /* out[i][c] = weight row r + i · row m + c of x, for the job's nr ≤ 32 rows and nb rows of x
@@ -77,10 +79,10 @@ static inline int64_t jobs_of(const Projection* p, int tiles) { return (p->n + j
 static void job_tile(const Projection* p, int tiles, const QuantizedX* a, const float* x, int64_t K, int64_t M,
                      int64_t r, int nr, int64_t m, int64_t* nb, float out[2 * QGROUP][AMX_ROWS]) {
   float four[QGROUP][4];
-  if (tiles && amx_format(p->dtype) && M - m >= AMX_MIN_ROWS) {
-    const uint8_t* g = (const uint8_t*)p->w + r / QGROUP * a->blocks * group_block_bytes(p->dtype);
+  if (tiles && p->dtype >= W_Q8_0 && M - m >= AMX_MIN_ROWS) {
+    const uint8_t* g = (const uint8_t*)p->w + r / QGROUP * a->blocks * packed_block_bytes(p->dtype);
     *nb = M - m < AMX_ROWS ? M - m : AMX_ROWS;
-    amx_tile(p->dtype, g, nr > QGROUP ? g + a->blocks * group_block_bytes(p->dtype) : NULL, a, m, (int)*nb, out);
+    amx_tile(p->dtype, g, nr > QGROUP ? g + a->blocks * packed_block_bytes(p->dtype) : NULL, a, m, (int)*nb, out);
     return;
   }
   *nb = M - m < 4 ? M - m : 4;
@@ -95,10 +97,10 @@ static void job_tile(const Projection* p, int tiles, const QuantizedX* a, const 
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
 static void project(const Projection* p, int count, const float* x, int64_t K, int64_t M) {
-  int blocked = 0, tiles = 0;
-  for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0, tiles |= amx_format(p[i].dtype);
+  int blocked = 0;
+  for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0;
   QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
-  tiles = tiles && use_amx && M >= AMX_MIN_ROWS;
+  int tiles = blocked && use_amx && M >= AMX_MIN_ROWS;
   int64_t jobs = 0;
   for (int i = 0; i < count; i++) jobs += jobs_of(p + i, tiles);
   #pragma omp parallel num_threads(n_threads)

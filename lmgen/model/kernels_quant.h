@@ -32,7 +32,6 @@ enum { QBLOCK = 32, QGROUP = 16, QMAX = 32639 /* 127 · 256 + 127: hi and lo fit
 
 static inline int64_t quant_bytes(int dtype) { return dtype == W_Q8_0 ? 512 : 256; }  /* a group's quants per block */
 static inline int64_t group_block_bytes(int dtype) { return QGROUP * (dtype == W_Q8_0 ? 34 : dtype == W_Q4_0 ? 18 : 20); }
-static inline int amx_format(int dtype) { return dtype == W_Q8_0 || dtype == W_Q4_0 || dtype == W_Q4_1; }
 static inline int32_t quant_offset(int dtype) { return dtype == W_Q8_0 ? 128 : dtype == W_Q4_0 ? 8 : 0; }
 
 static inline float half_to_float(const uint8_t* p) {
@@ -279,10 +278,17 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
 QTILE(qtile4, 4)
 QTILE(qtile1, 1)
 
+#include "kernels_kquant.h"  /* Q5_0, Q5_1 and the K-quants, on the same activations */
+
+/* Bytes of a packed group (16 rows) per block of 32 values, in any block format. */
+static inline int64_t packed_block_bytes(int dtype) {
+  return dtype >= W_Q5_0 ? kgroup_block_bytes(dtype) : group_block_bytes(dtype);
+}
+
 #ifdef PACKED_VNNI
 #include "kernels_amx.h"  /* ... and with AMX tiles, for many rows of x */
 #else
-enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8 };
+enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8, AMX_GROUPS = 1 };
 static const int use_amx = 0;
 int amx_enable(int want) { (void)want; return 0; }
 static void amx_begin(void) {}
@@ -293,14 +299,13 @@ static void amx_tile(int dtype, const uint8_t* g0, const uint8_t* g1, const Quan
 }
 #endif
 
-#include "kernels_kquant.h"  /* Q5_0, Q5_1 and the K-quants, on the same activations */
 
 /* out[i][b] = weight row r + i · row x0 + b of x, for the 16 rows of the group starting at row r
  * (a multiple of 16) and nb ≤ 4 rows of x. */
 static void block_tile(int dtype, const void* W, int64_t r, const QuantizedX* a, int64_t x0, int nb,
                        float out[QGROUP][4]) {
   int k = dtype >= W_Q5_0;
-  const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * (k ? kgroup_block_bytes(dtype) : group_block_bytes(dtype));
+  const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * packed_block_bytes(dtype);
   if (nb == 4) {
     (k ? ktile4 : qtile4)(dtype, g, a, x0, out);
     return;
