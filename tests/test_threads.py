@@ -3,39 +3,38 @@
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lmgen.model.kernels import use_threads as set_threads
 from lmgen.model.threads import SPIN_COUNT, ThreadTuner, yielding_threads
 
 
-def test_tuner_keeps_the_faster_count_and_still_probes_the_other():
-    tuner = ThreadTuner(2, explore_every=4)
-    speed = {2: 0.01, 1: 0.02}  # quiet: two threads are faster
+def run_tuner(tuner: ThreadTuner, speed: dict, steps: int) -> list[int]:
     picks = []
-    for _ in range(40):
+    for _ in range(steps):
         n = tuner.pick()
         picks.append(n)
         tuner.record(n, speed[n])
+    return picks
+
+
+def test_tuner_keeps_the_faster_count_and_still_probes_the_other():
+    tuner = ThreadTuner(2, explore_every=4)
+    picks = run_tuner(tuner, {2: 0.01, 1: 0.015}, 60)  # quiet: two threads are faster
     assert picks[:4] == [2, 1, 2, 1]  # the first steps try each count twice
-    assert picks[4:].count(1) == 9 and picks[4:].count(2) == 27  # then every 4th step probes
+    # then, from explore_every steps on, the other count every 25th step: its extra half a step
+    # is then 2% of the time
+    assert [i for i, n in enumerate(picks) if n == 1][2:] == [7, 32, 57]
 
 
 def test_tuner_moves_to_one_thread_when_the_machine_gets_busy_and_back():
     tuner = ThreadTuner(2, explore_every=4)
-
-    def run(speed, steps):
-        picks = []
-        for _ in range(steps):
-            n = tuner.pick()
-            picks.append(n)
-            tuner.record(n, speed[n])
-        return picks
-
-    run({2: 0.01, 1: 0.015}, 20)
-    busy = run({2: 0.2, 1: 0.03}, 40)  # other processes hold the cores: barriers wait
-    assert busy[-10:].count(1) >= 7
-    quiet = run({2: 0.01, 1: 0.015}, 60)
-    assert quiet[-10:].count(2) >= 7
+    run_tuner(tuner, {2: 0.01, 1: 0.015}, 20)
+    busy = run_tuner(tuner, {2: 0.2, 1: 0.03}, 40)  # other processes hold the cores: barriers wait
+    assert busy[-25:] == [1] * 25  # and two threads, now 6.7 times slower, are tried rarely
+    quiet = run_tuner(tuner, {2: 0.01, 1: 0.015}, ThreadTuner.MAX_EXPLORE_EVERY + 10)
+    assert quiet[-10:].count(2) >= 9  # the first try of two threads on a quiet machine wins at once
 
 
 def test_a_short_run_on_a_busy_machine_adapts_within_its_first_steps():
@@ -47,7 +46,31 @@ def test_a_short_run_on_a_busy_machine_adapts_within_its_first_steps():
         n = tuner.pick()
         picks.append(n)
         tuner.record(n, speed[n] + (0.5 if step == 1 else 0))
-    assert picks[4:31] == [1] * 27 and picks[31] == 2  # then one thread, probing two every 32nd step
+    assert picks[4:] == [1] * 28  # then one thread; two are not tried again in a short run
+
+
+@settings(max_examples=200, deadline=None)
+@given(times=st.lists(st.floats(0.001, 1.0), min_size=2, max_size=4), steps=st.integers(300, 3000),
+       explore_every=st.integers(1, 64))
+def test_trying_other_counts_costs_at_most_its_share_of_the_time(times, steps, explore_every):
+    """With each count at a steady speed, the tuner settles on the fastest after its first steps,
+    and the tries of the others cost at most EXPLORE_SHARE of the time (plus one try) — or, for a
+    count more than 1 + EXPLORE_SHARE · MAX_EXPLORE_EVERY (11) times slower, one try every
+    MAX_EXPLORE_EVERY steps; the others are tried in turn, each at least that often per other."""
+    tuner = ThreadTuner(2 ** (len(times) - 1), explore_every=explore_every)
+    speed = dict(zip(tuner.counts, times))
+    picks = run_tuner(tuner, speed, steps)
+    best = min(speed.values())
+    after = picks[tuner.probing :]
+    extra = sum(speed[n] - best for n in after)
+    share = max(ThreadTuner.EXPLORE_SHARE, (max(speed.values()) / best - 1) / ThreadTuner.MAX_EXPLORE_EVERY)
+    assert extra <= share * best * len(after) + max(speed.values())
+    fastest = [n for n in tuner.counts if speed[n] == best]
+    assert tuner.best in fastest
+    tries = [k for k, n in enumerate(after) if n not in fastest]
+    within = (len(tuner.counts) - 1) * (ThreadTuner.MAX_EXPLORE_EVERY + explore_every)  # the others in turn
+    assert all(b - a <= within for a, b in zip(tries, tries[1:]))
+    assert not tries or len(after) - tries[-1] <= within
 
 
 def test_tuner_counts_are_halves_of_the_maximum():

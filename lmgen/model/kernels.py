@@ -315,7 +315,9 @@ class DecodePlan:
         """One decode step (blocks and LM head) with the thread count the tuner picks, timed for it."""
         threads = self.tuner.pick()
         library().set_threads(threads)
-        start = time.perf_counter()
+        if torch.get_num_threads() != threads:  # torch's ops between steps too (the argmax over the
+            torch.set_num_threads(threads)  # vocabulary, the NaN check): two threads beside a busy
+        start = time.perf_counter()  # process cost 2 ms a token there
         yield
         self.tuner.record(threads, time.perf_counter() - start)
 

@@ -11,6 +11,7 @@ when that is faster, as it is when other processes hold the cores (``ThreadTuner
 
 from __future__ import annotations
 
+import math
 import os
 
 from lmgen.errors import InputError
@@ -56,13 +57,21 @@ class ThreadTuner:
     With every core busy elsewhere, a parallel region waits at its barrier for whichever of
     its threads the scheduler has set aside, once per region and ~150 regions per token; one
     thread has no barrier to wait at. So the tuner times each step and keeps a moving average
-    per thread count (``max_threads``, its halves, 1), runs the fastest, and every
-    ``explore_every`` steps tries the next other count once, so that it notices when the
-    machine gets busy or quiet again. On a quiet machine that costs one slower step in
-    ``explore_every``. A short generation must adapt too (29 tokens at 9 tokens/s with two
-    threads beside a busy process, 190 with one): its first steps try every count in turn, twice,
-    keeping each count's fastest step (the very first step of a process pays for warming up).
+    per thread count (``max_threads``, its halves, 1), runs the fastest, and now and then tries
+    the next other count once, so that it notices when the machine gets busy or quiet again.
+    A try costs the time that count is slower, so tries are spaced to keep that under
+    ``EXPLORE_SHARE`` of the time: every ``explore_every`` steps where the other count is at
+    most ~2× slower (a quiet machine's one thread against two), up to every
+    ``MAX_EXPLORE_EVERY`` where it is far slower (two threads beside a busy process, 5-10×:
+    trying them every 32 steps had cost a fifth of the speed). A try that runs faster than the
+    count's average replaces it, so a machine that got quiet is taken at the first try. A short
+    generation must adapt too (29 tokens at 9 tokens/s with two threads beside a busy process, 190
+    with one): its first steps try every count in turn, twice, keeping each count's fastest step
+    (the very first step of a process pays for warming up).
     """
+
+    EXPLORE_SHARE = 0.02  # of the time, at most, spent trying counts that were slower
+    MAX_EXPLORE_EVERY = 512  # steps: a machine that got quiet again is noticed within this many
 
     def __init__(self, max_threads: int, explore_every: int = 32, smoothing: float = 0.3):
         counts = {max_threads}
@@ -75,6 +84,7 @@ class ThreadTuner:
         self.steps = 0
         self.best = self.counts[0]
         self.next_probe = 0
+        self.next_try = 0  # the step at which the next other count is tried
         self.probing = 2 * len(self.counts) if len(self.counts) > 1 else 0  # the first steps try each count
 
     def pick(self) -> int:
@@ -82,17 +92,28 @@ class ThreadTuner:
         self.steps += 1
         if self.steps <= self.probing:
             return self.counts[(self.steps - 1) % len(self.counts)]
-        if len(self.counts) > 1 and self.steps % self.explore_every == 0:
+        if len(self.counts) > 1 and self.steps >= max(self.next_try, self.probing + self.explore_every):
             others = [n for n in self.counts if n != self.best]
             self.next_probe = (self.next_probe + 1) % len(others)
             return others[self.next_probe]
         return self.best
 
+    def spacing(self, count: int) -> int:
+        """Steps until the next try after trying ``count``: its extra time (in steps at the best
+        count's pace) over EXPLORE_SHARE, within explore_every..MAX_EXPLORE_EVERY."""
+        extra = self.seconds[count] / max(self.seconds[self.best], 1e-9) - 1
+        return min(self.MAX_EXPLORE_EVERY, max(self.explore_every, math.ceil(extra / self.EXPLORE_SHARE)))
+
     def record(self, count: int, seconds: float) -> None:
         old = self.seconds[count]
+        tried = self.steps > self.probing and count != self.best
         if old is None or self.steps <= self.probing:  # the first steps: each count's fastest
             self.seconds[count] = seconds if old is None else min(old, seconds)
+        elif tried and seconds < old:  # a try that ran faster counts in full: a quieter machine is taken at once
+            self.seconds[count] = seconds
         else:
             self.seconds[count] = old + self.smoothing * (seconds - old)
         measured = {n: s for n, s in self.seconds.items() if s is not None}
         self.best = min(measured, key=measured.get)
+        if tried:
+            self.next_try = self.steps + self.spacing(count)
