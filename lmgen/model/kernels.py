@@ -296,6 +296,7 @@ class DecodePlan:
         self.layers = (Layer * cfg.n_layers)(*(_layer(cfg, i, tensors) for i, tensors in enumerate(layers)))
         self.tuner = ThreadTuner(max_threads)
         library().set_threads(max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
+        torch.set_num_threads(max_threads)  # as torch's ops do (the last tuner may have left fewer)
 
     def run(self, x: Tensor, cache, positions: Tensor, rows: Tensor, rope: dict[str, tuple[Tensor, Tensor]]) -> None:
         """Run every block on x (M, 1, d_model), contiguous fp32, in place: row m is the token at
