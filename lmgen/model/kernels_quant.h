@@ -285,7 +285,9 @@ static inline int64_t packed_block_bytes(int dtype) {
   return dtype >= W_Q5_0 ? kgroup_block_bytes(dtype) : group_block_bytes(dtype);
 }
 
-#ifdef PACKED_VNNI
+/* AMX intrinsics came with GCC 11 and clang 12; older compilers build the VNNI level without them. */
+#if defined(PACKED_VNNI) && defined(__x86_64__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
 #include "kernels_amx.h"  /* ... and with AMX tiles, for many rows of x */
 #else
 enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8, AMX_GROUPS = 1 };
