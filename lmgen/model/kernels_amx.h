@@ -93,12 +93,12 @@ static inline __attribute__((always_inline)) __m512 scale_block(int dtype, const
   if (dtype >= W_Q5_0) {
     KLayout L = klayout(dtype);
     const uint8_t* tail = g + j / L.subs * L.group_bytes + L.subs * L.sub_bytes;
-    return kscale_vnni(dtype, tail, (int)(j % L.subs), sum, second, a->scale[xb], a->total[xb], a->half[xb], acc);
+    return kscale_vnni(dtype, tail, (int)(j % L.subs), sum, second, a->scale[xb], a->total[xb], a->half[xb], a->weighted[xb], acc);
   }
   const uint8_t* p = g + j * group_block_bytes(dtype) + quant_bytes(dtype);
   __m512i s = _mm512_sub_epi32(sum, _mm512_set1_epi32(quant_offset(dtype) * a->total[xb]));
   acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(halves16(p), _mm512_set1_ps(a->scale[xb])), acc);
-  if (dtype == W_Q4_1) acc = _mm512_fmadd_ps(halves16(p + 32), _mm512_set1_ps(a->scale[xb] * (float)a->total[xb]), acc);
+  if (dtype == W_Q4_1) acc = _mm512_fmadd_ps(halves16(p + 32), _mm512_set1_ps(a->weighted[xb]), acc);
   return acc;
 }
 

@@ -89,7 +89,7 @@ static inline __m512i shift_lanes(__m512i v, int n) {
           int64_t xb = (x0 + b) * blocks + j0 + s;                                                         \
           __m512i first = _mm512_add_epi32(f_lo[b], _mm512_slli_epi32(f_hi[b], 8));                        \
           __m512i second = _mm512_add_epi32(s_lo[b], _mm512_slli_epi32(s_hi[b], 8));                       \
-          acc[b] = kscale_vnni(dtype, tail, s, first, second, a->scale[xb], a->total[xb], a->half[xb], acc[b]); \
+          acc[b] = kscale_vnni(dtype, tail, s, first, second, a->scale[xb], a->total[xb], a->half[xb], a->weighted[xb], acc[b]); \
         }                                                                                                  \
       }                                                                                                    \
     }                                                                                                      \
@@ -104,7 +104,7 @@ static inline __m512i bytes16(const uint8_t* p, int sign) {
 
 /* acc + block s's products for 16 rows, given its sums over values 0-15 (first) and 16-31. */
 static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i first, __m512i second, float xs,
-                                 int32_t total, int32_t half, __m512 acc) {
+                                 int32_t total, int32_t half, float xt, __m512 acc) {
   __m512 x = _mm512_set1_ps(xs);
   __m512i sum = _mm512_add_epi32(first, second);
   if (dtype == W_Q5_0)
@@ -112,7 +112,7 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
                            _mm512_mul_ps(halves16(tail), x), acc);
   if (dtype == W_Q5_1) {
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(halves16(tail), x), acc);
-    return _mm512_fmadd_ps(halves16(tail + 32), _mm512_set1_ps(xs * (float)total), acc);
+    return _mm512_fmadd_ps(halves16(tail + 32), _mm512_set1_ps(xt), acc);
   }
   if (dtype == W_Q6_K) {  /* d · sc exact in fp32 (11 + 8 bits), as is each half's sum (|Σ| < 2^24) */
     __m512 d = halves16(tail + 256);
@@ -127,7 +127,7 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
   __m512 ds = _mm512_mul_ps(halves16(tail + 256), _mm512_cvtepi32_ps(bytes16(tail + 16 * s, 0)));
   __m512 dm = _mm512_mul_ps(halves16(tail + 288), _mm512_cvtepi32_ps(bytes16(tail + 128 + 16 * s, 0)));
   acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(ds, x), acc);
-  return _mm512_fnmadd_ps(dm, _mm512_set1_ps(xs * (float)total), acc);
+  return _mm512_fnmadd_ps(dm, _mm512_set1_ps(xt), acc);
 }
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 /* AVX2: as kernels_quant.h's, four rows' weights widened to 16 bits, pairs of products summed
@@ -175,7 +175,7 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
             int64_t xb = (x0 + b) * blocks + j0 + s;                                                       \
             acc[b][h] = kscale_avx2(dtype, tail, s, h, rows8(f[b][2 * h], f[b][2 * h + 1]),                 \
                                     rows8(sc[b][2 * h], sc[b][2 * h + 1]), a->scale[xb], a->total[xb],     \
-                                    a->half[xb], acc[b][h]);                                               \
+                                    a->half[xb], a->weighted[xb], acc[b][h]);                              \
           }                                                                                                \
       }                                                                                                    \
     }                                                                                                      \
@@ -190,7 +190,7 @@ static inline __m256i bytes8(const uint8_t* p, int sign) {
 
 /* kscale_vnni's arithmetic for rows 8h..8h+7. */
 static inline __m256 kscale_avx2(int dtype, const uint8_t* tail, int s, int h, __m256i first, __m256i second,
-                                 float xs, int32_t total, int32_t half, __m256 acc) {
+                                 float xs, int32_t total, int32_t half, float xt, __m256 acc) {
   __m256 x = _mm256_set1_ps(xs);
   __m256i sum = _mm256_add_epi32(first, second);
   int r = 8 * h;
@@ -199,7 +199,7 @@ static inline __m256 kscale_avx2(int dtype, const uint8_t* tail, int s, int h, _
                            _mm256_mul_ps(halves8(tail + 2 * r), x), acc);
   if (dtype == W_Q5_1) {
     acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(halves8(tail + 2 * r), x), acc);
-    return _mm256_fmadd_ps(halves8(tail + 32 + 2 * r), _mm256_set1_ps(xs * (float)total), acc);
+    return _mm256_fmadd_ps(halves8(tail + 32 + 2 * r), _mm256_set1_ps(xt), acc);
   }
   if (dtype == W_Q6_K) {
     __m256 d = halves8(tail + 256 + 2 * r);
@@ -213,7 +213,7 @@ static inline __m256 kscale_avx2(int dtype, const uint8_t* tail, int s, int h, _
   __m256 ds = _mm256_mul_ps(halves8(tail + 256 + 2 * r), _mm256_cvtepi32_ps(bytes8(tail + 16 * s + r, 0)));
   __m256 dm = _mm256_mul_ps(halves8(tail + 288 + 2 * r), _mm256_cvtepi32_ps(bytes8(tail + 128 + 16 * s + r, 0)));
   acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(ds, x), acc);
-  return _mm256_fnmadd_ps(dm, _mm256_set1_ps(xs * (float)total), acc);
+  return _mm256_fnmadd_ps(dm, _mm256_set1_ps(xt), acc);
 }
 #else
 /* Portable C: the same integer sums and the same fp32 operations in the same order. */
@@ -224,12 +224,12 @@ static inline int khigh(const uint8_t* q, int64_t extra, int c, int i, int t, in
 }
 
 static inline float kscale_row(int dtype, const uint8_t* tail, int s, int i, int32_t first, int32_t second, float xs,
-                               int32_t total, int32_t half, float acc) {
+                               int32_t total, int32_t half, float xt, float acc) {
   int32_t sum = first + second;
   if (dtype == W_Q5_0) return fmaf((float)(sum - 16 * total), half_to_float(tail + 2 * i) * xs, acc);
   if (dtype == W_Q5_1) {
     acc = fmaf((float)sum, half_to_float(tail + 2 * i) * xs, acc);
-    return fmaf(half_to_float(tail + 32 + 2 * i), xs * (float)total, acc);
+    return fmaf(half_to_float(tail + 32 + 2 * i), xt, acc);
   }
   if (dtype == W_Q6_K) {
     float d = half_to_float(tail + 256 + 2 * i);
@@ -240,7 +240,7 @@ static inline float kscale_row(int dtype, const uint8_t* tail, int s, int i, int
   float ds = half_to_float(tail + 256 + 2 * i) * (float)tail[16 * s + i];
   float dm = half_to_float(tail + 288 + 2 * i) * (float)tail[128 + 16 * s + i];
   acc = fmaf((float)sum, ds * xs, acc);
-  return fmaf(dm, -(xs * (float)total), acc);
+  return fmaf(dm, -(xt), acc);
 }
 
 #define KTILE(NAME, B)                                                                                     \
@@ -265,7 +265,7 @@ static inline float kscale_row(int dtype, const uint8_t* tail, int s, int i, int
               }                                                                                            \
           for (int i = 0; i < QGROUP; i++)                                                                 \
             acc[i] = kscale_row(dtype, p + L.subs * L.sub_bytes, s, i, first[i], second[i], a->scale[xb],  \
-                                a->total[xb], a->half[xb], acc[i]);                                        \
+                                a->total[xb], a->half[xb], a->weighted[xb], acc[i]);                       \
         }                                                                                                  \
       for (int i = 0; i < QGROUP; i++) out[i][b] = acc[i];                                                 \
     }                                                                                                      \

@@ -54,8 +54,9 @@ static inline float half_to_float(const uint8_t* p) {
 }
 
 /* Rows of x rounded per block of 32: the 16-bit values q, and as bytes its 32 lo then 32 hi
- * (q = 256 hi + lo), its scale xs (x ≈ xs · q), its integer sum Σq and that of its first 16. */
-typedef struct { int16_t* q; int8_t* bytes; float* scale; int32_t* total; int32_t* half; int64_t blocks; } QuantizedX;
+ * (q = 256 hi + lo), its scale xs (x ≈ xs · q), its integer sum Σq and that of its first 16, and
+ * xs · Σq (the minimums' factor: one multiplication per block, not one per block and weight row). */
+typedef struct { int16_t* q; int8_t* bytes; float* scale; int32_t* total; int32_t* half; float* weighted; int64_t blocks; } QuantizedX;
 
 /* Memory a thread reuses from call to call (kept at the largest size asked, never shrunk): a
  * batch's activations and scratch run to megabytes, which malloc would map afresh and the kernel
@@ -125,14 +126,16 @@ static void quantize_block(const float* v, int16_t* q, int8_t* bytes, float* sca
 #endif
 
 static QuantizedX quantize_x(const float* x, int64_t M, int64_t K) {
-  int64_t blocks = K / QBLOCK;
+  int64_t blocks = K / QBLOCK, n = M * blocks;
   /* + 16 rows of bytes: AMX tiles read 16 rows of x, past the batch's last (kernels_amx.h) */
-  char* m = arena(ARENA_X, (sizeof(int16_t) + 2) * M * K + (sizeof(float) + 2 * sizeof(int32_t)) * M * blocks + 2 * 16 * K);
-  QuantizedX a = {(int16_t*)m, (int8_t*)(m + sizeof(int16_t) * M * K), (float*)(m + 4 * M * K),
-                  (int32_t*)(m + 4 * M * K + sizeof(float) * M * blocks),
-                  (int32_t*)(m + 4 * M * K + (sizeof(float) + sizeof(int32_t)) * M * blocks), blocks};
-  for (int64_t b = 0; b < M * blocks; b++)
+  char* m = arena(ARENA_X, (sizeof(int16_t) + 2) * M * K + (sizeof(float) * 2 + sizeof(int32_t) * 2) * n + 2 * 16 * K);
+  char* stats = m + 4 * M * K;
+  QuantizedX a = {(int16_t*)m, (int8_t*)(m + sizeof(int16_t) * M * K), (float*)stats, (int32_t*)(stats + 4 * n),
+                  (int32_t*)(stats + 8 * n), (float*)(stats + 12 * n), blocks};
+  for (int64_t b = 0; b < n; b++) {
     quantize_block(x + b * QBLOCK, a.q + b * QBLOCK, a.bytes + 2 * QBLOCK * b, a.scale + b, a.total + b, a.half + b);
+    a.weighted[b] = a.scale[b] * (float)a.total[b];
+  }
   return a;
 }
 
@@ -185,7 +188,7 @@ static inline void store_rows(__m512 acc, int b, float out[QGROUP][4]) {
         acc[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), _mm512_mul_ps(d, _mm512_set1_ps(a->scale[xb])), acc[b]); \
         if (dtype == W_Q4_1)                                                                       \
           acc[b] = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i*)(g + qb + 32))), \
-                                   _mm512_set1_ps(a->scale[xb] * (float)a->total[xb]), acc[b]);    \
+                                   _mm512_set1_ps(a->weighted[xb]), acc[b]);    \
       }                                                                                            \
     }                                                                                              \
     for (int b = 0; b < B; b++) store_rows(acc[b], b, out);                                        \
@@ -237,7 +240,7 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
           acc[b][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_mul_ps(d, _mm256_set1_ps(a->scale[xb])), acc[b][h]); \
           if (dtype == W_Q4_1)                                                                     \
             acc[b][h] = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(g + qb + 32 + 16 * h))), \
-                                        _mm256_set1_ps(a->scale[xb] * (float)a->total[xb]), acc[b][h]); \
+                                        _mm256_set1_ps(a->weighted[xb]), acc[b][h]); \
         }                                                                                          \
       }                                                                                            \
     }                                                                                              \
@@ -267,7 +270,7 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
         for (int i = 0; i < QGROUP; i++) {                                                         \
           acc[i] = fmaf((float)(s[i] - off * a->total[xb]), half_to_float(p + qb + 2 * i) * a->scale[xb], acc[i]); \
           if (dtype == W_Q4_1)                                                                     \
-            acc[i] = fmaf(half_to_float(p + qb + 32 + 2 * i), a->scale[xb] * (float)a->total[xb], acc[i]); \
+            acc[i] = fmaf(half_to_float(p + qb + 32 + 2 * i), a->weighted[xb], acc[i]); \
         }                                                                                          \
       }                                                                                            \
       for (int i = 0; i < QGROUP; i++) out[i][b] = acc[i];                                         \
