@@ -133,6 +133,26 @@ def test_any_batch_gives_each_row_the_bits_it_gets_alone(name, rows, n_out, bloc
         lib.amx_enable(1)
 
 
+@pytest.mark.parametrize("name", FORMATS)
+def test_every_thread_count_writes_every_output_with_the_same_bits(name):
+    """Jobs are dealt to threads in equal shares of the bytes they read: whatever the count of
+    threads (more than the cores, too), each output is written, the same."""
+    fmt, lib = FORMATS[name], kernels.library()
+    for n_out, rows in ((70, 1), (333, 9), (1000, 20)):
+        packed, x = pack(quantize(awkward_weights(n_out, 128), fmt), fmt), torch.randn(rows, 128)
+        outputs = []
+        try:
+            for threads in (1, 2, 3, 5, 7):
+                lib.set_threads(threads)
+                y = torch.full((rows, n_out), float("nan"))
+                lib.gemv(fmt.code, packed.data_ptr(), x.data_ptr(), y.data_ptr(), n_out, 128, rows)
+                outputs.append(y)
+        finally:
+            lib.set_threads(kernels.max_threads)
+        assert not outputs[0].isnan().any()
+        assert all(torch.equal(y, outputs[0]) for y in outputs)
+
+
 @pytest.mark.parametrize("build", ["serial", "avx2", "portable"])
 def test_other_builds_compute_the_same(tmp_path, build):
     """Each of kernels_quant.h's paths (VNNI, AVX2, portable C) gives this build's results to the bit."""

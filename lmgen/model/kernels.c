@@ -13,6 +13,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include "kernels_dot.h"  /* the dot products of float weights */
 #include "kernels_quant.h"  /* ... and of block-quantized ones */
 #include "kernels_attention.h"  /* decode attention's q·k and weighted values */
@@ -95,6 +99,28 @@ static void job_tile(const Projection* p, int tiles, const QuantizedX* a, const 
   }
 }
 
+/* Bytes of weights a job of p reads per block of 32 inputs: what its time goes by. */
+static inline int64_t job_cost(const Projection* p, int tiles) {
+  int64_t rows = job_rows(p->dtype, tiles);
+  return p->dtype >= W_Q8_0 ? rows / QGROUP * packed_block_bytes(p->dtype) : rows * QBLOCK * (p->dtype == W_F32 ? 4 : 2);
+}
+
+/* The first job of thread t of T, the jobs of all projections dealt out in order in equal
+ * shares of their cost: a job goes to the thread whose share holds its start. (A mixed GGUF
+ * file's q and k may be Q4_K and its v Q6_K, 1.4 times the bytes a row: equal job counts would
+ * leave one thread waiting for the other.) */
+static int64_t first_job(const Projection* p, int count, int tiles, int64_t t, int64_t T) {
+  int64_t total = 0, start = 0, job = 0;  /* start, job: cost and jobs before projection i */
+  for (int i = 0; i < count; i++) total += jobs_of(p + i, tiles) * job_cost(p + i, tiles);
+  for (int i = 0; i < count; i++) {
+    int64_t c = job_cost(p + i, tiles), n = jobs_of(p + i, tiles), need = t * total - start * T;
+    int64_t k = need <= 0 ? 0 : (need + c * T - 1) / (c * T);
+    if (k < n) return job + k;
+    start += n * c, job += n;
+  }
+  return job;
+}
+
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
  * across threads as one job: one parallel region, and no fused copy of the weights needed. */
 static void project(const Projection* p, int count, const float* x, int64_t K, int64_t M) {
@@ -102,13 +128,15 @@ static void project(const Projection* p, int count, const float* x, int64_t K, i
   for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0;
   QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
   int tiles = blocked && use_amx && M >= AMX_MIN_ROWS;
-  int64_t jobs = 0;
-  for (int i = 0; i < count; i++) jobs += jobs_of(p + i, tiles);
   #pragma omp parallel num_threads(n_threads)
   {
+#ifdef _OPENMP
+    int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+#else
+    int64_t t = 0, T = 1;
+#endif
     if (tiles) amx_begin();  /* each thread's tile registers */
-    #pragma omp for schedule(static)
-    for (int64_t job = 0; job < jobs; job++) {
+    for (int64_t job = first_job(p, count, tiles, t, T), end = first_job(p, count, tiles, t + 1, T); job < end; job++) {
       int i = 0;
       int64_t g = job;
       while (g >= jobs_of(p + i, tiles)) g -= jobs_of(p + i++, tiles);
