@@ -91,12 +91,14 @@ static void job_tile(const Projection* p, int tiles, const QuantizedX* a, const 
     return;
   }
   *nb = M - m < 4 ? M - m : 4;
-  for (int64_t h = 0; h < nr; h += QGROUP) {  /* a job of two groups (tiles on, but few rows left) */
-    if (p->dtype >= W_Q8_0) block_tile(p->dtype, p->w, r + h, a, m, (int)*nb, four);
-    else dot_tile(p->dtype, p->w, r, nr, x + m * K, (int)*nb, K, four);
-    for (int i = 0; i < QGROUP && h + i < nr; i++)
-      for (int c = 0; c < *nb; c++) out[h + i][c] = four[i][c];
+  if (p->dtype >= W_Q8_0) {
+    for (int64_t h = 0; h < nr; h += QGROUP)  /* two groups: a tiles job with few rows of x left */
+      block_tile(p->dtype, p->w, r + h, a, m, (int)*nb, out + h);
+    return;
   }
+  dot_tile(p->dtype, p->w, r, nr, x + m * K, (int)*nb, K, four);
+  for (int i = 0; i < nr; i++)
+    for (int c = 0; c < *nb; c++) out[i][c] = four[i][c];
 }
 
 /* Bytes of weights a job of p reads per block of 32 inputs: what its time goes by. */

@@ -19,6 +19,7 @@
 
 enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8 };  /* x rows a tile holds; fewer than MIN: VNNI (faster there) */
 enum { AMX_GROUPS = 2 };  /* groups of 16 weight rows a call takes (Q6_K: one) */
+_Static_assert((int)AMX_ROWS == (int)OUT_COLS, "a tile's output array holds the 16 rows of x AMX takes");
 /* Tile registers (numbers the intrinsics paste into the instruction: macros, not an enum): x's
  * lo and hi bytes, and for each of two groups its weights and its lo and hi sums. */
 #define T_XLO 0

@@ -63,7 +63,7 @@ static inline __m512i shift_lanes(__m512i v, int n) {
   } while (0)
 
 #define KTILE(NAME, B)                                                                                     \
-  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) {   \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[][OUT_COLS]) {   \
     KLayout L = klayout(dtype);                                                                            \
     int64_t blocks = a->blocks;                                                                            \
     __m512 acc[B];                                                                                         \
@@ -133,7 +133,7 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
 /* AVX2: as kernels_quant.h's, four rows' weights widened to 16 bits, pairs of products summed
  * (vpmaddwd), each row's two lanes added once a block. */
 #define KTILE(NAME, B)                                                                                     \
-  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) {   \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[][OUT_COLS]) {   \
     KLayout L = klayout(dtype);                                                                            \
     int64_t blocks = a->blocks;                                                                            \
     const __m256i low4 = _mm256_set1_epi16(0x0f), bit = _mm256_set1_epi16(0x10), two = _mm256_set1_epi16(0x30); \
@@ -244,7 +244,7 @@ static inline float kscale_row(int dtype, const uint8_t* tail, int s, int i, int
 }
 
 #define KTILE(NAME, B)                                                                                     \
-  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) {   \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[][OUT_COLS]) {   \
     KLayout L = klayout(dtype);                                                                            \
     int64_t blocks = a->blocks;                                                                            \
     for (int b = 0; b < B; b++) {                                                                          \

@@ -29,6 +29,7 @@
 
 enum { W_Q8_0 = 3, W_Q4_0 = 4, W_Q4_1 = 5 };
 enum { QBLOCK = 32, QGROUP = 16, QMAX = 32639 /* 127 · 256 + 127: hi and lo fit in int8 */ };
+enum { OUT_COLS = 16 };  /* a tile's output: out[i][b] for weight row i and row b of x, b < 16 */
 
 static inline int64_t quant_bytes(int dtype) { return dtype == W_Q8_0 ? 512 : 256; }  /* a group's quants per block */
 static inline int64_t group_block_bytes(int dtype) { return QGROUP * (dtype == W_Q8_0 ? 34 : dtype == W_Q4_0 ? 18 : 20); }
@@ -145,7 +146,7 @@ static void free_x(QuantizedX a) { (void)a; }  /* its memory stays with the thre
 static inline __m512i bytes4(const int8_t* p) { int32_t v; memcpy(&v, p, 4); return _mm512_set1_epi32(v); }
 
 /* Column b of a tile's output: the 16 rows' sums of one row of x. */
-static inline void store_rows(__m512 acc, int b, float out[QGROUP][4]) {
+static inline void store_rows(__m512 acc, int b, float out[][OUT_COLS]) {
   float t[QGROUP];
   _mm512_storeu_ps(t, acc);
   for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];
@@ -158,7 +159,7 @@ static inline void store_rows(__m512 acc, int b, float out[QGROUP][4]) {
 
 /* out[i][b] = weight row i of group g · row x0 + b of x, for the 16 rows of the group. */
 #define QTILE(NAME, B)                                                                             \
-  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[][OUT_COLS]) { \
     int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
     int32_t off = quant_offset(dtype);                                                             \
     const __m512i low4 = _mm512_set1_epi8(0x0f);                                                   \
@@ -200,7 +201,7 @@ static inline void store_rows(__m512 acc, int b, float out[QGROUP][4]) {
 static inline __m256i x4(const int16_t* q) { int64_t v; memcpy(&v, q, 8); return _mm256_set1_epi64x(v); }
 
 /* Column b of a tile's output: the 16 rows' sums of one row of x, rows 0-7 in lo, 8-15 in hi. */
-static inline void store_rows(__m256 lo, __m256 hi, int b, float out[QGROUP][4]) {
+static inline void store_rows(__m256 lo, __m256 hi, int b, float out[][OUT_COLS]) {
   float t[QGROUP];
   _mm256_storeu_ps(t, lo), _mm256_storeu_ps(t + 8, hi);
   for (int i = 0; i < QGROUP; i++) out[i][b] = t[i];
@@ -210,7 +211,7 @@ static inline void store_rows(__m256 lo, __m256 hi, int b, float out[QGROUP][4])
 static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_epi64(_mm256_hadd_epi32(a, b), 0xD8); }
 
 #define QTILE(NAME, B)                                                                             \
-  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[][OUT_COLS]) { \
     int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
     int32_t off = quant_offset(dtype);                                                             \
     const __m256i low4 = _mm256_set1_epi16(0x0f);                                                  \
@@ -250,7 +251,7 @@ static inline __m256i rows8(__m256i a, __m256i b) { return _mm256_permute4x64_ep
 /* Portable C: the same arithmetic in the same order, the 16 rows of a group side by side so
  * that the compiler can vectorise across them. */
 #define QTILE(NAME, B)                                                                             \
-  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[QGROUP][4]) { \
+  static void NAME(int dtype, const uint8_t* g, const QuantizedX* a, int64_t x0, float out[][OUT_COLS]) { \
     int64_t blocks = a->blocks, qb = quant_bytes(dtype), gb = group_block_bytes(dtype);           \
     int32_t off = quant_offset(dtype);                                                             \
     for (int b = 0; b < B; b++) {                                                                  \
@@ -308,16 +309,13 @@ static void amx_tile(int dtype, const uint8_t* g0, const uint8_t* g1, const Quan
 /* out[i][b] = weight row r + i · row x0 + b of x, for the 16 rows of the group starting at row r
  * (a multiple of 16) and nb ≤ 4 rows of x. */
 static void block_tile(int dtype, const void* W, int64_t r, const QuantizedX* a, int64_t x0, int nb,
-                       float out[QGROUP][4]) {
+                       float out[][OUT_COLS]) {
   int k = dtype >= W_Q5_0;
   const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * packed_block_bytes(dtype);
   if (nb == 4) {
     (k ? ktile4 : qtile4)(dtype, g, a, x0, out);
     return;
   }
-  float one[QGROUP][4];
-  for (int b = 0; b < nb; b++) {  /* a row or few of x (decoding one prompt) */
-    (k ? ktile1 : qtile1)(dtype, g, a, x0 + b, one);
-    for (int i = 0; i < QGROUP; i++) out[i][b] = one[i][0];
-  }
+  for (int b = 0; b < nb; b++)  /* a row or few of x (decoding one prompt): column b of out */
+    (k ? ktile1 : qtile1)(dtype, g, a, x0 + b, (float(*)[OUT_COLS])&out[0][b]);
 }
