@@ -123,36 +123,52 @@ static int64_t first_job(const Projection* p, int count, int tiles, int64_t t, i
   return job;
 }
 
+/* A thread's share of the jobs, claimed a few at a time from the front by whichever thread gets
+ * there: its owner, or, once done with its own, another (a cache line each). */
+typedef struct { _Alignas(64) int64_t next; int64_t end; } JobQueue;
+enum { MAX_QUEUES = 64, CLAIM = 4 };
+
 /* Several projections of the same input (q, k and v; gate and up) with their rows split
- * across threads as one job: one parallel region, and no fused copy of the weights needed. */
+ * across threads as one job: one parallel region, and no fused copy of the weights needed.
+ * Each thread starts on its own share (equal bytes, in order: it streams its part of the
+ * weights); one that finishes first takes what is left of the other's. */
 static void project(const Projection* p, int count, const float* x, int64_t K, int64_t M) {
   int blocked = 0;
   for (int i = 0; i < count; i++) blocked |= p[i].dtype >= W_Q8_0;
   QuantizedX a = blocked ? quantize_x(x, M, K) : (QuantizedX){0};
   int tiles = blocked && use_amx && M >= AMX_MIN_ROWS;
+  int64_t T = n_threads < MAX_QUEUES ? n_threads : MAX_QUEUES;
+  JobQueue queue[MAX_QUEUES];
+  for (int64_t t = 0; t < T; t++)
+    queue[t].next = first_job(p, count, tiles, t, T), queue[t].end = first_job(p, count, tiles, t + 1, T);
   #pragma omp parallel num_threads(n_threads)
   {
 #ifdef _OPENMP
-    int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+    int64_t t = omp_get_thread_num();
 #else
-    int64_t t = 0, T = 1;
+    int64_t t = 0;
 #endif
     if (tiles) amx_begin();  /* each thread's tile registers */
-    for (int64_t job = first_job(p, count, tiles, t, T), end = first_job(p, count, tiles, t + 1, T); job < end; job++) {
-      int i = 0;
-      int64_t g = job;
-      while (g >= jobs_of(p + i, tiles)) g -= jobs_of(p + i++, tiles);
-      int64_t size = job_rows(p[i].dtype, tiles), r = size * g;
-      int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
-      for (int64_t m = 0, nb; m < M; m += nb) {
-        float out[2 * QGROUP][AMX_ROWS];
-        job_tile(p + i, tiles, &a, x, K, M, r, nr, m, &nb, out);
-        for (int j = 0; j < nr; j++) {
-          float b = p[i].bias ? p[i].bias[r + j] : 0.f;
-          for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
+    for (int64_t k = 0; k < T; k++)  /* its own share, then the others' in turn */
+      for (JobQueue* q = queue + (t + k) % T;;) {
+        int64_t claim = k ? 1 : CLAIM, first = __atomic_fetch_add(&q->next, claim, __ATOMIC_RELAXED);
+        if (first >= q->end) break;
+        for (int64_t job = first; job < first + claim && job < q->end; job++) {
+          int i = 0;
+          int64_t g = job;
+          while (g >= jobs_of(p + i, tiles)) g -= jobs_of(p + i++, tiles);
+          int64_t size = job_rows(p[i].dtype, tiles), r = size * g;
+          int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
+          for (int64_t m = 0, nb; m < M; m += nb) {
+            float out[2 * QGROUP][AMX_ROWS];
+            job_tile(p + i, tiles, &a, x, K, M, r, nr, m, &nb, out);
+            for (int j = 0; j < nr; j++) {
+              float b = p[i].bias ? p[i].bias[r + j] : 0.f;
+              for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
+            }
+          }
         }
       }
-    }
     if (tiles) amx_end();
   }
   if (blocked) free_x(a);
