@@ -123,6 +123,24 @@ static int64_t first_job(const Projection* p, int count, int tiles, int64_t t, i
   return job;
 }
 
+/* Job `job` of the projections p (numbered through them in order): its output rows, plus
+ * bias, for every row of x. */
+static void run_job(const Projection* p, int tiles, const QuantizedX* a, const float* x, int64_t K, int64_t M,
+                    int64_t job) {
+  int i = 0;
+  while (job >= jobs_of(p + i, tiles)) job -= jobs_of(p + i++, tiles);
+  int64_t size = job_rows(p[i].dtype, tiles), r = size * job;
+  int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
+  for (int64_t m = 0, nb; m < M; m += nb) {
+    float out[2 * QGROUP][AMX_ROWS];
+    job_tile(p + i, tiles, a, x, K, M, r, nr, m, &nb, out);
+    for (int j = 0; j < nr; j++) {
+      float b = p[i].bias ? p[i].bias[r + j] : 0.f;
+      for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
+    }
+  }
+}
+
 /* A thread's share of the jobs, claimed a few at a time from the front by whichever thread gets
  * there: its owner, or, once done with its own, another (a cache line each). */
 typedef struct { _Alignas(64) int64_t next; int64_t end; } JobQueue;
@@ -153,21 +171,7 @@ static void project(const Projection* p, int count, const float* x, int64_t K, i
       for (JobQueue* q = queue + (t + k) % T;;) {
         int64_t claim = k ? 1 : CLAIM, first = __atomic_fetch_add(&q->next, claim, __ATOMIC_RELAXED);
         if (first >= q->end) break;
-        for (int64_t job = first; job < first + claim && job < q->end; job++) {
-          int i = 0;
-          int64_t g = job;
-          while (g >= jobs_of(p + i, tiles)) g -= jobs_of(p + i++, tiles);
-          int64_t size = job_rows(p[i].dtype, tiles), r = size * g;
-          int nr = p[i].n - r < size ? (int)(p[i].n - r) : (int)size;
-          for (int64_t m = 0, nb; m < M; m += nb) {
-            float out[2 * QGROUP][AMX_ROWS];
-            job_tile(p + i, tiles, &a, x, K, M, r, nr, m, &nb, out);
-            for (int j = 0; j < nr; j++) {
-              float b = p[i].bias ? p[i].bias[r + j] : 0.f;
-              for (int c = 0; c < nb; c++) p[i].y[(m + c) * p[i].n + r + j] = out[j][c] + b;
-            }
-          }
-        }
+        for (int64_t job = first; job < first + claim && job < q->end; job++) run_job(p, tiles, &a, x, K, M, job);
       }
     if (tiles) amx_end();
   }
@@ -312,13 +316,8 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       const float* vals = v_cache + rows->cache_row[m] * batch_stride + g * head_stride;
       float* sc = scores + (m * n_heads + head) * max_keys;
       float top = -INFINITY, total = 0.f;
-      int64_t j = 0;
-#ifdef __AVX512F__
-      if (hd % 16 == 0)
-        for (; j + 16 <= n_keys; j += 16) dot16_keys(qh, keys + (first + j) * hd, hd, sc + j);
-#endif
-      for (int64_t t = j; t < n_keys; t++) sc[t] = dot16(qh, keys + (first + t) * hd, hd);
-      for (j = 0; j < n_keys; j++) {
+      key_scores(qh, keys + first * hd, n_keys, hd, sc);
+      for (int64_t j = 0; j < n_keys; j++) {
         sc[j] *= scale;
         if (cap > 0.f) sc[j] = tanhf(sc[j] / cap) * cap;
         if (sc[j] > top) top = sc[j];

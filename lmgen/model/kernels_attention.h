@@ -53,6 +53,16 @@ static void dot16_keys(const float* q, const float* k, int64_t hd, float* out) {
 #undef PAIR_FLOATS
 #endif
 
+/* sc[j] = q · key j for n keys (rows of hd values): 16 at a time where the CPU has AVX-512. */
+static void key_scores(const float* q, const float* keys, int64_t n, int64_t hd, float* sc) {
+  int64_t j = 0;
+#ifdef __AVX512F__
+  if (hd % 16 == 0)
+    for (; j + 16 <= n; j += 16) dot16_keys(q, keys + j * hd, hd, sc + j);
+#endif
+  for (; j < n; j++) sc[j] = dot16(q, keys + j * hd, hd);
+}
+
 /* o = Σ_j p[j] · v[j] over n rows v of hd values, each o[i] summed over j in order. For the usual
  * head sizes o stays in registers through the loop (in memory, every key cost a store and a
  * reload of o); the sums are the same either way. */
