@@ -14,7 +14,8 @@ from setuptools.command.build_ext import build_ext
 
 SOURCES = ["lmgen/model/kernels.c"]
 HEADERS = ["lmgen/model/kernels_dot.h", "lmgen/model/kernels_quant.h", "lmgen/model/kernels_kquant.h",
-           "lmgen/model/kernels_amx.h", "lmgen/model/kernels_attention.h"]
+           "lmgen/model/kernels_amx.h", "lmgen/model/kernels_attention.h",
+           "lmgen/model/kernels_project.h"]
 COMMON = ["-O3", "-funroll-loops", "-fopenmp"]
 X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
 LEVELS = {"portable": []}  # the compiler's baseline for the target (SSE2 on x86-64, NEON on arm64)

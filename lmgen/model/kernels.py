@@ -31,7 +31,8 @@ from lmgen.model.threads import ThreadTuner, thread_count
 
 SOURCE = Path(__file__).with_name("kernels.c")
 HEADERS = [Path(__file__).with_name(name)  # included by kernels.c
-           for name in ("kernels_dot.h", "kernels_quant.h", "kernels_kquant.h", "kernels_amx.h", "kernels_attention.h")]
+           for name in ("kernels_dot.h", "kernels_quant.h", "kernels_kquant.h", "kernels_amx.h", "kernels_attention.h",
+                         "kernels_project.h")]
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-funroll-loops", "-shared", "-fPIC"]
 # For a compiler without OpenMP (Apple's clang): one thread, still vectorised.
 SERIAL_FLAGS = [f if f != "-fopenmp" else "-fopenmp-simd" for f in FLAGS]
