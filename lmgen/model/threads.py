@@ -61,7 +61,7 @@ class ThreadTuner:
     the next other count once, so that it notices when the machine gets busy or quiet again.
     A try costs the time that count is slower, so tries are spaced to keep that under
     ``EXPLORE_SHARE`` of the time: every ``explore_every`` steps where the other count is at
-    most ~2× slower (a quiet machine's one thread against two), up to every
+    most ~1.6× slower (a quiet machine's one thread against two), up to every
     ``MAX_EXPLORE_EVERY`` where it is far slower (two threads beside a busy process, 5-10×:
     trying them every 32 steps had cost a fifth of the speed). A try that runs faster than the
     count's average replaces it, so a machine that got quiet is taken at the first try. A short
