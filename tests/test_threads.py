@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lmgen.model.kernels import use_threads as set_threads
-from lmgen.model.threads import SPIN_COUNT, ThreadTuner, yielding_threads
+from lmgen.model.threads import SPIN_COUNT, ThreadTuner, other_runnable, yielding_threads
 
 
 def run_tuner(tuner: ThreadTuner, speed: dict, steps: int) -> list[int]:
@@ -47,6 +47,40 @@ def test_a_short_run_on_a_busy_machine_adapts_within_its_first_steps():
         picks.append(n)
         tuner.record(n, speed[n] + (0.5 if step == 1 else 0))
     assert picks[4:] == [1] * 28  # then one thread; two are not tried again in a short run
+
+
+def test_counts_with_no_free_cores_are_not_tried_while_other_processes_hold_them():
+    """Beside a busy process a two-thread step can stall for 100-250 ms (its second thread
+    waits for the busy core), so the tuner asks how many other threads are runnable: none are
+    tried then, from the first step; once the cores are free again, they are."""
+    others = {"runnable": 1}
+    tuner = ThreadTuner(2, explore_every=4, runnable=lambda: others["runnable"])
+    busy = run_tuner(tuner, {2: 0.2, 1: 0.013}, 200)
+    assert busy == [1] * 200
+    others["runnable"] = 0
+    quiet = run_tuner(tuner, {2: 0.007, 1: 0.013}, 40)
+    assert 2 in quiet[:5] and quiet[-10:].count(2) >= 9
+
+
+def test_other_runnable_counts_threads_of_other_processes(tmp_path):
+    import subprocess
+    import sys
+
+    assert other_runnable() is None or other_runnable() >= 0
+    if other_runnable() is None:
+        pytest.skip("no /proc/stat here")
+    quiet = other_runnable()
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        import time
+
+        deadline = time.monotonic() + 5
+        while other_runnable() <= quiet and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert other_runnable() >= 1
+    finally:
+        burner.kill()
+        burner.wait()
 
 
 @settings(max_examples=200, deadline=None)

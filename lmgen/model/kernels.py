@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from lmgen.model.threads import ThreadTuner, thread_count
+from lmgen.model.threads import ThreadTuner, other_runnable, thread_count
 
 SOURCE = Path(__file__).with_name("kernels.c")
 HEADERS = [Path(__file__).with_name(name)  # included by kernels.c
@@ -295,7 +295,7 @@ class DecodePlan:
         self.shape = Shape.of(cfg)
         self.tensors = layers  # keeps what the structs point into alive
         self.layers = (Layer * cfg.n_layers)(*(_layer(cfg, i, tensors) for i, tensors in enumerate(layers)))
-        self.tuner = ThreadTuner(max_threads)
+        self.tuner = ThreadTuner(max_threads, runnable=other_runnable)
         library().set_threads(max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
         torch.set_num_threads(max_threads)  # as torch's ops do (the last tuner may have left fewer)
 

@@ -38,6 +38,22 @@ def yielding_threads() -> None:
 MAX_THREADS = 4096  # far beyond any CPU; torch takes a C int
 
 
+def other_runnable() -> int | None:
+    """Threads of other processes running or waiting for a core right now (Linux's
+    procs_running, less this process's own runnable threads: a server's event loop is not
+    another process), or None where that is not known."""
+    try:
+        with open("/proc/stat", "rb") as stat:
+            running = next(int(line.split()[1]) for line in stat if line.startswith(b"procs_running "))
+        own = 0
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/stat", "rb") as stat:
+                own += stat.read().rpartition(b")")[2].split()[0] == b"R"
+    except (OSError, ValueError, StopIteration, IndexError):
+        return None
+    return max(0, running - own)
+
+
 def thread_count(count: int | None) -> int:
     """The threads to compute with: count, else $LMGEN_THREADS, else the cores available to
     this process (``kernels.use_threads`` applies it to torch and the kernels)."""
@@ -73,7 +89,8 @@ class ThreadTuner:
     EXPLORE_SHARE = 0.02  # of the time, at most, spent trying counts that were slower
     MAX_EXPLORE_EVERY = 512  # steps: a machine that got quiet again is noticed within this many
 
-    def __init__(self, max_threads: int, explore_every: int = 32, smoothing: float = 0.3):
+    def __init__(self, max_threads: int, explore_every: int = 32, smoothing: float = 0.3,
+                 runnable=None):
         counts = {max_threads}
         while max_threads > 1:
             max_threads //= 2
@@ -81,21 +98,39 @@ class ThreadTuner:
         self.counts = sorted(counts, reverse=True)
         self.seconds = {n: None for n in self.counts}  # moving average of a step's time
         self.explore_every, self.smoothing = explore_every, smoothing
+        self.runnable = runnable or (lambda: None)  # other processes' runnable threads, if known
         self.steps = 0
-        self.best = self.counts[0]
         self.next_probe = 0
         self.next_try = 0  # the step at which the next other count is tried
-        self.probing = 2 * len(self.counts) if len(self.counts) > 1 else 0  # the first steps try each count
+        # The first steps try each count that has cores free for it, twice (beside a busy process,
+        # a step with more threads than free cores can stall for 100-250 ms: none is tried).
+        self.probe_counts = [n for n in self.counts if n <= self.free_cores()]
+        self.best = self.probe_counts[0]
+        self.probing = 2 * len(self.probe_counts) if len(self.probe_counts) > 1 else 0
+        if len(self.probe_counts) < len(self.counts):  # look again soon: the others may have been brief
+            self.next_try = self.probing + 4
+
+    def free_cores(self) -> int:
+        """Cores not taken by other processes' runnable threads (all of them, if unknown). The
+        fewest of three looks: a thread that is runnable for a moment (a kernel worker, a shell)
+        rarely is at all three; a process computing always is."""
+        looks = [self.runnable() for _ in range(3)]
+        if None in looks:
+            return self.counts[0]
+        return max(1, self.counts[0] - min(looks))
 
     def pick(self) -> int:
         """The thread count for the next step."""
         self.steps += 1
         if self.steps <= self.probing:
-            return self.counts[(self.steps - 1) % len(self.counts)]
-        if len(self.counts) > 1 and self.steps >= max(self.next_try, self.probing + self.explore_every):
+            return self.probe_counts[(self.steps - 1) % len(self.probe_counts)]
+        if len(self.counts) > 1 and self.steps >= (self.next_try or self.probing + self.explore_every):
             others = [n for n in self.counts if n != self.best]
             self.next_probe = (self.next_probe + 1) % len(others)
-            return others[self.next_probe]
+            count = others[self.next_probe]
+            if count <= self.best or count <= self.free_cores():
+                return count
+            self.next_try = self.steps + self.explore_every  # no cores free for it: not now
         return self.best
 
     def spacing(self, count: int) -> int:
