@@ -83,7 +83,9 @@ class ThreadTuner:
     count's average replaces it, so a machine that got quiet is taken at the first try. A short
     generation must adapt too (29 tokens at 9 tokens/s with two threads beside a busy process, 190
     with one): its first steps try every count in turn, twice, keeping each count's fastest step
-    (the very first step of a process pays for warming up).
+    (the very first step of a process pays for warming up). Counts with more threads than there
+    are cores free of other processes' runnable threads (``runnable``: ``other_runnable``) are
+    neither probed nor tried: beside a busy process such a step can stall for 100-260 ms.
     """
 
     EXPLORE_SHARE = 0.02  # of the time, at most, spent trying counts that were slower
