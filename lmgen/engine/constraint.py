@@ -83,7 +83,7 @@ class Constraint:
         """The grammar, checked (for a tokenizer, or on its own before any model is loaded):
         one line naming the problem (InputError) if llguidance rejects it."""
         grammar = self.grammar()
-        problem = _llguidance().LLMatcher.validate_grammar(grammar, tokenizer)
+        problem = _llguidance().LLMatcher.validate_grammar(grammar, tokenizer, limits=limits())
         if problem:
             raise InputError(f"{self.describe()}: {_one_line(problem, self.kind)}")
         return grammar
@@ -122,13 +122,22 @@ class Compiled:
         self.tokenizer = _tokenizer(lm)
         self.vocab = lm.config.vocab_size
         self.grammar = constraint.check(self.tokenizer)
+        # Built once here (llguidance builds its lexer then: up to a second for a hard pattern);
+        # each output's matcher is a copy, so a row joining a batch never builds it again.
+        self.pristine = _llguidance().LLMatcher(self.tokenizer, self.grammar, log_level=0, limits=limits())
         probe = self.matcher()
         probe.ll.unsafe_compute_mask_ptr(probe.bits.ctypes.data, probe.bits.nbytes)
         if probe.ll.is_error() or not probe.bits.any():
             raise InputError(f"{constraint.describe()} accepts no text that this model's tokens can make")
 
     def matcher(self) -> "Matcher":
-        return Matcher(_llguidance().LLMatcher(self.tokenizer, self.grammar, log_level=0), self.vocab)
+        return Matcher(self.pristine.deep_copy(), self.vocab)
+
+
+def limits():
+    """llguidance's resource limits, with terse errors (its verbose ones dump the parser's state,
+    which is no message for a user, nor for a client of the server)."""
+    return _llguidance().LLParserLimits(verbose_errors=False)
 
 
 def compiled(lm, constraint: Constraint) -> Compiled:
@@ -190,5 +199,9 @@ class Matcher:
         return self.ll.is_accepting()
 
     def _check(self) -> None:
-        if self.ll.is_error():  # only allowed tokens are ever consumed: this is lmgen's bug
-            raise RuntimeError(f"constraint matcher failed: {self.ll.get_error()}")
+        if self.ll.is_error():  # only allowed tokens are consumed: a limit hit (too complex a constraint)
+            raise ConstraintFailed(f"the constraint gave up: {_one_line(self.ll.get_error(), 'json_schema')}"[:300])
+
+
+class ConstraintFailed(InputError):
+    """A matcher that hit llguidance's limits on a step: its output ends, no other."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lmgen.engine.chat_history import ChatHistory, drop_oldest_exchange
-from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, _events
+from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, events_alone
 from lmgen.engine.prefix_cache import common_prefix
 from lmgen.errors import InputError, LmgenError
 
@@ -50,7 +50,7 @@ class Conversation(ChatHistory):
             self.prefilled = len(ids) - self.reused
             budget = min(self.settings.max_new_tokens, self.lm.config.max_context - len(ids))
             cache = self._reserve(len(ids) + budget)
-            for event in _events(self.lm, ids, self.settings, cache, self.reused):
+            for event in events_alone(self.lm, ids, self.settings, cache, self.reused):
                 if isinstance(event, Token):
                     tokens.append(event.id)
                     self.cached_ids = ids + tokens[:-1]  # the last one is fed at the next step

@@ -33,3 +33,13 @@ class Finished:
     cached_tokens: int = 0  # leading prompt tokens not prefilled: their keys and values were cached
     drafted: int = 0  # tokens prompt lookup drafted (--lookup)
     accepted: int = 0  # ... and the model chose too: each saved a decode step
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A job the engine ended with an error of its own (its constraint's matcher gave up): its
+    other samples end with it, and no other job is touched."""
+
+    message: str
+    index: int = 0
+    sample: int = 0

@@ -57,6 +57,18 @@ def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[i
     return prompt_ids[-room:]
 
 
+PREFILL_CHUNK = 64  # prompt tokens per forward pass of a prefill (see prefill_chunks)
+
+
+def prefill_chunks(start: int, end: int, chunk: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
+    """The pieces [a, b) in which positions start..end of a prompt are prefilled: ``chunk`` tokens
+    each from ``start`` (the first not already cached). Every path cuts a prompt the same way —
+    alone, batched, served, whatever its neighbours — because a pass over other pieces computes
+    other bits (attention and matmuls add in another order); so the text does not depend on them.
+    The server prefills one piece per step between its streams' decode steps."""
+    return [(a, min(a + chunk, end)) for a in range(start, end, chunk)]
+
+
 def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings,
                 matcher: Matcher | None = None, cache=None, cached: int = 0) -> Iterator[tuple]:
     """Yield (tokens, logits) per step for one continuation of the prompt: the next token, shape
@@ -77,7 +89,8 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     if cache is None:
         cache = model.new_cache(batch=1, max_len=len(prompt_ids) + budget)
     forward = torch.inference_mode()(model)  # per call: the caller's code between steps keeps its own mode
-    logits = forward(torch.tensor([prompt_ids[cached:]], device=device), cached, cache, last_only=True)[:, -1]
+    for start, end in prefill_chunks(cached, len(prompt_ids)):
+        logits = forward(torch.tensor([prompt_ids[start:end]], device=device), start, cache, last_only=True)[:, -1]
     require_finite(logits)
     for step in range(budget):
         scores = logits if matcher is None else matcher.restrict(logits)
@@ -119,7 +132,7 @@ def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], sett
     return ids
 
 
-class _Sample:
+class SampleText:
     """One continuation's text state: incremental decoding, stop strings and the constraint's matcher."""
 
     def __init__(self, lm: LanguageModel, settings: GenerationSettings):
@@ -159,9 +172,9 @@ class _Sample:
                         cached)
 
 
-def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings, cache=None,
+def events_alone(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings, cache=None,
             cached: int = 0) -> Iterator:
-    sample = _Sample(lm, settings)
+    sample = SampleText(lm, settings)
     start = time.perf_counter()
     first = None
     for tokens, logits in decode_loop(lm.model, prompt_ids, settings, sample.matcher, cache, cached):
@@ -171,7 +184,7 @@ def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettin
             yield sample.finished("stop", sample.flush(), len(prompt_ids), start, first, 0)
             return
         text, stopped = sample.push(token)
-        probs = _probabilities(logits, tokens, settings.show_probs)
+        probs = probabilities(logits, tokens, settings.show_probs)
         prob, top = probs[0] if probs else (None, ())
         yield Token(token, text, 0, prob, top)
         if stopped:
@@ -180,7 +193,7 @@ def _events(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettin
     yield sample.finished("length", sample.flush(), len(prompt_ids), start, first, 0)
 
 
-def _probabilities(logits, tokens, k: int) -> list[tuple[float, tuple]] | None:
+def probabilities(logits, tokens, k: int) -> list[tuple[float, tuple]] | None:
     """Per sample: the chosen token's probability and the k most likely (id, probability)."""
     if k <= 0:
         return None

@@ -1,0 +1,343 @@
+"""The engine: one request API over rows of one KV cache — ``add(job) -> id``, ``abort(id)``,
+``step() -> events``.
+
+A ``Job`` is a prompt's token ids with its settings and its number of samples. ``add`` puts it
+in the waiting queue (one that could never fit in the rows is refused at once); each ``step``
+admits waiting jobs in order while their samples fit in free rows, prefills at most
+``prefill_budget`` prompt tokens (in the prompt's own pieces, ``generation.prefill_chunks``, so a
+prompt's bits never depend on its neighbours), and decodes one token for every row whose prompt
+is prefilled, with one ``Decoder.decode_step`` that reads each weight once for all of them. A
+long prompt so delays the other rows by one piece per step, not by its whole length. Each row
+has its own position, sampler (seeded per sample), token history, detokenizer, stop strings and
+constraint matcher, and decodes exactly as it would alone. ``generate_many`` drives an engine
+from an iterable, the server's engine thread from its requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from lmgen.engine.constraint import ConstraintFailed
+from lmgen.engine.events import Failed, Finished, Token
+from lmgen.engine.generation import (
+    LanguageModel,
+    GenerationSettings,
+    SampleText,
+    prefill_chunks,
+    probabilities,
+    require_finite,
+)
+from lmgen.engine.lookup import PromptLookup
+from lmgen.engine.prefix_cache import PrefixCache
+from lmgen.engine.sampling import TokenHistory, sample_next_token
+from lmgen.errors import InputError
+
+GOLDEN = 0x9E3779B97F4A7C15  # spreads the seeds of neighbouring prompts
+
+
+def prompt_seed(seed: int | None, index: int) -> int | None:
+    """The sampling seed of prompt (or sample) ``index``: the seed itself for the first."""
+    return None if seed is None else (seed + index * GOLDEN) % 2**64
+
+
+@dataclass(frozen=True, kw_only=True)
+class Job:
+    """What the engine is asked for: samples ``first_sample`` .. ``first_sample + samples - 1`` of
+    one prompt (token ids, already checked to fit the context window)."""
+
+    ids: list[int]
+    settings: GenerationSettings
+    max_new_tokens: int | None = None  # None: the settings'
+    seed: int | None = None  # the prompt's sampling seed (sample s draws from prompt_seed(seed, s))
+    index: int | None = None  # tagged on its events; None: the id ``add`` returns
+    first_sample: int = 0
+    samples: int | None = None  # None: the settings' num_samples
+
+    @property
+    def rows(self) -> int:
+        return self.settings.num_samples if self.samples is None else self.samples
+
+
+@dataclass
+class Row:
+    """One sample of a prompt in flight."""
+
+    job: int  # the id of its job
+    index: int
+    prompt_ids: list[int]
+    settings: GenerationSettings  # its request's: how its tokens are chosen, when it stops
+    budget: int  # new tokens it may generate (max_new_tokens, or less near the context's end)
+    text: SampleText
+    generator: torch.Generator | None
+    history: TokenHistory | None
+    start: float  # when it was admitted
+    sample: int = 0
+    first: float = 0.0  # when its first token was chosen
+    token: int = 0  # the last token chosen, fed back at the next step
+    ready: bool = False  # its prompt is prefilled: it decodes at each step
+    cached: int = 0  # leading prompt tokens whose keys and values came from the prefix cache
+    lookup: PromptLookup | None = None  # greedy with --lookup: drafts of its next tokens
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def position(self) -> int:
+        """Where the last chosen token goes in the cache."""
+        return len(self.prompt_ids) + self.text.count - 1
+
+
+@dataclass
+class Prefill:
+    """An admitted job whose prompt is being prefilled into the row of its first sample."""
+
+    job: int
+    slots: list[int]  # its rows, one per sample; the first is prefilled, the others copy it after
+    pieces: deque  # the (start, end) pieces still to prefill
+
+
+class Engine:
+    def __init__(self, lm: LanguageModel, max_rows: int, prefix_cache: PrefixCache | None = None,
+                 prefill_budget: int | None = None):
+        if max_rows < 1:
+            raise InputError(f"batch-size must be >= 1, got {max_rows}")
+        self.lm, self.model = lm, lm.model
+        self.prefix_cache = prefix_cache
+        self.prefill_budget = prefill_budget  # prompt tokens per step (None: every admitted prompt whole)
+        self.rows: list[Row | None] = [None] * max_rows
+        self.waiting: deque[tuple[int, Job]] = deque()
+        self.prefilling: deque[Prefill] = deque()
+        self.next_id = 0
+        self.cache = None
+        self.forward = torch.inference_mode()(self.model)
+        self.decode = torch.inference_mode()(self.model.decode_step)
+
+    # ------------------------------------------------------------------------------- the API
+
+    def add(self, job: Job) -> int:
+        """Queue a job; its id. A job that could never fit in the rows is refused (InputError)."""
+        if not 1 <= job.rows <= len(self.rows):
+            raise InputError(f"{job.rows} samples need as many rows, and this engine decodes at most "
+                             f"{len(self.rows)} at once")
+        budget = job.settings.max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
+        if budget < 1:
+            raise InputError(f"max_new_tokens must be >= 1, got {budget}")
+        ident, self.next_id = self.next_id, self.next_id + 1
+        self.waiting.append((ident, job))
+        return ident
+
+    def abort(self, ident: int) -> None:
+        """Forget job ``ident``, waiting or in flight: its rows are free at once, with no events."""
+        self.waiting = deque(item for item in self.waiting if item[0] != ident)
+        self.prefilling = deque(p for p in self.prefilling if p.job != ident)
+        self.rows = [None if row is not None and row.job == ident else row for row in self.rows]
+
+    def step(self) -> list[Token | Finished | Failed]:
+        """Admit what fits, prefill up to the budget, decode one token for every ready row."""
+        self._admit()
+        events = list(self._prefill())
+        ready = [slot for slot, row in enumerate(self.rows) if row is not None and row.ready]
+        if ready:
+            events += self._decode(ready)
+        return events
+
+    def busy(self) -> bool:
+        return bool(self.waiting) or any(row is not None for row in self.rows)
+
+    def free_rows(self) -> int:
+        return sum(row is None for row in self.rows)
+
+    def rows_in_flight(self) -> int:
+        return len(self.rows) - self.free_rows()
+
+    def ids_in_flight(self) -> set[int]:
+        """The ids of the jobs that hold rows."""
+        return {row.job for row in self.rows if row is not None}
+
+    # ----------------------------------------------------------------------------- admission
+
+    def _admit(self) -> None:
+        """Waiting jobs, in order, while their samples fit in the free rows."""
+        while self.waiting and self.free_rows() >= self.waiting[0][1].rows:
+            ident, job = self.waiting.popleft()
+            slots = [slot for slot, row in enumerate(self.rows) if row is None][: job.rows]
+            ids = job.ids
+            budget = job.settings.max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
+            budget = min(budget, self.lm.config.max_context - len(ids))
+            self.cache = self.model.grow_cache(self.cache, len(ids) + budget, len(self.rows))
+            index = ident if job.index is None else job.index
+            for offset, slot in enumerate(slots):
+                self.rows[slot] = self._row(ident, index, job, budget, job.first_sample + offset)
+            cached = self._copy_prefix(slots[0], ids)
+            for slot in slots:
+                self.rows[slot].cached = cached
+            self.prefilling.append(Prefill(ident, slots, deque(prefill_chunks(cached, len(ids)))))
+
+    def _row(self, ident: int, index: int, job: Job, budget: int, sample: int) -> Row:
+        lm, settings, device = self.lm, job.settings, self.model.device
+        seed = prompt_seed(job.seed, sample)
+        row = Row(ident, index, job.ids, settings, budget, SampleText(lm, settings),
+                  torch.Generator(device).manual_seed(seed) if seed is not None else None,
+                  TokenHistory(job.ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
+                  time.perf_counter(), sample=sample)
+        if settings.lookup and settings.sampling.greedy:
+            row.lookup = PromptLookup(job.ids, settings.lookup)
+        return row
+
+    def _copy_prefix(self, slot: int, ids: list[int]) -> int:
+        """Copy the keys and values of the longest cached prefix of ``ids`` into row ``slot`` (at
+        least one token is left to prefill, for its logits); how many tokens that is."""
+        if self.prefix_cache is None:
+            return 0
+        n, k, v = self.prefix_cache.longest(ids)
+        n = min(n, len(ids) - 1)
+        if n > 0:
+            self.cache.k[:, slot, :, :n] = k[:, :, :n]
+            self.cache.v[:, slot, :, :n] = v[:, :, :n]
+        return n
+
+    # ------------------------------------------------------------------------------- prefill
+
+    def _prefill(self) -> Iterator:
+        """Pieces of the admitted prompts, oldest first, up to the step's budget (at least one
+        piece); a prompt prefilled whole starts its samples."""
+        left = self.prefill_budget
+        while self.prefilling:
+            fill = self.prefilling[0]
+            start, end = fill.pieces[0]
+            if left is not None and end - start > left and left < self.prefill_budget:
+                return
+            row = self.rows[fill.slots[0]]
+            tokens = torch.tensor([row.prompt_ids[start:end]], device=self.model.device)
+            logits = self.forward(tokens, start, self.cache.row(fill.slots[0]), last_only=True)[:, -1]
+            fill.pieces.popleft()
+            if left is not None:
+                left -= end - start
+            if not fill.pieces:
+                self.prefilling.popleft()
+                yield from self._start(fill, logits)
+
+    def _start(self, fill: Prefill, logits: torch.Tensor) -> Iterator:
+        """A prefilled prompt's samples: its keys and values copied to every sample's row (a
+        prompt is prefilled once for all its samples), then each one's first token."""
+        require_finite(logits)
+        first = fill.slots[0]
+        n = len(self.rows[first].prompt_ids)
+        for slot in fill.slots[1:]:
+            self.cache.k[:, slot, :, :n] = self.cache.k[:, first, :, :n]
+            self.cache.v[:, slot, :, :n] = self.cache.v[:, first, :, :n]
+        for slot in fill.slots:
+            row = self.rows[slot]
+            if row is None:  # its job failed with an earlier sample
+                continue
+            row.ready, row.first = True, time.perf_counter()
+            yield from self._choose_or_fail(slot, logits)
+
+    # -------------------------------------------------------------------------------- decode
+
+    def _decode(self, slots: list[int]) -> list:
+        """One token for every row in ``slots``; more for a row whose lookup draft the model
+        agrees with. A row with a draft of k tokens takes k + 1 rows of the decode step, all on
+        its own row of the cache at consecutive positions: each sees the keys and values the
+        others write before attending, so each row's logits are the ones k + 1 plain steps would
+        give, bit for bit (the kernels compute every row as they would alone). Its tokens are
+        then chosen one by one from them, as long as each is the drafted one."""
+        drafts = {slot: self._draft(self.rows[slot]) for slot in slots}
+        tokens, positions, cache_rows = [], [], []
+        for slot in slots:
+            row, draft = self.rows[slot], drafts[slot]
+            tokens += [row.token, *draft]
+            positions += range(row.position, row.position + len(draft) + 1)
+            cache_rows += [slot] * (len(draft) + 1)
+        device = self.model.device
+        logits = self.decode(torch.tensor(tokens, device=device), torch.tensor(positions, dtype=torch.int64, device=device),
+                             self.cache, torch.tensor(cache_rows, dtype=torch.int64, device=device))
+        require_finite(logits)
+        events, at = [], 0
+        for slot, row in [(slot, self.rows[slot]) for slot in slots]:
+            draft, base = drafts[slot], at
+            at += len(draft) + 1
+            if self.rows[slot] is not row:  # its job failed with an earlier sample this step
+                continue
+            row.drafted += len(draft)
+            taken = 0
+            for j in range(len(draft) + 1):
+                events += self._choose_or_fail(slot, logits[base + j : base + j + 1])
+                if self.rows[slot] is None or j == len(draft) or row.token != draft[j]:
+                    break
+                taken += 1
+            row.accepted += taken
+            if row.lookup is not None:
+                row.lookup.checked(len(draft), taken)
+        return events
+
+    def _draft(self, row: Row) -> list[int]:
+        """The tokens prompt lookup guesses follow (none without --lookup), as many as the row's
+        budget leaves after the one this step chooses anyway."""
+        if row.lookup is None:
+            return []
+        return row.lookup.draft(row.budget - row.text.count - 1)
+
+    def _choose_or_fail(self, slot: int, logits: torch.Tensor) -> list:
+        """``_choose``'s events; a constraint that gives up ends its job alone, with ``Failed``."""
+        try:
+            return list(self._choose(slot, logits))
+        except ConstraintFailed as exc:
+            row = self.rows[slot]
+            self.abort(row.job)
+            return [Failed(str(exc), row.index, row.sample)]
+
+    def _choose(self, slot: int, logits: torch.Tensor) -> Iterator:
+        """Sample row ``slot``'s next token from its logits (1, vocab); its events."""
+        row = self.rows[slot]
+        matcher = row.text.matcher
+        scores = logits if matcher is None else matcher.restrict(logits)
+        token = sample_next_token(scores, row.settings.sampling, row.generator, row.history)
+        if row.history is not None:
+            row.history.add(token)
+        row.token = int(token)
+        if row.lookup is not None:
+            row.lookup.add(row.token)
+        if row.token in self.lm.eos_ids:
+            yield self._finish(slot, "stop", row.text.flush())
+            return
+        text, stopped = row.text.push(row.token)
+        probs = probabilities(logits, token, row.settings.show_probs)
+        prob, top = probs[0] if probs else (None, ())
+        yield Token(row.token, text, row.sample, prob, top, row.index)
+        if stopped:
+            yield self._finish(slot, "stop", "")
+        elif row.text.count >= row.budget:
+            yield self._finish(slot, "length", row.text.flush())
+
+    def _finish(self, slot: int, reason: str, tail: str) -> Finished:
+        row, self.rows[slot] = self.rows[slot], None
+        if self.prefix_cache is not None:  # the tokens whose keys and values the row holds
+            generated = row.text.ids
+            held = row.prompt_ids + (generated if row.token in self.lm.eos_ids else generated[:-1])
+            n = len(held)
+            self.prefix_cache.put(held, self.cache.k[:, slot, :, :n], self.cache.v[:, slot, :, :n])
+        done = row.text.finished(reason, tail, len(row.prompt_ids), row.start, row.first, row.sample,
+                                 row.index, row.cached)
+        return dataclasses.replace(done, drafted=row.drafted, accepted=row.accepted) if row.lookup else done
+
+    def end_all(self, reason: str) -> list[Finished]:
+        """End every job in flight now (a server shutting down): each ready row's closing event
+        with ``reason``; rows still prefilling end with no text. Waiting jobs stay queued."""
+        events = []
+        for slot, row in enumerate(self.rows):
+            if row is None:
+                continue
+            if not row.ready:
+                row.first = time.perf_counter()
+            events.append(self._finish(slot, reason, row.text.flush()) if row.ready else
+                          row.text.finished(reason, "", len(row.prompt_ids), row.start, row.first, row.sample,
+                                            row.index, row.cached))
+            self.rows[slot] = None
+        self.prefilling.clear()
+        return events
