@@ -30,6 +30,7 @@ class Served:
     def __init__(self, *args: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.key = args[args.index("--api-key") + 1] if "--api-key" in args else None  # /metrics needs it too
         self.proc = subprocess.Popen([EXE, "serve", "--port", str(self.port), *args], stderr=subprocess.PIPE,
                                      stdout=subprocess.DEVNULL, env={**os.environ, "LMGEN_API_KEY": ""})
         deadline = time.monotonic() + 120
@@ -59,7 +60,8 @@ def server():
 
 
 def metric(served, name: str) -> float:
-    with urllib.request.urlopen(served.url + "/metrics") as response:
+    headers = {"Authorization": f"Bearer {served.key}"} if served.key else {}
+    with urllib.request.urlopen(urllib.request.Request(served.url + "/metrics", headers=headers)) as response:
         text = response.read().decode()
     return float(next(line.split()[1] for line in text.splitlines() if line.startswith(name + " ")))
 

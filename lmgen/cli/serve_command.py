@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Optional
@@ -12,50 +13,79 @@ from lmgen.cli.app import app
 from lmgen.cli.common import prepare
 from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, THREADS_OPTION
 from lmgen.errors import EnvironmentFailure, InputError
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+from lmgen.serve.origins import cors_origins as cors_origins_of
+from lmgen.serve.origins import is_loopback
 
 
 @app.command()
 def serve(
     model: Optional[str] = MODEL_OPTION,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="Address to listen on (on loopback, requests must name a loopback Host)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY",
-                                          help="Require Authorization: Bearer KEY on /v1 routes."),
+                                          help="Require Authorization: Bearer KEY on every route but /health."),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together."),
     queue: int = typer.Option(64, "--queue", help="Requests waiting beyond those rows before 503."),
     max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body, in bytes (413 beyond)."),
     prefix_cache: int = typer.Option(256, "--prefix-cache", metavar="MIB",
                                      help="Memory for the keys and values of recent requests, reused by the next "
                                           "that starts the same way (0: none)."),
+    cors_origins: Optional[str] = typer.Option(
+        None, "--cors-origins", metavar="ORIGINS",
+        help="Web pages that may call the server (comma-separated scheme://host[:port], or *): they get CORS "
+             "headers and preflight answers. A request from any other page (an Origin header) is 403, except "
+             "from http://localhost and http://127.0.0.1 pages."),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", metavar="SECONDS",
+                                         help="Close a connection that has not sent a request's headers in time."),
+    max_connections: int = typer.Option(256, "--max-connections",
+                                        help="Open connections at most; one more is answered 503 and closed."),
+    drain_seconds: float = typer.Option(10.0, "--drain-seconds", metavar="SECONDS",
+                                        help="On SIGTERM or Ctrl-C, how long requests in flight may run on "
+                                             "before they are ended."),
     dtype: str = DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
 ) -> None:
     """Serve the model over HTTP with OpenAI's API (chat and text completions)."""
     try:
-        import uvicorn
-
         from lmgen.serve.app import ServeOptions, create_app
+        from lmgen.serve.http import serve_forever
     except ImportError:
         raise EnvironmentFailure('lmgen serve needs the serve extra: pip install "lmgen[serve]"') from None
     for name, value, low in (("max-batch", max_batch, 1), ("queue", queue, 0), ("max-body", max_body, 1),
-                             ("prefix-cache", prefix_cache, 0)):
-        if value < low:
+                             ("prefix-cache", prefix_cache, 0), ("max-connections", max_connections, 1),
+                             ("drain-seconds", drain_seconds, 0)):
+        if not value >= low:  # (NaN too)
             raise InputError(f"{name} must be >= {low}, got {value}")
+    if not 0 < header_timeout <= 3600:
+        raise InputError(f"header-timeout must be more than 0 and at most 3600 seconds, got {header_timeout}")
+    if not drain_seconds <= 3600:
+        raise InputError(f"drain-seconds must be at most 3600, got {drain_seconds}")
+    origins = cors_origins_of(cors_origins)
     if not 0 < port < 65536:
         raise InputError(f"port must be from 1 to 65535, got {port}")
     path, _ = prepare(model, dtype, device, threads)  # a bad model fails here, before listening
-    if host not in LOOPBACK and not api_key:
+    if not is_loopback(host) and not api_key:
         sys.stderr.write(f"lmgen: warning: listening on {host} without --api-key: anyone who reaches it can use it\n")
     if prefix_cache > 1 << 20:
         raise InputError(f"prefix-cache must be at most {1 << 20} MiB, got {prefix_cache}")
-    options = ServeOptions(str(path), dtype, device, api_key, max_batch, queue, max_body, prefix_cache)
-    sys.stderr.write(f"lmgen: listening on http://{host}:{port} (OpenAI API under /v1)\n")
-    # uvicorn stops on SIGTERM/SIGINT (no new connections, in-flight requests given 10 s), then
-    # raises the signal again for the handler it found: one that does nothing, so that lmgen exits 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-    uvicorn.run(create_app(options), host=host, port=port, log_level="warning", timeout_graceful_shutdown=10)
+    options = ServeOptions(str(path), dtype, device, api_key, max_batch, queue, max_body, prefix_cache,
+                           cors_origins=origins, host=host, drain_seconds=drain_seconds)
+    # A client that closes its socket before the answer is written must not end the server: main
+    # restores SIGPIPE's default (end quietly, for `lmgen generate | head`), so it is ignored
+    # here, and a write to a closed socket is an error uvicorn handles.
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    app = create_app(options)
+    server = app.state.server
+    server.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)  # from any thread: the same way out
+    serve_forever(app, host, port, header_timeout=header_timeout, max_connections=max_connections,
+                  drain_seconds=drain_seconds, on_signal=lambda: _stopping(server, drain_seconds))
     sys.stderr.write("lmgen: stopped\n")
+
+
+def _stopping(server, drain_seconds: float) -> None:
+    """The first SIGTERM or Ctrl-C (on the event loop): say so, and let requests in flight end."""
+    sys.stderr.write(f"lmgen: stopping: no new connections; requests in flight have {drain_seconds:g} s\n")
+    server.drain()

@@ -1,32 +1,41 @@
 """``lmgen serve``'s HTTP routes (Starlette): OpenAI's chat and text completions, models and health.
 
-The model loads on a thread at start-up (``/health`` answers 503 until it is ready); requests are
-checked and tokenized on the event loop, then handed to the engine thread (``bridge``), whose
-events come back through each request's own queue. Every failure is OpenAI's error object with
-a 4xx status: 400 bad fields, 401 a wrong key, 413 a body too large, 503 loading or full.
+The model loads on a thread at start-up (``/health`` answers 503 until it is ready). A request's
+fields are checked on the event loop; its chat template, tokenization and constraint run on
+worker threads (the loop keeps answering), then its tickets go to the engine thread
+(``bridge``), whose events come back through each ticket's own queue and become the reply
+(``replies``). Every failure is OpenAI's error object: 400 bad fields, 401 a wrong key, 413 a
+body too large, 503 loading, full or shutting down, 500 only when the engine itself failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
-import json
+import functools
 import sys
 import threading
-import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from lmgen.engine.generation import Finished, PromptTooLong, Token, prompt_ids_for
-from lmgen.errors import LmgenError
+from lmgen.engine.constraint import compiled
+from lmgen.engine.engine import Job
+from lmgen.engine.generation import PREFILL_CHUNK, PromptTooLong, prompt_ids_for
+from lmgen.errors import InputError, LmgenError
 from lmgen.serve import openai_api as api
-from lmgen.serve.bridge import EngineThread, Job
+from lmgen.serve import replies
+from lmgen.serve.bridge import EngineThread, Refused, Ticket
+from lmgen.serve.guard import Guard, not_routed, read_body, refused
 from lmgen.serve.metrics import Metrics
+from lmgen.serve.replies import ReplyContext
+
+COMPILE_SECONDS = 5.0  # a request's constraint must compile within this, else 400
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,9 @@ class ServeOptions:
     queue: int = 64
     max_body: int = 1 << 20
     prefix_cache_mib: int = 256  # keys and values of recent requests kept for the next (0: none)
+    cors_origins: tuple[str, ...] = ()  # web pages answered with CORS headers ("*": any); see lmgen.serve.origins
+    host: str = "127.0.0.1"  # the address listened on: on loopback, only a loopback Host is answered
+    drain_seconds: float = 10.0  # after SIGTERM, how long requests in flight may run on
 
 
 class Server:
@@ -46,6 +58,10 @@ class Server:
         self.options, self.lm, self.engine, self.failed = options, None, None, None
         self.name = options.model.rstrip("/").rsplit("/", 1)[-1]
         self.metrics = Metrics()
+        self.replies: ReplyContext | None = None
+        self.on_fatal = lambda: None  # set by the HTTP server: stop the process (the engine is gone)
+        self.workers = ThreadPoolExecutor(4, "lmgen-prepare")  # templates and tokenization
+        self.compilers = ThreadPoolExecutor(2, "lmgen-compile")  # constraints (a runaway one holds only these)
 
     def load(self) -> None:
         from lmgen.engine.load import load
@@ -53,7 +69,8 @@ class Server:
         try:
             self.lm = load(self.options.model, dtype=self.options.dtype, device=self.options.device)
             self.engine = EngineThread(self.lm, self.options.max_batch, self.options.queue,
-                                       self.options.prefix_cache_mib << 20)
+                                       self.options.prefix_cache_mib << 20, PREFILL_CHUNK, self._fatal)
+            self.replies = ReplyContext(self.name, self.lm.tokenizer, self.metrics)
             self.metrics.watch(self.engine)
             for note in self.lm.notes:
                 sys.stderr.write(f"lmgen: note: {note}\n")
@@ -62,11 +79,24 @@ class Server:
             self.failed = str(exc)
             sys.stderr.write(f"lmgen: error: {exc}\n")
 
+    def _fatal(self, exc: BaseException) -> None:
+        """The engine gave up (on its thread): /health says so, and the process is told to stop."""
+        self.failed = f"the engine failed: {type(exc).__name__}: {exc}"
+        self.on_fatal()
+
+    def drain(self) -> None:
+        """Shutting down: refuse new requests, let those in flight finish within drain_seconds."""
+        if self.engine is not None:
+            self.engine.drain(self.options.drain_seconds)
+
     # ------------------------------------------------------------------------------------ routes
 
     async def health(self, request: Request) -> JSONResponse:
-        if self.engine is None:
-            return JSONResponse({"status": "failed" if self.failed else "loading"}, status_code=503)
+        if self.engine is None or not self.engine.healthy():
+            status = "failed" if self.failed else "loading"
+            return JSONResponse({"status": status}, status_code=503)
+        if self.engine.drain_deadline is not None:
+            return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     async def metrics_text(self, request: Request) -> Response:
@@ -81,31 +111,24 @@ class Server:
         body = await self._body(request)
         settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context, chat=True)
         messages = api.messages_of(body)
-        ids = self._ids(messages, settings)
+        prompts = await self._off_loop(lambda: [self._ids(messages, settings)])
         top = body.get("top_logprobs") or 0
-        return await self._respond(request, [ids], settings, stream, include_usage, chat=True, top=top)
+        return await self._respond(request, prompts, settings, stream, include_usage, chat=True, top=top)
 
     async def completions(self, request: Request):
         body = await self._body(request)
         settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context, chat=False)
-        ids = [self._ids(prompt, settings) for prompt in api.prompts_of(body)]
-        return await self._respond(request, ids, settings, stream, include_usage, chat=False, top=body.get("logprobs") or 0)
+        texts = api.prompts_of(body)
+        prompts = await self._off_loop(lambda: [self._ids(text, settings) for text in texts])
+        return await self._respond(request, prompts, settings, stream, include_usage, chat=False,
+                                   top=body.get("logprobs") or 0)
 
     # ----------------------------------------------------------------------------------- helpers
 
     async def _body(self, request: Request) -> dict:
         if self.engine is None:
             raise api.APIError(503, "the model is still loading", kind="server_error")
-        data = await request.body()
-        if len(data) > self.options.max_body:
-            raise api.APIError(413, f"the request body is larger than {self.options.max_body} bytes")
-        try:
-            body = json.loads(data)
-        except ValueError:
-            raise api.APIError(400, "the request body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise api.APIError(400, "the request body must be a JSON object")
-        return body
+        return api.parse_body(await read_body(request, self.options.max_body))
 
     def _ids(self, prompt, settings) -> list[int]:
         try:
@@ -115,106 +138,67 @@ class Server:
             raise api.APIError(400, str(exc), "messages" if isinstance(prompt, list) else "prompt", code=code) from None
         return ids
 
+    async def _off_loop(self, work):
+        """Templates and tokenization on a worker thread: the event loop keeps answering."""
+        return await asyncio.get_running_loop().run_in_executor(self.workers, work)
+
+    async def _compile(self, settings) -> None:
+        """The request's constraint compiled for the model off the engine thread and the loop,
+        within COMPILE_SECONDS (a pattern whose automaton explodes is a 400, not a stall)."""
+        if settings.constraint is None:
+            return
+        work = asyncio.get_running_loop().run_in_executor(self.compilers, compiled, self.lm, settings.constraint)
+        try:
+            await asyncio.wait_for(asyncio.shield(work), COMPILE_SECONDS)
+        except TimeoutError:
+            raise api.APIError(400, f"response_format: the schema did not compile within {COMPILE_SECONDS:g} s; "
+                                    "simplify it", "response_format") from None
+        except LmgenError as exc:
+            raise api.APIError(400, f"response_format: {exc}", "response_format") from None
+
     async def _respond(self, request: Request, prompts: list[list[int]], settings, stream: bool,
                        include_usage: bool, chat: bool, top: int):
+        await self._compile(settings)
         loop = asyncio.get_running_loop()
-        jobs = [Job(ids, settings, loop) for ids in prompts]
-        for job in jobs:
-            if not self.engine.submit(job):
-                for other in jobs:
-                    other.cancelled = True
-                raise api.APIError(503, "the server is full; try again shortly", kind="server_error", code="overloaded")
-            self.metrics.prompt_tokens.inc(len(job.ids))
-        kind, ident = ("chat.completion", api.new_id("chatcmpl")) if chat else ("text_completion", api.new_id("cmpl"))
-        if stream:
-            return StreamingResponse(self._chunks(jobs, ident, kind, include_usage, chat, top),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        tickets = [Ticket(Job(ids=ids, settings=settings, seed=settings.seed), loop) for ids in prompts]
+        close = functools.partial(self._cancel, tickets)
         try:
-            choices, usage = await self._collect(jobs, chat, top)
+            for ticket in tickets:
+                self.engine.submit(ticket)
+                self.metrics.prompt_tokens.inc(len(ticket.job.ids))
+        except (InputError, Refused) as exc:
+            close()
+            raise replies.api_error(exc) from None
+        ident = api.new_id("chatcmpl" if chat else "cmpl")
+        if stream:
+            return StreamingResponse(replies.chunks(self.replies, tickets, ident, include_usage, chat, top, close),
+                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        collecting = asyncio.ensure_future(replies.collect(self.replies, tickets, chat, top))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait([collecting, gone], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for job in jobs:
-                job.cancelled = True  # a client gone before the end frees its rows
+            gone.cancel()
+            close()  # a client gone before the end frees its rows
+        if not collecting.done():  # nobody to answer
+            collecting.cancel()
+            return Response(status_code=499)
+        choices, usage = collecting.result()
+        kind = "chat.completion" if chat else "text_completion"
         return JSONResponse(api.envelope(kind, ident, self.name, choices, {"usage": usage}))
 
-    async def _collect(self, jobs: list[Job], chat: bool, top: int):
-        choices, prompt_tokens, completion_tokens, cached = [], 0, 0, 0
-        n, wanted = jobs[0].settings.num_samples, jobs[0].settings.show_probs > 0
-        for p, job in enumerate(jobs):
-            done: dict[int, Finished] = {}
-            tokens: dict[int, list[Token]] = {s: [] for s in range(n)}
-            while (event := await job.events.get()) is not None:
-                if isinstance(event, Exception):
-                    raise api.APIError(400, str(event)) if isinstance(event, LmgenError) else event
-                if isinstance(event, Finished):
-                    done[event.sample] = event
-                    self._observe(event)
-                elif wanted:
-                    tokens[event.sample].append(event)
-            prompt_tokens += len(job.ids)
-            cached += done[0].cached_tokens if 0 in done else 0
-            for sample in sorted(done):
-                event = done[sample]
-                completion_tokens += event.new_tokens
-                choice = api.chat_choice if chat else api.text_choice
-                choices.append(choice(p * n + sample, event.output, event.reason,
-                                      self._logprobs(tokens[sample], chat, top) if wanted else None))
-        return choices, api.usage(prompt_tokens, completion_tokens, cached)
+    def _cancel(self, tickets: list[Ticket]) -> None:
+        for ticket in tickets:
+            self.engine.cancel(ticket)
 
-    def _logprobs(self, tokens: list[Token], chat: bool, top: int) -> dict:
-        return (api.chat_logprobs if chat else api.text_logprobs)(tokens, self.lm.tokenizer, top)
 
-    def _observe(self, done: Finished) -> None:
-        self.metrics.generated_tokens.inc(done.new_tokens)
-        if done.sample == 0 and done.cached_tokens:
-            self.metrics.prefix_cache_hits.inc()
-            self.metrics.prefix_cache_tokens.inc(done.cached_tokens)
-        self.metrics.time_to_first_token.observe(done.prefill_seconds)
-        if done.new_tokens > 1:
-            self.metrics.inter_token.observe(done.decode_seconds / (done.new_tokens - 1))
-
-    async def _chunks(self, jobs: list[Job], ident: str, kind: str, include_usage: bool, chat: bool, top: int):
-        kind = "chat.completion.chunk" if chat else kind
-        n, wanted = jobs[0].settings.num_samples, jobs[0].settings.show_probs > 0
-        completion_tokens, cached = 0, 0
-        try:
-            if chat:
-                first = [{"index": s, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
-                         for s in range(n)]
-                yield _sse(api.envelope(kind, ident, self.name, first))
-            for p, job in enumerate(jobs):
-                while (event := await job.events.get()) is not None:
-                    if isinstance(event, Exception):
-                        yield _sse(api.APIError(500, f"generation failed: {event}", kind="server_error").body())
-                        return
-                    index = p * n + event.sample
-                    if isinstance(event, Finished):
-                        completion_tokens += event.new_tokens
-                        cached += event.cached_tokens if event.sample == 0 else 0
-                        self._observe(event)
-                        choice = {"index": index, "finish_reason": event.reason, "logprobs": None}
-                        choice.update({"delta": {"content": event.text}} if chat else {"text": event.text})
-                    elif event.text or wanted:
-                        logprobs = self._logprobs([event], chat, top) if wanted else None
-                        choice = {"index": index, "finish_reason": None, "logprobs": logprobs}
-                        choice.update({"delta": {"content": event.text}} if chat else {"text": event.text})
-                    else:
-                        continue
-                    yield _sse(api.envelope(kind, ident, self.name, [choice]))
-            if include_usage:
-                prompt_tokens = sum(len(job.ids) for job in jobs)
-                yield _sse(api.envelope(kind, ident, self.name, [],
-                                        {"usage": api.usage(prompt_tokens, completion_tokens, cached)}))
-            yield "data: [DONE]\n\n"
-        finally:  # also when the client disconnects: its rows are freed at the next step
-            for job in jobs:
-                job.cancelled = True
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone (its body was read already: only a disconnect can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
-
-
-def _sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def create_app(options: ServeOptions) -> Starlette:
@@ -230,48 +214,8 @@ def create_app(options: ServeOptions) -> Starlette:
         if server.engine is not None:  # after uvicorn's graceful shutdown: streams still open end now
             server.engine.stop()
 
-    async def refused(request: Request, exc: api.APIError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={api.APIError: refused})
-    app.add_middleware(_Guard, server=server)
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={api.APIError: refused, HTTPException: not_routed})
+    app.add_middleware(Guard, server=server, routes=ROUTES)  # outermost: it sees every request
+    app.state.server = server
     return app
-
-
-class _Guard:
-    """Pure ASGI middleware: the API key on /v1 routes, OpenAI's error object for every failure,
-    and one access-log line per request on stderr."""
-
-    def __init__(self, app, server: Server):
-        self.app, self.server = app, server
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start, status = time.perf_counter(), [0]
-
-        async def sending(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            self._authorize(scope)
-            await self.app(scope, receive, sending)
-        except api.APIError as exc:
-            headers = {"Retry-After": "1"} if exc.status == 503 else None
-            await JSONResponse(exc.body(), status_code=exc.status, headers=headers)(scope, receive, sending)
-        route = scope["path"] if scope["path"] in ROUTES else "other"  # a scan of paths never grows the metric
-        self.server.metrics.requests.labels(route, str(status[0])).inc()
-        sys.stderr.write(f"lmgen: {scope['method']} {scope['path']} {status[0]} "
-                         f"{(time.perf_counter() - start) * 1000:.0f} ms\n")
-
-    def _authorize(self, scope) -> None:
-        key = self.server.options.api_key
-        if not key or not scope["path"].startswith("/v1"):
-            return
-        given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
-            raise api.APIError(401, "invalid API key: send Authorization: Bearer <key>", kind="authentication_error",
-                               code="invalid_api_key")

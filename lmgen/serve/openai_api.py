@@ -1,16 +1,20 @@
 """OpenAI's request and response shapes: a request's fields into lmgen's settings, and the engine's
 events into completions, chunks and errors.
 
-Fields are read as the ``openai`` client sends them; unknown ones are ignored, and a field lmgen
-knows but cannot honour yet (``logprobs``, ``response_format``, ``tools``) is refused rather than
-silently dropped. ``response_format`` becomes lmgen's llguidance constraint (``json_object``: any JSON
-object; ``json_schema``: its schema); ``logprobs`` come from the same probabilities as
-``--show-probs``. Every bad value is an ``APIError``: a 400 with OpenAI's error object naming the
-field, never a 422 or a 500.
+A body is parsed within bounds (``parse_body``: JSON, an object, nested at most 64 deep, no
+integer of more than 100 digits), so that no body makes a 500. Fields are read as the ``openai``
+client sends them; unknown ones are ignored, and a field lmgen knows but cannot honour yet
+(``tools``, ``tool_choice``, ``functions``) is refused rather than silently dropped.
+``response_format`` becomes lmgen's llguidance constraint (``json_object``: any JSON object;
+``json_schema``: its schema, an object, always handed over as JSON text, never as a file's path);
+``logprobs`` come from the same probabilities as ``--show-probs``, with each token's own bytes.
+Every bad value is an ``APIError``: a 400 with OpenAI's error object naming the field, never a
+422 or a 500.
 """
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import time
@@ -22,6 +26,8 @@ from lmgen.engine.sampling import SamplingSettings
 from lmgen.errors import InputError
 
 UNSUPPORTED = ("tools", "tool_choice", "functions")
+MAX_DEPTH = 64  # arrays and objects within each other (a real request: under 10; a schema: under 30)
+MAX_DIGITS = 100  # of an integer (Python refuses over 4300 with a ValueError; a seed has 20)
 
 
 class APIError(Exception):
@@ -32,6 +38,54 @@ class APIError(Exception):
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+class _Unbounded(ValueError):
+    """A JSON value past a bound (its message says which)."""
+
+
+def _integer(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise _Unbounded(f"an integer of more than {MAX_DIGITS} digits")
+    return int(text)
+
+
+def _constant(name: str):
+    raise _Unbounded(f"{name} (not JSON)")
+
+
+def parse_body(data: bytes) -> dict:
+    """A request body as a JSON object within bounds, else a 400: not JSON, not an object, nested
+    deeper than MAX_DEPTH (the parser's own recursion limit, near 1000, stops a deeper one first),
+    an integer longer than MAX_DIGITS, NaN or Infinity."""
+    too_deep = APIError(400, f"the request body is nested more than {MAX_DEPTH} levels deep")
+    try:
+        body = json.loads(data, parse_int=_integer, parse_constant=_constant)
+    except RecursionError:
+        raise too_deep from None
+    except _Unbounded as exc:
+        raise APIError(400, f"the request body holds {exc}") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
+        raise APIError(400, "the request body is not valid JSON") from None
+    if _depth(body) > MAX_DEPTH:
+        raise too_deep
+    if not isinstance(body, dict):
+        raise APIError(400, "the request body must be a JSON object")
+    return body
+
+
+def _depth(value) -> int:
+    """How deep arrays and objects nest in a parsed value (a loop, not recursion; it stops
+    counting past MAX_DEPTH)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                break
+            stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -117,15 +171,20 @@ def _constraint(body: dict):
     if kind == "json_object":
         schema = {"type": "object"}
     elif kind == "json_schema" and isinstance(form.get("json_schema"), dict):
-        schema = form["json_schema"].get("schema", {})
+        schema = form["json_schema"].get("schema")
+        schema = {} if schema is None else schema  # none: any JSON
+        if not isinstance(schema, dict):  # a string would be taken for a file's path by --json-schema's rules
+            raise APIError(400, "'response_format.json_schema.schema' must be a JSON object", "response_format")
     else:
         raise APIError(400, "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
                        "{\"type\": \"json_schema\", \"json_schema\": {\"schema\": …}}", "response_format")
     from lmgen.engine.constraint import Constraint
     from lmgen.errors import EnvironmentFailure
 
-    try:
-        return Constraint.from_options(json_schema=json.dumps(schema))
+    try:  # the schema's own JSON text, never through from_options, which also reads files
+        constraint = Constraint("json_schema", json.dumps(schema))
+        constraint.check()
+        return constraint
     except EnvironmentFailure as exc:
         raise APIError(400, str(exc), "response_format") from None
     except InputError as exc:
@@ -197,19 +256,31 @@ def _logprob(p: float) -> float:
 
 
 def chat_logprobs(tokens: list, tokenizer, top: int) -> dict:
-    """OpenAI's chat shape: per token its text, logprob, UTF-8 bytes and the ``top`` likeliest."""
+    """OpenAI's chat shape: per token its text, logprob, bytes and the ``top`` likeliest. The
+    bytes are the token's own (a piece of a character shows as U+FFFD in ``token``, and only
+    ``bytes`` can put the character back together, as OpenAI's field is for)."""
     def entry(token_id: int, p: float) -> dict:
         text = tokenizer.decode([token_id], skip_special_tokens=False)
-        return {"token": text, "logprob": _logprob(p), "bytes": list(text.encode("utf-8"))}
+        return {"token": text, "logprob": _logprob(p), "bytes": list(tokenizer.token_bytes(token_id))}
 
     return {"content": [{**entry(t.id, t.prob), "top_logprobs": [entry(i, p) for i, p in t.top[:top]]}
                         for t in tokens]}
 
 
+def text_offsets(pieces: list[bytes]) -> list[int]:
+    """Where each token starts in the text, in characters: the characters its bytes complete
+    before it (a token inside a character starts where that character does)."""
+    decoder, offsets, done = codecs.getincrementaldecoder("utf-8")("replace"), [], 0
+    for piece in pieces:
+        offsets.append(done)
+        done += len(decoder.decode(piece))
+    return offsets
+
+
 def text_logprobs(tokens: list, tokenizer, top: int) -> dict:
     """The completions shape: tokens, their logprobs, the ``top`` likeliest of each, offsets."""
     texts = [tokenizer.decode([t.id], skip_special_tokens=False) for t in tokens]
-    offsets = [sum(len(x) for x in texts[:i]) for i in range(len(texts))]
+    offsets = text_offsets([tokenizer.token_bytes(t.id) for t in tokens])
     return {"tokens": texts, "token_logprobs": [_logprob(t.prob) for t in tokens],
             "top_logprobs": [{tokenizer.decode([i], skip_special_tokens=False): _logprob(p) for i, p in t.top[:top]}
                              for t in tokens], "text_offset": offsets}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from lmgen.errors import CheckpointError
@@ -39,6 +40,26 @@ class Tokenizer:
 
     def token_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The bytes one token stands for: its own, even where it is part of a character and
+        ``decode`` gives U+FFFD (see ``token_bytes``). An added token is its text."""
+        from lmgen.text.token_bytes import piece_bytes
+
+        added, kinds = self._spelling
+        if token_id in added:
+            return added[token_id].encode()
+        piece = self.backend.id_to_token(token_id)
+        raw = piece_bytes(piece, kinds) if piece is not None else None
+        return raw if raw is not None else self.decode([token_id], skip_special_tokens=False).encode()
+
+    @functools.cached_property
+    def _spelling(self) -> tuple[dict[int, str], frozenset[str]]:
+        """(added tokens' texts by id, the decoder's kinds): what ``token_bytes`` reads, once."""
+        from lmgen.text.token_bytes import decoder_kinds
+
+        added = {i: token.content for i, token in self.backend.get_added_tokens_decoder().items()}
+        return added, decoder_kinds(self.backend.decoder)
 
     def stream(self) -> "StreamDecoder":
         return StreamDecoder(self)
