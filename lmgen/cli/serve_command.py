@@ -12,7 +12,7 @@ import typer
 from lmgen.cli.app import app
 from lmgen.cli.common import prepare
 from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, THREADS_OPTION
-from lmgen.errors import EnvironmentFailure, InputError
+from lmgen.errors import EnvironmentFailure, InputError, LmgenError
 from lmgen.serve.origins import cors_origins as cors_origins_of
 from lmgen.serve.origins import is_loopback
 
@@ -82,7 +82,13 @@ def serve(
     server.on_fatal = lambda: os.kill(os.getpid(), signal.SIGTERM)  # from any thread: the same way out
     serve_forever(app, host, port, header_timeout=header_timeout, max_connections=max_connections,
                   drain_seconds=drain_seconds, on_signal=lambda: _stopping(server, drain_seconds))
+    if server.fatal is not None:  # the engine gave up: not a clean stop
+        raise server.fatal if isinstance(server.fatal, LmgenError) else EngineFailure(server.failed)
     sys.stderr.write("lmgen: stopped\n")
+
+
+class EngineFailure(Exception):
+    """The engine failed step after step (a bug: the CLI reports it as one and exits 1)."""
 
 
 def _stopping(server, drain_seconds: float) -> None:

@@ -59,6 +59,7 @@ class Server:
         self.name = options.model.rstrip("/").rsplit("/", 1)[-1]
         self.metrics = Metrics()
         self.replies: ReplyContext | None = None
+        self.fatal: BaseException | None = None  # what made the engine give up
         self.on_fatal = lambda: None  # set by the HTTP server: stop the process (the engine is gone)
         self.workers = ThreadPoolExecutor(4, "lmgen-prepare")  # templates and tokenization
         self.compilers = ThreadPoolExecutor(2, "lmgen-compile")  # constraints (a runaway one holds only these)
@@ -82,6 +83,7 @@ class Server:
     def _fatal(self, exc: BaseException) -> None:
         """The engine gave up (on its thread): /health says so, and the process is told to stop."""
         self.failed = f"the engine failed: {type(exc).__name__}: {exc}"
+        self.fatal = exc
         self.on_fatal()
 
     def drain(self) -> None:
