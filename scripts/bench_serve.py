@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lmgen.cli.remote import chunks  # noqa: E402
 
-EXE = str(Path(sys.executable).parent / "lmgen")
+EXE = os.environ.get("LMGEN_EXE") or str(Path(sys.executable).parent / "lmgen")  # LMGEN_EXE: another build
 
 
 def free_port() -> int:

@@ -216,6 +216,28 @@ def test_key_body_limit_and_a_full_server():
         assert served.stop() == 0  # SIGTERM: a clean exit
 
 
+def test_a_non_streamed_request_whose_client_leaves_frees_its_rows_and_a_wedge_is_refused():
+    """The README's "streaming or not": a client that hangs up on a non-streamed request frees its
+    row; n beyond the rows is a 400 at once, never a request that waits forever."""
+    served = Served("--max-batch", "1", "--queue", "4")
+    try:
+        body = json.dumps({"model": "m", "prompt": "Tell a long story.", "max_tokens": 2000, "temperature": 0})
+        with socket.create_connection(("127.0.0.1", served.port)) as sock:
+            sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                         f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
+            while rows_in_flight(served) != 1:  # it holds the only row
+                time.sleep(0.05)
+        deadline = time.monotonic() + 5  # closed: freed at the next step
+        while rows_in_flight(served) != 0:
+            assert time.monotonic() < deadline, "the row of a non-streamed request outlived its client"
+            time.sleep(0.05)
+        with pytest.raises(openai.BadRequestError, match="--max-batch"):
+            served.client().completions.create(model="m", prompt="Hi", max_tokens=2, n=2)
+        assert served.client().completions.create(model="m", prompt="Hi", max_tokens=2).choices
+    finally:
+        assert served.stop() == 0
+
+
 def test_response_format_json_schema_and_json_object(server):
     import jsonschema
 
