@@ -166,10 +166,11 @@ def test_a_second_chat_turn_reports_cached_tokens_and_the_same_text_as_a_cold_re
     ({"temperature": -1}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"n": 99}, "n"),
     ({"stop": [""]}, "stop"), ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"), ({"top_p": "high"}, "top_p"),
     ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"top_k": -1}, "top_k"), ({"repetition_penalty": 0}, "repetition_penalty"),
 ])
 def test_bad_fields_are_400_with_openais_error_object(server, fields, param):
     with pytest.raises(openai.BadRequestError) as raised:
-        server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], **fields)
+        server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], extra_body=fields)
     error = raised.value.body
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 

@@ -100,3 +100,11 @@ def test_token_bytes_of_whole_tokens(tmp_path):
     bytes_level = byte_level_tokenizer(tmp_path)
     assert bytes_level.token_bytes(bytes_level.token_id("<|endoftext|>")) == b"<|endoftext|>"
     assert bytes_level.token_bytes(bytes_level.token_id("\u0120")) == b" "  # Ġ: the space's byte-level spelling
+
+
+@pytest.mark.parametrize("fields, param", [({"stop": "\ud800"}, "stop"), ({"stop": ["ok", "\udcff"]}, "stop"),
+                                           ({"top_p": 2}, "top_p"), ({"min_p": -1}, "min_p")])
+def test_a_refused_sampling_field_is_named_in_param(fields, param):
+    with pytest.raises(api.APIError) as raised:
+        api.settings_of(fields, 100, chat=True)
+    assert raised.value.status == 400 and raised.value.param == param

@@ -125,6 +125,8 @@ def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], sett
             check_messages(prompt)
         if not prompt:
             raise InputError("the prompt is empty")
+        if isinstance(prompt, str):  # (messages are checked by check_messages)
+            utf8_text(prompt, "the prompt")
         ids = lm.encode_prompt(lm.prompt_text(prompt))
     if settings.truncate:
         ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)

@@ -90,6 +90,21 @@ class GuardedProtocol(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's own 400 for bytes h11 refuses — which may come mid-body, while the app is
+        already answering the request: the app is told its client is gone (its answer is
+        dropped, not a protocol error in the log), and the 400 goes out only if h11 still can
+        send one (not after a HEAD's answer, say); the connection closes either way."""
+        cycle = getattr(self, "cycle", None)
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        try:
+            super().send_400_response(msg)
+        except h11.LocalProtocolError:
+            pass
+        self.transport.close()
+
     def _arm(self) -> None:
         self.header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
 

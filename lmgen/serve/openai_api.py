@@ -142,8 +142,10 @@ def settings_of(body: dict, context: int, chat: bool) -> tuple[GenerationSetting
                                       num_samples=n, show_probs=_probabilities(body, chat),
                                       constraint=_constraint(body),
                                       lookup=_field(body, "lookup", int, 0, hint="an integer from 0 to 64"))
-    except InputError as exc:
-        raise APIError(400, str(exc), str(exc).split(" ")[0].replace("-", "_")) from None
+    except InputError as exc:  # the option's name leads the message ("top-p must be ..."; "a --stop string ...")
+        words = [w for w in str(exc).split(" ") if w.lstrip("-")[:1].isalpha()]
+        name = next((w.lstrip("-") for w in words if w.startswith("--")), words[0] if words else None)
+        raise APIError(400, str(exc), name.replace("-", "_") if name else None) from None
     return settings, bool(_field(body, "stream", bool, False, hint="true or false")), options
 
 
