@@ -132,6 +132,8 @@ def main() -> None:
             except OSError:
                 time.sleep(0.2)
         long_prompt = " ".join(f"w{i % 97}" for i in range(args.long // 2))
+        with post(url, {"prompt": long_prompt, "max_tokens": 1}) as response:
+            print(f"long prompt: {json.load(response)['usage']['prompt_tokens']} tokens", flush=True)
         rounds = []
         for r in range(args.rounds):
             result = long_prompt_round(url, args.streams, f"{r} {long_prompt}")

@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from lmgen.engine.batching import generate
 from lmgen.engine.engine import Engine, Job
 from lmgen.engine.events import Failed, Finished, Token
-from lmgen.engine.generation import PREFILL_CHUNK, GenerationSettings, load, prefill_chunks
+from lmgen.engine.generation import (
+    PREFILL_CHUNK,
+    PREFILL_WORK,
+    SMALLEST_PIECE,
+    GenerationSettings,
+    load,
+    piece_work,
+    prefill_chunks,
+)
 from lmgen.errors import InputError
 
 CONTEXT = 128  # the tiny model's
@@ -44,10 +52,14 @@ def drain(engine: Engine, limit: int = 10_000) -> list:
     raise AssertionError("the engine never emptied")
 
 
-def test_prefill_pieces_cover_the_prompt_from_its_first_uncached_token():
-    assert prefill_chunks(0, 1) == [(0, 1)]
-    assert prefill_chunks(5, 5 + 2 * PREFILL_CHUNK + 1) == [(5, 5 + PREFILL_CHUNK), (5 + PREFILL_CHUNK, 5 + 2 * PREFILL_CHUNK),
-                                                            (5 + 2 * PREFILL_CHUNK, 6 + 2 * PREFILL_CHUNK)]
+@given(st.integers(0, 8000), st.integers(1, 9000))
+def test_prefill_pieces_tile_the_prompt_and_bound_their_work(start, length):
+    pieces = prefill_chunks(start, start + length)
+    assert pieces[0][0] == start and pieces[-1][1] == start + length
+    assert all(b == c for (_, b), (c, _) in zip(pieces, pieces[1:]))  # contiguous, in order
+    for a, b in pieces:
+        assert 0 < b - a <= PREFILL_CHUNK
+        assert piece_work(a, b) <= PREFILL_WORK + PREFILL_CHUNK**2 or b - a <= SMALLEST_PIECE  # (the smallest, or the tail)
 
 
 def test_a_job_that_could_never_fit_is_refused_when_added(tiny_lm):
@@ -57,7 +69,7 @@ def test_a_job_that_could_never_fit_is_refused_when_added(tiny_lm):
     assert not engine.busy()
 
 
-@given(st.lists(prompts, min_size=1, max_size=5), st.integers(1, 4), st.sampled_from([1, 5, PREFILL_CHUNK, None]),
+@given(st.lists(prompts, min_size=1, max_size=5), st.integers(1, 4), st.sampled_from([1, 5000, PREFILL_WORK, None]),
        st.sets(st.integers(0, 4)), st.integers(1, 3))
 def test_greedy_text_is_the_prompt_alone_whatever_the_budget_and_neighbours(tiny_lm, ids_list, rows, budget,
                                                                             aborted, samples):
@@ -90,7 +102,7 @@ def test_greedy_text_is_the_prompt_alone_whatever_the_budget_and_neighbours(tiny
 
 def test_a_long_prompt_delays_running_rows_by_one_piece_per_step(tiny_lm):
     settings = GenerationSettings(max_new_tokens=40)
-    engine = Engine(tiny_lm, 3, prefill_budget=PREFILL_CHUNK // 4)
+    engine = Engine(tiny_lm, 3, prefill_budget=1)  # one piece per step
     short = engine.add(Job(ids=[1, 2, 3], settings=settings))
     while not any(isinstance(e, Token) for e in engine.step()):
         pass

@@ -4,6 +4,8 @@ import dataclasses
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from conftest import save_tiny
 
 import lmgen
@@ -222,3 +224,24 @@ def test_records_are_built_without_the_cli_libraries():
 
     code = "import sys, lmgen.engine.records; print(any(m in sys.modules for m in ('typer', 'rich')))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@given(st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=100, max_size=700))
+@settings(max_examples=40, deadline=None)
+def test_a_prompt_refused_by_its_size_could_never_have_fit(lm, text):
+    """refuse_what_cannot_fit is sound: what it refuses untokenized has at least the context's
+    tokens, and what it lets through is tokenized as before."""
+    from lmgen.engine.generation import PromptTooLong, refuse_what_cannot_fit
+
+    try:
+        refuse_what_cannot_fit(lm, text)
+    except PromptTooLong:
+        assert len(lm.encode_prompt(text)) >= lm.config.max_context
+
+
+def test_a_huge_prompt_is_refused_before_it_is_tokenized(lm, monkeypatch):
+    from lmgen.engine.generation import PromptTooLong, prompt_ids_for
+
+    monkeypatch.setattr(type(lm), "encode_prompt", lambda *a: pytest.fail("tokenized"))
+    with pytest.raises(PromptTooLong, match="bytes, more than the context window"):
+        prompt_ids_for(lm, "word " * 200_000, GenerationSettings())

@@ -4,10 +4,11 @@
 A ``Job`` is a prompt's token ids with its settings and its number of samples. ``add`` puts it
 in the waiting queue (one that could never fit in the rows is refused at once); each ``step``
 admits waiting jobs in order while their samples fit in free rows, prefills at most
-``prefill_budget`` prompt tokens (in the prompt's own pieces, ``generation.prefill_chunks``, so a
-prompt's bits never depend on its neighbours), and decodes one token for every row whose prompt
-is prefilled, with one ``Decoder.decode_step`` that reads each weight once for all of them. A
-long prompt so delays the other rows by one piece per step, not by its whole length. Each row
+``prefill_budget`` work (``generation.piece_work``) in the prompt's own pieces
+(``generation.prefill_chunks``, so that a prompt's bits never depend on its neighbours), and
+decodes one token for every row whose prompt is prefilled, with one ``Decoder.decode_step``
+that reads each weight once for all of them. A long prompt so delays the other rows by one
+piece per step, not by its whole length. Each row
 has its own position, sampler (seeded per sample), token history, detokenizer, stop strings and
 constraint matcher, and decodes exactly as it would alone. ``generate_many`` drives an engine
 from an iterable, the server's engine thread from its requests.
@@ -29,6 +30,7 @@ from lmgen.engine.generation import (
     LanguageModel,
     GenerationSettings,
     SampleText,
+    piece_work,
     prefill_chunks,
     probabilities,
     require_finite,
@@ -108,7 +110,7 @@ class Engine:
             raise InputError(f"batch-size must be >= 1, got {max_rows}")
         self.lm, self.model = lm, lm.model
         self.prefix_cache = prefix_cache
-        self.prefill_budget = prefill_budget  # prompt tokens per step (None: every admitted prompt whole)
+        self.prefill_budget = prefill_budget  # prefill work per step (piece_work; None: every admitted prompt whole)
         self.rows: list[Row | None] = [None] * max_rows
         self.waiting: deque[tuple[int, Job]] = deque()
         self.prefilling: deque[Prefill] = deque()
@@ -210,14 +212,15 @@ class Engine:
         while self.prefilling:
             fill = self.prefilling[0]
             start, end = fill.pieces[0]
-            if left is not None and end - start > left and left < self.prefill_budget:
+            work = piece_work(start, end)
+            if left is not None and work > left and left < self.prefill_budget:
                 return
             row = self.rows[fill.slots[0]]
             tokens = torch.tensor([row.prompt_ids[start:end]], device=self.model.device)
             logits = self.forward(tokens, start, self.cache.row(fill.slots[0]), last_only=True)[:, -1]
             fill.pieces.popleft()
             if left is not None:
-                left -= end - start
+                left -= work
             if not fill.pieces:
                 self.prefilling.popleft()
                 yield from self._start(fill, logits)

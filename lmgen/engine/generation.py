@@ -57,16 +57,31 @@ def keep_end(prompt_ids: list[int], context: int, max_new_tokens: int) -> list[i
     return prompt_ids[-room:]
 
 
-PREFILL_CHUNK = 64  # prompt tokens per forward pass of a prefill (see prefill_chunks)
+PREFILL_CHUNK = 64  # prompt tokens per prefill piece at most
+PREFILL_WORK = PREFILL_CHUNK * 1024  # a piece's work at most, as piece_work counts it
+SMALLEST_PIECE = 16  # (the matrix unit's rows: smaller pieces would waste its tiles)
 
 
-def prefill_chunks(start: int, end: int, chunk: int = PREFILL_CHUNK) -> list[tuple[int, int]]:
-    """The pieces [a, b) in which positions start..end of a prompt are prefilled: ``chunk`` tokens
-    each from ``start`` (the first not already cached). Every path cuts a prompt the same way —
-    alone, batched, served, whatever its neighbours — because a pass over other pieces computes
-    other bits (attention and matmuls add in another order); so the text does not depend on them.
-    The server prefills one piece per step between its streams' decode steps."""
-    return [(a, min(a + chunk, end)) for a in range(start, end, chunk)]
+def piece_work(start: int, end: int) -> int:
+    """The work of prefilling positions start..end: tokens × keys they attend over, counted as at
+    least 1,024 keys (below that the projections cost more than attention)."""
+    return (end - start) * max(end, 1024)
+
+
+def prefill_chunks(start: int, end: int) -> list[tuple[int, int]]:
+    """The pieces [a, b) in which positions start..end of a prompt are prefilled: 64 tokens from
+    ``start`` (the first not already cached), fewer past position 1,024 (down to 16), so that a
+    piece's work stays about PREFILL_WORK however many keys it attends over. Every path cuts a
+    prompt the same way — alone, batched, served, whatever its neighbours — because a pass over
+    other pieces computes other bits (attention and matmuls add in another order); so the text
+    does not depend on them. The server prefills about one piece's work per step between its
+    streams' decode steps."""
+    pieces, a = [], start
+    while a < end:
+        size = max(SMALLEST_PIECE, min(PREFILL_CHUNK, PREFILL_WORK // max(a, 1024)))
+        pieces.append((a, min(a + size, end)))
+        a += size
+    return pieces
 
 
 def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSettings,
@@ -108,6 +123,20 @@ def is_token_ids(prompt) -> bool:
     return isinstance(prompt, list) and bool(prompt) and all(type(i) is int for i in prompt)
 
 
+def refuse_what_cannot_fit(lm: LanguageModel, text: str) -> None:
+    """A text with more bytes than the context's tokens could stand for, each as long as the
+    longest, is refused before it is tokenized (a 1 MB prompt costs a second of tokenizer
+    time otherwise, and a server holds up its other work meanwhile)."""
+    context = lm.config.max_context
+    if len(text) <= context:  # (characters: at most its bytes, so none can be ruled out yet)
+        return
+    size = len(text.encode("utf-8"))
+    if size > context * lm.longest_token_bytes:
+        raise PromptTooLong(f"the prompt has {size} bytes, more than the context window's {context} tokens can "
+                            f"hold (at most {lm.longest_token_bytes} bytes each); shorten it or pass --truncate "
+                            "to keep its end")
+
+
 def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], settings: GenerationSettings) -> list[int]:
     """Token ids of the prompt: text, messages rendered with the model's chat template, or token
     ids (each checked to be in the vocabulary). Any of them empty is refused."""
@@ -127,7 +156,10 @@ def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], sett
             raise InputError("the prompt is empty")
         if isinstance(prompt, str):  # (messages are checked by check_messages)
             utf8_text(prompt, "the prompt")
-        ids = lm.encode_prompt(lm.prompt_text(prompt))
+        text = lm.prompt_text(prompt)
+        if not settings.truncate:
+            refuse_what_cannot_fit(lm, text)
+        ids = lm.encode_prompt(text)
     if settings.truncate:
         ids = keep_end(ids, lm.config.max_context, settings.max_new_tokens)
     check_fits(ids, lm.config.max_context)

@@ -48,6 +48,12 @@ class LanguageModel:
         """A prompt as text: messages rendered with the chat template, text as it is."""
         return prompt if isinstance(prompt, str) else self.chat_template.render(prompt)
 
+    @cached_property
+    def longest_token_bytes(self) -> int:
+        """The most bytes any one token stands for (0.15 s for 49k tokens, once)."""
+        tokenizer = self.tokenizer
+        return max((len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)), default=1) or 1
+
     def encode_prompt(self, text: str) -> list[int]:
         """Token ids of a prompt, with the special tokens the tokenizer adds (a BOS) unless the
         text already begins with them, as a rendered chat template does."""

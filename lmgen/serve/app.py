@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from lmgen.engine.constraint import compiled
 from lmgen.engine.engine import Job
-from lmgen.engine.generation import PREFILL_CHUNK, PromptTooLong, prompt_ids_for
+from lmgen.engine.generation import PREFILL_WORK, PromptTooLong, prompt_ids_for
 from lmgen.errors import InputError, LmgenError
 from lmgen.serve import openai_api as api
 from lmgen.serve import replies
@@ -70,7 +70,7 @@ class Server:
         try:
             self.lm = load(self.options.model, dtype=self.options.dtype, device=self.options.device)
             self.engine = EngineThread(self.lm, self.options.max_batch, self.options.queue,
-                                       self.options.prefix_cache_mib << 20, PREFILL_CHUNK, self._fatal)
+                                       self.options.prefix_cache_mib << 20, PREFILL_WORK, self._fatal)
             self.replies = ReplyContext(self.name, self.lm.tokenizer, self.metrics)
             self.metrics.watch(self.engine)
             for note in self.lm.notes:
