@@ -134,6 +134,7 @@ def main() -> None:
         long_prompt = " ".join(f"w{i % 97}" for i in range(args.long // 2))
         with post(url, {"prompt": long_prompt, "max_tokens": 1}) as response:
             print(f"long prompt: {json.load(response)['usage']['prompt_tokens']} tokens", flush=True)
+        time_to_first_token(url, "warm-up " + long_prompt)  # (a fresh server's first long prompt runs slower)
         rounds = []
         for r in range(args.rounds):
             result = long_prompt_round(url, args.streams, f"{r} {long_prompt}")
