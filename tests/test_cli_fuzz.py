@@ -25,7 +25,8 @@ NUMBERS = ["0", "1", "-1", "2", "1e39", "-1e39", "1e-45", "nan", "inf", "-inf", 
            "", "x", "1e308", "-0", "4294967296", "18446744073709551616"]
 SCHEMAS = ["true", "false", "{}", "[]", "null", "1", '"s"', '{"type": "string"}', '{"type": "object", "properties": '
            '{"a": {"type": "integer"}}, "required": ["a"]}', '{"enum": []}', '{"type": "number", "minimum": 5, '
-           '"maximum": 1}', '{"type": ', '{"$ref": "#/nope"}', '{"type": "string", "pattern": "["}']
+           '"maximum": 1}', '{"type": ', '{"$ref": "#/nope"}', '{"type": "string", "pattern": "["}',
+           '{"const": "\\ud800"}', '{"enum": ["a\\udfffb"]}', "[" * 5000 + "]" * 5000]
 REGEXES = ["a", "[^\\s\\S]", "(", "a{99999}", "\\", "[a-z]+", "(?i)x", "^$", ".*", "a|", "[", "\\p{L}+", "x{2,1}"]
 
 
@@ -58,12 +59,15 @@ def options(rng: random.Random, count: int) -> list[str]:
 def json_record(rng: random.Random) -> bytes:
     record = {"id": rng.choice([1, "a", 1.0, None, [1], True, 2**70, random_text(rng, 3)]),
               "prompt": rng.choice([random_text(rng, rng.randrange(0, 20)), [], [1, 2, 3], [{"role": "user",
-                                    "content": "hi"}], {"a": 1}, 5, [300, -1]]),
+                                    "content": "hi"}], {"a": 1}, 5, [300, -1], "a\ud800", [{"role": "user",
+                                    "content": "\udfff"}]]),
               "max_new_tokens": rng.choice([1, 0, -1, "2", 2.5, None, 3]),
               "seed": rng.choice([0, -1, 2**64, "1", 7])}
     for key in rng.sample(list(record), rng.randrange(0, 3)):
         del record[key]
-    text = json.dumps(record).encode()
+    if rng.random() < 0.05:  # nested far past any parser's recursion limit
+        return b"[" * 100_000 + b"]" * 100_000
+    text = json.dumps(record).encode()  # (a lone surrogate becomes its \\u escape: valid JSON, no valid text)
     return text if rng.random() < 0.8 else random_bytes(rng, rng.randrange(1, 30))
 
 

@@ -171,3 +171,24 @@ def test_each_line_truncate_keeps_the_end_of_an_overlong_line(cli, tiny_dir):
     prompts = [json.loads(line)["prompt"] for line in result.stdout.decode().splitlines()]
     assert len(prompts) == 2 and prompts[0].endswith("abEND") and prompts[1] == "next"
     assert len(prompts[0].encode()) <= 128 * 256
+
+
+@pytest.mark.parametrize("line", ['{"prompt": "\\ud800"}', '{"prompt": "hi", "system": "\\udfff"}',
+                                  '{"id": "\\ud800", "prompt": "hi"}',
+                                  '{"prompt": [{"role": "user", "content": "\\ud800"}]}',
+                                  "[" * 100_000 + "]" * 100_000])
+def test_batch_refuses_a_line_no_text_can_hold_before_dir_is_made(cli, tiny_dir, tmp_path, line):
+    """A lone surrogate escape or a record nested 100,000 deep on line 2: exit 2 naming the
+    file and line, before DIR exists (so line 1's work is never half-written)."""
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "fine"}\n' + line + "\n")
+    result = cli("batch", str(source), "--out", str(tmp_path / "out"), "-m", str(tiny_dir), "-n", "2")
+    assert_one_line_error(result, 2, r"in\.jsonl:2")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("schema", ['{"const": "\\ud800"}', '{"properties": {"\\udc00": {}}}',
+                                    '{"enum": ["ok", "\\udbff"]}'])
+def test_a_schema_holding_a_lone_surrogate_is_refused(cli, tiny_dir, schema):
+    result = cli("generate", "-m", str(tiny_dir), "-n", "2", "--json-schema", schema, "hi")
+    assert_one_line_error(result, 2, "--json-schema holds a string that is not valid UTF-8")

@@ -92,6 +92,8 @@ def _json_line(line: str, path: Path, number: int) -> dict:
         record = json.loads(line)
     except ValueError as exc:
         raise InputError(f"{path}:{number} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise InputError(f"{path}:{number} is nested too deep to be a record") from None
     if not isinstance(record, dict):
         raise InputError(f"{path}:{number} must be a JSON object with a \"prompt\"")
     return record

@@ -17,6 +17,7 @@ from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel,
 from lmgen.engine.records import summary
 from lmgen.errors import InputError
 from lmgen.text.chat import check_messages
+from lmgen.text.utf8 import utf8_text
 
 FIELDS = {"id": (str, int), "prompt": (str, list), "system": (str,), "max_new_tokens": (int,), "seed": (int,),
           "index": (int,)}
@@ -36,6 +37,9 @@ def check_record(record: dict) -> None:
     prompt = record["prompt"]
     if not prompt:
         raise InputError("the prompt is empty")
+    for key in ("prompt", "system", "id"):  # text that reaches the tokenizer or the output record
+        if isinstance(record.get(key), str):
+            utf8_text(record[key], f"field {key!r}")
     if isinstance(prompt, list) and not is_token_ids(prompt):
         check_messages(prompt)
     if record.get("max_new_tokens", 1) < 1:

@@ -11,6 +11,7 @@ grammar is satisfied and nothing more can follow (``Matcher.stopped``).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -74,6 +75,10 @@ class Constraint:
                 raise InputError("--json-schema must be a JSON object (or true or false)")
             if schema is False:
                 raise InputError("--json-schema false accepts no output at all")
+            try:  # an escaped lone surrogate ("\ud800") parses, but no text can hold it
+                json.dumps(schema, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputError("--json-schema holds a string that is not valid UTF-8 (a lone surrogate)") from None
             return LLMatcher.grammar_from_json_schema({} if schema is True else schema, defaults=JSON_OPTIONS)
         if self.kind == "regex":
             return LLMatcher.grammar_from_regex(self.text)
