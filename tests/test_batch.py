@@ -80,7 +80,7 @@ def test_batch_gives_the_records_of_each_line_and_resumes(inputs, each_line, tmp
     assert {k: without_timing(v) for k, v in read_out(out).items()} == {k: without_timing(v) for k, v in records.items()}
 
     other = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "13")
-    assert_one_line_error(other, 2, r"other settings \(settings differ\)")
+    assert_one_line_error(other, 2, r"other settings \(settings\.max_new_tokens: 12 then, 13 now\)")
 
 
 def test_jsonl_input_with_ids_and_fields_of_its_own(tmp_path, default_lm):
@@ -244,3 +244,47 @@ def test_out_naming_a_file_is_bad_usage(tiny_dir, cli, tmp_path):
     out.write_text("mine")
     assert_one_line_error(cli("batch", str(src), "--out", str(out), "-m", str(tiny_dir)), 2, "is not a directory")
     assert out.read_text() == "mine"
+
+
+def test_a_second_run_on_the_same_out_is_refused_naming_the_first(tiny_dir, cli, tmp_path):
+    from lmgen.cli.batch_job import lock_out
+
+    source, out = tmp_path / "in.txt", tmp_path / "out"
+    source.write_text("one\ntwo\n")
+    assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0
+    held = lock_out(out)  # another run holds DIR (an flock: another open file of this process counts too)
+    try:
+        result = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2")
+        assert_one_line_error(result, 2, rf"in use by another lmgen batch \(pid {os.getpid()}\)")
+    finally:
+        held.close()  # the holder ends: its lock goes with it, never stale
+    assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0
+
+
+def test_an_edited_input_is_refused_naming_the_changed_record(tiny_dir, cli, tmp_path):
+    source, out = tmp_path / "in.jsonl", tmp_path / "out"
+    source.write_text('{"id": "a", "prompt": "one"}\n{"id": "b", "prompt": "two"}\n')
+    assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0
+    source.write_text('{"id": "a", "prompt": "one, edited"}\n{"id": "b", "prompt": "two"}\n{"id": "c", "prompt": "3"}\n')
+    result = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2")
+    assert_one_line_error(result, 2, r'record\(s\) "a" changed since')
+    source.write_text('{"id": "a", "prompt": "one"}\n{"id": "b", "prompt": "two"}\n{"id": "c", "prompt": "3"}\n')
+    assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0  # added: fine
+    assert sorted(read_out(out)) == ["a", "b", "c"] and read_out(out)["a"]["prompt"] == "one"
+
+
+def test_a_manifest_left_half_written_does_not_block_the_rerun(tiny_dir, cli, tmp_path):
+    source, out = tmp_path / "in.txt", tmp_path / "out"
+    source.write_text("one\n")
+    out.mkdir()
+    (out / "._manifest.json.partial").write_text('{"inp')  # a full disk, or a kill, mid-write
+    assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0
+    assert not (out / "._manifest.json.partial").exists() and len(read_out(out)) == 1
+
+
+def test_other_settings_are_named_with_both_values(tiny_dir, cli, tmp_path):
+    source, out = tmp_path / "in.txt", tmp_path / "out"
+    source.write_text("one\n")
+    assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0
+    result = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "3")
+    assert_one_line_error(result, 2, r"other settings \(settings\.max_new_tokens: 2 then, 3 now\)")

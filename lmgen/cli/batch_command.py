@@ -47,6 +47,7 @@ def batch(
         check_input,
         fingerprint,
         finish,
+        lock_out,
         pending,
         prepare_out,
         read_all,
@@ -68,6 +69,7 @@ def batch(
     every = read_all(input, seed)  # the whole input checked before DIR is made or a prompt generated
     job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system)
     prepare_out(out, job)
+    held = lock_out(out)  # until the job is done (or this process ends)
     records, skipped = pending(every, out)
     if skipped:
         sys.stderr.write(f"lmgen: {skipped} record(s) already in {out}; {len(records)} to go\n")
@@ -82,3 +84,4 @@ def batch(
     summary = finish(out, written.records, skipped, time.perf_counter() - start, written.tokens)
     sys.stderr.write(f"lmgen: {summary['records_written']} record(s) written to {out} in {summary['seconds']:.1f} s "
                      f"({summary['tokens_per_s']:.1f} tokens/s); {summary['records_total']} in all\n")
+    held.close()

@@ -28,7 +28,7 @@ from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import regular_file
 from lmgen.text.utf8 import BOM
 
-MANIFEST, SUCCESS = "_manifest.json", "_SUCCESS"
+MANIFEST, SUCCESS, INPUTS, LOCK = "_manifest.json", "_SUCCESS", "_inputs.json", ".lock"
 PART_SUFFIXES = (".jsonl", ".json")  # ours, and Ray's write_json
 
 
@@ -155,7 +155,10 @@ def fingerprint(path: Path) -> str:
 
 
 def prepare_out(out: Path, job: Job) -> None:
-    """DIR made (with its manifest) on the first run; on later ones, the manifest must match."""
+    """DIR made (with its manifest) on the first run; on later ones, the manifest must match.
+    Staging files a run killed while writing left behind are removed first."""
+    for stale in out.glob("._*.partial") if out.is_dir() else ():
+        stale.unlink(missing_ok=True)
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
@@ -163,16 +166,76 @@ def prepare_out(out: Path, job: Job) -> None:
         except ValueError:
             before = None
         if before != job.describe():
-            changed = sorted(k for k in job.describe() if not isinstance(before, dict) or before.get(k) != job.describe()[k])
-            raise InputError(f"{out} holds records made with other settings ({', '.join(changed) or 'manifest'} "
-                             "differ); use another --out, or remove it to start again")
+            raise InputError(f"{out} holds records made with other settings ({_differences(before, job.describe())}); "
+                             "use another --out, or remove it to start again")
         return
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is not a directory")
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != LOCK for p in out.iterdir()):
         raise InputError(f"{out} is not empty and has no {MANIFEST}: not a batch output directory")
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(manifest, json.dumps(job.describe(), indent=1, ensure_ascii=False) + "\n")
+
+
+def _differences(before, now: dict) -> str:
+    """Each setting that differs, with the value DIR was made with and the value asked now."""
+    if not isinstance(before, dict):
+        return "its manifest is unreadable"
+    before, now = _flat(before), _flat(now)
+    shown = lambda value: json.dumps(value, ensure_ascii=False)[:80]  # noqa: E731
+    return "; ".join(f"{k}: {shown(before.get(k))} then, {shown(now.get(k))} now" for k in sorted(set(before) | set(now))
+                     if before.get(k) != now.get(k)) or "manifest"
+
+
+def _flat(value: dict, prefix: str = "") -> dict:
+    """{"settings": {"seed": 1}} as {"settings.seed": 1}."""
+    out = {}
+    for key, item in value.items():
+        name = f"{prefix}{key}"
+        out.update(_flat(item, name + ".") if isinstance(item, dict) else {name: item})
+    return out
+
+
+def lock_out(out: Path):
+    """DIR locked for this run (an open file; the lock goes with the process, so a dead run's
+    is never stale); a second run on it is refused, naming the first's pid."""
+    import fcntl
+
+    handle = open(out / LOCK, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise InputError(f"{out} is in use by another lmgen batch (pid {holder}); wait for it to end, "
+                         "or use another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def check_unchanged(records: list[dict], out: Path) -> None:
+    """Records already in DIR must come from the same input records as now (INPUTS keeps a
+    digest of each, by id): an edited or moved line is refused, naming its id, never left stale."""
+    path, done = out / INPUTS, done_ids(out)
+    try:
+        known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        known = {}
+    now = {id_key(record["id"]): _digest(record) for record in records}
+    changed = [key for key, digest in now.items() if key in done and known.get(key, digest) != digest]
+    if changed:
+        raise InputError(f"the input of record(s) {', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''} "
+                         f"changed since {out} holds their output; use another --out, or remove it to start again")
+    kept = {key: digest for key, digest in known.items() if key in done and key not in now}
+    _write_atomic(path, json.dumps({**kept, **now}, ensure_ascii=False) + "\n")
+
+
+def _digest(record: dict) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -234,7 +297,8 @@ def read_all(path: Path, seed: int | None) -> list[dict]:
 
 
 def pending(records: list[dict], out: Path) -> tuple[list[dict], int]:
-    """(the records not yet in DIR, how many are)."""
+    """(the records not yet in DIR, how many are); an edited input is refused (check_unchanged)."""
+    check_unchanged(records, out)
     done = done_ids(out)
     todo = [record for record in records if id_key(record["id"]) not in done]
     return todo, len(records) - len(todo)
