@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lmgen.errors import InputError, LmgenError
-from lmgen.formats.files import regular_file
+from lmgen.formats.files import not_special, regular_file, staged_file
 from lmgen.text.utf8 import BOM
 
 MANIFEST, SUCCESS, INPUTS, LOCK = "_manifest.json", "_SUCCESS", "_inputs.json", ".lock"
@@ -111,6 +111,10 @@ def done_ids(out: Path) -> set[str]:
     for part in sorted(out.iterdir()) if out.is_dir() else ():
         if part.suffix not in PART_SUFFIXES or part.name.startswith(("_", ".")):
             continue
+        try:
+            regular_file(part, "a part file")  # a FIFO there would hang the rerun
+        except LmgenError as exc:
+            raise InputError(str(exc)) from None
         _drop_partial_line(part)
         with open(part, "rb") as stream:
             for number, line in enumerate(stream, 1):
@@ -159,6 +163,8 @@ def prepare_out(out: Path, job: Job) -> None:
     Staging files a run killed while writing left behind are removed first."""
     for stale in out.glob("._*.partial") if out.is_dir() else ():
         stale.unlink(missing_ok=True)
+    for name in (MANIFEST, SUCCESS, INPUTS, LOCK):  # before any work: none may be a FIFO or a device
+        not_special(out / name)
     manifest = out / MANIFEST
     if manifest.is_file():
         try:
@@ -201,6 +207,7 @@ def lock_out(out: Path):
     is never stale); a second run on it is refused, naming the first's pid."""
     import fcntl
 
+    not_special(out / LOCK)
     handle = open(out / LOCK, "a+", encoding="utf-8")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -239,9 +246,9 @@ def _digest(record: dict) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text, encoding="utf-8")
-    os.replace(partial, path)
+    """Written aside and renamed into place; never over anything but a regular file."""
+    with staged_file(path, force=True, parents=False) as stage:
+        stage.write_text(text, encoding="utf-8")
 
 
 def new_part(out: Path) -> Path:

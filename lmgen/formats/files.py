@@ -5,7 +5,10 @@ Every file lmgen reads from a checkpoint directory goes through ``regular_file``
 or a device in its place would block ``open`` or never end. JSON is parsed with the errors a
 hostile file can cause (bad UTF-8, deep nesting) turned into one ``CheckpointError`` naming the
 file. ``staged_directory`` writes a whole directory beside its target and renames it into place;
-``staged_file`` does the same for one file.
+``staged_file`` does the same for one file. What lmgen writes for a user goes through them (quantize,
+convert, setup, chat's /save and history), and both refuse a target that exists and is not what they
+would put there (``check_file_target``, ``check_directory_target``), ``--force`` or not: renaming over
+a FIFO or a device replaces it (as root, /dev/null itself).
 """
 
 from __future__ import annotations
@@ -94,10 +97,7 @@ def staged_directory(target: Path, force: bool = False):
     import tempfile
 
     target = Path(target)
-    if target.exists() and not target.is_dir():
-        raise InputError(f"{target} exists and is not a directory")
-    if target.is_dir() and not is_empty_dir(target) and not force:
-        raise InputError(f"{target} is not empty; pass --force to replace it")
+    check_directory_target(target, force)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
@@ -105,6 +105,7 @@ def staged_directory(target: Path, force: bool = False):
         raise EnvironmentFailure(f"cannot write to {target.parent}: {exc.strerror}") from None
     try:
         yield stage
+        check_directory_target(target, force=True)  # again: it may have changed while stage was written
         _swap_in(stage, target, force)
     except OSError as exc:
         raise EnvironmentFailure(f"cannot write {target}: {exc.strerror}") from None
@@ -113,29 +114,30 @@ def staged_directory(target: Path, force: bool = False):
 
 
 @contextmanager
-def staged_file(target: Path, force: bool = False):
+def staged_file(target: Path, force: bool = False, parents: bool = True):
     """Yield a fresh path beside ``target`` to write; on success it is renamed to ``target``.
 
-    ``target`` must not exist unless ``force``. On any failure (or Ctrl-C) the staged file is
-    removed and ``target`` is left as it was, so no reader ever sees half a file; of two writers
-    at once without ``force``, exactly one wins (``renameat2`` with ``RENAME_NOREPLACE``).
+    ``target`` must not exist unless ``force``, and is never anything but a regular file
+    (``check_file_target``). On any failure (or Ctrl-C) the staged file is removed and ``target``
+    is left as it was, so no reader ever sees half a file; of two writers at once without
+    ``force``, exactly one wins (``renameat2`` with ``RENAME_NOREPLACE``). ``parents``: make
+    missing directories above ``target`` (else their absence is the machine's refusal).
     """
     import secrets
 
     target = Path(target)
-    if target.is_dir():
-        raise InputError(f"{target} is a directory; name the file to write")
-    if os.path.lexists(target) and not force:
-        raise InputError(f"{target} exists; pass --force to replace it")
+    check_file_target(target, force)
     stage = target.parent / f".{target.name}.{secrets.token_hex(4)}.partial"
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if parents:
+            target.parent.mkdir(parents=True, exist_ok=True)
         os.close(os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as umask allows
     except OSError as exc:
         raise EnvironmentFailure(f"cannot write to {target.parent}: {exc.strerror}") from None
     try:
         yield stage
         if force:
+            not_special(target)  # again: it may have changed while stage was written
             os.replace(stage, target)
         elif not _rename(stage, target, RENAME_NOREPLACE):
             raise InputError(f"{target} exists; pass --force to replace it (another writer finished first)")
@@ -143,6 +145,58 @@ def staged_file(target: Path, force: bool = False):
         raise EnvironmentFailure(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         stage.unlink(missing_ok=True)
+
+
+def check_file_target(target: Path, force: bool = False) -> None:
+    """What ``staged_file`` refuses, checked before any work (a command calls it before it reads
+    a model, to fail fast): a directory, anything else that is not a regular file, and an
+    existing file without ``force`` (InputError: exit 2)."""
+    target = Path(target)
+    if target.is_dir():
+        raise InputError(f"{target} is a directory; name the file to write")
+    not_special(target)
+    if os.path.lexists(target) and not force:
+        raise InputError(f"{target} exists; pass --force to replace it")
+
+
+def check_directory_target(target: Path, force: bool = False) -> None:
+    """What ``staged_directory`` refuses, checked before any work: anything but a directory
+    (following links), and a non-empty one without ``force`` (InputError: exit 2)."""
+    target = Path(target)
+    kind = _kind(target)
+    if kind is not None and kind != "a directory":
+        raise InputError(f"{target} exists and is {kind}, not a directory; lmgen writes only directories there")
+    if kind is not None and not force and not is_empty_dir(target):
+        raise InputError(f"{target} is not empty; pass --force to replace it")
+
+
+def not_special(target: Path) -> None:
+    """Refuse a write target that exists (following links) and is not a regular file: a FIFO
+    would block, and renaming over a device replaces it (``--force`` or not: InputError)."""
+    kind = _kind(Path(target))
+    if kind is not None and kind != "a regular file":
+        raise InputError(f"{target} exists and is {kind}, not a regular file; lmgen writes only regular files")
+
+
+KINDS = ((stat.S_ISREG, "a regular file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+         (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(path: Path) -> str | None:
+    """What ``path`` is, following links ("a link to …" for one), or None if nothing is there
+    (a dangling link included: renaming over it replaces only the link)."""
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a loop of symbolic links"
+        raise EnvironmentFailure(f"cannot check {path}: {exc.strerror}") from None
+    except ValueError:  # a NUL in the name (only from the library: argv cannot hold one)
+        raise InputError(f"{path!r} is not a valid path") from None
+    kind = next((name for test, name in KINDS if test(mode)), "not a regular file")
+    return f"a link to {kind}" if kind != "a regular file" and kind != "a directory" and path.is_symlink() else kind
 
 
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2  # renameat2's flags (Linux 3.15+)

@@ -32,7 +32,7 @@ from gguf.quants import dequantize
 from gguf.quants import quantize as gguf_quantize
 
 from lmgen.errors import CheckpointError, InputError
-from lmgen.formats.files import staged_file
+from lmgen.formats.files import check_file_target, staged_file
 from lmgen.formats.gguf.writer import Planned
 
 TYPES = ("q8_0", "q4_0", "q4_1", "q5_0", "q5_1")  # --type: the block formats the gguf library writes
@@ -88,6 +88,7 @@ def quantize(src: str | Path, out: str | Path, type_name: str, force: bool = Fal
     from lmgen.formats.gguf.vocab import quiet_gguf
 
     base = parse_type(type_name)
+    check_file_target(Path(out), force)  # before SRC is read: a bad OUT fails fast
     with quiet_gguf():
         writer, plan = source_plan(Path(src), file_type(base))
         tied = all(p.name != "output.weight" for p in plan)

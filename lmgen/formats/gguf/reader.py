@@ -23,7 +23,7 @@ import numpy as np
 from lmgen.config import layout
 from lmgen.config.model_config import LIMITS, ModelConfig
 from lmgen.errors import CheckpointError
-from lmgen.formats.files import staged_directory
+from lmgen.formats.files import check_directory_target, staged_directory
 from lmgen.formats.gguf.arch import (
     ARCHS,
     ROPE_TENSORS,
@@ -201,6 +201,7 @@ def convert_gguf(src: str | Path, out: str | Path, force: bool = False) -> Model
     from lmgen.formats.hf_config import from_hf
 
     src, out = Path(src), Path(out)
+    check_directory_target(out, force)  # before the GGUF file is read: a bad OUTDIR fails fast
     reader = open_gguf(src)
     meta = read_metadata(reader)
     hf = gguf_hf_config(reader, meta)
