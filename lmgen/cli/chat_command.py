@@ -31,7 +31,9 @@ def chat(
     """Talk with a chat model: one reply per message, the conversation kept (type /help)."""
     from lmgen.cli.repl import run_chat
     from lmgen.engine.settings import GenerationSettings
+    from lmgen.cli.repl import chat_history
 
+    chat_history()  # a bad $LMGEN_CHAT_HISTORY is refused now, not after the model is loaded
     settings = GenerationSettings(max_new_tokens, sampling, seed)
     if server:
         from lmgen.cli.remote_chat import RemoteConversation

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Optional
 
 import typer
 
@@ -19,9 +20,34 @@ DTYPE_OPTION = typer.Option(
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")
-SERVER_OPTION = typer.Option(None, "--server", envvar="LMGEN_SERVER",
+
+
+def given_as(ctx: typer.Context, param: typer.CallbackParam) -> str:
+    """How an option's value was given, for its error: the option, or its environment variable."""
+    source = ctx.get_parameter_source(param.name)
+    if getattr(source, "name", "") == "ENVIRONMENT" and param.envvar:
+        return str(param.envvar)
+    return param.opts[0]
+
+
+def check_server(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """--server / $LMGEN_SERVER: an http(s) URL, checked before anything is read or sent."""
+    from lmgen.environment import server_url
+
+    return server_url(value, given_as(ctx, param)) if value else value
+
+
+def check_api_key(ctx: typer.Context, param: typer.CallbackParam, value: Optional[str]) -> Optional[str]:
+    """--api-key / $LMGEN_API_KEY: what an Authorization header can carry ("" is no key)."""
+    from lmgen.environment import api_key
+
+    return api_key(value, given_as(ctx, param)) if value else None
+
+
+SERVER_OPTION = typer.Option(None, "--server", envvar="LMGEN_SERVER", callback=check_server,
                              help="Send the work to this OpenAI-compatible server (lmgen serve).")
-API_KEY_OPTION = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", help="The server's key.")
+API_KEY_OPTION = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", callback=check_api_key,
+                              help="The server's key.")
 
 
 def refuse_with_server(**options) -> None:

@@ -8,6 +8,7 @@ is ``lmgen.engine.conversation``; this module reads, prints and runs the slash c
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from lmgen.cli.render import escape_line, json_line, one_line, rich_console, sta
 from lmgen.engine.events import Finished, Token
 from lmgen.engine.records import summary
 from lmgen.errors import InputError, LmgenError
+from lmgen.formats.files import not_special
+from lmgen.formats.paths import cache_dir
 from lmgen.text.utf8 import BOM, utf8_text
 
 HELP = """\
@@ -70,7 +73,7 @@ class Session:
             elif name in ("save", "load") and not arg:
                 note(f"/{name} needs a file name")
             elif name == "save":
-                conv.save(Path(arg))
+                save_conversation(conv, Path(arg))
                 note(f"(saved {len(conv.messages)} messages to {arg})")
             elif name == "load":
                 conv.load(Path(arg))
@@ -122,6 +125,16 @@ class Session:
     def stats_text(self) -> str:
         r = self.record
         return f"{stats_line(r)}; {r['reused_tokens']} tokens reused from the cache, {r['prefilled_tokens']} prefilled"
+
+
+def save_conversation(conversation, path: Path) -> None:
+    """/save FILE, written aside and renamed into place (``staged_file``): a failure leaves an
+    earlier FILE whole, and a FIFO or a device named there is refused, never written or replaced.
+    Its directory must exist (a typo in it is an error, not a new directory)."""
+    from lmgen.formats.files import staged_file
+
+    with staged_file(path, force=True, parents=False) as stage:
+        conversation.save(stage)
 
 
 def run_chat(conversation, jsonl: bool, stats: bool, bytes_per_token: int = 0) -> None:
@@ -233,22 +246,20 @@ def _line_buffer() -> str:
 
 def _start_readline() -> Path | None:
     """Line editing and a history (where readline exists) kept in $LMGEN_CHAT_HISTORY, else in
-    lmgen's cache ("" keeps none). With NO_COLOR or a dumb terminal readline writes no escape
-    codes of its own (bracketed paste)."""
+    lmgen's cache ("" keeps none; ``chat_history``). With NO_COLOR or a dumb terminal
+    readline writes no escape codes of its own (bracketed paste)."""
     try:
         import readline
     except ImportError:
         return None
     import os
 
-    from lmgen.formats.paths import cache_dir
 
     if os.environ.get("NO_COLOR") or os.environ.get("TERM") in (None, "", "dumb"):
         readline.parse_and_bind("set enable-bracketed-paste off")
-    where = os.environ.get("LMGEN_CHAT_HISTORY")
-    if where == "":
+    path = chat_history()
+    if path is None:
         return None
-    path = Path(where) if where else cache_dir() / "chat_history"
     try:
         readline.read_history_file(path)
     except OSError:
@@ -258,12 +269,34 @@ def _start_readline() -> Path | None:
 
 
 def _save_history(path: Path | None) -> None:
+    """The history written aside and renamed into place (``staged_file``: never over a FIFO or a
+    device, which is one error line). A cache that cannot be written is no error: history is a
+    convenience."""
     if path is None:
         return
     import readline
 
+    from lmgen.errors import EnvironmentFailure
+    from lmgen.formats.files import staged_file
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        readline.write_history_file(path)
-    except OSError:  # a read-only cache: history is a convenience
+        with staged_file(path, force=True) as stage:
+            readline.write_history_file(stage)
+    except (EnvironmentFailure, OSError):
         pass
+
+
+def chat_history() -> Path | None:
+    """Where ``chat`` keeps its readline history: $LMGEN_CHAT_HISTORY, else lmgen's cache; None
+    when the variable is set to "" (keep none). A path that exists and is not a regular file is
+    refused (reading a FIFO would hang, and writing one would replace it)."""
+    text = os.environ.get("LMGEN_CHAT_HISTORY")
+    if text == "":
+        return None
+    path = Path(text) if text is not None else cache_dir() / "chat_history"
+    try:
+        not_special(path)
+    except InputError as exc:
+        raise InputError(f"LMGEN_CHAT_HISTORY: {exc} (set it to a file's path, or to \"\" to keep no history)") \
+            from None
+    return path

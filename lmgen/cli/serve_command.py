@@ -11,7 +11,7 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import prepare
-from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, THREADS_OPTION
+from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, THREADS_OPTION, check_api_key
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
 from lmgen.serve.origins import cors_origins as cors_origins_of
 from lmgen.serve.origins import is_loopback
@@ -23,7 +23,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host",
                              help="Address to listen on (on loopback, requests must name a loopback Host)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY",
+    api_key: Optional[str] = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", callback=check_api_key,
                                           help="Require Authorization: Bearer KEY on every route but /health."),
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together."),
     queue: int = typer.Option(64, "--queue", help="Requests waiting beyond those rows before 503."),

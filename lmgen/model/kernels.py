@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from lmgen.environment import choice
 from lmgen.model.threads import ThreadTuner, other_runnable, thread_count
 
 SOURCE = Path(__file__).with_name("kernels.c")
@@ -76,7 +77,8 @@ def library() -> ctypes.CDLL | None:
     LMGEN_KERNELS=native, or in a source tree nobody built, one compiled for this very CPU
     (-march=native) into lmgen's cache on first use; with LMGEN_KERNELS=0, none."""
     global unavailable
-    mode = os.environ.get("LMGEN_KERNELS", "1")
+    mode = choice("LMGEN_KERNELS", ("1", "native", "0"), "1")
+    amx = choice("LMGEN_AMX", ("1", "0"), "1")  # checked whether or not the kernels load
     if mode == "0":
         return None
     try:
@@ -84,7 +86,7 @@ def library() -> ctypes.CDLL | None:
     except (OSError, subprocess.CalledProcessError) as exc:
         unavailable = f"lmgen's native kernels are not available ({_reason(exc)}): decode is {SLOWER}"
         return None
-    return declare(lib)
+    return declare(lib, amx == "1")
 
 
 def packaged_builds() -> dict[str, Path]:
@@ -129,8 +131,9 @@ def _reason(exc: Exception) -> str:
     return str(exc)
 
 
-def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
-    """Give the library's functions their C signatures."""
+def declare(lib: ctypes.CDLL, amx: bool | None = None) -> ctypes.CDLL:
+    """Give the library's functions their C signatures; ``amx``: use AMX tiles for batches
+    (default: unless LMGEN_AMX=0)."""
     i64, ptr, int_ = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
     lib.gemv.argtypes = [int_] + [ptr] * 3 + [i64] * 3
     lib.gemv.restype = None
@@ -144,7 +147,9 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.set_threads(torch.get_num_threads())
     lib.amx_enable.argtypes = [int_]
     lib.amx_enable.restype = int_
-    lib.amx_enable(os.environ.get("LMGEN_AMX", "1") != "0")  # AMX tiles for batches, where the CPU has them
+    if amx is None:
+        amx = choice("LMGEN_AMX", ("1", "0"), "1") == "1"
+    lib.amx_enable(amx)  # AMX tiles for batches, where the CPU has them (LMGEN_AMX=0: never)
     return lib
 
 

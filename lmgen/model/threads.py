@@ -57,11 +57,10 @@ def other_runnable() -> int | None:
 def thread_count(count: int | None) -> int:
     """The threads to compute with: count, else $LMGEN_THREADS, else the cores available to
     this process (``kernels.use_threads`` applies it to torch and the kernels)."""
-    if count is None and os.environ.get("LMGEN_THREADS"):
-        try:
-            count = int(os.environ["LMGEN_THREADS"])
-        except ValueError:
-            raise InputError(f"LMGEN_THREADS must be a number, got {os.environ['LMGEN_THREADS']!r}") from None
+    if count is None:
+        from lmgen.environment import whole
+
+        count = whole("LMGEN_THREADS", 1, MAX_THREADS)
     if count is not None and not 1 <= count <= MAX_THREADS:
         raise InputError(f"threads must be from 1 to {MAX_THREADS}, got {count}")
     return count or available_cores()
