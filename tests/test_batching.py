@@ -129,3 +129,69 @@ def test_progress_bar_knows_the_lines_of_a_file(lmgen_exe, tiny_dir, tmp_path):
                                        {"TERM": "xterm-256color"}, "stderr", stdin)
     assert len(out.splitlines()) == 3
     assert b"3/3" in shown and b"prompts done" in shown
+
+
+# ------------------------------------------- the KV cache holds the rows in use, not the batch size
+
+
+def finished_records(events) -> list[tuple]:
+    """What each sample's Finished says of its output (no timings), in prompt order."""
+    done = [e for e in events if isinstance(e, Finished)]
+    return sorted((e.index, e.sample, e.output, e.token_ids, e.reason, e.new_tokens) for e in done)
+
+
+def cache_rows(monkeypatch, model) -> list[int]:
+    """The row count of every KV cache ``model`` makes from now on."""
+    rows = []
+    new_cache = model.new_cache
+    monkeypatch.setattr(model, "new_cache", lambda batch, max_len: rows.append(batch) or new_cache(batch, max_len))
+    return rows
+
+
+def test_a_batch_size_far_beyond_the_prompts_sizes_the_cache_for_the_rows_used(lm, monkeypatch):
+    """--batch-size 3000 with 4 prompts made a cache of 3,000 rows (35 GB for SmolLM2: exit 4):
+    now the rows in use (4), with the records of a batch of 4."""
+    settings = GenerationSettings(max_new_tokens=10, seed=7, sampling=SamplingSettings(temperature=1.0))
+    expected = finished_records(generate_many(lm, PROMPTS[:4], settings, batch_size=4))
+    rows = cache_rows(monkeypatch, lm.model)
+    assert finished_records(generate_many(lm, PROMPTS[:4], settings, batch_size=3000)) == expected
+    assert rows and max(rows) <= 4
+
+
+def test_rows_admitted_later_grow_the_cache_and_keep_what_earlier_rows_hold(lm, monkeypatch):
+    """A prompt joins while another is halfway through: the cache grows to hold its row, and the
+    first row's keys and values come along (its text is still what it is alone)."""
+    from lmgen.engine.engine import Engine, Job
+    from lmgen.engine.events import Failed
+    from lmgen.engine.generation import prompt_ids_for
+
+    settings = GenerationSettings(max_new_tokens=16)
+    expected = alone(lm, settings, PROMPTS[:3])
+    rows = cache_rows(monkeypatch, lm.model)
+    engine, events = Engine(lm, 3000), []
+    engine.add(Job(ids=prompt_ids_for(lm, PROMPTS[0], settings), settings=settings, index=0))
+    for _ in range(6):
+        events += engine.step()
+    for i in (1, 2):
+        engine.add(Job(ids=prompt_ids_for(lm, PROMPTS[i], settings), settings=settings, index=i))
+    while engine.busy():
+        events += engine.step()
+    texts = {i: "".join(e.text for e in events if e.index == i and not isinstance(e, Failed)) for i in range(3)}
+    assert texts == expected
+    assert rows == [1, 2, 4]  # one row, then doubled for each later prompt's (slots 1 and 2)
+
+
+def test_cli_batch_with_a_batch_size_far_beyond_its_prompts_runs(cli, tiny_dir, tmp_path, monkeypatch):
+    """`lmgen batch --batch-size 3000` with 4 prompts: a cache of 3,000 rows (0.2 GB for the tiny
+    model, 35 GB for SmolLM2) does not fit in the 64 MB this machine is made to have, 4 rows do."""
+    from lmgen import resources
+
+    monkeypatch.setattr(resources, "available_memory", lambda: 64 << 20)
+    src = tmp_path / "prompts.txt"
+    src.write_text("one\ntwo\nthree\nfour\n")
+    result = cli("batch", str(src), "--out", str(tmp_path / "out"), "-m", str(tiny_dir), "-n", "4",
+                 "--batch-size", "3000")
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for part in sorted((tmp_path / "out").glob("part-*.jsonl"))
+               for line in part.read_text().splitlines()]
+    assert sorted(r["id"] for r in records) == [1, 2, 3, 4]

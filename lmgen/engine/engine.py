@@ -171,7 +171,7 @@ class Engine:
             ids = job.ids
             budget = job.settings.max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
             budget = min(budget, self.lm.config.max_context - len(ids))
-            self.cache = self.model.grow_cache(self.cache, len(ids) + budget, len(self.rows))
+            self._grow_cache(len(ids) + budget, slots[-1] + 1)
             index = ident if job.index is None else job.index
             for offset, slot in enumerate(slots):
                 self.rows[slot] = self._row(ident, index, job, budget, job.first_sample + offset)
@@ -179,6 +179,15 @@ class Engine:
             for slot in slots:
                 self.rows[slot].cached = cached
             self.prefilling.append(Prefill(ident, slots, deque(prefill_chunks(cached, len(ids)))))
+
+    def _grow_cache(self, length: int, rows: int) -> None:
+        """Room for ``length`` positions in the cache's first ``rows`` rows. The cache holds the
+        rows in use, not ``max_rows``: slots are taken lowest first, so 4 prompts with a batch size
+        of 3,000 need 4 rows, not 3,000 (35 GB). More rows double it, up to ``max_rows``."""
+        have = 0 if self.cache is None else self.cache.k.shape[1]
+        if rows > have:
+            rows = min(len(self.rows), max(rows, 2 * have))
+        self.cache = self.model.grow_cache(self.cache, length, rows)
 
     def _row(self, ident: int, index: int, job: Job, budget: int, sample: int) -> Row:
         lm, settings, device = self.lm, job.settings, self.model.device

@@ -236,18 +236,22 @@ class Decoder(nn.Module):
         return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)
 
     def grow_cache(self, cache: KVCache | None, length: int, batch: int = 1) -> KVCache:
-        """A cache with room for ``length`` positions per row: ``cache`` itself if it has it, else
-        a new one (at least twice as long, up to the context) holding its keys and values."""
-        if cache is not None and cache.max_len >= length:
+        """A cache with room for ``length`` positions in each of ``batch`` rows: ``cache`` itself if
+        it has them, else a new one holding its keys and values (at least twice as long, up to the
+        context, when it needs more positions; with ``batch`` rows, or its own if more, when it
+        needs more rows: the caller decides how far rows grow)."""
+        if cache is not None and cache.max_len >= length and cache.k.shape[1] >= batch:
             return cache
-        grown = self.new_cache(batch, max(length, 2 * cache.max_len if cache else 256))
+        max_len = 256 if cache is None else cache.max_len if cache.max_len >= length else 2 * cache.max_len
+        grown = self.new_cache(max(batch, cache.k.shape[1] if cache else 0), max(length, max_len))
         # Zeroed: PyTorch's batched attention multiplies a row's masked-off positions by 0, and
         # uninitialised memory there may hold NaN (the native kernels never read them).
         grown.k.zero_()
         grown.v.zero_()
         if cache is not None:
-            grown.k[:, :, :, : cache.max_len] = cache.k
-            grown.v[:, :, :, : cache.max_len] = cache.v
+            rows = cache.k.shape[1]
+            grown.k[:, :rows, :, : cache.max_len] = cache.k
+            grown.v[:, :rows, :, : cache.max_len] = cache.v
         return grown
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
