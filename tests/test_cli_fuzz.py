@@ -67,7 +67,7 @@ def json_record(rng: random.Random) -> bytes:
         del record[key]
     if rng.random() < 0.05:  # nested far past any parser's recursion limit
         return b"[" * 100_000 + b"]" * 100_000
-    text = json.dumps(record).encode()  # (a lone surrogate becomes its \\u escape: valid JSON, no valid text)
+    text = json.dumps(record).encode()  # (a lone surrogate becomes its \u escape: valid JSON, no valid text)
     return text if rng.random() < 0.8 else random_bytes(rng, rng.randrange(1, 30))
 
 
