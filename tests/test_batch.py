@@ -128,7 +128,8 @@ def test_a_missing_or_special_input_is_refused_before_the_output_is_made(tmp_pat
 
 
 @pytest.mark.parametrize("option, pattern", [(["--actors", "0"], "actors must be >= 1"),
-                                             (["--batch-size", "0"], "batch-size must be >= 1")])
+                                             (["--batch-size", "0"], "batch-size must be from 1 to 65536"),
+                                             (["--batch-size", str(2**64)], "batch-size must be from 1 to 65536")])
 def test_bad_counts_are_refused_before_the_output_is_made(tmp_path, inputs, option, pattern):
     result = run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "out"), *option)
     assert_one_line_error(result, 2, pattern)

@@ -132,7 +132,8 @@ def test_show_probs_fields_and_stderr_lines(cli, tiny_dir):
     (["--min-p", "2"], "min-p must be in"),
     (["--typical-p", "0"], "typical-p must be in"),
     (["--repetition-penalty", "0"], "repetition-penalty must be > 0"),
-    (["--num-samples", "0"], "num-samples must be >= 1"),
+    (["--num-samples", "0"], "num-samples must be from 1 to 65536"),
+    (["--num-samples", "18446744073709551616"], "num-samples must be from 1 to 65536"),
     (["--system", "be nice"], "--system needs --chat"),
     (["--chat"], "no chat template"),
 ])

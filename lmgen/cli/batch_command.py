@@ -60,8 +60,10 @@ def batch(
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
     from lmgen.errors import InputError
 
-    if batch_size < 1:
-        raise InputError(f"batch-size must be >= 1, got {batch_size}")
+    from lmgen.engine.settings import MAX_ROWS
+
+    if not 1 <= batch_size <= MAX_ROWS:
+        raise InputError(f"batch-size must be from 1 to {MAX_ROWS}, got {batch_size}")
     if actors is not None and actors < 1:  # checked before DIR is made or Ray started
         raise InputError(f"actors must be >= 1, got {actors}")
     check_input(input)

@@ -62,6 +62,10 @@ def serve(
         raise InputError(f"header-timeout must be more than 0 and at most 3600 seconds, got {header_timeout}")
     if not drain_seconds <= 3600:
         raise InputError(f"drain-seconds must be at most 3600, got {drain_seconds}")
+    from lmgen.engine.settings import MAX_ROWS
+
+    if max_batch > MAX_ROWS:
+        raise InputError(f"max-batch must be at most {MAX_ROWS}, got {max_batch}")
     origins = cors_origins_of(cors_origins)
     if not 0 < port < 65536:
         raise InputError(f"port must be from 1 to 65535, got {port}")

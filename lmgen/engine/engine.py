@@ -38,6 +38,7 @@ from lmgen.engine.generation import (
 from lmgen.engine.lookup import PromptLookup
 from lmgen.engine.prefix_cache import PrefixCache
 from lmgen.engine.sampling import TokenHistory, sample_next_token
+from lmgen.engine.settings import MAX_ROWS
 from lmgen.errors import InputError
 
 GOLDEN = 0x9E3779B97F4A7C15  # spreads the seeds of neighbouring prompts
@@ -106,8 +107,8 @@ class Prefill:
 class Engine:
     def __init__(self, lm: LanguageModel, max_rows: int, prefix_cache: PrefixCache | None = None,
                  prefill_budget: int | None = None):
-        if max_rows < 1:
-            raise InputError(f"batch-size must be >= 1, got {max_rows}")
+        if not 1 <= max_rows <= MAX_ROWS:
+            raise InputError(f"batch-size must be from 1 to {MAX_ROWS}, got {max_rows}")
         self.lm, self.model = lm, lm.model
         self.prefix_cache = prefix_cache
         self.prefill_budget = prefill_budget  # prefill work per step (piece_work; None: every admitted prompt whole)

@@ -66,6 +66,10 @@ class SamplingSettings:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
 
 
+MAX_SAMPLES = 1 << 16  # continuations of one prompt (each takes a row while it runs)
+MAX_ROWS = 1 << 16  # rows an engine may be asked for: --batch-size (its cache holds only those in use)
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     max_new_tokens: int = 128
@@ -81,8 +85,8 @@ class GenerationSettings:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise InputError(f"max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if self.num_samples < 1:
-            raise InputError(f"num-samples must be >= 1, got {self.num_samples}")
+        if not 1 <= self.num_samples <= MAX_SAMPLES:
+            raise InputError(f"num-samples must be from 1 to {MAX_SAMPLES}, got {self.num_samples}")
         if not 0 <= self.lookup <= MAX_LOOKUP:
             raise InputError(f"lookup must be from 0 to {MAX_LOOKUP}, got {self.lookup}")
         if self.show_probs < 0:
