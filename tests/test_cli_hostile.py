@@ -192,3 +192,16 @@ def test_batch_refuses_a_line_no_text_can_hold_before_dir_is_made(cli, tiny_dir,
 def test_a_schema_holding_a_lone_surrogate_is_refused(cli, tiny_dir, schema):
     result = cli("generate", "-m", str(tiny_dir), "-n", "2", "--json-schema", schema, "hi")
     assert_one_line_error(result, 2, "--json-schema holds a string that is not valid UTF-8")
+
+
+@pytest.mark.parametrize("name, line", [("in.jsonl", '{"prompt": "' + "a" * 300_000 + '"}'), ("in.txt", "a" * 40_000)])
+def test_a_batch_line_no_prompt_could_use_is_refused_as_it_is_read(cli, tiny_dir, tmp_path, name, line):
+    """One bound for a line (max_line_bytes, from the context: 128 tokens here), checked while the
+    file is read — before DIR is made, never tokenized; --truncate reads it to keep its end."""
+    source, out = tmp_path / name, tmp_path / "out"
+    source.write_text('{"prompt": "fine"}\n' + line + "\n" if name.endswith("jsonl") else "fine\n" + line + "\n")
+    result = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2")
+    assert_one_line_error(result, 2, rf"{name}:2 is longer than a prompt the model's context could use")
+    assert not out.exists()
+    kept = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2", "--truncate")
+    assert kept.returncode == 0, kept.stderr.decode()

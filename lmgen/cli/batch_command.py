@@ -67,8 +67,10 @@ def batch(
     if actors is not None and actors < 1:  # checked before DIR is made or Ray started
         raise InputError(f"actors must be >= 1, got {actors}")
     check_input(input)
-    path, _ = prepare(model, dtype, device, threads)
-    every = read_all(input, seed)  # the whole input checked before DIR is made or a prompt generated
+    path, config = prepare(model, dtype, device, threads)
+    # The whole input checked before DIR is made or a prompt generated (each line within what
+    # the context could use, unless --truncate keeps a long prompt's end).
+    every = read_all(input, seed, None if truncate else config.max_context)
     job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system)
     prepare_out(out, job)
     held = lock_out(out)  # until the job is done (or this process ends)

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from lmgen.cli.prompts import max_line_bytes
 from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import not_special, regular_file, staged_file
 from lmgen.text.utf8 import BOM
@@ -56,17 +58,19 @@ def check_input(path: Path) -> None:
         raise InputError(str(exc)) from None
 
 
-def read_input(path: Path, seed: int | None) -> Iterator[dict]:
+def read_input(path: Path, seed: int | None, context: int | None = None) -> Iterator[dict]:
     """The input records, each checked (``completion.check_record``: an error names the file and
     line) and given its id (its line number unless it has one), its ``index`` (its 0-based line)
-    and its seed (from ``seed`` and its index, unless it has one)."""
+    and its seed (from ``seed`` and its index, unless it has one). Given the model's ``context``,
+    a line longer than any prompt that fits could make is refused as it is read, not tokenized."""
     from lmgen.engine.batching import prompt_seed
     from lmgen.engine.completion import check_record
 
     check_input(path)
     jsonl = path.suffix in (".jsonl", ".json")
+    limit = None if context is None else max_line_bytes(context, jsonl)
     with open(path, "rb") as stream:
-        for number, raw in enumerate(stream, 1):
+        for number, raw in enumerate(_lines(stream, limit, path), 1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
@@ -85,6 +89,18 @@ def read_input(path: Path, seed: int | None) -> Iterator[dict]:
             except InputError as exc:
                 raise InputError(f"{path}:{number}: {exc}") from None
             yield record
+
+
+def _lines(stream, limit: int | None, path: Path) -> Iterator[bytes]:
+    """The stream's lines, each read within ``limit`` bytes (None: unbounded)."""
+    for number in itertools.count(1):
+        raw = stream.readline(-1 if limit is None else limit + 1)
+        if not raw:
+            return
+        if limit is not None and len(raw) > limit:
+            raise InputError(f"{path}:{number} is longer than a prompt the model's context could use "
+                             f"({limit:,} bytes); pass --truncate to keep a prompt's end")
+        yield raw
 
 
 def _json_line(line: str, path: Path, number: int) -> dict:
@@ -291,10 +307,10 @@ def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat
             report(record["new_tokens"])
 
 
-def read_all(path: Path, seed: int | None) -> list[dict]:
+def read_all(path: Path, seed: int | None, context: int | None = None) -> list[dict]:
     """Every input record, the whole file checked before any is generated (ids unique)."""
     records, seen = [], set()
-    for record in read_input(path, seed):
+    for record in read_input(path, seed, context):
         key = id_key(record["id"])
         if key in seen:
             raise InputError(f"{path}: the id {key} appears twice; ids name records in the output")

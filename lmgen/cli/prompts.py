@@ -29,6 +29,12 @@ def max_bytes(context: int) -> int:
     return context * MAX_TOKEN_BYTES
 
 
+def max_line_bytes(context: int, jsonl: bool) -> int:
+    """The most bytes a ``batch`` input line could use: a prompt of max_bytes, or as a JSONL
+    record, that prompt escaped (at most 6 bytes a byte, as \\u00XX) and 64 KiB of other fields."""
+    return 6 * max_bytes(context) + (1 << 16) if jsonl else max_bytes(context)
+
+
 def read_prompt(prompt: str | None, file: Path | None, limit: int, truncate: bool = False) -> str:
     """The prompt from the argument, --file, or stdin (no argument, or '-')."""
     if file is not None:
