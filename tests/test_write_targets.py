@@ -158,3 +158,27 @@ def test_a_special_file_inside_a_batch_dir_is_refused_not_followed(cli, tiny_dir
     result = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2")
     assert_one_line_error(result, 2, f"{name} (exists and is a FIFO|is not a regular file)")
     assert stat.S_ISFIFO(os.stat(out / name).st_mode)
+
+
+def test_a_killed_writers_stages_are_removed_by_the_next_a_live_ones_kept(tmp_path):
+    """A killed quantize/convert leaves .NAME.PID-RANDOM.partial (files or directories): the next
+    write of the same target removes those whose PID is dead, never a live writer's."""
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # its pid is free now (and not reused this quickly on a machine with 2**22 pids)
+    target = tmp_path / "x.gguf"
+    stale_file = tmp_path / f".x.gguf.{dead.pid}-abcd1234.partial"
+    stale_file.write_bytes(b"\0" * 1000)
+    stale_dir = tmp_path / f".x.gguf.{dead.pid}-dir.partial"
+    stale_dir.mkdir()
+    (stale_dir / "part").write_bytes(b"x")
+    live = tmp_path / f".x.gguf.{os.getpid()}-beef0000.partial"
+    live.write_bytes(b"mine")
+    other = tmp_path / f".y.gguf.{dead.pid}-abcd1234.partial"  # another target's: not this write's to judge
+    other.write_bytes(b"y")
+    with staged_file(target) as stage:
+        stage.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    assert not stale_file.exists() and not stale_dir.exists()
+    assert live.exists() and other.exists()

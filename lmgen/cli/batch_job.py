@@ -27,7 +27,7 @@ from pathlib import Path
 
 from lmgen.cli.prompts import max_line_bytes
 from lmgen.errors import InputError, LmgenError
-from lmgen.formats.files import not_special, regular_file, staged_file
+from lmgen.formats.files import not_special, regular_file, remove_dead_stages, staged_file
 from lmgen.text.utf8 import BOM
 
 MANIFEST, SUCCESS, INPUTS, LOCK = "_manifest.json", "_SUCCESS", "_inputs.json", ".lock"
@@ -177,8 +177,9 @@ def fingerprint(path: Path) -> str:
 def prepare_out(out: Path, job: Job) -> None:
     """DIR made (with its manifest) on the first run; on later ones, the manifest must match.
     Staging files a run killed while writing left behind are removed first."""
-    for stale in out.glob("._*.partial") if out.is_dir() else ():
-        stale.unlink(missing_ok=True)
+    for name in (MANIFEST, SUCCESS, INPUTS) if out.is_dir() else ():
+        remove_dead_stages(out / name)
+        (out / f".{name}.partial").unlink(missing_ok=True)  # an earlier version's stage (no pid in it)
     for name in (MANIFEST, SUCCESS, INPUTS, LOCK):  # before any work: none may be a FIFO or a device
         not_special(out / name)
     manifest = out / MANIFEST

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
+import glob
 import json
 import os
 import stat
@@ -81,6 +82,31 @@ def read_json(path: Path, what: str = "file", expect: type = dict):
     return data
 
 
+def remove_dead_stages(target: Path) -> None:
+    """Remove the stages of ``target`` whose writer is dead (a killed ``quantize`` or ``convert``
+    left them: ``.NAME.PID-RANDOM.partial``). A live writer's, another process's at work now,
+    is left alone."""
+    import shutil
+
+    for stage in target.parent.glob(f".{glob.escape(target.name)}.*-*.partial"):
+        pid = stage.name[len(target.name) + 2 :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if stage.is_dir() and not stage.is_symlink():
+                shutil.rmtree(stage, ignore_errors=True)
+            else:
+                stage.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def is_empty_dir(path: Path) -> bool:
     return path.is_dir() and not any(path.iterdir())
 
@@ -100,7 +126,8 @@ def staged_directory(target: Path, force: bool = False):
     check_directory_target(target, force)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+        remove_dead_stages(target)
+        stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}-", suffix=".partial", dir=target.parent))
     except OSError as exc:
         raise EnvironmentFailure(f"cannot write to {target.parent}: {exc.strerror}") from None
     try:
@@ -127,10 +154,11 @@ def staged_file(target: Path, force: bool = False, parents: bool = True):
 
     target = Path(target)
     check_file_target(target, force)
-    stage = target.parent / f".{target.name}.{secrets.token_hex(4)}.partial"
+    stage = target.parent / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
     try:
         if parents:
             target.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_stages(target)
         os.close(os.open(stage, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # mode as umask allows
     except OSError as exc:
         raise EnvironmentFailure(f"cannot write to {target.parent}: {exc.strerror}") from None
