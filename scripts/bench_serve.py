@@ -38,6 +38,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(*options: str) -> tuple[subprocess.Popen, str]:
+    """``lmgen serve`` (LMGEN_EXE's build) on a free port with ``options``, once healthy; and its URL."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([EXE, "serve", "--port", str(port), *options], stderr=subprocess.DEVNULL,
+                              env={**os.environ, "LMGEN_API_KEY": ""})
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
+                return server, url
+        except OSError:
+            time.sleep(0.2)
+
+
 def one_stream(url: str, prompt: str, tokens: int, out: list) -> None:
     body = {"prompt": prompt, "max_tokens": tokens, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
@@ -89,18 +103,8 @@ def main() -> None:
     parser.add_argument("--serve-args", default="", help="more options for lmgen serve, e.g. '--threads 1'")
     args = parser.parse_args()
     counts = [int(c) for c in args.clients.split(",")]
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([EXE, "serve", "--port", str(port), "--max-batch", str(max(counts)),
-                               *args.serve_args.split()],
-                              stderr=subprocess.DEVNULL, env={**os.environ, "LMGEN_API_KEY": ""})
+    server, url = start_server("--max-batch", str(max(counts)), *args.serve_args.split())
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
         load_round(url, 1, 8)  # warm-up
         rows = [load_round(url, c, args.tokens) for c in counts]
         for r in rows:

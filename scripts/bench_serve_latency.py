@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -30,13 +27,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-EXE = os.environ.get("LMGEN_EXE") or str(Path(sys.executable).parent / "lmgen")  # LMGEN_EXE: another build
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from bench_serve import start_server  # noqa: E402 (it honours LMGEN_EXE: another build)
 
 
 def post(url: str, body: dict, timeout: float = 900):
@@ -119,18 +112,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-args", default="")
     args = parser.parse_args()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([EXE, "serve", "--port", str(port), "--max-batch", str(max(args.health_streams, 8)),
-                               "--max-body", str(4 << 20), "--prefix-cache", "0", *args.serve_args.split()],
-                              stderr=subprocess.DEVNULL, env={**os.environ, "LMGEN_API_KEY": ""})
+    server, url = start_server("--max-batch", str(max(args.health_streams, 8)), "--max-body", str(4 << 20),
+                               "--prefix-cache", "0", *args.serve_args.split())
     try:
-        while True:
-            try:
-                if urllib.request.urlopen(url + "/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                time.sleep(0.2)
         long_prompt = " ".join(f"w{i % 97}" for i in range(args.long // 2))
         with post(url, {"prompt": long_prompt, "max_tokens": 1}) as response:
             print(f"long prompt: {json.load(response)['usage']['prompt_tokens']} tokens", flush=True)
