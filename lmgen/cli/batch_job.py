@@ -241,10 +241,11 @@ def lock_out(out: Path):
     return handle
 
 
-def check_unchanged(records: list[dict], out: Path) -> None:
-    """Records already in DIR must come from the same input records as now (INPUTS keeps a
-    digest of each, by id): an edited or moved line is refused, naming its id, never left stale."""
-    path, done = out / INPUTS, done_ids(out)
+def check_unchanged(records: list[dict], out: Path, done: set[str]) -> None:
+    """Records already in DIR (``done``, their id keys) must come from the same input records as
+    now (INPUTS keeps a digest of each, by id): an edited or moved line is refused, naming its
+    id, never left stale."""
+    path = out / INPUTS
     try:
         known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except ValueError:
@@ -322,8 +323,8 @@ def read_all(path: Path, seed: int | None, context: int | None = None) -> list[d
 
 def pending(records: list[dict], out: Path) -> tuple[list[dict], int]:
     """(the records not yet in DIR, how many are); an edited input is refused (check_unchanged)."""
-    check_unchanged(records, out)
-    done = done_ids(out)
+    done = done_ids(out)  # (every part file read once)
+    check_unchanged(records, out, done)
     todo = [record for record in records if id_key(record["id"]) not in done]
     return todo, len(records) - len(todo)
 
