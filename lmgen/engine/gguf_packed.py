@@ -2,7 +2,7 @@
 
 The first load of a GGUF file packs its Q8_0/Q4_0/Q4_1 tensors (and re-quantizes any other
 format to Q8_0) for the kernels (``quant.pack``), then writes the packed bytes beside the file's
-index (``gguf_index``: keyed by the file's path, size and modification time) as one file, and a
+index (``gguf_index``: keyed by the file's content) as one file, and a
 table of where each tensor lies. Later loads map that file: the tensors are views of it, read
 by the kernels straight from the page cache, with nothing packed or copied (the first token
 comes sooner than from the fp32 expansion). A table that does not match its file is ignored,

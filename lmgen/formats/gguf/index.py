@@ -5,13 +5,13 @@ vocabulary (it builds Python objects for every token and merge). So the first ru
 parses it once — checking its metadata and every tensor's name and shape as ``lmgen convert``
 does — and writes config.json, tokenizer.json, tokenizer_config.json (the chat template) and
 tensors.json (each tensor's name, type, shape and byte range) into lmgen's cache, under a key
-made of the file's path, size and modification time. Later runs read those and map the file.
+made of the file's content (``formats.fingerprint``: a changed file is never served from another
+file's entry). Later runs read those and map the file.
 Torch-free: ``generate`` reads the config from here before it imports torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from lmgen.errors import CheckpointError
@@ -21,13 +21,11 @@ TABLE = "tensors.json"
 
 
 def cache_path(src: Path, suffix: str = "") -> Path:
-    """Where files derived from a GGUF file live in the cache, under a key made of its path,
-    size and modification time."""
+    """Where files derived from a GGUF file live in the cache, under a key made of its bytes."""
+    from lmgen.formats.fingerprint import content_digest
     from lmgen.formats.paths import cache_dir
 
-    info = src.stat()
-    key = hashlib.sha256(f"{src.resolve()}:{info.st_size}:{info.st_mtime_ns}".encode()).hexdigest()[:16]
-    return cache_dir() / "gguf" / f"{src.stem}-{key}{suffix}"
+    return cache_dir() / "gguf" / f"{src.stem}-{content_digest(src)[:32]}{suffix}"
 
 
 def gguf_index(src: Path) -> Path:
