@@ -71,14 +71,19 @@ def test_each_line_refuses_an_overlong_line(cli, tiny_dir):
     assert result.returncode == 2 and b"stdin line 2 is longer than the context" in result.stderr
 
 
-def nan_weights(tiny_dir, tmp_path):
+def damaged_weights(tiny_dir, tmp_path, change=lambda state: state["model.layers.0.mlp.down_proj.weight"].__setitem__((3, 5), float("nan"))):
+    """A copy of the tiny model with change(state) made to its weights (by default one NaN)."""
     from safetensors.torch import load_file, save_file
 
-    path = shutil.copytree(tiny_dir, tmp_path / "nan")
+    path = shutil.copytree(tiny_dir, tmp_path / "damaged")
     state = load_file(path / "model.safetensors")
-    state["model.layers.0.mlp.down_proj.weight"][3, 5] = float("nan")
+    change(state)
     save_file(state, path / "model.safetensors", metadata={"format": "pt"})
     return path
+
+
+def nan_weights(tiny_dir, tmp_path):
+    return damaged_weights(tiny_dir, tmp_path)
 
 
 @pytest.mark.parametrize("mode", [[], ["--json"], ["--jsonl"]])
@@ -90,6 +95,28 @@ def test_nan_weights_print_no_text(cli, tiny_dir, tmp_path, mode):
 def test_nan_weights_in_score(cli, tiny_dir, tmp_path):
     result = cli("score", "-m", str(nan_weights(tiny_dir, tmp_path)), "The cat sat")
     assert_one_line_error(result, 3, "NaN or infinite logits")
+
+
+def scaled(name: str, factor: float):
+    def change(state):
+        state[name] *= factor
+    return change
+
+
+DEGENERATE = {  # finite weights whose logits no trained model gives: refused as NaN ones are
+    "every logit the same": (scaled("model.norm.weight", 0.0), "the same logit"),
+    "logits beyond 1e4": (scaled("model.norm.weight", 1e7), "beyond what a trained model reaches"),
+}
+
+
+@pytest.mark.parametrize("command", ["generate", "score"])
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_degenerate_finite_logits_print_no_text(cli, tiny_dir, tmp_path, case, command):
+    change, message = DEGENERATE[case]
+    args = ["-n", "4", "The cat"] if command == "generate" else ["The cat sat"]
+    result = cli(command, "-m", str(damaged_weights(tiny_dir, tmp_path, change)), *args)
+    assert_one_line_error(result, 3, message)
+    assert not result.stdout
 
 
 def test_tokenizer_id_beyond_the_vocabulary(cli, tiny_dir, tmp_path):

@@ -245,3 +245,25 @@ def test_a_huge_prompt_is_refused_before_it_is_tokenized(lm, monkeypatch):
     monkeypatch.setattr(type(lm), "encode_prompt", lambda *a: pytest.fail("tokenized"))
     with pytest.raises(PromptTooLong, match="bytes, more than the context window"):
         prompt_ids_for(lm, "word " * 200_000, GenerationSettings())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(1, 4).flatmap(lambda rows: st.integers(1, 6).flatmap(lambda vocab: st.lists(
+    st.lists(st.one_of(st.floats(-2e4, 2e4, width=32), st.sampled_from([0.0, 1.0, float("nan"), float("inf"),
+                                                                          -float("inf"), 1e4, -1e4, 10001.0])),
+             min_size=vocab, max_size=vocab), min_size=rows, max_size=rows))))
+def test_logits_are_refused_exactly_when_degenerate(rows):
+    """Invariant: require_sound passes a row set iff every logit is finite and within ±1e4 and
+    no row (of more than one token) holds one value throughout; what it refuses is a CheckpointError."""
+    from lmgen.engine.generation import LOGIT_LIMIT, require_sound
+    from lmgen.errors import CheckpointError
+
+    logits = torch.tensor(rows, dtype=torch.float32)
+    sound = bool(torch.isfinite(logits).all()) and bool((logits.abs() <= LOGIT_LIMIT).all()) \
+        and (logits.shape[1] == 1 or all(len(set(row)) > 1 for row in logits.tolist()))
+    for shaped in (logits, logits[:, None, :]):  # [rows, vocab] as decoded, [rows, positions, vocab] as scored
+        if sound:
+            require_sound(shaped)
+        else:
+            with pytest.raises(CheckpointError):
+                require_sound(shaped)

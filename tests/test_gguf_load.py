@@ -189,3 +189,26 @@ def test_generate_on_an_f32_gguf_prints_only_lmgens_lines(tiny_gguf, lmgen_exe, 
     stats = run_lmgen(lmgen_exe, "generate", "-m", str(tiny_gguf), "-n", "3", "--stats", "hello", env=env)
     lines = stats.stderr.decode().splitlines()
     assert stats.returncode == 0 and len(lines) == 1 and lines[0].startswith("prompt "), stats.stderr
+
+
+def test_a_q6_k_file_with_extreme_finite_scales_prints_no_text(tmp_path, cli, monkeypatch):
+    """The issue's file: every Q6_K block's d set to 65504 (the largest fp16) — finite, so no NaN
+    check fires, but the model's logits are degenerate: one line, exit 3, no text, no score."""
+    from conftest import assert_one_line_error
+    from test_gguf_fuzz import tensor_table
+
+    monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
+    model_type, overrides = CASES["llama-llama3"]
+    reference = save_family(model_type, {**overrides, **K_SIZES}, tmp_path / "hf")
+    write_like_llama_cpp(reference, model_type, tmp_path / "model.gguf", qtype=GGML.Q6_K)
+    data = bytearray((tmp_path / "model.gguf").read_bytes())
+    for t in tensor_table(tmp_path / "model.gguf").values():
+        if t["type"] == GGML.Q6_K:
+            for block in range(t["nbytes"] // 210):  # d: the last two bytes of each 210-byte block
+                at = t["start"] + block * 210 + 208
+                data[at: at + 2] = np.float16(65504).tobytes()
+    (tmp_path / "extreme.gguf").write_bytes(bytes(data))
+    for args in (["generate", "-n", "4", "hello"], ["score", "hello there"]):
+        result = cli(args[0], "-m", str(tmp_path / "extreme.gguf"), *args[1:])
+        assert_one_line_error(result, 3, "weights are broken")
+        assert not result.stdout

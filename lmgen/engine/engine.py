@@ -31,7 +31,7 @@ from lmgen.engine.generation import (
     piece_work,
     prefill_chunks,
     probabilities,
-    require_finite,
+    require_sound,
 )
 from lmgen.engine.jobs import Job, Prefill, Row, prompt_seed  # noqa: F401 (Job, prompt_seed: also from here)
 from lmgen.engine.lookup import PromptLookup
@@ -174,7 +174,7 @@ class Engine:
     def _start(self, fill: Prefill, logits: torch.Tensor) -> Iterator:
         """A prefilled prompt's samples: its keys and values copied to every sample's row (a
         prompt is prefilled once for all its samples), then each one's first token."""
-        require_finite(logits)
+        require_sound(logits)
         first = fill.slots[0]
         n = len(self.rows[first].prompt_ids)
         for slot in fill.slots[1:]:
@@ -206,7 +206,7 @@ class Engine:
         device = self.model.device
         logits = self.decode(torch.tensor(tokens, device=device), torch.tensor(positions, dtype=torch.int64, device=device),
                              self.cache, torch.tensor(cache_rows, dtype=torch.int64, device=device))
-        require_finite(logits)
+        require_sound(logits)
         events, at = [], 0
         for slot, row in [(slot, self.rows[slot]) for slot in slots]:
             draft, base = drafts[slot], at

@@ -29,12 +29,25 @@ from lmgen.text.stops import StopStrings
 from lmgen.text.utf8 import utf8_text
 
 
-def require_finite(logits: torch.Tensor) -> None:
-    """NaN or infinite logits mean broken weights (or an overflow): never sample text from them.
-    (Their sum is not finite if any is not; one pass, a tenth of the cost of isfinite().all().)"""
-    if not math.isfinite(float(logits.sum(dtype=torch.float64))):
+LOGIT_LIMIT = 1e4  # no trained model comes near: at ±1e4 a softmax is one-hot in float64
+
+
+def require_sound(logits: torch.Tensor) -> None:
+    """Logits that are NaN or infinite, the same for every token of a row, or beyond ±LOGIT_LIMIT
+    mean broken weights (or an overflow): never sample text from them, never score with them.
+    (One pass: each row's least and greatest, NaN spreading to both.)"""
+    low, high = torch.aminmax(logits.reshape(-1, logits.shape[-1]), dim=-1)
+    least, most = float(low.min()), float(high.max())
+    if not (math.isfinite(least) and math.isfinite(most)):
         raise CheckpointError("the model computed NaN or infinite logits: its weights are broken "
                               "(or overflow in this dtype); no text was generated from them")
+    if max(-least, most) > LOGIT_LIMIT:
+        raise CheckpointError(f"the model computed a logit of {least if -least > most else most:.4g}, beyond what a "
+                              f"trained model reaches (±{LOGIT_LIMIT:g}): its weights are broken; no text was "
+                              "generated from them")
+    if logits.shape[-1] > 1 and bool((low == high).any()):
+        raise CheckpointError(f"the model computed the same logit ({float(low[low == high][0]):.4g}) for every token: "
+                              "its weights are broken; no text was generated from them")
 
 
 class PromptTooLong(InputError):
@@ -106,7 +119,7 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
     forward = torch.inference_mode()(model)  # per call: the caller's code between steps keeps its own mode
     for start, end in prefill_chunks(cached, len(prompt_ids)):
         logits = forward(torch.tensor([prompt_ids[start:end]], device=device), start, cache, last_only=True)[:, -1]
-    require_finite(logits)
+    require_sound(logits)
     for step in range(budget):
         scores = logits if matcher is None else matcher.restrict(logits)
         tokens = sample_next_token(scores, settings.sampling, generator, history)
@@ -116,7 +129,7 @@ def decode_loop(model: Decoder, prompt_ids: list[int], settings: GenerationSetti
         if history is not None:
             history.add(tokens)
         logits = forward(tokens[:, None], len(prompt_ids) + step, cache, last_only=True)[:, -1]
-        require_finite(logits)
+        require_sound(logits)
 
 
 def is_token_ids(prompt) -> bool:

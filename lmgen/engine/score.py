@@ -63,7 +63,7 @@ def windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
 
 
 def score(lm, text: str, window: int | None = None, stride: int | None = None) -> Score:
-    from lmgen.engine.generation import require_finite
+    from lmgen.engine.generation import require_sound
 
     ids = lm.encode(text)
     if len(ids) < 2:
@@ -80,7 +80,7 @@ def score(lm, text: str, window: int | None = None, stride: int | None = None) -
     with torch.inference_mode():
         for begin, end, first in windows(len(ids), window, stride):
             logits = lm.model(torch.tensor([ids[begin:end]], device=device))[0].float()
-            require_finite(logits)
+            require_sound(logits)
             predicting = logits[first - 1 - begin : end - 1 - begin]  # rows that predict first..end-1
             targets = torch.tensor(ids[first:end], device=device)
             target_logits = predicting.gather(-1, targets[:, None])
