@@ -320,3 +320,53 @@ def test_version_and_a_help_list_with_one_sentence_per_command(cli):
 
     assert len(rows) == len(typer.main.get_command(app).commands)  # each command on one row
     assert all(len(row) == 2 and row[1].endswith(".") for row in rows), rows  # one sentence each
+
+
+def test_lmgen_alone_prints_the_help_and_exits_0(cli):
+    result = cli()
+    assert result.returncode == 0 and "Usage: lmgen" in result.stdout.decode() and not result.stderr
+
+
+def test_commands_are_listed_alphabetically(cli):
+    import typer.main
+
+    from lmgen.cli.main import app
+
+    text = cli("--help").stdout.decode()
+    names = list(typer.main.get_command(app).commands)
+    listed = sorted(names, key=lambda name: text.index(f"│ {name} "))
+    assert listed == sorted(names)
+
+
+def test_usage_lines_show_argument_names_in_capitals(cli):
+    """Every command's usage line: after [OPTIONS], argument names in capitals ({NAME} required, [NAME] not)."""
+    import typer.main
+
+    from lmgen.cli.main import app
+
+    for name, command in typer.main.get_command(app).commands.items():
+        usage = re.search(r"Usage: lmgen (\S+) \[OPTIONS\](.*)", cli(name, "--help").stdout.decode())
+        assert usage and usage.group(1) == name
+        arguments = usage.group(2).split()
+        assert len(arguments) == sum(p.param_type_name == "argument" for p in command.params)
+        assert all(re.fullmatch(r"[\[{][A-Z_]+[\]}]", a) for a in arguments), (name, arguments)
+
+
+def flat_help(cli, *args) -> str:
+    return re.sub(r"[\s│]+", " ", cli(*args, "--help").stdout.decode())
+
+
+def test_dtype_help_lists_every_accepted_value(cli):
+    from lmgen.engine.load import DTYPES, QUANTIZED
+
+    for command in ("generate", "chat", "batch", "score", "serve"):
+        text = flat_help(cli, command)
+        listed = re.search(r"--dtype DTYPE Weights: (.*?); on the CPU", text).group(1)
+        assert set(re.findall(r"\b[a-z0-9_]+\b", listed)) >= set(DTYPES) | set(QUANTIZED), (command, listed)
+
+
+def test_convert_help_lists_every_architecture_it_reads(cli):
+    from lmgen.formats.gguf.arch import ARCHS
+
+    text = flat_help(cli, "convert")
+    assert all(re.search(rf"\b{arch}\b", text) for arch in ARCHS)

@@ -1,6 +1,7 @@
 """inspect: counts from headers alone, matching published figures and the tensors themselves."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -170,3 +171,48 @@ def test_cli_shows_formats_and_with_stats_the_bytes_read_per_token(cli):
     assert info["bytes_read_per_token"]["formats"].keys() == {"F32", "Q4_1", "Q8_0"}
     listed = cli("inspect", "--tensors", "--match", "blk.0.ffn_up*", str(bundled_gguf())).stdout.decode()
     assert "format" in listed and "blk.0.ffn_up.weight" in listed and "Q4_1" in listed
+
+
+def weight_bytes(model) -> int:
+    """The bytes of a loaded model's weights, each tensor once (a tied head shares the embedding's)."""
+    seen, total = set(), 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+@pytest.mark.parametrize("dtype", ["q8", "q4"])
+def test_quantized_memory_is_what_the_loaded_model_holds(tmp_path, dtype):
+    """inspect's "weights at q8/q4" equals the bytes --dtype q8/q4 loads (and so reads per token):
+    projections in blocks, embedding and head at Q8_0, norms, biases and positions at fp32."""
+    import lmgen
+    from lmgen.formats.paths import bundled_gguf
+
+    cases = {"smollm2 gguf": bundled_gguf()}
+    for family, overrides in (("gpt2", {}), ("llama", {}), ("llama", {"tie_word_embeddings": True}), ("qwen2", {})):
+        path = tmp_path / f"{family}-{len(overrides)}"
+        save_tiny(family, path, **overrides)
+        cases[path.name] = path
+    for name, path in cases.items():
+        assert report(path)["memory_bytes"][dtype] == weight_bytes(lmgen.load(path, dtype=dtype).model), name
+
+
+def test_a_match_with_no_tensor_says_so_and_exits_0(cli):
+    from lmgen.formats.paths import bundled_gguf
+
+    result = cli("inspect", "--tensors", "--match", "*layers.0.*", str(bundled_gguf()))
+    assert result.returncode == 0
+    assert "no tensor name matches '*layers.0.*' (names here look like token_embd.weight)" in result.stdout.decode()
+    as_json = json.loads(cli("inspect", "--json", "--match", "nothing*", str(bundled_gguf())).stdout)
+    assert as_json["tensors"] == [] and as_json["tensor_match"]["glob"] == "nothing*"
+
+
+def test_the_readme_match_example_matches_the_default_models_names():
+    from lmgen.formats.paths import bundled_gguf
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = re.search(r"`--match '([^']+)'` for the default", readme).group(1)
+    names = [t["name"] for t in report(bundled_gguf(), example)["tensors"]]
+    assert names and all(n.startswith("blk.0.") for n in names)

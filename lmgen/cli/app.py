@@ -6,10 +6,20 @@ from __future__ import annotations
 import sys
 
 import typer
+from typer.core import TyperGroup
 
 from lmgen.config.model_config import FAMILIES
 
+
+class Commands(TyperGroup):
+    """The commands, listed alphabetically in the help (Typer lists them as they were registered)."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted(super().list_commands(ctx))
+
+
 app = typer.Typer(
+    cls=Commands,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,

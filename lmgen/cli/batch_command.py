@@ -17,7 +17,7 @@ from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, T
 @app.command()
 @with_sampling
 def batch(
-    input: Path = typer.Argument(..., help="Prompts: a text file (one per line) or JSONL ({\"id\", \"prompt\", ...})."),
+    input: Path = typer.Argument(..., metavar="INPUT", help="Prompts: a text file (one per line) or JSONL ({\"id\", \"prompt\", ...})."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory of JSONL part files (a rerun resumes it)."),
     model: Optional[str] = MODEL_OPTION,
     max_new_tokens: int = typer.Option(128, "--max-new-tokens", "-n", help="Stop after this many new tokens."),

@@ -30,7 +30,7 @@ from lmgen.errors import InputError
 @app.command()
 @with_sampling
 def generate(
-    prompt: Optional[str] = typer.Argument(None, help="Text to continue; '-' or nothing reads stdin."),
+    prompt: Optional[str] = typer.Argument(None, metavar="PROMPT", help="Text to continue; '-' or nothing reads stdin."),
     file: Optional[Path] = FILE_OPTION,
     each_line: bool = typer.Option(False, "--each-line", help="One completion per non-empty line of stdin."),
     model: Optional[str] = MODEL_OPTION,

@@ -13,7 +13,7 @@ from lmgen.cli.app import app
 
 @app.command()
 def inspect(
-    path: Optional[Path] = typer.Argument(None, help="Checkpoint directory, .safetensors file, .gguf file or TOML "
+    path: Optional[Path] = typer.Argument(None, metavar="PATH", help="Checkpoint directory, .safetensors file, .gguf file or TOML "
                                           "config (default: the model generate would run)."),
     tensors: bool = typer.Option(False, "--tensors", help="List every tensor: shape, dtype, size."),
     match: Optional[str] = typer.Option(None, "--match", help="Only tensors whose name matches this glob."),

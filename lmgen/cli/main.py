@@ -60,6 +60,8 @@ class ClosedStream:
 def run(argv: list[str]) -> int:
     """Run one command and return its exit code: errors become one line on stderr."""
     debug = "--debug" in argv
+    if not [a for a in argv if a != "--debug"]:  # `lmgen` alone: its help, as asked for
+        argv = [*argv, "--help"]
     if sys.stdout is None:
         sys.stdout = ClosedStream("standard output")
     try:

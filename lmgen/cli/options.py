@@ -9,14 +9,17 @@ from typing import Optional
 
 import typer
 
+from lmgen.engine.settings import FLOAT_DTYPES, QUANTIZED
+
 MODEL_OPTION = typer.Option(
     None, "--model", "-m",
     help="Checkpoint directory or GGUF file (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
 )
 FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
 DTYPE_OPTION = typer.Option(
-    None, "--dtype", help="Weights: float32, bfloat16, float16, q8 or q4 (block-quantized; int8 = q8); on the CPU "
-    "activations stay fp32. Default: a GGUF file's weights as stored, else float32."
+    None, "--dtype", metavar="DTYPE",
+    help=f"Weights: {', '.join(FLOAT_DTYPES)}, or block-quantized {', '.join(QUANTIZED)} (q8 = q8_0 = int8, "
+    "q4 = q4_1); on the CPU activations stay fp32. Default: a GGUF file's weights as stored, else float32."
 )
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda.")
 THREADS_OPTION = typer.Option(None, "--threads", help="Threads to compute with (default: the cores available).")

@@ -13,9 +13,9 @@ from lmgen.cli.app import app
 
 @app.command()
 def quantize(
-    src: Path = typer.Argument(..., help="A checkpoint directory (config.json, model.safetensors, tokenizer.json) "
+    src: Path = typer.Argument(..., metavar="SRC", help="A checkpoint directory (config.json, model.safetensors, tokenizer.json) "
                                          "or a .gguf file."),
-    out: Path = typer.Argument(..., help="The GGUF file to write (staged beside it, renamed into place when complete)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="The GGUF file to write (staged beside it, renamed into place when complete)."),
     type_name: str = typer.Option(..., "--type", help="The block format: q8_0, q4_0, q4_1, q5_0 or q5_1."),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
 ) -> None:

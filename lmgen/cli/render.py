@@ -284,14 +284,18 @@ def print_inspect(info: dict) -> None:
         ["weights at fp32", human_bytes(memory["fp32"]), ""],
         ["weights at bf16", human_bytes(memory["bf16"]), ""],
         ["weights at q8", human_bytes(memory["q8"]), "Q8_0 blocks, scales included"],
-        ["weights at q4", human_bytes(memory["q4"]), "Q4_1 blocks (llama.cpp keeps the embedding at q8)"],
+        ["weights at q4", human_bytes(memory["q4"]), "Q4_1 projections, embedding and LM head at Q8_0"],
         ["KV cache per token", f"{human_bytes(kv['fp32'])} fp32", f"{human_bytes(kv['bf16'])} bf16"],
         [f"KV cache, {full} tokens", f"{human_bytes(kv['fp32'] * full)} fp32", f"{human_bytes(kv['bf16'] * full)} bf16"],
         *_per_token_rows(info.get("bytes_read_per_token")),
     ]
     print_table(["memory", "bytes", ""], memory_rows, right={1})
     print_formats(info)
-    if "tensors" in info:
+    if "tensors" in info and not info["tensors"]:
+        match = info["tensor_match"]
+        example = f" (names here look like {match['example_name']})" if match["example_name"] else ""
+        print(f"no tensor name matches {match['glob']!r}{example}")
+    elif "tensors" in info:
         tensor_rows = [[t["name"], " × ".join(map(str, t["shape"])), t["dtype"], human_bytes(t["bytes"]), t["part"] or "-"]
                        for t in info["tensors"]]
         print_table(["tensor", "shape", "format", "size", "counted as"], tensor_rows, right={3})

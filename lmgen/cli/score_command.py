@@ -15,7 +15,7 @@ from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, FILE_OPTION, MODEL_OP
 
 @app.command()
 def score(
-    text: Optional[str] = typer.Argument(None, help="Text to score; '-' or nothing reads stdin."),
+    text: Optional[str] = typer.Argument(None, metavar="TEXT", help="Text to score; '-' or nothing reads stdin."),
     file: Optional[Path] = FILE_OPTION,
     model: Optional[str] = MODEL_OPTION,
     window: Optional[int] = typer.Option(None, "--window", help="Tokens per forward pass (default 1024, at most the context)."),

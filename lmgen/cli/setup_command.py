@@ -10,12 +10,14 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.errors import EnvironmentFailure
+from lmgen.formats.gguf.arch import ARCHS
 
 
 @app.command()
 def convert(
-    gguf_file: Path = typer.Argument(..., help="A .gguf file (llama or qwen2 architecture)."),
-    out_dir: Path = typer.Argument(..., help="Directory to write config.json, model.safetensors, tokenizer.json."),
+    gguf_file: Path = typer.Argument(..., metavar="GGUF_FILE", help=f"A .gguf file; architectures: {', '.join(ARCHS)}."),
+    out_dir: Path = typer.Argument(..., metavar="OUT_DIR",
+                                   help="Directory to write config.json, model.safetensors, tokenizer.json."),
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it is not empty."),
 ) -> None:
     """Import a GGUF file: dequantize to fp32 and write an HF-layout directory."""

@@ -12,18 +12,14 @@ import torch
 
 from lmgen.config.model_config import ModelConfig, is_int
 from lmgen.engine.load_checkpoint import load_model
+from lmgen.engine.settings import FLOAT_DTYPES, QUANTIZED
 from lmgen.errors import CheckpointError, InputError
 from lmgen.formats.checkpoint import gguf_file
 from lmgen.formats.files import read_json
 from lmgen.model.decoder import Decoder
 from lmgen.text.tokenizer import Tokenizer
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
-# Block-quantized weights (lmgen.model.quant), fp32 activations: --dtype name → (projections' format,
-# the token embedding's and LM head's). 4-bit keeps those two at 8 bits, as llama.cpp does.
-QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q8_0"), "q4_1": ("q4_1", "q8_0"),
-             "q4_0": ("q4_0", "q8_0"), "int8": ("q8_0", "q8_0")}  # int8: the 8-bit format's old name
+DTYPES = {name: getattr(torch, dtype) for name, dtype in FLOAT_DTYPES.items()}
 
 
 @dataclass

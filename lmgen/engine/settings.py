@@ -15,6 +15,14 @@ from lmgen.text.utf8 import utf8_text
 if TYPE_CHECKING:
     from lmgen.engine.constraint import Constraint
 
+# --dtype: float weights (name → torch dtype's name), and block-quantized ones (lmgen.model.quant,
+# fp32 activations: name → the projections' format, the token embedding's and LM head's; 4-bit
+# keeps those two at 8 bits, as llama.cpp does). Torch-free, so the help lists them all.
+FLOAT_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+                "float16": "float16", "fp16": "float16"}
+QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q8_0"), "q4_1": ("q4_1", "q8_0"),
+             "q4_0": ("q4_0", "q8_0"), "int8": ("q8_0", "q8_0")}  # int8: the 8-bit format's old name
+
 # Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
 # below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most
 # the context length times 1e6. Wider values are refused where they are parsed.

@@ -165,8 +165,8 @@ def report(path: str | Path, tensor_glob: str | None = None, stats: bool = False
             "stored_dtypes": sorted({t.dtype for t in counted}),
             "fp32": 4 * total,
             "bf16": 2 * total,
-            "q8": total * 34 // 32,  # Q8_0 blocks: 32 values in 34 bytes
-            "q4": total * 20 // 32,  # Q4_1 blocks: 32 values in 20 bytes
+            "q8": quantized_bytes(counted, "q8_0", "q8_0"),
+            "q4": quantized_bytes(counted, "q4_1", "q8_0"),
         },
         "formats": formats(counted),
         "bits_per_weight": bits_per_weight(sum(t.nbytes for t in counted), total),
@@ -177,12 +177,35 @@ def report(path: str | Path, tensor_glob: str | None = None, stats: bool = False
     if stats:
         info["bytes_read_per_token"] = bytes_read_per_token(cfg, counted)
     if tensor_glob is not None:
+        info["tensor_match"] = {"glob": tensor_glob, "example_name": tensors[0].name if tensors else None}
         info["tensors"] = [
             {"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": t.nbytes, "part": t.part}
             for t in tensors
             if fnmatch.fnmatchcase(t.name, tensor_glob)
         ]
     return info
+
+
+BLOCK_BYTES = {"q8_0": 34, "q4_1": 20, "q4_0": 18}  # bytes per block of 32 values
+PACKED_ROWS = 16  # quant.pack interleaves rows in groups of 16, the last padded with zero rows
+
+
+def quantized_bytes(counted: list[TensorInfo], projections: str, embeddings: str) -> int:
+    """The weights' bytes under ``--dtype`` q8 or q4, as ``quantize_blocks`` makes them: each
+    projection's matrix in blocks of ``projections``, the token embedding and an untied LM head in
+    ``embeddings`` (rows packed in groups); norms, biases and position embeddings stay fp32."""
+    def blocks(t: TensorInfo, fmt: str) -> int:
+        rows, width = t.shape
+        return -(-rows // PACKED_ROWS) * PACKED_ROWS * width // 32 * BLOCK_BYTES[fmt]
+
+    def size(t: TensorInfo) -> int:
+        if t.part in ("token_embedding", "head"):
+            return blocks(t, embeddings)
+        if t.part in ("attention", "mlp") and len(t.shape) == 2:
+            return blocks(t, projections)
+        return 4 * t.numel
+
+    return sum(size(t) for t in counted)
 
 
 def bits_per_weight(nbytes: int, parameters: int) -> float:
