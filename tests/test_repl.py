@@ -209,3 +209,14 @@ def test_stats_after_undo_is_not_the_removed_reply(cli, tiny_chat_dir):
     notes = result.stderr.decode().splitlines()
     assert "time to first token" in notes[0]
     assert notes[1:] == ["(dropped the last exchange)", "(the last reply was undone: no reply since)"]
+
+
+def test_stats_divide_the_prefill_time_by_the_tokens_prefilled(cli, tiny_chat_dir):
+    """A later turn reuses the cache: its prompt rate is the tokens prefilled (not the whole
+    prompt, most of it reused) over the time to first token, in the record and in /stats."""
+    result = cli("chat", "-m", str(tiny_chat_dir), "-n", "3", "--jsonl", input=b"hello there\nand again\n")
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(records) == 2 and records[1]["reused_tokens"] > 0
+    for r in records:
+        assert r["prefilled_tokens"] == r["prompt_tokens"] - r["reused_tokens"] > 0
+        assert r["prefill_tokens_per_s"] == pytest.approx(r["prefilled_tokens"] / r["time_to_first_token_s"], rel=1e-3)

@@ -228,16 +228,16 @@ def events_alone(lm: LanguageModel, prompt_ids: list[int], settings: GenerationS
         first = first or time.perf_counter()
         token = int(tokens[0])
         if token in lm.eos_ids:
-            yield sample.finished("stop", sample.flush(), len(prompt_ids), start, first, 0)
+            yield sample.finished("stop", sample.flush(), len(prompt_ids), start, first, 0, cached=cached)
             return
         text, stopped = sample.push(token)
         probs = probabilities(logits, tokens, settings.show_probs)
         prob, top = probs[0] if probs else (None, ())
         yield Token(token, text, 0, prob, top)
         if stopped:
-            yield sample.finished("stop", "", len(prompt_ids), start, first, 0)
+            yield sample.finished("stop", "", len(prompt_ids), start, first, 0, cached=cached)
             return
-    yield sample.finished("length", sample.flush(), len(prompt_ids), start, first, 0)
+    yield sample.finished("length", sample.flush(), len(prompt_ids), start, first, 0, cached=cached)
 
 
 def probabilities(logits, tokens, k: int) -> list[tuple[float, tuple]] | None:

@@ -24,7 +24,7 @@ def summary(prompt: str, done: Finished, bytes_per_token: int, tokens: list[Toke
         "new_tokens": done.new_tokens,
         "time_to_first_token_s": round(done.prefill_seconds, 6),
         "decode_s": round(done.decode_seconds, 6),
-        "prefill_tokens_per_s": _rate(done.prompt_tokens, done.prefill_seconds),
+        "prefill_tokens_per_s": _rate(done.prompt_tokens - done.cached_tokens, done.prefill_seconds),  # those prefilled
         "decode_tokens_per_s": decode_rate,
         "weights_gb_per_s": round(decode_rate * bytes_per_token / 1e9, 3),
         "sample": done.sample,
