@@ -274,3 +274,31 @@ def test_each_line_progress_never_shares_a_line_with_the_output(lmgen_exe, tiny_
     for line in piped.splitlines():
         if line.strip():
             assert line in segments or line.rstrip() in segments, (line, segments)
+
+
+def wait_for(condition, what: str, proc, limit: float = 300):
+    """Poll until condition() holds (the state a test needs), failing if the process ended first."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert proc.poll() is None, f"lmgen ended (exit {proc.returncode}) before {what}"
+        assert time.monotonic() < deadline, f"no {what} in {limit} s"
+        time.sleep(0.02)
+
+
+def test_ctrl_c_in_batch_says_how_many_records_were_kept_and_how_to_resume(lmgen_exe, tiny_dir, tmp_path):
+    src, out = tmp_path / "in.txt", tmp_path / "out"
+    src.write_text("".join(f"prompt {i}\n" for i in range(5000)))  # far more than can finish
+    proc = subprocess.Popen([lmgen_exe, "batch", str(src), "--out", str(out), "-m", str(tiny_dir), "-n", "50",
+                             "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def lines() -> int:
+        return sum(part.read_bytes().count(b"\n") for part in out.glob("part-*"))
+
+    wait_for(lambda: lines() >= 1, "a record written", proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    kept = lines()
+    assert 1 <= kept < 5000
+    assert err.decode().splitlines() == [f"lmgen: interrupted: {kept} of 5000 record(s) kept in {out} ({kept} from "
+                                         "this run); run the same command again to resume"]

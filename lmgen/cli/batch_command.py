@@ -45,6 +45,7 @@ def batch(
         Job,
         Written,
         check_input,
+        done_ids,
         fingerprint,
         finish,
         lock_out,
@@ -78,13 +79,18 @@ def batch(
     if skipped:
         sys.stderr.write(f"lmgen: {skipped} record(s) already in {out}; {len(records)} to go\n")
     start, written = time.perf_counter(), Written()
-    if records and ray is not None:
-        from lmgen.cli.batch_ray import run_on_ray
+    try:
+        if records and ray is not None:
+            from lmgen.cli.batch_ray import run_on_ray
 
-        run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose)
-    elif records:
-        lm = load_model(path, dtype, device)
-        run_here(lm, records, out, settings, batch_size, chat, system, written)
+            run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose)
+        elif records:
+            lm = load_model(path, dtype, device)
+            run_here(lm, records, out, settings, batch_size, chat, system, written)
+    except KeyboardInterrupt:  # Ctrl-C: what is kept, and how to go on (exit 130)
+        sys.stderr.write(f"lmgen: interrupted: {len(done_ids(out))} of {len(every)} record(s) kept in {out} "
+                         f"({written.records} from this run); run the same command again to resume\n")
+        raise
     summary = finish(out, written.records, skipped, time.perf_counter() - start, written.tokens)
     sys.stderr.write(f"lmgen: {summary['records_written']} record(s) written to {out} in {summary['seconds']:.1f} s "
                      f"({summary['tokens_per_s']:.1f} tokens/s); {summary['records_total']} in all\n")
