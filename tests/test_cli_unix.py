@@ -243,6 +243,9 @@ def test_loading_spinner_only_on_a_terminal(lmgen_exe, smollm2_dir):
 # ------------------------------------------------------------------- what a terminal shows (issue 24)
 
 
+SPINNER = re.compile(r"[⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏] loading model…")
+
+
 def test_show_probs_on_a_terminal_shows_the_lines_then_the_text(lmgen_exe, smollm2_dir):
     """Probability lines (stderr) used to land in the middle of the streamed text (stdout):
     " Paris 0.684 '.' | …", then a lone "."."""
@@ -254,7 +257,8 @@ def test_show_probs_on_a_terminal_shows_the_lines_then_the_text(lmgen_exe, smoll
     assert len(text.strip()) > 1 and "\n" not in text
     for env in ({"NO_COLOR": "1", "TERM": "dumb"}, {"TERM": "xterm-256color"}):
         segments = screen_segments(run_in_a_terminal(lmgen_exe, args, env))
-        assert [s for s in segments if not s.startswith("Loading")] == segments[-3:]
+        shown = [s for s in segments if not SPINNER.fullmatch(s)]  # the loading spinner's frames may show first
+        assert shown == segments[-3:]
         assert all(re.match(r"\s*\d\.\d{3} ", s) for s in segments[-3:-1]), segments  # two probability lines
         assert segments[-1] == text  # then the text, whole, on its own line
 
@@ -302,3 +306,33 @@ def test_ctrl_c_in_batch_says_how_many_records_were_kept_and_how_to_resume(lmgen
     assert 1 <= kept < 5000
     assert err.decode().splitlines() == [f"lmgen: interrupted: {kept} of 5000 record(s) kept in {out} ({kept} from "
                                          "this run); run the same command again to resume"]
+
+
+def on_a_terminal(lmgen_exe, args, env) -> tuple[int, str]:
+    """(exit code, what the terminal showed) of lmgen with every stream on one pseudo-terminal."""
+    import pexpect
+
+    child = pexpect.spawn(lmgen_exe, args, env={**os.environ, "TERM": "xterm-256color", **env}, timeout=120)
+    child.expect(pexpect.EOF)
+    child.close()
+    return child.exitstatus, child.before.decode()
+
+
+def test_the_spinner_shows_from_the_process_start_and_is_erased_before_an_error(lmgen_exe, tmp_path):
+    """A model path that does not exist fails before any weight is read (while torch imports and
+    the config is looked for): the spinner has been showing since the start, and is erased with
+    spaces before the error line, which stands alone."""
+    code, shown = on_a_terminal(lmgen_exe, ["generate", "-m", str(tmp_path / "missing"), "Hi"],
+                                {"LMGEN_SPINNER_DELAY": "0"})
+    assert code == 3
+    spinning, _, rest = shown.rpartition("\r" + " " * len("⠋ loading model…") + "\r")
+    assert "⠋ loading model…" in spinning
+    assert rest == f"lmgen: error: model path {tmp_path / 'missing'} does not exist\r\n"
+    assert not ANSI.search((spinning + rest).encode())  # no escape codes before rich is imported
+
+
+@pytest.mark.parametrize("args", [["generate", "--help"], ["generate", "--server", "http://127.0.0.1:9", "Hi"],
+                                  ["inspect"], ["--version"]])
+def test_no_early_spinner_for_what_loads_no_model_here(lmgen_exe, args):
+    _, shown = on_a_terminal(lmgen_exe, args, {"LMGEN_SPINNER_DELAY": "0"})
+    assert "loading model" not in shown

@@ -11,7 +11,7 @@ from typing import Optional
 def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Optional[int]):
     """What generate and score do before reading input: check the options, pick the model and
     its config (torch-free: a bad model fails before the slow load). Returns (path, config)."""
-    from lmgen.cli.startup import freeze_imports
+    from lmgen.cli.startup import freeze_imports, stop_early
     from lmgen.engine.load import parse_device, parse_dtype
     from lmgen.formats.checkpoint import gguf_file, locate, read_config
     from lmgen.formats.paths import resolve_model
@@ -28,8 +28,11 @@ def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Op
         from lmgen.formats.config_file import load_config_file
         from lmgen.formats.gguf.index import gguf_index
 
-        return path, load_config_file(gguf_index(src) / "config.json")
-    return path, read_config(locate(path))
+        config = load_config_file(gguf_index(src) / "config.json")
+    else:
+        config = read_config(locate(path))
+    stop_early()  # the loading status takes over (at once, if the early spinner was showing)
+    return path, config
 
 
 def load_model(path, dtype: Optional[str], device: str):

@@ -21,6 +21,7 @@ except ImportError:  # pragma: no cover - older typer on top of click
 
 from lmgen.cli.app import app
 from lmgen.cli.render import one_line
+from lmgen.cli.startup import start_early, stop_early
 from lmgen.errors import EnvironmentFailure, LmgenError
 from lmgen.model.threads import yielding_threads
 
@@ -29,6 +30,7 @@ EXIT_BROKEN_PIPE = 141
 
 
 def error_line(message: str) -> None:
+    stop_early()  # the spinner erased first: the line stands alone
     try:
         sys.stderr.write(f"lmgen: error: {one_line(message)}\n")
         sys.stderr.flush()
@@ -60,6 +62,13 @@ class ClosedStream:
 def run(argv: list[str]) -> int:
     """Run one command and return its exit code: errors become one line on stderr."""
     debug = "--debug" in argv
+    try:
+        return _run(argv, debug)
+    finally:
+        stop_early()  # never left spinning over an error line or the shell's prompt
+
+
+def _run(argv: list[str], debug: bool) -> int:
     if not [a for a in argv if a != "--debug"]:  # `lmgen` alone: its help, as asked for
         argv = [*argv, "--help"]
     if sys.stdout is None:
@@ -106,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `lmgen … | head` ends quietly, like cat would
     yielding_threads()
-    leave(run(sys.argv[1:] if argv is None else argv))
+    argv = sys.argv[1:] if argv is None else argv
+    start_early(argv)
+    leave(run(argv))
 
 
 def leave(code: int) -> None:

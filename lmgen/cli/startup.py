@@ -1,11 +1,16 @@
 """What the command line shows and does around the work: freeze the imports out of the garbage
-collector's way, a spinner on a terminal while the weights load, and a progress bar of the
-prompts done with --each-line."""
+collector's way, a spinner on a terminal from the process's start until the weights are loaded,
+and a progress bar of the prompts done with --each-line."""
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 from contextlib import contextmanager
+
+MODEL_COMMANDS = ("batch", "chat", "generate", "score", "serve")  # those that import torch and load a model
+FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"  # rich's "dots", as the loading status shows them
 
 
 def freeze_imports() -> None:
@@ -19,13 +24,82 @@ def freeze_imports() -> None:
     gc.freeze()
 
 
+class EarlySpinner:
+    """The spinner of a process's first seconds (importing torch, reading the model's config),
+    before rich is imported: frames written straight to stderr's descriptor, erased with spaces
+    (no escape codes). Stopped (``stop_early``) before anything else is shown."""
+
+    def __init__(self, text: str, delay: float):
+        self.text, self.delay, self.shown = text, delay, False
+        self.stopped, self.lock = threading.Event(), threading.Lock()
+        threading.Thread(target=self._spin, daemon=True, name="lmgen-spinner").start()
+
+    def _spin(self) -> None:
+        frame = 0
+        while not self.stopped.wait(self.delay if frame == 0 else 0.08):
+            with self.lock:
+                if self.stopped.is_set():
+                    return
+                self.shown = _write(f"\r{FRAMES[frame % len(FRAMES)]} {self.text}") or self.shown
+            frame += 1
+
+    def stop(self) -> bool:
+        """Stop and erase it; whether it was ever shown."""
+        with self.lock:
+            self.stopped.set()
+            if self.shown:
+                _write("\r" + " " * (len(self.text) + 2) + "\r")
+        return self.shown
+
+
+def _write(text: str) -> bool:
+    try:
+        os.write(2, text.encode("utf-8"))
+        return True
+    except OSError:
+        return False
+
+
+_early: EarlySpinner | None = None
+_handed_over = False  # the early spinner was showing when it stopped: the next status starts at once
+
+
+def start_early(argv: list[str]) -> None:
+    """From the process's start, on a terminal (not a dumb one), for a command that loads a model
+    here (not --help, --version or --server): the loading spinner, after the usual delay."""
+    global _early
+    command = next((a for a in argv if not a.startswith("-")), None)
+    remote = "--server" in argv or any(a.startswith("--server=") for a in argv) or os.environ.get("LMGEN_SERVER")
+    if command not in MODEL_COMMANDS or remote or {"--help", "--version"} & set(argv):
+        return
+    if not sys.stderr.isatty() or os.environ.get("TERM", "") in ("dumb", "unknown"):
+        return
+    try:
+        delay = spinner_delay()
+    except Exception:  # a bad value is refused, one line, once the command reads it
+        return
+    _early = EarlySpinner("loading model…", delay)
+
+
+def stop_early() -> None:
+    """The early spinner stopped and erased (once the model's config is read, or the command ends)."""
+    global _early, _handed_over
+    if _early is not None:
+        _handed_over = _early.stop()
+        _early = None
+
+
 class status:
     """A spinner with ``text`` on stderr while work goes on, if stderr is a terminal and the work
-    takes longer than ``delay`` seconds (default $LMGEN_SPINNER_DELAY, else 0.5)."""
+    takes longer than ``delay`` seconds (default $LMGEN_SPINNER_DELAY, else 0.5; at once where
+    the early spinner was showing, so that it goes on without a gap)."""
 
     def __init__(self, text: str, delay: float | None = None):
+        global _handed_over
+        stop_early()
         self.text = text
-        self.delay = spinner_delay() if delay is None else delay
+        self.delay = 0.0 if _handed_over else spinner_delay() if delay is None else delay
+        _handed_over = False
 
     def __enter__(self):
         self.timer = None
