@@ -208,7 +208,9 @@ def test_broken_pipe_is_quiet(lmgen_exe, smollm2_dir):
 
 def test_sigint_stops_at_once_with_a_final_newline(lmgen_exe, smollm2_dir):
     env = {**os.environ, "LMGEN_MODEL": str(smollm2_dir)}
-    proc = subprocess.Popen([lmgen_exe, "generate", "-n", "1000", "The cat sat"], env=env,
+    # The regex allows no end before 20,000 letters, more than 1,000 tokens can make: generation
+    # is still going when the signal lands, however slow the machine (the greedy reply ends at 160).
+    proc = subprocess.Popen([lmgen_exe, "generate", "-n", "1000", "--regex", "[a-z ]{20000}", "The cat sat"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = os.read(proc.stdout.fileno(), 1)  # generation has started
     proc.send_signal(signal.SIGINT)
