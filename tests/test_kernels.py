@@ -97,6 +97,8 @@ def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
     assert "portable" in builds, "the package was built without its kernels"
     best = kernels.best_level(builds)
     runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
+    if len(runnable) < 2:
+        pytest.skip(f"this CPU runs only the {best} build: nothing to compare it with")
     x, w = torch.randn(20, 160), torch.randn(70, 160)  # 16 rows through AMX tiles where the CPU has them
     results = {}
     for level in runnable:

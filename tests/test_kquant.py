@@ -84,7 +84,8 @@ def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
     builds = kernels.packaged_builds()
     best = kernels.best_level(builds)
     runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
-    assert len(runnable) == 3, "this test wants a CPU with AVX-512 VNNI to compare every build"
+    if len(runnable) < 2:
+        pytest.skip(f"this CPU runs only the {best} build: nothing to compare it with")
     x = torch.randn(20, 512) * 2  # 16 rows through AMX tiles where the CPU has them, 4 through VNNI
     results = {}
     for level in runnable:

@@ -106,9 +106,22 @@ def test_amx_tiles_are_used_where_the_cpu_has_them():
     """Where the CPU has AMX int8 (and Linux grants the tile state), batches of 8 rows or more
     go through the tiles; LMGEN_AMX=0 turns them off. Elsewhere nothing asks for them."""
     lib = kernels.library()
-    assert lib.amx_enable(1) == int(cpu_has_amx())
-    assert lib.amx_enable(0) == 0
-    assert lib.amx_enable(1) == int(cpu_has_amx())
+    fmt = FORMATS["q8_0"]
+    packed = pack(quantize(torch.randn(64, 128), fmt), fmt)
+
+    def tiles_for(rows: int) -> int:
+        before = lib.amx_tile_count()
+        kernels.block_linear(torch.randn(rows, 128), packed, fmt, 64, 128, None)
+        return lib.amx_tile_count() - before
+
+    try:
+        assert lib.amx_enable(1) == int(cpu_has_amx())
+        assert tiles_for(1) == 0 and tiles_for(7) == 0  # fewer than 8 rows: VNNI
+        assert (tiles_for(16) > 0) == cpu_has_amx()  # 64 weight rows × 16 rows of x: tile products
+        assert lib.amx_enable(0) == 0
+        assert tiles_for(16) == 0
+    finally:
+        lib.amx_enable(1)
 
 
 @settings(max_examples=40, deadline=None)

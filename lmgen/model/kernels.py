@@ -147,6 +147,8 @@ def declare(lib: ctypes.CDLL, amx: bool | None = None) -> ctypes.CDLL:
     lib.set_threads(torch.get_num_threads())
     lib.amx_enable.argtypes = [int_]
     lib.amx_enable.restype = int_
+    lib.amx_tile_count.argtypes = []
+    lib.amx_tile_count.restype = i64  # tile products computed so far (tests)
     if amx is None:
         amx = choice("LMGEN_AMX", ("1", "0"), "1") == "1"
     lib.amx_enable(amx)  # AMX tiles for batches, where the CPU has them (LMGEN_AMX=0: never)

@@ -162,9 +162,14 @@ static inline __attribute__((target("amx-tile,amx-int8"), always_inline)) void a
     amx_tile_of(F, g0, g1, a, x0, rows, out); \
     return;
 
+static int64_t amx_tiles_run = 0;  /* tile products computed, for the tests (amx_tile_count) */
+
+int64_t amx_tile_count(void) { return __atomic_load_n(&amx_tiles_run, __ATOMIC_RELAXED); }
+
 static __attribute__((target("amx-tile,amx-int8"))) void amx_tile(int dtype, const uint8_t* g0, const uint8_t* g1,
                                                                    const QuantizedX* a, int64_t x0, int rows,
                                                                    float out[2 * QGROUP][AMX_ROWS]) {
+  __atomic_fetch_add(&amx_tiles_run, 1, __ATOMIC_RELAXED);
   switch (dtype) {
     AMX_FORMAT(W_Q8_0) AMX_FORMAT(W_Q4_0) AMX_FORMAT(W_Q4_1) AMX_FORMAT(W_Q5_0) AMX_FORMAT(W_Q5_1)
     AMX_FORMAT(W_Q4_K) AMX_FORMAT(W_Q5_K) AMX_FORMAT(W_Q6_K)

@@ -297,6 +297,7 @@ static inline int64_t packed_block_bytes(int dtype) {
 enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8, AMX_GROUPS = 1 };
 static const int use_amx = 0;
 int amx_enable(int want) { (void)want; return 0; }
+int64_t amx_tile_count(void) { return 0; }
 static void amx_begin(void) {}
 static void amx_end(void) {}
 static void amx_tile(int dtype, const uint8_t* g0, const uint8_t* g1, const QuantizedX* a, int64_t x0, int rows,
