@@ -235,3 +235,26 @@ def cli(capsysbinary, monkeypatch):
         return Result(code, out, err)
 
     return call
+
+
+@pytest.fixture(scope="session")
+def kernel_build(tmp_path_factory):
+    """kernels.c built with other flags, each once per session: "serial" (a compiler without
+    OpenMP), "avx2" (no AVX-512: the compiler-vectorised and AVX2 paths), "portable" (neither)."""
+    import shutil
+
+    from lmgen.model import kernels
+
+    built: dict[str, Path] = {}
+    extra = {"serial": None, "avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
+
+    def build(name: str) -> Path:
+        if name not in built:
+            compiler = shutil.which("cc") or shutil.which("gcc")
+            flags = kernels.SERIAL_FLAGS if extra[name] is None else [*kernels.FLAGS, *extra[name]]
+            library = tmp_path_factory.mktemp("kernels") / f"{name}.so"
+            subprocess.run([compiler, *flags, str(kernels.SOURCE), "-o", str(library)], check=True)
+            built[name] = library
+        return built[name]
+
+    return build

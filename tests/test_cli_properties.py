@@ -47,7 +47,13 @@ def test_each_line_answers_every_non_empty_line_in_order(tiny_dir, input_lines, 
     assert [r["prompt"] for r in records] == expected
     indexes = [r["index"] for r in records]
     assert indexes == sorted(set(indexes))  # in input order, each once
-    assert all(0 < r["new_tokens"] <= n or r["finish_reason"] == "stop" for r in records)
+    for r in records:
+        assert len(r["token_ids"]) == r["new_tokens"] <= n  # never more than asked for, whatever the reason
+        assert not any(s in r["text"] for s in stop)  # a stop string ends the text before it, never in it
+        if r["finish_reason"] == "length":  # n tokens, or the context window's end (the tiny model's 128)
+            assert r["new_tokens"] == n or r["prompt_tokens"] + r["new_tokens"] == 128, r
+        else:  # the end-of-sequence token (not counted) or a stop string, before n or at the n-th
+            assert r["finish_reason"] == "stop", r
 
 
 ids = st.one_of(st.integers(-2**53, 2**53), st.text(max_size=6))

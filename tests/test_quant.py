@@ -2,8 +2,6 @@
 equal to dequantize-then-matmul."""
 
 import ctypes
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -167,14 +165,9 @@ def test_every_thread_count_writes_every_output_with_the_same_bits(name):
 
 
 @pytest.mark.parametrize("build", ["serial", "avx2", "portable"])
-def test_other_builds_compute_the_same(tmp_path, build):
+def test_other_builds_compute_the_same(kernel_build, build):
     """Each of kernels_quant.h's paths (VNNI, AVX2, portable C) gives this build's results to the bit."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    extra = {"serial": [], "avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}[build]
-    flags = kernels.SERIAL_FLAGS if build == "serial" else [*kernels.FLAGS, *extra]
-    library = tmp_path / f"{build}.so"
-    subprocess.run([compiler, *flags, str(kernels.SOURCE), "-o", str(library)], check=True)
-    lib = kernels.declare(ctypes.CDLL(str(library)))
+    lib = kernels.declare(ctypes.CDLL(str(kernel_build(build))))
     x = torch.randn(20, 160)  # 16 rows through this build's AMX tiles where the CPU has them
     for name, fmt in FORMATS.items():
         blocks = quantize(awkward_weights(70, 160), fmt)

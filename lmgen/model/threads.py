@@ -38,16 +38,16 @@ def yielding_threads() -> None:
 MAX_THREADS = 4096  # far beyond any CPU; torch takes a C int
 
 
-def other_runnable() -> int | None:
+def other_runnable(proc: str = "/proc") -> int | None:
     """Threads of other processes running or waiting for a core right now (Linux's
     procs_running, less this process's own runnable threads: a server's event loop is not
     another process), or None where that is not known."""
     try:
-        with open("/proc/stat", "rb") as stat:
+        with open(f"{proc}/stat", "rb") as stat:
             running = next(int(line.split()[1]) for line in stat if line.startswith(b"procs_running "))
         own = 0
-        for task in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{task}/stat", "rb") as stat:
+        for task in os.listdir(f"{proc}/self/task"):
+            with open(f"{proc}/self/task/{task}/stat", "rb") as stat:
                 own += stat.read().rpartition(b")")[2].split()[0] == b"R"
     except (OSError, ValueError, StopIteration, IndexError):
         return None
