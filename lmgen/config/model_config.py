@@ -2,8 +2,8 @@
 
 Read from lmgen's own TOML files (``configs/*.toml``) or from a Hugging Face
 ``config.json`` by ``lmgen.formats.config_file``. Each family's differences from a plain
-pre-norm Llama block are fields here, set from the family table in
-``hf_config.FAMILIES``. This module imports no torch, so ``inspect`` stays fast.
+pre-norm Llama block are fields here, set from the family table in ``families.py``.
+This module imports no torch, so ``inspect`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import json
 import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from lmgen.config import families
 from lmgen.errors import ConfigError
 
-FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "qwen3", "gemma2", "gemma3_text", "phi3", "olmo2", "smollm3")
+FAMILIES = tuple(families.FAMILIES)
 NORMS = ("layernorm", "rmsnorm")
 NORM_PLACEMENTS = ("pre", "sandwich", "post")  # before each sublayer; before and after; after only
 QK_NORMS = (None, "head", "projection")  # RMSNorm of each query/key head, or of the whole projection

@@ -1,49 +1,23 @@
 """Hugging Face ``config.json`` → ModelConfig (GGUF import writes one too: gguf_arch.py).
 
-Each family's differences from a Llama block are one row of ``FAMILIES``: the
-rest of this module reads the fields every Llama-like config shares.
+Each family's differences from a Llama block are one ``LlamaLike`` in the family table
+(``lmgen/config/families.py``): the rest of this module reads the fields every Llama-like
+config shares.
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass
+from dataclasses import MISSING
 
+from lmgen.config import families
+from lmgen.config.families import LlamaLike
 from lmgen.config.model_config import LIMITS, ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, is_int, is_number
 from lmgen.errors import ConfigError
 
 
-@dataclass(frozen=True)
-class Family:
-    """How one ``model_type`` differs from Llama (the defaults)."""
-
-    norm_placement: str = "pre"  # pre | sandwich (Gemma) | post (OLMo 2)
-    norm_offset: float = 0.0  # Gemma's norms scale by (1 + weight)
-    qk_norm: str | None = None  # head (Qwen3, Gemma 3) | projection (OLMo 2)
-    biases: str = "attention_bias"  # q/k/v/o biases: read from attention_bias, "qkv" (always) or "none"
-    mlp_bias: bool = False  # whether config.json's mlp_bias is read
-    activation_key: str = "hidden_act"
-    gemma: bool = False  # √d_model embedding scale, query_pre_attn_scalar, final-logit soft-cap
-    attn_softcap: bool = False  # attention-score soft-cap (Gemma 2; Gemma 3's is ignored by transformers too)
-    sliding: str | None = None  # which layers slide when not listed in layer_types (see _sliding)
-    local_rope: bool = False  # sliding layers use rope_local_base_freq, unscaled (Gemma 3)
-    nope: bool = False  # no_rope_layers (SmolLM3)
-    tied: bool = False  # tie_word_embeddings' default
-
-
-FAMILIES = {
-    "llama": Family(mlp_bias=True),
-    "mistral": Family(biases="none", sliding="all"),
-    "qwen2": Family(biases="qkv", sliding="from_max_window_layers"),
-    "qwen3": Family(qk_norm="head", sliding="from_max_window_layers"),
-    "gemma2": Family(norm_placement="sandwich", norm_offset=1.0, activation_key="hidden_activation", gemma=True,
-                     attn_softcap=True, sliding="alternate", tied=True),
-    "gemma3_text": Family(norm_placement="sandwich", norm_offset=1.0, qk_norm="head",
-                          activation_key="hidden_activation", gemma=True, sliding="pattern", local_rope=True,
-                          tied=True),
-    "phi3": Family(biases="none", sliding="all"),  # fused qkv_proj and gate_up_proj: see layout.py
-    "olmo2": Family(norm_placement="post", qk_norm="projection"),
-    "smollm3": Family(mlp_bias=True, sliding="nope_layers", nope=True, tied=True),
-}
+# model_type → how its config.json differs from Llama's, for every family but GPT-2 (families.py)
+FAMILIES = {family.model_type: family.llama_like for family in families.FAMILIES.values()
+            if family.llama_like is not None}
 ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 
 
@@ -100,10 +74,10 @@ def from_hf(hf: dict) -> ModelConfig:
     if not isinstance(hf, dict):
         raise ConfigError(f"config.json must hold an object, not {type(hf).__name__}")
     model_type = hf.get("model_type")
-    if model_type not in ("gpt2", *FAMILIES):
+    if model_type not in tuple(families.FAMILIES):  # not a dict's lookup: model_type may be a list
         hint = " (the text model of a Gemma 3 vision checkpoint is not supported; gemma3_text is)" if model_type == "gemma3" else ""
         raise ConfigError(
-            f"model_type {model_type!r} is not supported{hint} (supported: gpt2, {', '.join(FAMILIES)})"
+            f"model_type {model_type!r} is not supported{hint} (supported: {', '.join(families.FAMILIES)})"
         )
     fields_ = HFFields(hf, model_type)
     return _gpt2(fields_) if model_type == "gpt2" else _llama_like(fields_, model_type)
@@ -229,7 +203,7 @@ def _nope_layers(hf: HFFields, n_layers: int) -> list[int]:
     return [i for i, uses_rope in enumerate(flags) if not uses_rope]
 
 
-def _sliding(hf: HFFields, family: Family, n_layers: int, nope_layers: list[int]):
+def _sliding(hf: HFFields, family: LlamaLike, n_layers: int, nope_layers: list[int]):
     """(sliding_window, sliding_layers): the window, and which layers use it (None: all)."""
     if family.sliding is None:
         return None, None
@@ -256,7 +230,7 @@ def _sliding(hf: HFFields, family: Family, n_layers: int, nope_layers: list[int]
     return window, nope_layers  # SmolLM3 slides where it has no positions
 
 
-def _rope(hf: HFFields, family: Family, head_dim: int) -> dict:
+def _rope(hf: HFFields, family: LlamaLike, head_dim: int) -> dict:
     """rope_theta, rope_dim, rope_scaling and local_rope_theta, from either way transformers has
     written them: rope_scaling beside a top-level rope_theta, or rope_parameters (per layer type
     for Gemma 3)."""
@@ -298,6 +272,5 @@ def _scaling(hf: HFFields, rope: dict, kind: str) -> dict:
     return scaling
 
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
-                 "phi3": "Phi3ForCausalLM", "olmo2": "Olmo2ForCausalLM", "smollm3": "SmolLM3ForCausalLM"}
+# model_type → the class config.json's architectures names
+ARCHITECTURES = {family.model_type: family.hf_class for family in families.FAMILIES.values()}

@@ -1,6 +1,7 @@
 """What each GGUF architecture means: the Hugging Face config.json its metadata stands for, its
 tensor names, and what llama.cpp's converter did to the tensors (which the import undoes).
 
+Each architecture's facts are its family's entry in ``lmgen/config/families.py``.
 A GGUF file says less than a config.json: llama.cpp fixes some facts per architecture in its
 loader (Gemma 2 slides every other layer, Gemma 3 five layers in six, SmolLM3 has no rotary
 positions in every fourth layer, Gemma's query scale follows the head size). The config.json
@@ -13,42 +14,33 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from lmgen.config.families import FAMILIES, Family
 from lmgen.errors import CheckpointError
 
 
 @dataclass(frozen=True)
 class Arch:
+    """A GGUF architecture: its family's ``GGUFArch`` facts, and the family it stands for."""
+
+    name: str  # general.architecture
     model_type: str  # the Hugging Face family
     norms: dict[str, str]  # GGUF block norm → Hugging Face name
-    permuted_qk: bool = False  # llama.cpp interleaved the rotary halves of Q/K rows
-    norm_shift: float = 0.0  # added to every norm weight (Gemma's 1 + weight, stored summed)
-    fused: bool = False  # attn_qkv and ffn_up (gate then up) kept fused (Phi-3)
-    extra: dict[str, str] = field(default_factory=dict)  # config.json keys read from "{arch}.KEY" metadata
+    permuted_qk: bool  # llama.cpp interleaved the rotary halves of Q/K rows
+    norm_shift: float  # added to every norm weight (Gemma's 1 + weight, stored summed)
+    fused: bool  # attn_qkv and ffn_up (gate then up) kept fused (Phi-3)
+    extra: dict[str, str]  # config.json keys read from "{arch}.KEY" metadata
 
 
-_LLAMA_NORMS = {"attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}
-_GEMMA_NORMS = {"attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
-                "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
-_OLMO2_NORMS = {"post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
+def _arch(family: Family) -> Arch:
+    return Arch(model_type=family.model_type, **vars(family.gguf))
 
-ARCHS = {
-    "llama": Arch("llama", _LLAMA_NORMS, permuted_qk=True),
-    "qwen2": Arch("qwen2", _LLAMA_NORMS),
-    "qwen3": Arch("qwen3", _LLAMA_NORMS),
-    "smollm3": Arch("smollm3", _LLAMA_NORMS, permuted_qk=True),
-    "gemma2": Arch("gemma2", _GEMMA_NORMS, norm_shift=1.0, extra={
-        "sliding_window": "attention.sliding_window", "attn_logit_softcapping": "attn_logit_softcapping",
-        "final_logit_softcapping": "final_logit_softcapping"}),
-    "gemma3": Arch("gemma3_text", _GEMMA_NORMS, norm_shift=1.0, extra={
-        "sliding_window": "attention.sliding_window", "final_logit_softcapping": "final_logit_softcapping",
-        "rope_local_base_freq": "rope.freq_base_swa"}),
-    "olmo2": Arch("olmo2", _OLMO2_NORMS),
-    "phi3": Arch("phi3", _LLAMA_NORMS, fused=True, extra={"sliding_window": "attention.sliding_window"}),
-}
+
+# GGUF architecture name → Arch, for each family lmgen imports from GGUF (families.py)
+ARCHS = {family.gguf.name: _arch(family) for family in FAMILIES.values() if family.gguf is not None}
 # Tensors that hold rotary scaling, read into the config rather than written as weights.
 ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
 _TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
