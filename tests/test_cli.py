@@ -265,7 +265,7 @@ def test_help_names_every_family_and_gguf_files(cli):
     text = re.sub(r"\s+", " ", cli("--help").stdout.decode())
     assert all(family in text for family in FAMILIES)
     model_help = re.sub(r"[\s│]+", " ", cli("generate", "--help").stdout.decode())
-    assert "Checkpoint directory or GGUF file" in model_help
+    assert "Checkpoint directory, GGUF file or Hub name" in model_help
 
 
 def test_every_samples_time_to_first_token_includes_the_shared_prefill(cli, smollm2_dir):

@@ -144,6 +144,7 @@ from lmgen.cli import (  # noqa: E402,F401; (each registers its command on app)
     batch_command,
     chat_command,
     generate_command,
+    hub_command,
     inspect_command,
     quantize_command,
     score_command,

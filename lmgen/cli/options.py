@@ -13,7 +13,8 @@ from lmgen.engine.settings import FLOAT_DTYPES, QUANTIZED
 
 MODEL_OPTION = typer.Option(
     None, "--model", "-m",
-    help="Checkpoint directory or GGUF file (default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
+    help="Checkpoint directory, GGUF file or Hub name: ORG/REPO[:QUANT], hf://ORG/REPO[/FILE][@REVISION] "
+    "(default: $LMGEN_MODEL, else SmolLM2-135M-Instruct)."
 )
 FILE_OPTION = typer.Option(None, "--file", "-f", help="Read the input from this file (UTF-8).")
 DTYPE_OPTION = typer.Option(

@@ -17,7 +17,7 @@ from lmgen.engine.events import Finished, Token
 from lmgen.engine.records import summary
 from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import not_special
-from lmgen.formats.paths import cache_dir
+from lmgen.formats.home import cache_dir
 from lmgen.text.utf8 import BOM, utf8_text
 
 HELP = """\

@@ -15,7 +15,7 @@ from lmgen.formats.gguf.arch import ARCHS
 
 @app.command()
 def convert(
-    gguf_file: Path = typer.Argument(..., metavar="GGUF_FILE", help=f"A .gguf file; architectures: {', '.join(ARCHS)}."),
+    gguf_file: Path = typer.Argument(..., metavar="GGUF_FILE", help=f"A .gguf file or a Hub name (ORG/REPO:QUANT); architectures: {', '.join(ARCHS)}."),
     out_dir: Path = typer.Argument(..., metavar="OUT_DIR",
                                    help="Directory to write config.json, model.safetensors, tokenizer.json."),
     force: bool = typer.Option(False, "--force", help="Replace OUT_DIR if it is not empty."),
@@ -23,7 +23,9 @@ def convert(
     """Import a GGUF file: dequantize to fp32 and write an HF-layout directory."""
     from lmgen.formats.gguf.reader import convert_gguf
 
-    cfg = convert_gguf(gguf_file, out_dir, force=force)
+    from lmgen.formats.paths import model_path
+
+    cfg = convert_gguf(model_path(str(gguf_file)), out_dir, force=force)
     sys.stderr.write(f"wrote {out_dir} ({cfg.family}, {cfg.n_layers} layers, vocab {cfg.vocab_size})\n")
 
 

@@ -93,7 +93,8 @@ def parse_device(name: str) -> torch.device:
 
 
 def load(path: str | Path, dtype: str | None = None, device: str = "cpu", threads: int | None = None) -> LanguageModel:
-    """Load a checkpoint directory (config + safetensors + tokenizer.json) or a GGUF file.
+    """Load a checkpoint directory (config + safetensors + tokenizer.json) or a GGUF file, by path
+    or by Hub name (``ORG/REPO[:QUANT]``, ``hf://…``: from the Hugging Face cache, else fetched).
 
     ``dtype`` None: a GGUF file's weights as stored (its Q8_0/Q4_0/Q4_1 blocks read in place),
     a checkpoint's in float32. A GGUF file with a dtype is expanded to fp32 first (``lmgen
@@ -103,6 +104,10 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu", thread
         from lmgen.model.kernels import use_threads
 
         use_threads(threads)
+    if isinstance(path, str):  # a Hub name, found in the Hugging Face cache or fetched
+        from lmgen.formats.paths import model_path
+
+        path = model_path(path)
     src = gguf_file(Path(path))
     if src is not None and dtype is None:
         return _load_gguf(src, parse_device(device))

@@ -26,7 +26,7 @@ RACY_NS = 2_000_000_000  # a stamp this young is not trusted
 def content_digest(path: Path) -> str:
     """The hex XXH3-128 digest of path's bytes (remembered while its stat stamp holds)."""
     memo = _memo_path(path)
-    stamp = _stamp(path)
+    stamp = stamp_of(path)
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
         if saved["stamp"] == stamp and isinstance(saved["digest"], str):
@@ -34,7 +34,7 @@ def content_digest(path: Path) -> str:
     except (OSError, ValueError, KeyError, TypeError):
         pass
     digest = hash_bytes(path)
-    if _stamp(path) == stamp and time.time_ns() - stamp[4] > RACY_NS:  # settled, and unchanged while read
+    if stamp_of(path) == stamp and time.time_ns() - stamp[4] > RACY_NS:  # settled, and unchanged while read
         _remember(memo, {"stamp": stamp, "digest": digest})
     return digest
 
@@ -50,13 +50,13 @@ def hash_bytes(path: Path) -> str:
     return state.hexdigest()
 
 
-def _stamp(path: Path) -> list[int]:
+def stamp_of(path: Path) -> list[int]:
     info = os.stat(path)
     return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
 def _memo_path(path: Path) -> Path:
-    from lmgen.formats.paths import cache_dir
+    from lmgen.formats.home import cache_dir
 
     name = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:24]
     return cache_dir() / "digests" / f"{name}.json"

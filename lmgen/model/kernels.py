@@ -114,7 +114,7 @@ def _packaged() -> ctypes.CDLL | None:
 
 def _native() -> ctypes.CDLL:
     sources = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
-    from lmgen.formats.paths import cache_dir
+    from lmgen.formats.home import cache_dir
 
     key = hashlib.sha256(sources + " ".join(FLAGS).encode() + _cpu_fingerprint().encode())
     target = cache_dir() / "kernels" / f"lmgen-kernels-{key.hexdigest()[:16]}.so"

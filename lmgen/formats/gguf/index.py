@@ -23,7 +23,7 @@ TABLE = "tensors.json"
 def cache_path(src: Path, suffix: str = "") -> Path:
     """Where files derived from a GGUF file live in the cache, under a key made of its bytes."""
     from lmgen.formats.fingerprint import content_digest
-    from lmgen.formats.paths import cache_dir
+    from lmgen.formats.home import cache_dir
 
     return cache_dir() / "gguf" / f"{src.stem}-{content_digest(src)[:32]}{suffix}"
 

@@ -1,0 +1,18 @@
+"""lmgen's home: where its caches and the default model live ($LMGEN_HOME). The lowest module of
+formats: everything that keeps files there imports it, and it imports nothing of formats."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lmgen.environment import directory
+
+
+def cache_dir() -> Path:
+    """$LMGEN_HOME, else $XDG_CACHE_HOME/lmgen, else ~/.cache/lmgen."""
+    home = directory("LMGEN_HOME")
+    if home is not None:
+        return home
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lmgen"
