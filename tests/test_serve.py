@@ -18,6 +18,7 @@ import pytest
 
 EXE = str(Path(sys.executable).parent / "lmgen")
 QUESTION = "What is the capital of France?"
+MODEL = "SmolLM2-135M-Instruct"  # the default model's name in /v1/models
 
 
 def free_port() -> int:
@@ -77,7 +78,7 @@ def generate_json(cli, *args) -> dict:
 
 
 def test_chat_is_what_generate_chat_prints(server, cli):
-    reply = server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}],
+    reply = server.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                                    max_tokens=12, temperature=0)
     local = generate_json(cli, "--chat", "-n", "12", QUESTION)
     assert reply.choices[0].message.content == local["text"]
@@ -89,8 +90,8 @@ def test_chat_is_what_generate_chat_prints(server, cli):
 def test_a_stream_adds_up_to_the_reply_and_ends_with_usage(server):
     client = server.client()
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": [{"type": "text", "text": QUESTION}]}]
-    whole = client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0)
-    chunks = list(client.chat.completions.create(model="m", messages=messages, max_tokens=16, temperature=0,
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0)
+    chunks = list(client.chat.completions.create(model=MODEL, messages=messages, max_tokens=16, temperature=0,
                                                  stream=True, stream_options={"include_usage": True}))
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
@@ -100,11 +101,11 @@ def test_a_stream_adds_up_to_the_reply_and_ends_with_usage(server):
 
 def test_completions_n_seed_and_stop(server, cli):
     client = server.client()
-    kwargs = dict(model="m", prompt=["The cat sat", "Once upon a time"], max_tokens=8, temperature=0.9, seed=7, n=2)
+    kwargs = dict(model=MODEL, prompt=["The cat sat", "Once upon a time"], max_tokens=8, temperature=0.9, seed=7, n=2)
     first, again = client.completions.create(**kwargs), client.completions.create(**kwargs)
     assert [c.text for c in first.choices] == [c.text for c in again.choices]  # a seed reproduces
     assert [c.index for c in first.choices] == [0, 1, 2, 3]
-    greedy = client.completions.create(model="m", prompt="The capital of France is", max_tokens=8, temperature=0,
+    greedy = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=8, temperature=0,
                                        stop=[" Paris"])
     local = generate_json(cli, "-n", "8", "--stop", " Paris", "The capital of France is")
     assert greedy.choices[0].text == local["text"] and " Paris" not in greedy.choices[0].text
@@ -114,12 +115,12 @@ def test_completions_n_seed_and_stop(server, cli):
 def test_lookup_is_an_extra_field_that_never_changes_the_text(server, cli):
     client = server.client()
     prompt = "Repeat exactly: the quick brown fox jumps over the lazy dog. The quick brown fox"
-    plain = client.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0)
-    drafted = client.completions.create(model="m", prompt=prompt, max_tokens=24, temperature=0,
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0)
+    drafted = client.completions.create(model=MODEL, prompt=prompt, max_tokens=24, temperature=0,
                                         extra_body={"lookup": 8})
     assert drafted.choices[0].text == plain.choices[0].text
     with pytest.raises(openai.BadRequestError) as raised:
-        client.completions.create(model="m", prompt=prompt, max_tokens=2, extra_body={"lookup": 99})
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=2, extra_body={"lookup": 99})
     assert raised.value.body["param"] == "lookup"
     remote = cli("generate", "--server", server.url, "--lookup", "8", "-n", "24", prompt)
     assert remote.returncode == 0 and remote.stdout.decode() == plain.choices[0].text + "\n"
@@ -128,12 +129,12 @@ def test_lookup_is_an_extra_field_that_never_changes_the_text(server, cli):
 def test_sixteen_concurrent_streams_each_equal_their_solo_greedy_output(server):
     client = server.client()
     prompts = [f"Write a sentence about the number {i}." for i in range(16)]
-    solo = [client.completions.create(model="m", prompt=p, max_tokens=16, temperature=0).choices[0].text
+    solo = [client.completions.create(model=MODEL, prompt=p, max_tokens=16, temperature=0).choices[0].text
             for p in prompts]
     together: dict[int, str] = {}
 
     def stream(i: int) -> None:
-        pieces = client.completions.create(model="m", prompt=prompts[i], max_tokens=16, temperature=0, stream=True)
+        pieces = client.completions.create(model=MODEL, prompt=prompts[i], max_tokens=16, temperature=0, stream=True)
         together[i] = "".join(c.choices[0].text for c in pieces if c.choices)
 
     threads = [threading.Thread(target=stream, args=(i,)) for i in range(16)]
@@ -151,11 +152,11 @@ def test_a_second_chat_turn_reports_cached_tokens_and_the_same_text_as_a_cold_re
 
     client = server.client()
     messages = [{"role": "system", "content": "You are a geography teacher."}, {"role": "user", "content": QUESTION}]
-    first = client.chat.completions.create(model="m", messages=messages, max_tokens=24, temperature=0)
+    first = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
     messages += [{"role": "assistant", "content": first.choices[0].message.content},
                  {"role": "user", "content": "And of Italy?"}]
     hits = metric(server, "lmgen_prefix_cache_hits_total")
-    second = client.chat.completions.create(model="m", messages=messages, max_tokens=24, temperature=0)
+    second = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=24, temperature=0)
     assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens  # the first turn's, at least
     assert metric(server, "lmgen_prefix_cache_hits_total") == hits + 1
     cold = "".join(e.text for e in generate(load(bundled_gguf()), messages, GenerationSettings(max_new_tokens=24)))
@@ -170,14 +171,14 @@ def test_a_second_chat_turn_reports_cached_tokens_and_the_same_text_as_a_cold_re
 ])
 def test_bad_fields_are_400_with_openais_error_object(server, fields, param):
     with pytest.raises(openai.BadRequestError) as raised:
-        server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}], extra_body=fields)
+        server.client().chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], extra_body=fields)
     error = raised.value.body
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
 def test_a_prompt_longer_than_the_context_is_400_naming_the_sizes(server):
     with pytest.raises(openai.BadRequestError, match="tokens but the context window holds 8192"):
-        server.client().completions.create(model="m", prompt="word " * 9000, max_tokens=2)
+        server.client().completions.create(model=MODEL, prompt="word " * 9000, max_tokens=2)
 
 
 def test_key_body_limit_and_a_full_server():
@@ -189,14 +190,14 @@ def test_key_body_limit_and_a_full_server():
         with urllib.request.urlopen(served.url + "/health") as response:  # open without a key
             assert response.status == 200
         with pytest.raises(openai.APIStatusError) as raised:
-            served.client("s3cret").completions.create(model="m", prompt="x" * 5000, max_tokens=2)
+            served.client("s3cret").completions.create(model=MODEL, prompt="x" * 5000, max_tokens=2)
         assert raised.value.status_code == 413
         client = served.client("s3cret")
-        long = client.completions.create(model="m", prompt="Tell a long story.", max_tokens=400, temperature=0,
+        long = client.completions.create(model=MODEL, prompt="Tell a long story.", max_tokens=400, temperature=0,
                                          stream=True)
         next(iter(long))  # it holds the only row
         with pytest.raises(openai.APIStatusError) as raised:
-            client.completions.create(model="m", prompt="Hi", max_tokens=2)
+            client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
         assert raised.value.status_code == 503 and raised.value.response.headers["retry-after"]
         for _, chunk in zip(range(2), long):
             pass
@@ -208,7 +209,7 @@ def test_key_body_limit_and_a_full_server():
         deadline = time.monotonic() + 5
         while True:
             try:
-                assert client.completions.create(model="m", prompt="Hi", max_tokens=2).choices
+                assert client.completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices
                 break
             except openai.APIStatusError:
                 assert time.monotonic() < deadline, "the closed stream's row was never freed"
@@ -222,7 +223,7 @@ def test_a_non_streamed_request_whose_client_leaves_frees_its_rows_and_a_wedge_i
     row; n beyond the rows is a 400 at once, never a request that waits forever."""
     served = Served("--max-batch", "1", "--queue", "4")
     try:
-        body = json.dumps({"model": "m", "prompt": "Tell a long story.", "max_tokens": 2000, "temperature": 0})
+        body = json.dumps({"model": MODEL, "prompt": "Tell a long story.", "max_tokens": 2000, "temperature": 0})
         with socket.create_connection(("127.0.0.1", served.port)) as sock:
             sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                          f"Content-Length: {len(body)}\r\n\r\n{body}".encode())
@@ -233,8 +234,8 @@ def test_a_non_streamed_request_whose_client_leaves_frees_its_rows_and_a_wedge_i
             assert time.monotonic() < deadline, "the row of a non-streamed request outlived its client"
             time.sleep(0.05)
         with pytest.raises(openai.BadRequestError, match="--max-batch"):
-            served.client().completions.create(model="m", prompt="Hi", max_tokens=2, n=2)
-        assert served.client().completions.create(model="m", prompt="Hi", max_tokens=2).choices
+            served.client().completions.create(model=MODEL, prompt="Hi", max_tokens=2, n=2)
+        assert served.client().completions.create(model=MODEL, prompt="Hi", max_tokens=2).choices
     finally:
         assert served.stop() == 0
 
@@ -247,19 +248,19 @@ def test_response_format_json_schema_and_json_object(server):
     client = server.client()
     for temperature in (0, 0.8):
         reply = client.chat.completions.create(
-            model="m", messages=[{"role": "user", "content": "Describe a person as JSON."}], max_tokens=60,
+            model=MODEL, messages=[{"role": "user", "content": "Describe a person as JSON."}], max_tokens=60,
             temperature=temperature, seed=3,
             response_format={"type": "json_schema", "json_schema": {"name": "person", "schema": schema}})
         assert reply.choices[0].finish_reason == "stop"
         jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
-    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "Say hello."}],
+    reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
                                            max_tokens=40, temperature=0, response_format={"type": "json_object"})
     text = reply.choices[0].message.content  # without the constraint: "Hello! ..."
     assert text.lstrip().startswith("{")
     if reply.choices[0].finish_reason == "stop":  # complete: an object; cut by max_tokens: its beginning
         assert isinstance(json.loads(text), dict)
     with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}],
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
                                        response_format={"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}})
     assert raised.value.body["param"] == "response_format"
 
@@ -274,7 +275,7 @@ def test_logprobs_are_the_probabilities_generate_shows(server, cli):
         for served, tolerance in ((cold, 2e-6), (server, 1e-3)):
             client = served.client()
             for _ in range(2):  # the second time its prompt is cached, where there is a cache
-                reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": QUESTION}],
+                reply = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": QUESTION}],
                                                        max_tokens=6, temperature=0, logprobs=True, top_logprobs=3)
             local = generate_json(cli, "--chat", "-n", "6", "--show-probs", "3", QUESTION)
             content = reply.choices[0].logprobs.content
@@ -283,7 +284,7 @@ def test_logprobs_are_the_probabilities_generate_shows(server, cli):
                 assert math.isclose(math.exp(entry.logprob), token["prob"], abs_tol=tolerance)
                 assert [t.token for t in entry.top_logprobs] == [t["token"] for t in token["top"]]
                 assert entry.bytes == list(entry.token.encode())
-            text = client.completions.create(model="m", prompt="The capital of France is", max_tokens=4, temperature=0,
+            text = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=4, temperature=0,
                                              logprobs=2)
             local = generate_json(cli, "-n", "4", "--show-probs", "2", "The capital of France is")
             lp = text.choices[0].logprobs

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import h11
 import pytest
-from test_serve import Served, rows_in_flight
+from test_serve import MODEL, Served, rows_in_flight
 
 ITERATIONS = int(os.environ.get("LMGEN_HTTP_FUZZ_ITERATIONS", "2000"))
 SEED = int(os.environ.get("LMGEN_HTTP_FUZZ_SEED", "29"))
@@ -102,7 +102,7 @@ def any_json(rng: Dice, depth: int = 0):
 
 def openai_body(rng: Dice, chat: bool) -> dict:
     """A chat or completions body: messages or prompts, max_tokens 1-4, a few fields, sensible or not."""
-    body = {"model": "m", "max_tokens": rng.randint(1, 4), "stream": rng.random() < 0.4}
+    body = {"model": MODEL, "max_tokens": rng.randint(1, 4), "stream": rng.random() < 0.4}
     if chat:
         content = lambda: rng.pick(text(rng), [[{"type": "text", "text": text(rng)}], any_json(rng)])  # noqa: E731
         roles = ["system", "assistant", "developer", "tool", None, 1]

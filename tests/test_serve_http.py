@@ -22,9 +22,10 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from test_serve import EXE, Served, free_port
+from test_serve import EXE, MODEL, Served, free_port
 
 from lmgen.serve.app import ServeOptions, create_app
+from lmgen.serve.models import ModelSpec
 from lmgen.serve.guard import Guard, read_body
 from lmgen.serve.metrics import Metrics
 
@@ -42,7 +43,7 @@ def error_of(response, status: int) -> dict:
 
 def guarded(routes, **options) -> tuple[TestClient, SimpleNamespace]:
     """A tiny Starlette app behind the Guard, as create_app wires it (the model is never loaded)."""
-    server = SimpleNamespace(options=ServeOptions("unused", **options), metrics=Metrics())
+    server = SimpleNamespace(options=ServeOptions((ModelSpec("unused", "unused"),), **options), metrics=Metrics())
     app = Starlette(routes=routes)
     app.add_middleware(Guard, server=server, routes=("/boom", "/echo"))
     return TestClient(app, base_url=LOCAL, raise_server_exceptions=False), server
@@ -58,7 +59,7 @@ def requests_metric(server, route: str, status: str) -> float:
 @pytest.fixture
 def app_client():
     """create_app's own app, its model not loaded (no lifespan runs): the gate answers first."""
-    return TestClient(create_app(ServeOptions("unused", api_key="s3cret")), base_url=LOCAL)
+    return TestClient(create_app(ServeOptions((ModelSpec("unused", "unused"),), api_key="s3cret")), base_url=LOCAL)
 
 
 def test_unknown_routes_and_methods_are_openai_errors(app_client):
@@ -342,9 +343,9 @@ def test_a_real_server_checks_host_and_origin(served):
 
 def test_hostile_bodies_are_400s_never_500s(served):
     assert post(served, b"[" * 90_000)[0] == 400
-    status, body = post(served, b'{"model": "m", "seed": ' + b"7" * 5000 + b', "messages": []}')
+    status, body = post(served, b'{"model": "' + MODEL.encode() + b'", "seed": ' + b"7" * 5000 + b', "messages": []}')
     assert status == 400 and "digits" in body["error"]["message"]
-    status, body = post(served, json.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+    status, body = post(served, json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
                                             "response_format": {"type": "json_schema",
                                                                 "json_schema": {"schema": 5}}}).encode())
     assert status == 400 and body["error"]["param"] == "response_format"

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 
-from test_serve import Served
+from test_serve import MODEL, Served
 
 CLIENTS = 64
 
@@ -25,7 +25,7 @@ def stream_chat(port: int, seed: int, leave_after: int | None, slow: bool, start
                 tokens: threading.Semaphore) -> dict:
     """One client's stream: what it saw (finish reasons, errors, [DONE]) or that it left."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    body = {"model": "m", "messages": [{"role": "user", "content": f"Tell story {seed}."}], "max_tokens": 24,
+    body = {"model": MODEL, "messages": [{"role": "user", "content": f"Tell story {seed}."}], "max_tokens": 24,
             "temperature": 0.8, "seed": seed, "stream": True}
     connection.request("POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"})
     response = connection.getresponse()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import prepare
-from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, THREADS_OPTION, check_api_key
+from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, THREADS_OPTION, check_api_key
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
 from lmgen.serve.origins import cors_origins as cors_origins_of
 from lmgen.serve.origins import is_loopback
@@ -19,7 +20,15 @@ from lmgen.serve.origins import is_loopback
 
 @app.command()
 def serve(
-    model: Optional[str] = MODEL_OPTION,
+    model: Optional[list[str]] = typer.Option(
+        None, "--model", "-m", help="A model to serve (repeatable): checkpoint directory, GGUF file or Hub name "
+        "(ORG/REPO[:QUANT]); a request's \"model\" picks one by the name /v1/models lists (default: $LMGEN_MODEL, "
+        "else SmolLM2-135M-Instruct)."),
+    models_dir: Optional[Path] = typer.Option(None, "--models-dir", metavar="DIR",
+                                              help="Also serve every GGUF file and checkpoint directory in DIR."),
+    max_loaded: int = typer.Option(0, "--max-loaded", metavar="N",
+                                   help="Models loaded at once at most: the least recently used idle one is "
+                                        "unloaded for another (0: all)."),
     host: str = typer.Option("127.0.0.1", "--host",
                              help="Address to listen on (on loopback, requests must name a loopback Host)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
@@ -55,7 +64,7 @@ def serve(
         raise EnvironmentFailure('lmgen serve needs the serve extra: pip install "lmgen[serve]"') from None
     for name, value, low in (("max-batch", max_batch, 1), ("queue", queue, 0), ("max-body", max_body, 1),
                              ("prefix-cache", prefix_cache, 0), ("max-connections", max_connections, 1),
-                             ("drain-seconds", drain_seconds, 0)):
+                             ("drain-seconds", drain_seconds, 0), ("max-loaded", max_loaded, 0)):
         if not value >= low:  # (NaN too)
             raise InputError(f"{name} must be >= {low}, got {value}")
     if not 0 < header_timeout <= 3600:
@@ -69,13 +78,13 @@ def serve(
     origins = cors_origins_of(cors_origins)
     if not 0 < port < 65536:
         raise InputError(f"port must be from 1 to 65535, got {port}")
-    path, _ = prepare(model, dtype, device, threads)  # a bad model fails here, before listening
+    specs = served_models(model or [], models_dir, dtype, device, threads)  # a bad model fails here, before listening
     if not is_loopback(host) and not api_key:
         sys.stderr.write(f"lmgen: warning: listening on {host} without --api-key: anyone who reaches it can use it\n")
     if prefix_cache > 1 << 20:
         raise InputError(f"prefix-cache must be at most {1 << 20} MiB, got {prefix_cache}")
-    options = ServeOptions(str(path), dtype, device, api_key, max_batch, queue, max_body, prefix_cache,
-                           cors_origins=origins, host=host, drain_seconds=drain_seconds)
+    options = ServeOptions(tuple(specs), dtype, device, api_key, max_batch, queue, max_body, prefix_cache,
+                           cors_origins=origins, host=host, drain_seconds=drain_seconds, max_loaded=max_loaded)
     # A client that closes its socket before the answer is written must not end the server: main
     # restores SIGPIPE's default (end quietly, for `lmgen generate | head`), so it is ignored
     # here, and a write to a closed socket is an error uvicorn handles.
@@ -89,6 +98,25 @@ def serve(
     if server.fatal is not None:  # the engine gave up: not a clean stop
         raise server.fatal if isinstance(server.fatal, LmgenError) else EngineFailure(server.failed)
     sys.stderr.write("lmgen: stopped\n")
+
+
+def served_models(given: list[str], models_dir: Optional[Path], dtype, device, threads) -> list:
+    """Each --model (and each model in --models-dir) resolved and its config read now: a bad one
+    is refused before the server listens. None given: the default model."""
+    from lmgen.serve.models import check_unique, spec_of
+
+    names: list[str | None] = list(given)
+    if models_dir is not None:
+        if not models_dir.is_dir():
+            raise InputError(f"--models-dir {models_dir} is not a directory")
+        names += [str(p) for p in sorted(models_dir.iterdir())
+                  if (p.is_file() and p.suffix.lower() == ".gguf") or (p / "config.json").is_file()]
+    specs = []
+    for name in names or [None]:
+        path, _ = prepare(name, dtype, device, threads)
+        specs.append(spec_of(name, path))
+    check_unique(specs)
+    return specs
 
 
 class EngineFailure(Exception):

@@ -1,6 +1,8 @@
 """``lmgen serve``'s HTTP routes (Starlette): OpenAI's chat and text completions, models and health.
 
-The model loads on a thread at start-up (``/health`` answers 503 until it is ready). A request's
+The first model loads on a thread at start-up (``/health`` answers 503 until it is ready); a
+request's ``model`` picks one of the models served (``models``: others load on their first
+request, the least recently used unloaded beyond ``--max-loaded``). A request's
 fields are checked on the event loop; its chat template, tokenization and constraint run on
 worker threads (the loop keeps answering), then its tickets go to the engine thread
 (``bridge``), whose events come back through each ticket's own queue and become the reply
@@ -12,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,21 +26,21 @@ from starlette.routing import Route
 
 from lmgen.engine.constraint import compiled
 from lmgen.engine.engine import Job
-from lmgen.engine.generation import PREFILL_WORK, PromptTooLong, prompt_ids_for
+from lmgen.engine.generation import PromptTooLong, prompt_ids_for
 from lmgen.errors import InputError, LmgenError
 from lmgen.serve import openai_api as api
 from lmgen.serve import replies
-from lmgen.serve.bridge import EngineThread, Refused, Ticket
+from lmgen.serve.bridge import Refused, Ticket
 from lmgen.serve.guard import Guard, not_routed, read_body, refused
 from lmgen.serve.metrics import Metrics
-from lmgen.serve.replies import ReplyContext
+from lmgen.serve.models import Models, ModelSpec, Served
 
 COMPILE_SECONDS = 5.0  # a request's constraint must compile within this, else 400
 
 
 @dataclass(frozen=True)
 class ServeOptions:
-    model: str
+    models: tuple[ModelSpec, ...]  # the first is loaded at start-up and answers requests that name none
     dtype: str | None = None
     device: str = "cpu"
     api_key: str | None = None
@@ -51,34 +51,30 @@ class ServeOptions:
     cors_origins: tuple[str, ...] = ()  # web pages answered with CORS headers ("*": any); see lmgen.serve.origins
     host: str = "127.0.0.1"  # the address listened on: on loopback, only a loopback Host is answered
     drain_seconds: float = 10.0  # after SIGTERM, how long requests in flight may run on
+    max_loaded: int = 0  # models loaded at once at most (0: all of them)
 
 
 class Server:
     def __init__(self, options: ServeOptions):
-        self.options, self.lm, self.engine, self.failed = options, None, None, None
-        self.name = options.model.rstrip("/").rsplit("/", 1)[-1]
+        self.options, self.failed, self.started = options, None, False
         self.metrics = Metrics()
-        self.replies: ReplyContext | None = None
+        self.pool = Models(list(options.models), options, self.metrics, self._fatal,
+                             options.max_loaded or len(options.models))
+        self.metrics.watch(self.pool)
         self.fatal: BaseException | None = None  # what made the engine give up
         self.on_fatal = lambda: None  # set by the HTTP server: stop the process (the engine is gone)
         self.workers = ThreadPoolExecutor(4, "lmgen-prepare")  # templates and tokenization
         self.compilers = ThreadPoolExecutor(2, "lmgen-compile")  # constraints (a runaway one holds only these)
 
     def load(self) -> None:
-        from lmgen.engine.load import load
-
-        try:
-            self.lm = load(self.options.model, dtype=self.options.dtype, device=self.options.device)
-            self.engine = EngineThread(self.lm, self.options.max_batch, self.options.queue,
-                                       self.options.prefix_cache_mib << 20, PREFILL_WORK, self._fatal)
-            self.replies = ReplyContext(self.name, self.lm.tokenizer, self.metrics)
-            self.metrics.watch(self.engine)
-            for note in self.lm.notes:
-                sys.stderr.write(f"lmgen: note: {note}\n")
-            sys.stderr.write(f"lmgen: serving {self.name}\n")
-        except LmgenError as exc:
-            self.failed = str(exc)
-            sys.stderr.write(f"lmgen: error: {exc}\n")
+        """The first model, at start-up (on a thread: /health says loading meanwhile)."""
+        spec = self.options.models[0]
+        first = self.pool.load_now(spec)
+        if first.failed is not None:
+            self.failed = first.failed
+        else:
+            self.pool.loaded[spec.id] = first
+            self.started = True
 
     def _fatal(self, exc: BaseException) -> None:
         """The engine gave up (on its thread): /health says so, and the process is told to stop."""
@@ -88,16 +84,17 @@ class Server:
 
     def drain(self) -> None:
         """Shutting down: refuse new requests, let those in flight finish within drain_seconds."""
-        if self.engine is not None:
-            self.engine.drain(self.options.drain_seconds)
+        self.pool.closed = True  # no model loads from now on
+        for engine in self.pool.engines():
+            engine.drain(self.options.drain_seconds)
 
     # ------------------------------------------------------------------------------------ routes
 
     async def health(self, request: Request) -> JSONResponse:
-        if self.engine is None or not self.engine.healthy():
-            status = "failed" if self.failed else "loading"
+        if not self.started or not all(e.healthy() for e in self.pool.engines()):
+            status = "failed" if self.failed or self.fatal else "loading"
             return JSONResponse({"status": status}, status_code=503)
-        if self.engine.drain_deadline is not None:
+        if self.pool.closed:
             return JSONResponse({"status": "draining"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
@@ -106,35 +103,55 @@ class Server:
         return Response(data, media_type=content_type)
 
     async def models(self, request: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "created": 0,
-                                                         "owned_by": "lmgen"}]})
+        return JSONResponse({"object": "list", "data": [{"id": spec.id, "object": "model", "created": 0,
+                                                         "owned_by": "lmgen"} for spec in self.options.models]})
 
     async def chat(self, request: Request):
         body = await self._body(request)
-        settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context, chat=True)
-        messages = api.messages_of(body)
-        prompts = await self._off_loop(lambda: [self._ids(messages, settings)])
-        top = body.get("top_logprobs") or 0
-        return await self._respond(request, prompts, settings, stream, include_usage, chat=True, top=top)
+        served = await self._acquire(body)
+        try:
+            settings, stream, include_usage = api.settings_of(body, served.lm.config.max_context, chat=True)
+            messages = api.messages_of(body)
+            prompts = await self._off_loop(lambda: [self._ids(served, messages, settings)])
+            top = body.get("top_logprobs") or 0
+        except BaseException:
+            self.pool.release(served)
+            raise
+        return await self._respond(request, served, prompts, settings, stream, include_usage, chat=True, top=top)
 
     async def completions(self, request: Request):
         body = await self._body(request)
-        settings, stream, include_usage = api.settings_of(body, self.lm.config.max_context, chat=False)
-        texts = api.prompts_of(body)
-        prompts = await self._off_loop(lambda: [self._ids(text, settings) for text in texts])
-        return await self._respond(request, prompts, settings, stream, include_usage, chat=False,
+        served = await self._acquire(body)
+        try:
+            settings, stream, include_usage = api.settings_of(body, served.lm.config.max_context, chat=False)
+            texts = api.prompts_of(body)
+            prompts = await self._off_loop(lambda: [self._ids(served, text, settings) for text in texts])
+        except BaseException:
+            self.pool.release(served)
+            raise
+        return await self._respond(request, served, prompts, settings, stream, include_usage, chat=False,
                                    top=body.get("logprobs") or 0)
 
     # ----------------------------------------------------------------------------------- helpers
 
     async def _body(self, request: Request) -> dict:
-        if self.engine is None:
+        if not self.started:
             raise api.APIError(503, "the model is still loading", kind="server_error")
         return api.parse_body(await read_body(request, self.options.max_body))
 
-    def _ids(self, prompt, settings) -> list[int]:
+    async def _acquire(self, body: dict) -> Served:
+        """The model the body names, loaded and marked in use (the caller releases it)."""
+        name = body.get("model")
+        if name is not None and not isinstance(name, str):
+            raise api.APIError(400, "model must be a string", "model")
         try:
-            ids = prompt_ids_for(self.lm, prompt, settings)
+            return await self.pool.acquire(name)
+        except Refused as exc:
+            raise replies.api_error(exc) from None
+
+    def _ids(self, served: Served, prompt, settings) -> list[int]:
+        try:
+            ids = prompt_ids_for(served.lm, prompt, settings)
         except LmgenError as exc:
             code = "context_length_exceeded" if isinstance(exc, PromptTooLong) else None
             raise api.APIError(400, str(exc), "messages" if isinstance(prompt, list) else "prompt", code=code) from None
@@ -144,12 +161,12 @@ class Server:
         """Templates and tokenization on a worker thread: the event loop keeps answering."""
         return await asyncio.get_running_loop().run_in_executor(self.workers, work)
 
-    async def _compile(self, settings) -> None:
+    async def _compile(self, served: Served, settings) -> None:
         """The request's constraint compiled for the model off the engine thread and the loop,
         within COMPILE_SECONDS (a pattern whose automaton explodes is a 400, not a stall)."""
         if settings.constraint is None:
             return
-        work = asyncio.get_running_loop().run_in_executor(self.compilers, compiled, self.lm, settings.constraint)
+        work = asyncio.get_running_loop().run_in_executor(self.compilers, compiled, served.lm, settings.constraint)
         try:
             await asyncio.wait_for(asyncio.shield(work), COMPILE_SECONDS)
         except TimeoutError:
@@ -158,24 +175,27 @@ class Server:
         except LmgenError as exc:
             raise api.APIError(400, f"response_format: {exc}", "response_format") from None
 
-    async def _respond(self, request: Request, prompts: list[list[int]], settings, stream: bool,
+    async def _respond(self, request: Request, served: Served, prompts: list[list[int]], settings, stream: bool,
                        include_usage: bool, chat: bool, top: int):
-        await self._compile(settings)
         loop = asyncio.get_running_loop()
         tickets = [Ticket(Job(ids=ids, settings=settings, seed=settings.seed), loop) for ids in prompts]
-        close = functools.partial(self._cancel, tickets)
+        close = self._closer(served, tickets)
         try:
+            await self._compile(served, settings)
             for ticket in tickets:
-                self.engine.submit(ticket)
+                served.engine.submit(ticket)
                 self.metrics.prompt_tokens.inc(len(ticket.job.ids))
         except (InputError, Refused) as exc:
             close()
             raise replies.api_error(exc) from None
+        except BaseException:
+            close()
+            raise
         ident = api.new_id("chatcmpl" if chat else "cmpl")
         if stream:
-            return StreamingResponse(replies.chunks(self.replies, tickets, ident, include_usage, chat, top, close),
+            return StreamingResponse(replies.chunks(served.replies, tickets, ident, include_usage, chat, top, close),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        collecting = asyncio.ensure_future(replies.collect(self.replies, tickets, chat, top))
+        collecting = asyncio.ensure_future(replies.collect(served.replies, tickets, chat, top))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
             await asyncio.wait([collecting, gone], return_when=asyncio.FIRST_COMPLETED)
@@ -187,11 +207,21 @@ class Server:
             return Response(status_code=499)
         choices, usage = collecting.result()
         kind = "chat.completion" if chat else "text_completion"
-        return JSONResponse(api.envelope(kind, ident, self.name, choices, {"usage": usage}))
+        return JSONResponse(api.envelope(kind, ident, served.spec.id, choices, {"usage": usage}))
 
-    def _cancel(self, tickets: list[Ticket]) -> None:
-        for ticket in tickets:
-            self.engine.cancel(ticket)
+    def _closer(self, served: Served, tickets: list[Ticket]):
+        """What ends a request, once however often it is called (its client gone, its reply
+        sent, or an error): its rows are freed, and its model released."""
+        done = []
+
+        def close() -> None:
+            if not done:
+                done.append(True)
+                for ticket in tickets:
+                    served.engine.cancel(ticket)
+                self.pool.release(served)
+
+        return close
 
 
 async def _disconnected(request: Request) -> None:
@@ -213,8 +243,8 @@ def create_app(options: ServeOptions) -> Starlette:
     async def lifespan(app):
         threading.Thread(target=server.load, name="lmgen-load", daemon=True).start()
         yield
-        if server.engine is not None:  # after uvicorn's graceful shutdown: streams still open end now
-            server.engine.stop()
+        for engine in server.pool.engines():  # after uvicorn's graceful shutdown: streams still open end now
+            engine.stop()
 
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={api.APIError: refused, HTTPException: not_routed})

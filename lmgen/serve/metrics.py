@@ -32,7 +32,8 @@ class Metrics:
                                      buckets=LATENCY_BUCKETS, registry=r)
 
     def watch(self, engine) -> None:
-        """Read the engine thread's queue and rows whenever /metrics is asked."""
+        """Read the engines' queue and rows whenever /metrics is asked (``engine``: anything with
+        ``queued`` and ``rows_in_flight``, such as the served models, summed)."""
         self.queue_depth.set_function(engine.queued)
         self.rows_in_flight.set_function(engine.rows_in_flight)
 

@@ -1,0 +1,74 @@
+"""Several models behind one server (lmgen.serve.models): /v1/models lists them, each request's
+model picks one (loaded on its first request, the least recently used idle one unloaded beyond
+--max-loaded), an unknown name is a 404 with OpenAI's error object, and each model's replies are
+what generate gives with that model alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+import openai
+import pytest
+from conftest import save_tiny
+from test_serve import EXE, free_port
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    for name, seed in (("alpha", 0), ("beta", 1)):
+        save_tiny("llama", root / name, seed=seed)
+    return root
+
+
+def greedy(cli, model, prompt: str) -> str:
+    result = cli("generate", "-m", str(model), "-n", "6", "-t", "0", "--json", prompt)
+    return json.loads(result.stdout)["text"]
+
+
+def test_each_request_picks_its_model_and_the_least_recently_used_is_unloaded(two_models, cli):
+    port = free_port()
+    proc = subprocess.Popen([EXE, "serve", "--port", str(port), "--models-dir", str(two_models), "--max-loaded", "1"],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env={**os.environ, "LMGEN_API_KEY": ""})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:  # healthy once the first model is loaded
+            assert proc.poll() is None, proc.stderr.read().decode()
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list().data] == ["alpha", "beta"]
+        expected = {name: greedy(cli, two_models / name, "The cat") for name in ("alpha", "beta")}
+        assert expected["alpha"] != expected["beta"]  # two different models: a mix-up would show
+        for name in ("beta", "alpha", "beta", "alpha"):  # each switch unloads the other (--max-loaded 1)
+            reply = client.completions.create(model=name, prompt="The cat", max_tokens=6, temperature=0)
+            assert reply.choices[0].text == expected[name] and reply.model == name
+        with pytest.raises(openai.NotFoundError) as unknown:
+            client.completions.create(model="gamma", prompt="The cat", max_tokens=2)
+        error = unknown.value.body
+        assert error["code"] == "model_not_found" and error["param"] == "model" and "alpha, beta" in error["message"]
+        request = urllib.request.Request(url + "/v1/completions", data=b'{"prompt": "The cat", "max_tokens": 6, "temperature": 0}',
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:  # no model named: the first
+            assert json.loads(response.read())["choices"][0]["text"] == expected["alpha"]
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    log = err.decode()
+    assert log.count("lmgen: unloaded") >= 3 and "lmgen: serving beta" in log, log
+
+
+def test_two_models_with_one_name_are_refused_before_listening(two_models, cli, tmp_path):
+    other = tmp_path / "alpha"
+    save_tiny("llama", other)
+    result = cli("serve", "--models-dir", str(two_models), "--model", str(other), "--port", "1")
+    assert result.returncode == 2 and b"two models are named 'alpha'" in result.stderr
