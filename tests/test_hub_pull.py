@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -178,3 +179,21 @@ def test_an_existing_path_that_reads_as_a_name_is_used_with_a_note(hf, cli, tiny
     result = cli("generate", "-m", "lmgen-test/Tiny", "-n", "2", "hi")
     assert result.returncode == 0 and "is a local path here, used as one (hf://lmgen-test/Tiny" in result.stderr.decode()
     assert transfers(hf, hf.start_of_test) == []
+
+
+def test_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(hub, lmgen_exe, tmp_path):
+    from conftest import run_lmgen
+
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_TELEMETRY": "1", "LMGEN_HOME": str(tmp_path / "home")}
+    piped = run_lmgen(lmgen_exe, "pull", f"{GGUF_REPO}:F32", env={**os.environ, **env, "HF_HOME": str(tmp_path / "a")})
+    assert piped.returncode == 0 and Path(piped.stdout.decode().strip()).is_file()
+    assert piped.stderr.decode().splitlines() == [line for line in piped.stderr.decode().splitlines()
+                                                  if line.startswith("lmgen: ")]  # lmgen's one line, no bar
+    import pexpect
+
+    child = pexpect.spawn(lmgen_exe, ["pull", f"{GGUF_REPO}:F32"], env={**os.environ, **env, "HF_HOME": str(tmp_path / "b")},
+                          timeout=120, dimensions=(24, 120))
+    child.expect(pexpect.EOF)
+    shown = child.before.decode()
+    assert re.search(r"Tiny-F32\.gguf: +100%\|.*\| [\d.]+k/[\d.]+k \[", shown), shown  # name, bytes, time
+    assert shown.rstrip().splitlines()[-1].endswith("Tiny-F32.gguf")  # and the path, on stdout

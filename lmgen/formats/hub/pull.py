@@ -164,7 +164,7 @@ def _fetch(ref: HubRef, hub: Hub) -> Pulled:
     if is_gguf_repo(files) or (ref.file or "").lower().endswith(".gguf"):
         model, note = choose_gguf(ref.repo, files, ref.quant, ref.file)
         for part in model.parts:
-            hf_hub_download(ref.repo, part.name, **common)
+            hf_hub_download(ref.repo, part.name, tqdm_class=_file_bar(), **common)
         record_pull(ref.repo, info.sha, [p.name for p in model.parts])
         _, folder = snapshot(HubRef(ref.repo, revision=info.sha), hub)
         return _gguf_result(ref, folder, model, info.sha, True, note)
@@ -178,6 +178,20 @@ def _fetch(ref: HubRef, hub: Hub) -> Pulled:
     folder = Path(snapshot_download(ref.repo, allow_patterns=[f.name for f in wanted], **common))
     record_pull(ref.repo, info.sha, [f.name for f in wanted])
     return Pulled(ref, folder, sum(f.size for f in wanted), None, info.sha, True)
+
+
+def _file_bar():
+    """huggingface_hub's progress bar (bytes, rate, time left; on a terminal only), named by the
+    file rather than its URL."""
+    from huggingface_hub.utils import tqdm
+
+    class FileBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            if isinstance(kwargs.get("desc"), str):
+                kwargs["desc"] = kwargs["desc"].rsplit("/", 1)[-1]
+            super().__init__(*args, **kwargs)
+
+    return FileBar
 
 
 class _hub_errors:
