@@ -15,6 +15,8 @@ import urllib.request
 import openai
 import pytest
 from conftest import save_tiny
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_serve import EXE, free_port
 
 
@@ -72,3 +74,47 @@ def test_two_models_with_one_name_are_refused_before_listening(two_models, cli, 
     save_tiny("llama", other)
     result = cli("serve", "--models-dir", str(two_models), "--model", str(other), "--port", "1")
     assert result.returncode == 2 and b"two models are named 'alpha'" in result.stderr
+
+
+class FakeEngine:
+    def __init__(self, busy: bool):
+        import threading
+
+        self.in_house, self.stopped = int(busy), threading.Event()
+
+    def stop(self) -> None:  # (on the unloading thread)
+        self.stopped.set()
+
+
+@given(st.lists(st.tuples(st.integers(1, 100), st.booleans()), min_size=1, max_size=6), st.integers(1, 100),
+       st.integers(1, 6), st.integers(0, 300))
+@settings(max_examples=200, deadline=None)
+def test_room_is_made_least_recently_used_idle_first_and_never_from_a_busy_model(tmp_path_factory, loaded, size,
+                                                                                   max_loaded, budget):
+    """Invariant: after _make_room(spec), spec fits both bounds (or Refused is raised when only busy
+    models stand in the way); the models unloaded are idle ones, least recently used first."""
+    from lmgen.serve.bridge import Refused
+    from lmgen.serve.models import Models, ModelSpec, Served
+
+    root = tmp_path_factory.mktemp("sizes")
+
+    def spec(name: str, nbytes: int) -> ModelSpec:
+        (root / f"{name}.gguf").write_bytes(b"x" * nbytes)
+        return ModelSpec(name, str(root / f"{name}.gguf"))
+
+    specs = [spec(f"m{i}", n) for i, (n, _) in enumerate(loaded)] + [spec("new", size)]
+    models = Models(specs, None, None, None, max_loaded, budget)
+    for i, (_, busy) in enumerate(loaded):
+        models.loaded[f"m{i}"] = Served(specs[i], engine=FakeEngine(busy), used=i)
+    before = dict(models.loaded)
+    try:
+        models._make_room(specs[-1])
+    except Refused:
+        assert any(s.engine.in_house for s in models.loaded.values())
+        return
+    gone = [name for name in before if name not in models.loaded]
+    assert all(not before[name].engine.in_house and before[name].engine.stopped.wait(30) for name in gone)
+    kept_idle = [s.used for s in models.loaded.values() if not s.engine.in_house]
+    assert all(before[name].used < min(kept_idle, default=10**9) for name in gone)  # least recently used first
+    weights = size + sum(s.spec.weight_bytes for s in models.loaded.values())
+    assert len(models.loaded) < max_loaded and (not budget or not models.loaded or weights <= budget)

@@ -29,6 +29,9 @@ def serve(
     max_loaded: int = typer.Option(0, "--max-loaded", metavar="N",
                                    help="Models loaded at once at most: the least recently used idle one is "
                                         "unloaded for another (0: all)."),
+    max_memory: int = typer.Option(0, "--max-memory", metavar="MIB",
+                                   help="The loaded models' weights at most, as their files weigh: the least recently "
+                                        "used idle model is unloaded for another (0: no budget)."),
     host: str = typer.Option("127.0.0.1", "--host",
                              help="Address to listen on (on loopback, requests must name a loopback Host)."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
@@ -64,7 +67,7 @@ def serve(
         raise EnvironmentFailure('lmgen serve needs the serve extra: pip install "lmgen[serve]"') from None
     for name, value, low in (("max-batch", max_batch, 1), ("queue", queue, 0), ("max-body", max_body, 1),
                              ("prefix-cache", prefix_cache, 0), ("max-connections", max_connections, 1),
-                             ("drain-seconds", drain_seconds, 0), ("max-loaded", max_loaded, 0)):
+                             ("drain-seconds", drain_seconds, 0), ("max-loaded", max_loaded, 0), ("max-memory", max_memory, 0)):
         if not value >= low:  # (NaN too)
             raise InputError(f"{name} must be >= {low}, got {value}")
     if not 0 < header_timeout <= 3600:
@@ -84,7 +87,8 @@ def serve(
     if prefix_cache > 1 << 20:
         raise InputError(f"prefix-cache must be at most {1 << 20} MiB, got {prefix_cache}")
     options = ServeOptions(tuple(specs), dtype, device, api_key, max_batch, queue, max_body, prefix_cache,
-                           cors_origins=origins, host=host, drain_seconds=drain_seconds, max_loaded=max_loaded)
+                           cors_origins=origins, host=host, drain_seconds=drain_seconds, max_loaded=max_loaded,
+                           max_memory_mib=max_memory)
     # A client that closes its socket before the answer is written must not end the server: main
     # restores SIGPIPE's default (end quietly, for `lmgen generate | head`), so it is ignored
     # here, and a write to a closed socket is an error uvicorn handles.

@@ -52,6 +52,7 @@ class ServeOptions:
     host: str = "127.0.0.1"  # the address listened on: on loopback, only a loopback Host is answered
     drain_seconds: float = 10.0  # after SIGTERM, how long requests in flight may run on
     max_loaded: int = 0  # models loaded at once at most (0: all of them)
+    max_memory_mib: int = 0  # the loaded models' weights at most, estimated from their files (0: no budget)
 
 
 class Server:
@@ -59,7 +60,7 @@ class Server:
         self.options, self.failed, self.started = options, None, False
         self.metrics = Metrics()
         self.pool = Models(list(options.models), options, self.metrics, self._fatal,
-                             options.max_loaded or len(options.models))
+                           options.max_loaded or len(options.models), options.max_memory_mib << 20)
         self.metrics.watch(self.pool)
         self.fatal: BaseException | None = None  # what made the engine give up
         self.on_fatal = lambda: None  # set by the HTTP server: stop the process (the engine is gone)

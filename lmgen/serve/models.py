@@ -28,6 +28,13 @@ class ModelSpec:
     path: str
     aliases: tuple[str, ...] = ()
 
+    @property
+    def weight_bytes(self) -> int:
+        """What its weights take, estimated from its files (a GGUF file, or a checkpoint's shards)."""
+        path = Path(self.path)
+        files = [path] if path.is_file() else list(path.glob("*.safetensors")) + list(path.glob("*.gguf"))
+        return sum(f.stat().st_size for f in files if f.is_file())
+
 
 def spec_of(given: str | None, path: Path) -> ModelSpec:
     """A --model value (None: the default model) and the path it resolved to, as a served model."""
@@ -73,10 +80,10 @@ class Served:
 class Models:
     """The served models, loaded and unloaded on the event loop's say (loads run on a thread)."""
 
-    def __init__(self, specs: list[ModelSpec], options, metrics, on_fatal, max_loaded: int):
+    def __init__(self, specs: list[ModelSpec], options, metrics, on_fatal, max_loaded: int, max_bytes: int = 0):
         check_unique(specs)
         self.specs, self.options, self.metrics, self.on_fatal = specs, options, metrics, on_fatal
-        self.max_loaded = max_loaded
+        self.max_loaded, self.max_bytes = max_loaded, max_bytes  # max_bytes 0: no memory budget
         self.loaded: dict[str, Served] = {}
         self.clock = 0
         self.closed = False  # draining: nothing more is loaded
@@ -117,7 +124,7 @@ class Models:
         if served is None:
             if self.closed:
                 raise ShuttingDown("the server is shutting down")
-            self._make_room()
+            self._make_room(spec)
             served = self.loaded[spec.id] = Served(spec, ready=asyncio.Event())
             try:
                 loaded = await asyncio.get_running_loop().run_in_executor(None, self.load_now, spec)
@@ -137,12 +144,18 @@ class Models:
     def release(self, served: Served) -> None:
         served.users -= 1
 
-    def _make_room(self) -> None:
-        """Unload the least recently used idle models until one more fits; none idle: 503."""
-        while len(self.loaded) >= self.max_loaded:
+    def _make_room(self, spec: ModelSpec) -> None:
+        """Unload the least recently used idle models until ``spec`` fits (--max-loaded, and the
+        --max-memory budget of weights); none idle: 503."""
+        def over() -> bool:
+            weights = spec.weight_bytes + sum(s.spec.weight_bytes for s in self.loaded.values())
+            return len(self.loaded) >= self.max_loaded or bool(self.max_bytes and self.loaded and weights > self.max_bytes)
+
+        while over():
             idle = [s for s in self.loaded.values() if s.idle() and s.engine is not None]
             if not idle:
-                raise Refused(f"all {len(self.loaded)} loaded models are busy (--max-loaded {self.max_loaded}); "
+                raise Refused(f"all {len(self.loaded)} loaded models are busy (--max-loaded {self.max_loaded}"
+                              f"{f', --max-memory {self.max_bytes >> 20} MiB' if self.max_bytes else ''}); "
                               "try again shortly")
             victim = min(idle, key=lambda s: s.used)
             del self.loaded[victim.spec.id]
