@@ -197,3 +197,22 @@ def test_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(hub, lmgen_exe, tmp_
     shown = child.before.decode()
     assert re.search(r"Tiny-F32\.gguf: +100%\|.*\| [\d.]+k/[\d.]+k \[", shown), shown  # name, bytes, time
     assert shown.rstrip().splitlines()[-1].endswith("Tiny-F32.gguf")  # and the path, on stdout
+
+
+def test_a_full_disk_mid_transfer_is_one_line_exit_4_and_leaves_no_partial_file(hf, cli, monkeypatch):
+    import errno
+
+    from huggingface_hub import file_download
+
+    real = file_download.http_get
+
+    def fills_the_disk(url, temp_file, **kwargs):
+        temp_file.write(b"GGUF" + bytes(1000))  # some bytes land, then the disk is full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_download, "http_get", fills_the_disk)
+    assert_one_line_error(cli("pull", f"{GGUF_REPO}:Q8_0"), 4, "No space left on device")
+    cache = Path(os.environ["HF_HOME"]) / "hub"
+    assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size and "blobs" in p.parts]
+    monkeypatch.setattr(file_download, "http_get", real)  # space again: the next pull fetches it whole
+    assert pulled(cli("pull", f"{GGUF_REPO}:Q8_0", "--json"))["fetched"]
