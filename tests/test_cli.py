@@ -345,7 +345,9 @@ def test_usage_lines_show_argument_names_in_capitals(cli):
     from lmgen.cli.main import app
 
     for name, command in typer.main.get_command(app).commands.items():
-        usage = re.search(r"Usage: lmgen (\S+) \[OPTIONS\](.*)", cli(name, "--help").stdout.decode())
+        shown = cli(name, "--help")
+        assert shown.returncode == 0 and not shown.stderr, (name, shown.stderr)  # the whole help renders
+        usage = re.search(r"Usage: lmgen (\S+) \[OPTIONS\](.*)", shown.stdout.decode())
         assert usage and usage.group(1) == name
         arguments = usage.group(2).split()
         assert len(arguments) == sum(p.param_type_name == "argument" for p in command.params)

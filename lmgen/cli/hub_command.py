@@ -10,7 +10,7 @@ import typer
 
 from lmgen.cli.app import app
 
-NAME_HELP = "ORG/REPO[:QUANT] (Qwen/Qwen3-0.6B-GGUF:Q4_K_M) or hf://ORG/REPO[/FILE][@REVISION]."
+NAME_HELP = "ORG/REPO[:QUANT] (Qwen/Qwen3-0.6B-GGUF:Q4_K_M) or hf://ORG/REPO\\[/FILE]\\[@REVISION]."
 
 
 @app.command()
