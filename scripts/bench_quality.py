@@ -9,6 +9,12 @@ fp32 (the log-probability each gives the actual next token), and the same for a 
 dequantizes the same blocks and multiplies in PyTorch (fp32 activations): the difference
 between the two is what the kernels add to the format's own rounding. Then greedy agreement
 with fp32 over --greedy new tokens. It reports; it asserts nothing.
+
+    python scripts/bench_quality.py --kv          # the KV cache's dtype instead: bf16 against fp32
+
+With --kv the text is read as generation reads it — its first 16 tokens prefilled, then one
+decode step per token (the native step where the kernels run), keys and values kept in the
+cache — once with an fp32 cache and once with a bf16 one, same weights (as stored).
 """
 
 from __future__ import annotations
@@ -36,6 +42,30 @@ def token_log_probs(lm, ids: torch.Tensor) -> torch.Tensor:
         return torch.log_softmax(lm.model(ids)[0, :-1].double(), -1).gather(1, ids[0, 1:, None])[:, 0]
 
 
+def cached_log_probs(lm, ids: torch.Tensor, prefill: int = 16) -> torch.Tensor:
+    """Each next token's log-probability as generation computes it: through the KV cache."""
+    cache = lm.model.new_cache(batch=1, max_len=ids.shape[1])
+    with torch.inference_mode():
+        logits = [lm.model(ids[:, :prefill], 0, cache)[0]]
+        logits += [lm.model(ids[:, i : i + 1], i, cache)[0] for i in range(prefill, ids.shape[1] - 1)]
+    return torch.log_softmax(torch.cat(logits).double(), -1).gather(1, ids[0, 1:, None])[:, 0]
+
+
+def kv_quality(args, path) -> None:
+    ids = None
+    results = {}
+    for kv in ("float32", "bfloat16"):
+        lm = lmgen.load(path, kv_dtype=kv)
+        if ids is None:
+            ids = torch.tensor([lm.encode(args.text.read_text())[: args.tokens]])
+        results[kv] = (cached_log_probs(lm, ids), greedy(lm, args.prompt, args.greedy))
+    (expected, expected_tokens), (got, tokens) = results["float32"], results["bfloat16"]
+    leading = next((i for i, (a, b) in enumerate(zip(tokens, expected_tokens)) if a != b), len(tokens))
+    print(f"model {path}; {ids.shape[1]} tokens of {args.text}, through the KV cache")
+    print(f"  KV cache bf16 against fp32: mean |Δ log p| {(got - expected).abs().mean().item():.5f}, "
+          f"max {(got - expected).abs().max().item():.4f}; greedy: first {leading} of {args.greedy} tokens as fp32's")
+
+
 def greedy(lm, prompt: str, tokens: int) -> list[int]:
     lm = dataclasses.replace(lm, eos_ids=frozenset())  # always generate `tokens` tokens
     settings = lmgen.GenerationSettings(max_new_tokens=tokens)
@@ -49,8 +79,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1000, help="tokens of the text to score")
     parser.add_argument("--greedy", type=int, default=64, help="new tokens for the greedy comparison")
     parser.add_argument("--prompt", default="The history of the city of Paris begins")
+    parser.add_argument("--kv", action="store_true", help="compare the KV cache's dtypes instead (bf16 vs fp32)")
     args = parser.parse_args()
     path = resolve_model(args.model)
+    if args.kv:
+        return kv_quality(args, path)
     reference = lmgen.load(path, dtype="float32")
     ids = torch.tensor([reference.encode(args.text.read_text())[: args.tokens]])
     expected, expected_tokens = token_log_probs(reference, ids), greedy(reference, args.prompt, args.greedy)

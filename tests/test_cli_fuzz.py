@@ -24,7 +24,7 @@ ITERATIONS = int(os.environ.get("LMGEN_CLI_FUZZ_ITERATIONS", "150"))
 SEED = int(os.environ.get("LMGEN_CLI_FUZZ_SEED", "23"))
 OPTIONS = ["-n", "--max-new-tokens", "-t", "--temperature", "--top-k", "--top-p", "--min-p", "--typical-p",
            "--repetition-penalty", "--frequency-penalty", "--presence-penalty", "--seed", "--num-samples",
-           "--show-probs", "--batch-size", "--stop", "--threads", "--window", "--stride"]
+           "--show-probs", "--batch-size", "--stop", "--threads", "--window", "--stride", "--kv-dtype"]
 NUMBERS = ["0", "1", "-1", "2", "1e39", "-1e39", "1e-45", "nan", "inf", "-inf", "0.5", "3", "99999999999999999999",
            "", "x", "1e308", "-0", "4294967296", "18446744073709551616"]
 SCHEMAS = ["true", "false", "{}", "[]", "null", "1", '"s"', '{"type": "string"}', '{"type": "object", "properties": '

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import assert_one_line_error, run_lmgen
 
 
@@ -232,3 +233,13 @@ def test_a_batch_line_no_prompt_could_use_is_refused_as_it_is_read(cli, tiny_dir
     assert not out.exists()
     kept = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2", "--truncate")
     assert kept.returncode == 0, kept.stderr.decode()
+
+
+def test_a_kv_cache_dtype_is_checked_and_a_bf16_cache_holds_half(cli, tiny_dir):
+    import lmgen
+
+    assert_one_line_error(cli("generate", "-m", str(tiny_dir), "--kv-dtype", "int4", "hi"), 2,
+                          r"unknown KV cache dtype 'int4' \(choose from float32, fp32, bfloat16, bf16\)")
+    assert cli("generate", "-m", str(tiny_dir), "--kv-dtype", "bf16", "-n", "3", "hi").returncode == 0
+    fp32, bf16 = (lmgen.load(tiny_dir, kv_dtype=kv).model.new_cache(batch=2, max_len=64) for kv in ("fp32", "bf16"))
+    assert bf16.k.dtype == bf16.v.dtype == torch.bfloat16 and 2 * bf16.k.nbytes == fp32.k.nbytes

@@ -34,9 +34,10 @@ CONTEXT = 128  # the tiny model's
 prompts = st.lists(st.integers(0, 255), min_size=1, max_size=CONTEXT - 9)
 
 
-@pytest.fixture(scope="module")
-def tiny_lm(tiny_dir):
-    return load(tiny_dir, threads=1)
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def tiny_lm(tiny_dir, request):
+    """The tiny model with an fp32 KV cache, and with a bf16 one: every invariant holds for both."""
+    return load(tiny_dir, threads=1, kv_dtype=request.param)
 
 
 def alone(lm, ids, settings) -> Finished:

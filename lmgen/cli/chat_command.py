@@ -8,7 +8,7 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import load_model, prepare
-from lmgen.cli.options import (API_KEY_OPTION, DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, SERVER_OPTION, STATS,
+from lmgen.cli.options import (API_KEY_OPTION, DEVICE_OPTION, DTYPE_OPTION, KV_DTYPE_OPTION, MODEL_OPTION, SEED, SERVER_OPTION, STATS,
                                THREADS_OPTION, refuse_with_server, with_sampling)
 
 
@@ -21,6 +21,7 @@ def chat(
     sampling=None,  # the sampling options (with_sampling)
     seed: Optional[int] = SEED,
     dtype: str = DTYPE_OPTION,
+    kv_dtype: Optional[str] = KV_DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     jsonl: bool = typer.Option(False, "--jsonl", help="Not on a terminal: one JSON object per reply."),
@@ -38,10 +39,10 @@ def chat(
     if server:
         from lmgen.cli.remote_chat import RemoteConversation
 
-        refuse_with_server(model=model, dtype=dtype, threads=threads, device=device != "cpu")
+        refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, threads=threads, device=device != "cpu")
         return run_chat(RemoteConversation(server, api_key, settings, system), jsonl, stats)
     from lmgen.engine.conversation import Conversation
 
     path, _ = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
-    lm = load_model(path, dtype, device)
+    lm = load_model(path, dtype, device, kv_dtype)
     run_chat(Conversation(lm, settings, system), jsonl, stats, lm.model.weight_bytes_per_token())

@@ -35,12 +35,12 @@ def prepare(model: Optional[str], dtype: Optional[str], device: str, threads: Op
     return path, config
 
 
-def load_model(path, dtype: Optional[str], device: str):
+def load_model(path, dtype: Optional[str], device: str, kv_dtype: Optional[str] = None):
     from lmgen.cli.startup import loading_status
     from lmgen.engine.load import load
 
     with loading_status():
-        lm = load(path, dtype=dtype, device=device)
+        lm = load(path, dtype=dtype, device=device, kv_dtype=kv_dtype)
     for note in lm.notes:
         print(f"lmgen: note: {note}", file=sys.stderr)
     return lm

@@ -15,6 +15,7 @@ from lmgen.cli.options import (
     API_KEY_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
+    KV_DTYPE_OPTION,
     FILE_OPTION,
     MODEL_OPTION,
     SEED,
@@ -51,6 +52,7 @@ def generate(
     regex: Optional[str] = typer.Option(None, "--regex", help="Output text this regular expression matches in full."),
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="Output text this Lark grammar file accepts."),
     dtype: str = DTYPE_OPTION,
+    kv_dtype: Optional[str] = KV_DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
@@ -70,7 +72,7 @@ def generate(
     if system is not None and not chat:
         raise InputError("--system needs --chat")
     if server:
-        refuse_with_server(model=model, dtype=dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
+        refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
                            json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
                            device=device != "cpu")
         return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
@@ -101,7 +103,7 @@ def generate(
             messages = messages_of(text, system)  # the template read once, each prompt rendered with it
             yield Input(text, messages, lm.chat_template.render(messages), number - 1)
 
-    lm = load_model(path, dtype, device)
+    lm = load_model(path, dtype, device, kv_dtype)
 
     if as_json or (jsonl and each_line):
         renderer = render.JsonRenderer()

@@ -12,7 +12,7 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import prepare
-from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, THREADS_OPTION, check_api_key
+from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, KV_DTYPE_OPTION, THREADS_OPTION, check_api_key
 from lmgen.errors import EnvironmentFailure, InputError, LmgenError
 from lmgen.serve.origins import cors_origins as cors_origins_of
 from lmgen.serve.origins import is_loopback
@@ -56,6 +56,7 @@ def serve(
                                         help="On SIGTERM or Ctrl-C, how long requests in flight may run on "
                                              "before they are ended."),
     dtype: str = DTYPE_OPTION,
+    kv_dtype: Optional[str] = KV_DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
 ) -> None:
@@ -78,6 +79,10 @@ def serve(
 
     if max_batch > MAX_ROWS:
         raise InputError(f"max-batch must be at most {MAX_ROWS}, got {max_batch}")
+    from lmgen.engine.settings import KV_DTYPES
+
+    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+        raise InputError(f"unknown KV cache dtype {kv_dtype!r} (choose from {', '.join(KV_DTYPES)})")
     origins = cors_origins_of(cors_origins)
     if not 0 < port < 65536:
         raise InputError(f"port must be from 1 to 65535, got {port}")
@@ -88,7 +93,7 @@ def serve(
         raise InputError(f"prefix-cache must be at most {1 << 20} MiB, got {prefix_cache}")
     options = ServeOptions(tuple(specs), dtype, device, api_key, max_batch, queue, max_body, prefix_cache,
                            cors_origins=origins, host=host, drain_seconds=drain_seconds, max_loaded=max_loaded,
-                           max_memory_mib=max_memory)
+                           max_memory_mib=max_memory, kv_dtype=kv_dtype)
     # A client that closes its socket before the answer is written must not end the server: main
     # restores SIGPIPE's default (end quietly, for `lmgen generate | head`), so it is ignored
     # here, and a write to a closed socket is an error uvicorn handles.

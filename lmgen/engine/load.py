@@ -12,7 +12,7 @@ import torch
 
 from lmgen.config.model_config import ModelConfig, is_int
 from lmgen.engine.load_checkpoint import load_model
-from lmgen.engine.settings import FLOAT_DTYPES, QUANTIZED
+from lmgen.engine.settings import FLOAT_DTYPES, KV_DTYPES, QUANTIZED
 from lmgen.errors import CheckpointError, InputError
 from lmgen.formats.checkpoint import gguf_file
 from lmgen.formats.files import read_json
@@ -92,14 +92,31 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
-def load(path: str | Path, dtype: str | None = None, device: str = "cpu", threads: int | None = None) -> LanguageModel:
+def load(path: str | Path, dtype: str | None = None, device: str = "cpu", threads: int | None = None,
+         kv_dtype: str | None = None) -> LanguageModel:
     """Load a checkpoint directory (config + safetensors + tokenizer.json) or a GGUF file, by path
     or by Hub name (``ORG/REPO[:QUANT]``, ``hf://…``: from the Hugging Face cache, else fetched).
 
     ``dtype`` None: a GGUF file's weights as stored (its Q8_0/Q4_0/Q4_1 blocks read in place),
     a checkpoint's in float32. A GGUF file with a dtype is expanded to fp32 first (``lmgen
     convert``, kept in the cache) and loaded from there in that dtype. ``threads``: compute with
-    this many (torch's and the kernels'; default: as they are, the cores available at start)."""
+    this many (torch's and the kernels'; default: as they are, the cores available at start).
+    ``kv_dtype``: the KV cache's, float32 or bfloat16 (half the memory; default: the activations')."""
+    kv = parse_kv_dtype(kv_dtype)
+    lm = _load(path, dtype, device, threads)
+    lm.model.kv_dtype = kv
+    return lm
+
+
+def parse_kv_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in KV_DTYPES:
+        raise InputError(f"unknown KV cache dtype {name!r} (choose from {', '.join(KV_DTYPES)})")
+    return getattr(torch, KV_DTYPES[name])
+
+
+def _load(path, dtype: str | None, device: str, threads: int | None) -> LanguageModel:
     if threads is not None:
         from lmgen.model.kernels import use_threads
 

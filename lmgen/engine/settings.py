@@ -23,6 +23,10 @@ FLOAT_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16",
 QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q8_0"), "q4_1": ("q4_1", "q8_0"),
              "q4_0": ("q4_0", "q8_0"), "int8": ("q8_0", "q8_0")}  # int8: the 8-bit format's old name
 
+# --kv-dtype: the KV cache's (name → torch dtype's name); bf16 halves its memory (see the README's
+# measurements of its accuracy).
+KV_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
 # Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
 # below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most
 # the context length times 1e6. Wider values are refused where they are parsed.

@@ -75,9 +75,11 @@ class KVCache:
 
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k
+        self.k[layer, :, :, start:end] = k  # (rounded, where the cache is narrower)
         self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        # read back as the activations' dtype: attention always sees what the cache holds, so a
+        # prompt prefilled in pieces attends to the same values as in one pass
+        return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
 
 
 ACTIVATIONS = {"silu": F.silu, "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}
@@ -200,6 +202,7 @@ class Decoder(nn.Module):
         self.head = LMHead(cfg)
         self.rope_memo: dict = {}  # rotary frequencies, kept between forward passes (rope.rope_tables)
         self.plan: "kernels.DecodePlan | None" = None  # the native decode step (see new_cache)
+        self.kv_dtype: torch.dtype | None = None  # the KV cache's (None: the activations'); --kv-dtype
         self.tie_weights()
 
     def tie_weights(self) -> None:
@@ -233,7 +236,7 @@ class Decoder(nn.Module):
         call, or None where the kernels cannot run this model) is made afresh with it, so that
         weights swapped between generations (int8 quantization) are the ones it reads."""
         self.plan = kernels.decode_plan(self)
-        return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.dtype, self.device)
+        return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.kv_dtype or self.dtype, self.device)
 
     def grow_cache(self, cache: KVCache | None, length: int, batch: int = 1) -> KVCache:
         """A cache with room for ``length`` positions in each of ``batch`` rows: ``cache`` itself if

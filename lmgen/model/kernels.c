@@ -72,7 +72,34 @@ typedef struct {
   int64_t d, n_heads, n_kv, hd, d_mlp, rope_dim, n_layers;
   int norm_kind, qk_norm, gated, activation;
   float eps, norm_offset, attn_scale, attn_softcap;
+  int kv_bf16;  /* the KV cache holds bf16 (rounded to nearest even, as torch rounds), else fp32 */
 } Shape;
+
+/* fp32 → bf16 as torch converts (round to nearest, ties to even; NaN stays a quiet NaN). */
+static inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+/* n values of a cache head, fp32 (as stored, or widened from bf16: exact) for the attention loops. */
+static const float* kv_floats(const Shape* s, const void* cache, int64_t at, int64_t n, float* widened) {
+  if (!s->kv_bf16) return (const float*)cache + at;
+  const uint16_t* b = (const uint16_t*)cache + at;
+  for (int64_t i = 0; i < n; i++) {
+    uint32_t u = (uint32_t)b[i] << 16;
+    memcpy(widened + i, &u, 4);
+  }
+  return widened;
+}
+
+/* Store n fp32 values into a cache head at element `at` (rounded if the cache is bf16). */
+static void kv_store(const Shape* s, void* cache, int64_t at, const float* v, int64_t n) {
+  if (!s->kv_bf16) { memcpy((float*)cache + at, v, sizeof(float) * n); return; }
+  uint16_t* b = (uint16_t*)cache + at;
+  for (int64_t i = 0; i < n; i++) b[i] = to_bf16(v[i]);
+}
 
 /* out = norm(x) per row of d values: RMSNorm scaled by (offset + w), or LayerNorm. In place is fine. */
 static void normalize(int kind, float eps, float offset, const float* w, const float* b, const float* x,
@@ -156,7 +183,7 @@ static int64_t scratch_floats(const Shape* s, int64_t M, int64_t max_keys) {
 }
 
 static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, const Rows* rows, float* scratch,
-                         float* k_cache, float* v_cache, int64_t batch_stride, int64_t head_stride,
+                         void* k_cache, void* v_cache, int64_t batch_stride, int64_t head_stride,
                          const float* cos, const float* sin) {
   int64_t window = t->window;
   int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
@@ -178,8 +205,8 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
     }
     int64_t row = rows->cache_row[m] * batch_stride, pos = rows->pos[m];
     for (int64_t g = 0; g < n_kv; g++) {
-      memcpy(k_cache + row + g * head_stride + pos * hd, k + m * kv_dim + g * hd, sizeof(float) * hd);
-      memcpy(v_cache + row + g * head_stride + pos * hd, v + m * kv_dim + g * hd, sizeof(float) * hd);
+      kv_store(s, k_cache, row + g * head_stride + pos * hd, k + m * kv_dim + g * hd, hd);
+      kv_store(s, v_cache, row + g * head_stride + pos * hd, v + m * kv_dim + g * hd, hd);
     }
   }
   float scale = s->attn_scale, cap = s->attn_softcap;
@@ -189,11 +216,13 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       int64_t g = head / (n_heads / n_kv), pos = rows->pos[m];
       int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
       const float* qh = q + m * q_dim + head * hd;
-      const float* keys = k_cache + rows->cache_row[m] * batch_stride + g * head_stride;
-      const float* vals = v_cache + rows->cache_row[m] * batch_stride + g * head_stride;
+      int64_t at = rows->cache_row[m] * batch_stride + g * head_stride + first * hd;
+      float* widened = s->kv_bf16 ? arena(ARENA_KV, sizeof(float) * 2 * n_keys * hd) : NULL;  /* this thread's */
+      const float* keys = kv_floats(s, k_cache, at, n_keys * hd, widened);
+      const float* vals = kv_floats(s, v_cache, at, n_keys * hd, widened ? widened + n_keys * hd : NULL);
       float* sc = scores + (m * n_heads + head) * max_keys;
       float top = -INFINITY, total = 0.f;
-      key_scores(qh, keys + first * hd, n_keys, hd, sc);
+      key_scores(qh, keys, n_keys, hd, sc);
       for (int64_t j = 0; j < n_keys; j++) {
         sc[j] *= scale;
         if (cap > 0.f) sc[j] = tanhf(sc[j] / cap) * cap;
@@ -201,7 +230,7 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       }
       for (int64_t j = 0; j < n_keys; j++) { sc[j] = expf(sc[j] - top); total += sc[j]; }
       for (int64_t j = 0; j < n_keys; j++) sc[j] /= total;
-      weigh_values(sc, vals + first * hd, n_keys, hd, att + m * q_dim + head * hd);
+      weigh_values(sc, vals, n_keys, hd, att + m * q_dim + head * hd);
     }
   Projection o_proj = PROJ(o, out, d);
   project(&o_proj, 1, att, q_dim, M);
@@ -224,14 +253,16 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
  * step's rotary tables (M rows each), which each layer picks by its rope index. */
 void decode_layers(const Shape* s, float* x, int64_t M, const Layer* layers, const float* const* cos,
                    const float* const* sin,
-                   float* k_cache, float* v_cache, int64_t layer_stride, int64_t batch_stride,
+                   void* k_cache, void* v_cache, int64_t layer_stride, int64_t batch_stride,
                    int64_t head_stride, const int64_t* cache_row, const int64_t* pos) {
   Rows rows = {cache_row, pos, 0};
   for (int64_t m = 0; m < M; m++) if (pos[m] > rows.max_pos) rows.max_pos = pos[m];
   float* scratch = arena(ARENA_SCRATCH, sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
   for (int64_t l = 0; l < s->n_layers; l++) {
     int64_t r = layers[l].rope;
-    decode_block(s, x, M, layers + l, &rows, scratch, k_cache + l * layer_stride, v_cache + l * layer_stride,
+    size_t element = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
+    decode_block(s, x, M, layers + l, &rows, scratch, (char*)k_cache + l * layer_stride * element,
+                 (char*)v_cache + l * layer_stride * element,
                  batch_stride, head_stride, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
   }
 }

@@ -225,7 +225,8 @@ class Shape(ctypes.Structure):
 
     _fields_ = [(name, ctypes.c_int64) for name in ("d", "n_heads", "n_kv", "hd", "d_mlp", "rope_dim", "n_layers")] \
         + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation")] \
-        + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")]
+        + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")] \
+        + [("kv_bf16", ctypes.c_int)]  # set per step from the cache's dtype
 
     @classmethod
     def of(cls, cfg) -> "Shape":
@@ -310,6 +311,9 @@ class DecodePlan:
         """Run every block on x (M, 1, d_model), contiguous fp32, in place: row m is the token at
         positions[m] of the sequence in cache row rows[m] (int64 tensors), whose keys and values
         it appends; rope holds one (M, rotary_dim) cos and sin table per kind."""
+        if cache.k.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the native decode step reads an fp32 or bf16 KV cache, not {cache.k.dtype}")
+        self.shape.kv_bf16 = cache.k.dtype == torch.bfloat16
         tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
         cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
         sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))

@@ -62,11 +62,11 @@ typedef struct { int16_t* q; int8_t* bytes; float* scale; int32_t* total; int32_
 /* Memory a thread reuses from call to call (kept at the largest size asked, never shrunk): a
  * batch's activations and scratch run to megabytes, which malloc would map afresh and the kernel
  * zero page by page on every step (16% of a 16-row decode step went to clearing pages). One
- * QuantizedX and one scratch area are live at a time on a thread. */
-enum { ARENA_X = 0, ARENA_SCRATCH = 1 };
+ * QuantizedX, one scratch area and one widened KV head (ARENA_KV) are live at a time on a thread. */
+enum { ARENA_X = 0, ARENA_SCRATCH = 1, ARENA_KV = 2 };
 static void* arena(int which, size_t bytes) {
-  static __thread void* memory[2];
-  static __thread size_t size[2];
+  static __thread void* memory[3];
+  static __thread size_t size[3];
   if (bytes > size[which]) {
     free(memory[which]);
     memory[which] = malloc(bytes);

@@ -53,6 +53,7 @@ class ServeOptions:
     drain_seconds: float = 10.0  # after SIGTERM, how long requests in flight may run on
     max_loaded: int = 0  # models loaded at once at most (0: all of them)
     max_memory_mib: int = 0  # the loaded models' weights at most, estimated from their files (0: no budget)
+    kv_dtype: str | None = None  # each engine's KV cache (None: the activations')
 
 
 class Server:
