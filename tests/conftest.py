@@ -258,3 +258,13 @@ def kernel_build(tmp_path_factory):
         return built[name]
 
     return build
+
+
+def interruptible() -> None:
+    """preexec_fn for a child a test sends SIGINT (or Ctrl-C through a terminal): SIGINT at its
+    default, so that Python turns it into KeyboardInterrupt even where the test runner was started
+    with SIGINT ignored (a background job of a non-interactive shell ignores it, and children
+    inherit that)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

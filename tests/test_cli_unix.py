@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import ANSI, assert_one_line_error, run_lmgen, run_on_a_terminal, save_tiny
+from conftest import ANSI, assert_one_line_error, interruptible, run_lmgen, run_on_a_terminal, save_tiny
 
 
 def broken_copy(tiny_dir, tmp_path, what):
@@ -211,7 +211,7 @@ def test_sigint_stops_at_once_with_a_final_newline(lmgen_exe, smollm2_dir):
     # The regex allows no end before 20,000 letters, more than 1,000 tokens can make: generation
     # is still going when the signal lands, however slow the machine (the greedy reply ends at 160).
     proc = subprocess.Popen([lmgen_exe, "generate", "-n", "1000", "--regex", "[a-z ]{20000}", "The cat sat"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=interruptible)
     first = os.read(proc.stdout.fileno(), 1)  # generation has started
     proc.send_signal(signal.SIGINT)
     sent = time.monotonic()
@@ -295,7 +295,8 @@ def test_ctrl_c_in_batch_says_how_many_records_were_kept_and_how_to_resume(lmgen
     src, out = tmp_path / "in.txt", tmp_path / "out"
     src.write_text("".join(f"prompt {i}\n" for i in range(5000)))  # far more than can finish
     proc = subprocess.Popen([lmgen_exe, "batch", str(src), "--out", str(out), "-m", str(tiny_dir), "-n", "50",
-                             "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--batch-size", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=interruptible)
 
     def lines() -> int:
         return sum(part.read_bytes().count(b"\n") for part in out.glob("part-*"))
