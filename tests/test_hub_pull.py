@@ -106,6 +106,7 @@ def test_a_checkpoint_repo_fetches_only_what_lmgen_runs(hf, cli):
     fetched = {r.path.rsplit("/", 1)[-1] for r in transfers(hf, hf.start_of_test)}
     assert "pytorch_model.bin" not in fetched and "model.onnx" not in fetched
     assert cli("score", "-m", CHECKPOINT_REPO, "hello there").returncode == 0
+    assert_one_line_error(cli("pull", f"{CHECKPOINT_REPO}:Q4_K_M"), 3, "has no GGUF files")  # cached, still refused
 
 
 @pytest.mark.parametrize("name, code, pattern", [

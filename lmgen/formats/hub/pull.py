@@ -108,6 +108,8 @@ def _from_cache(ref: HubRef, hub: Hub) -> Pulled | None:
     commit, folder = found
     files = cached_files(folder)
     if not is_gguf_repo(files):
+        if ref.quant or ref.file:  # names a GGUF file: the Hub's listing says what there is
+            return None
         names = {f.name for f in files}
         complete = "config.json" in names and any(n.endswith(".safetensors") for n in names) and _shards_in(folder)
         return Pulled(ref, folder, sum(f.size for f in files), None, commit, False) if complete else None
