@@ -105,7 +105,7 @@ class Models:
 
         served = Served(spec)
         try:
-            served.lm = load(spec.path, dtype=self.options.dtype, device=self.options.device,
+            served.lm = load(Path(spec.path), dtype=self.options.dtype, device=self.options.device,
                              kv_dtype=self.options.kv_dtype)
             served.engine = EngineThread(served.lm, self.options.max_batch, self.options.queue,
                                          self.options.prefix_cache_mib << 20, PREFILL_WORK, self.on_fatal)
