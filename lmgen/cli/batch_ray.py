@@ -44,7 +44,7 @@ class Completer:
                  threads: int):
         from lmgen.engine.load import load
 
-        self.lm = load(model, dtype=dtype, threads=threads)
+        self.lm = load(Path(model), dtype=dtype, threads=threads)  # resolved already: a path, never a name again
         self.settings, self.batch_size, self.chat, self.system = settings, batch_size, chat, system
 
     def __call__(self, batch):
