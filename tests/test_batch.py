@@ -289,3 +289,20 @@ def test_other_settings_are_named_with_both_values(tiny_dir, cli, tmp_path):
     assert cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2").returncode == 0
     result = cli("batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "3")
     assert_one_line_error(result, 2, r"other settings \(settings\.max_new_tokens: 2 then, 3 now\)")
+
+
+def test_the_kv_cache_dtype_is_a_setting_of_the_job(tiny_dir, cli, tmp_path):
+    """--kv-dtype is in the manifest when given (a rerun without it is refused, naming it), and
+    absent otherwise, so a DIR made before the option existed still resumes."""
+    source, out = tmp_path / "in.txt", tmp_path / "out"
+    source.write_text("one\ntwo\n")
+    args = ["batch", str(source), "--out", str(out), "-m", str(tiny_dir), "-n", "2"]
+    assert cli(*args, "--kv-dtype", "bf16").returncode == 0
+    assert json.loads((out / "_manifest.json").read_text())["kv_dtype"] == "bf16"
+    assert_one_line_error(cli(*args), 2, r'other settings \(kv_dtype: "bf16" then, null now\)')
+    plain = tmp_path / "plain"
+    assert cli(*args[:3], str(plain), *args[4:]).returncode == 0
+    assert "kv_dtype" not in json.loads((plain / "_manifest.json").read_text())
+    source.write_text("one\ntwo\nthree\n")
+    assert cli(*args[:3], str(plain), *args[4:]).returncode == 0  # resumes: one more record
+    assert sum(p.read_text().count("\n") for p in plain.glob("part-*")) == 3

@@ -11,7 +11,7 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import load_model, prepare
-from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
+from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, KV_DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
 
 
 @app.command()
@@ -35,6 +35,7 @@ def batch(
     actors: Optional[int] = typer.Option(None, "--actors", help="With --ray: model replicas (default: one per CPU)."),
     verbose: bool = typer.Option(False, "--verbose", help="With --ray: show Ray's own logs on stderr."),
     dtype: str = DTYPE_OPTION,
+    kv_dtype: Optional[str] = KV_DTYPE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
 ) -> None:
@@ -56,6 +57,7 @@ def batch(
     )
     from lmgen.engine.constraint import Constraint
     from lmgen.engine.generation import GenerationSettings
+    from lmgen.engine.load import parse_kv_dtype
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
     settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
@@ -72,7 +74,8 @@ def batch(
     # The whole input checked before DIR is made or a prompt generated (each line within what
     # the context could use, unless --truncate keeps a long prompt's end).
     every = read_all(input, seed, None if truncate else config.max_context)
-    job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system)
+    job = Job(str(input.resolve()), fingerprint(Path(path)), dtype, dataclasses.asdict(settings), chat, system,
+              parse_kv_dtype(kv_dtype) and kv_dtype)
     prepare_out(out, job)
     held = lock_out(out)  # until the job is done (or this process ends)
     records, skipped = pending(every, out)
@@ -83,9 +86,10 @@ def batch(
         if records and ray is not None:
             from lmgen.cli.batch_ray import run_on_ray
 
-            run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose)
+            run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose,
+                       kv_dtype)
         elif records:
-            lm = load_model(path, dtype, device)
+            lm = load_model(path, dtype, device, kv_dtype)
             run_here(lm, records, out, settings, batch_size, chat, system, written)
     except KeyboardInterrupt:  # Ctrl-C: what is kept, and how to go on (exit 130)
         sys.stderr.write(f"lmgen: interrupted: {len(done_ids(out))} of {len(every)} record(s) kept in {out} "

@@ -44,10 +44,15 @@ class Job:
     settings: dict  # GenerationSettings as a dict
     chat: bool
     system: str | None
+    kv_dtype: str | None = None  # the KV cache's (left out of the manifest when not asked for)
 
     def describe(self) -> dict:
-        """As JSON has it (tuples become lists), so that a manifest read back compares equal."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """As JSON has it (tuples become lists), so that a manifest read back compares equal; a
+        field added since (kv_dtype) appears only when set, so earlier DIRs still resume."""
+        described = json.loads(json.dumps(dataclasses.asdict(self)))
+        if described["kv_dtype"] is None:
+            del described["kv_dtype"]
+        return described
 
 
 def check_input(path: Path) -> None:

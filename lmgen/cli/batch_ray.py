@@ -41,10 +41,11 @@ class Completer:
     """A Ray actor: the model loaded once, then the records of each batch of input records."""
 
     def __init__(self, model: str, dtype: str | None, settings, batch_size: int, chat: bool, system: str | None,
-                 threads: int):
+                 threads: int, kv_dtype: str | None = None):
         from lmgen.engine.load import load
 
-        self.lm = load(Path(model), dtype=dtype, threads=threads)  # resolved already: a path, never a name again
+        # resolved already: a path, never a name again
+        self.lm = load(Path(model), dtype=dtype, threads=threads, kv_dtype=kv_dtype)
         self.settings, self.batch_size, self.chat, self.system = settings, batch_size, chat, system
 
     def __call__(self, batch):
@@ -125,19 +126,20 @@ def sizes(ray, actors: int | None) -> tuple[int, float, int]:
 
 def run_on_ray(address: str, records: list[dict], out: Path, model: str, dtype: str | None, settings,
                batch_size: int, chat: bool, system: str | None, actors: int | None, written,
-               verbose: bool = False) -> None:
+               verbose: bool = False, kv_dtype: str | None = None) -> None:
     """Generate the records' completions on Ray into DIR, counting what its part files gained
     in ``written`` (batch.Written)."""
     if not records:
         return
     with logs_to(None if verbose else out / RAY_LOG):
-        _run(connect(address, verbose), records, out, model, dtype, settings, batch_size, chat, system, actors, written)
+        _run(connect(address, verbose), records, out, model, dtype, settings, batch_size, chat, system, actors, written,
+             kv_dtype)
 
 
 RAY_LOG = "_ray.log"  # in DIR: what Ray wrote to stderr during the job (--verbose shows it instead)
 
 
-def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, actors, written) -> None:
+def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, actors, written, kv_dtype=None) -> None:
     import json
 
     actors, per_actor, threads = sizes(ray, actors)
@@ -145,7 +147,7 @@ def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, ac
     ds = ray.data.from_items([{"record": json.dumps(record)} for record in records])
     ds = ds.map_batches(Completer, fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings,
                                                               batch_size=batch_size, chat=chat, system=system,
-                                                              threads=threads),
+                                                              threads=threads, kv_dtype=kv_dtype),
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,
                         batch_size=batch_size, batch_format="pandas")
     ds.write_json(str(out))
