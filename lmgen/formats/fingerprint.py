@@ -25,7 +25,20 @@ RACY_NS = 2_000_000_000  # a stamp this young is not trusted
 
 def content_digest(path: Path) -> str:
     """The hex XXH3-128 digest of path's bytes (remembered while its stat stamp holds)."""
-    memo = _memo_path(path)
+    return remembered(path, "digests", hash_bytes)
+
+
+def sha256_digest(path: Path) -> str:
+    """The hex sha256 of path's bytes (what the Hub lists for an LFS file), remembered alike."""
+    return remembered(path, "sha256", _sha256_bytes)
+
+
+def remembered(path: Path, kind: str, compute) -> str:
+    """compute(path), kept in lmgen's home under ``kind`` beside path's stat stamp, and read back
+    instead of computed while the stamp holds (a stamp younger than RACY_NS is not kept)."""
+    from lmgen.formats.home import keep
+
+    memo = _memo_path(path, kind)
     stamp = stamp_of(path)
     try:
         saved = json.loads(memo.read_text(encoding="utf-8"))
@@ -33,9 +46,9 @@ def content_digest(path: Path) -> str:
             return saved["digest"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    digest = hash_bytes(path)
+    digest = compute(path)
     if stamp_of(path) == stamp and time.time_ns() - stamp[4] > RACY_NS:  # settled, and unchanged while read
-        _remember(memo, {"stamp": stamp, "digest": digest})
+        keep(memo, json.dumps({"stamp": stamp, "digest": digest}))
     return digest
 
 
@@ -50,24 +63,18 @@ def hash_bytes(path: Path) -> str:
     return state.hexdigest()
 
 
+def _sha256_bytes(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def stamp_of(path: Path) -> list[int]:
     info = os.stat(path)
     return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
 
 
-def _memo_path(path: Path) -> Path:
+def _memo_path(path: Path, kind: str) -> Path:
     from lmgen.formats.home import cache_dir
 
     name = hashlib.sha256(str(path.resolve()).encode("utf-8", "surrogateescape")).hexdigest()[:24]
-    return cache_dir() / "digests" / f"{name}.json"
-
-
-def _remember(memo: Path, entry: dict) -> None:
-    """Best effort: a cache that cannot be written only costs the hashing next time."""
-    partial = memo.with_name(f".{memo.name}.{os.getpid()}.partial")
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(entry), encoding="utf-8")
-        os.replace(partial, memo)
-    except OSError:
-        partial.unlink(missing_ok=True)
+    return cache_dir() / kind / f"{name}.json"

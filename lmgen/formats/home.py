@@ -16,3 +16,18 @@ def cache_dir() -> Path:
         return home
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "lmgen"
+
+
+def keep(path: Path, text: str) -> bool:
+    """Write one of lmgen's own small files (a memo, a ledger) whole or not at all: written aside,
+    then renamed. Best effort: a home that cannot be written only costs the work next time
+    (False)."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(text, encoding="utf-8")
+        os.replace(partial, path)
+        return True
+    except OSError:
+        partial.unlink(missing_ok=True)
+        return False

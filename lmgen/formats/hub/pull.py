@@ -10,7 +10,6 @@ sha256 before its first use (an LFS blob is named by it), and deleted if it diff
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -232,31 +231,15 @@ class _hub_errors:
 
 
 def check_sha256(path: Path, expected: str, ref: HubRef) -> None:
-    """path's bytes against the Hub's sha256, once per file (remembered by its stat stamp); a
-    file that differs is deleted (exit 3: the next run fetches it anew)."""
-    from lmgen.formats.fingerprint import stamp_of
-    from lmgen.formats.home import cache_dir
+    """path's bytes against the Hub's sha256, once per file (``sha256_digest``: remembered by its
+    stat stamp); a file that differs is deleted (exit 3: the next run fetches it anew)."""
+    from lmgen.formats.fingerprint import sha256_digest
 
-    memo = cache_dir() / "verified" / expected
-    stamp = stamp_of(path.resolve())
-    try:
-        if json.loads(memo.read_text(encoding="utf-8")) == stamp:
-            return
-    except (OSError, ValueError):
-        pass
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(16 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != expected:
+    digest = sha256_digest(path)
+    if digest != expected:
         blob = path.resolve()
         path.unlink(missing_ok=True)
         blob.unlink(missing_ok=True)
         raise CheckpointError(f"{path.name} from {ref.repo} does not match the Hub's sha256 (it has "
-                              f"{digest.hexdigest()[:16]}…, the Hub lists {expected[:16]}…): deleted; run the command "
+                              f"{digest[:16]}…, the Hub lists {expected[:16]}…): deleted; run the command "
                               "again to fetch it anew")
-    try:
-        memo.parent.mkdir(parents=True, exist_ok=True)
-        memo.write_text(json.dumps(stamp), encoding="utf-8")
-    except OSError:
-        pass  # checked again next time
