@@ -217,3 +217,14 @@ def test_a_full_disk_mid_transfer_is_one_line_exit_4_and_leaves_no_partial_file(
     assert not [p for p in cache.rglob("*") if p.is_file() and p.stat().st_size and "blobs" in p.parts]
     monkeypatch.setattr(file_download, "http_get", real)  # space again: the next pull fetches it whole
     assert pulled(cli("pull", f"{GGUF_REPO}:Q8_0", "--json"))["fetched"]
+
+
+def test_removing_a_file_forgets_it_in_its_own_repo_only(hf, cli, monkeypatch):
+    """Two repos hold a file of the same name: rm of one leaves the other's in lmgen's ledger."""
+    monkeypatch.setenv("HF_TOKEN", "hf_fake_token")
+    pulled(cli("pull", f"{GGUF_REPO}:Q8_0", "--json"))
+    pulled(cli("pull", f"{GATED_REPO}:Q8_0", "--json"))  # also Tiny-Q8_0.gguf
+    assert cli("rm", f"{GGUF_REPO}:Q8_0").returncode == 0
+    listed = {r["name"]: r for r in map(json.loads, cli("list", "--json").stdout.splitlines())}
+    assert f"{GGUF_REPO}:Q8_0" not in listed and listed[f"{GATED_REPO}:Q8_0"]["pulled_by_lmgen"]
+    assert cli("rm", f"{GATED_REPO}:Q8_0").returncode == 0

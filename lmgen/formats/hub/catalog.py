@@ -12,7 +12,7 @@ from pathlib import Path
 
 from lmgen.errors import CheckpointError
 from lmgen.formats.hub.choose import gguf_models, is_gguf_repo
-from lmgen.formats.hub.ledger import LEDGER, read_ledger
+from lmgen.formats.hub.ledger import forget, read_ledger
 from lmgen.formats.hub.pull import Hub, cached_files, snapshot
 from lmgen.formats.hub.reference import HubRef
 
@@ -27,6 +27,7 @@ class Entry:
     quant: str  # the GGUF file's tag, or the checkpoint's dtype ("-" if unknown)
     path: Path
     pulled_by_lmgen: bool
+    repo: str | None = None  # the Hub repo it is in (None: lmgen's default model)
 
     def record(self) -> dict:
         return {"name": self.name, "format": self.format, "family": self.family, "size": self.size,
@@ -57,7 +58,7 @@ def _entries(repo: str, commit: str, folder: Path, pulled: dict) -> list[Entry]:
     if is_gguf_repo(files):
         return [Entry(f"{repo}:{m.tag}" if m.tag else f"hf://{repo}/{m.name}", "gguf",
                       gguf_architecture(folder / m.name), m.size, m.tag or "-", folder / m.name,
-                      all(p.name in mine for p in m.parts))
+                      all(p.name in mine for p in m.parts), repo)
                 for m in gguf_models(files) if all((folder / p.name).is_file() for p in m.parts)]
     if not (folder / "config.json").is_file() or not any(f.name.endswith(".safetensors") for f in files):
         return []
@@ -67,7 +68,7 @@ def _entries(repo: str, commit: str, folder: Path, pulled: dict) -> list[Entry]:
     except (OSError, ValueError, AttributeError):
         family, dtype = "-", "-"
     size = sum(f.size for f in files if f.name.endswith(".safetensors"))
-    return [Entry(repo, "safetensors", family, size, dtype, folder, bool(mine))]
+    return [Entry(repo, "safetensors", family, size, dtype, folder, bool(mine), repo)]
 
 
 def gguf_architecture(path: Path) -> str:
@@ -125,7 +126,7 @@ def remove(entry: Entry, links: list[Path]) -> int:
     folder = entry.path if entry.path.is_dir() else entry.path.parent
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
-    _forget(links)
+    forget(entry.repo, {link.name for link in links})
     return freed
 
 
@@ -133,15 +134,3 @@ def _still_linked(blob: Path) -> bool:
     """Whether another snapshot of the repo still points at the blob."""
     return any(p.is_symlink() and p.resolve() == blob for p in (blob.parent.parent / "snapshots").rglob("*"))
 
-
-def _forget(links: list[Path]) -> None:
-    from lmgen.formats.home import cache_dir
-
-    ledger, gone = read_ledger(), {link.name for link in links}
-    for commits in ledger.values():
-        for commit, names in commits.items():
-            commits[commit] = [n for n in names if n.rsplit("/", 1)[-1] not in gone]
-    try:
-        (cache_dir() / LEDGER).write_text(json.dumps(ledger, indent=1), encoding="utf-8")
-    except OSError:
-        pass

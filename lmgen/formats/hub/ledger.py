@@ -4,9 +4,8 @@
 from __future__ import annotations
 
 import json
-import os
 
-from lmgen.formats.home import cache_dir
+from lmgen.formats.home import cache_dir, keep
 
 LEDGER = "pulled.json"
 
@@ -24,11 +23,12 @@ def record_pull(repo: str, commit: str, names: list[str]) -> None:
     ledger = read_ledger()
     have = ledger.setdefault(repo, {}).setdefault(commit, [])
     have += [n for n in names if n not in have]
-    target = cache_dir() / LEDGER
-    partial = target.with_name(f".{LEDGER}.{os.getpid()}.partial")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(ledger, indent=1), encoding="utf-8")
-        os.replace(partial, target)
-    except OSError:
-        partial.unlink(missing_ok=True)
+    keep(cache_dir() / LEDGER, json.dumps(ledger, indent=1))
+
+
+def forget(repo: str, names: set[str]) -> None:
+    """The files ``names`` (their file names) of ``repo`` removed from the ledger."""
+    ledger = read_ledger()
+    for commit, have in ledger.get(repo, {}).items():
+        ledger[repo][commit] = [n for n in have if n.rsplit("/", 1)[-1] not in names]
+    keep(cache_dir() / LEDGER, json.dumps(ledger, indent=1))
