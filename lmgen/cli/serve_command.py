@@ -79,10 +79,9 @@ def serve(
 
     if max_batch > MAX_ROWS:
         raise InputError(f"max-batch must be at most {MAX_ROWS}, got {max_batch}")
-    from lmgen.engine.settings import KV_DTYPES
+    from lmgen.engine.load import parse_kv_dtype
 
-    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
-        raise InputError(f"unknown KV cache dtype {kv_dtype!r} (choose from {', '.join(KV_DTYPES)})")
+    parse_kv_dtype(kv_dtype)  # before listening: the models load on a thread
     origins = cors_origins_of(cors_origins)
     if not 0 < port < 65536:
         raise InputError(f"port must be from 1 to 65535, got {port}")

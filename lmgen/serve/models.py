@@ -149,8 +149,11 @@ class Models:
         """Unload the least recently used idle models until ``spec`` fits (--max-loaded, and the
         --max-memory budget of weights); none idle: 503."""
         def over() -> bool:
-            weights = spec.weight_bytes + sum(s.spec.weight_bytes for s in self.loaded.values())
-            return len(self.loaded) >= self.max_loaded or bool(self.max_bytes and self.loaded and weights > self.max_bytes)
+            if len(self.loaded) >= self.max_loaded:
+                return True
+            if not self.max_bytes or not self.loaded:  # no budget: no files to weigh
+                return False
+            return spec.weight_bytes + sum(s.spec.weight_bytes for s in self.loaded.values()) > self.max_bytes
 
         while over():
             idle = [s for s in self.loaded.values() if s.idle() and s.engine is not None]
