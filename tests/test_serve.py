@@ -361,6 +361,8 @@ def test_chat_with_server_drops_old_exchanges_the_servers_context_cannot_hold(ti
     ("--max-batch", "0", "max-batch must be >= 1"), ("--max-batch", str(2**64), "max-batch must be at most 65536"), ("--queue", "-1", "queue must be >= 0"),
     ("--max-body", "0", "max-body must be >= 1"), ("--prefix-cache", "-1", "prefix-cache must be >= 0"),
     ("--prefix-cache", str(1 << 21), "prefix-cache must be at most"), ("--port", "0", "port must be from 1 to 65535"),
+    ("--kv-dtype", "int4", "unknown KV cache dtype 'int4'"), ("--max-loaded", "-1", "max-loaded must be >= 0"),
+    ("--max-memory", "-1", "max-memory must be >= 0"), ("--models-dir", "/nonexistent", "is not a directory"),
 ])
 def test_bad_serve_options_are_one_line_before_anything_loads(cli, option, value, message):
     result = cli("serve", option, value)
