@@ -32,7 +32,7 @@ def pull(
     if as_json:
         print(json.dumps(pulled.record()))
         return
-    from lmgen.cli.render import human_bytes
+    from lmgen.cli.tables import human_bytes
 
     how = "fetched" if pulled.fetched else "in the cache"
     sys.stderr.write(f"lmgen: {ref}: {human_bytes(pulled.size)}, {how} (revision {pulled.revision[:12]})\n")
@@ -42,7 +42,7 @@ def pull(
 @app.command(name="list")
 def list_models(as_json: bool = typer.Option(False, "--json", help="Print one JSON object per model.")) -> None:
     """List the models here that lmgen can run: the default, and the Hugging Face cache's."""
-    from lmgen.cli.render import human_bytes, print_table
+    from lmgen.cli.tables import human_bytes, print_table
     from lmgen.formats.hub.catalog import models
 
     entries = models()
@@ -61,7 +61,7 @@ def rm(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (a terminal is asked first)."),
 ) -> None:
     """Remove a model lmgen fetched from the Hugging Face cache (nothing it did not fetch)."""
-    from lmgen.cli.render import human_bytes
+    from lmgen.cli.tables import human_bytes
     from lmgen.formats.hub.catalog import remove, removable
 
     entry, links = removable(name)

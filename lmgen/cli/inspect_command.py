@@ -21,7 +21,7 @@ def inspect(
     stats: bool = typer.Option(False, "--stats", "-v", help="Also the bytes of weights one decoded token reads."),
 ) -> None:
     """Show the LM head, parameter counts, memory and attention layout without loading weights."""
-    from lmgen.cli.render import print_inspect
+    from lmgen.cli.tables import print_inspect
     from lmgen.formats.inspect import report
     from lmgen.formats.paths import resolve_model
 

@@ -27,7 +27,7 @@ def score(
 ) -> None:
     """Score TEXT: each token's log-probability and rank, total NLL and perplexity."""
     from lmgen.cli import prompts
-    from lmgen.cli.render import print_score, score_record
+    from lmgen.cli.tables import print_score, score_record
     from lmgen.engine.score import MAX_TEXT_BYTES
     from lmgen.engine.score import score as run
 
