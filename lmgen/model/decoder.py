@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from lmgen.config.layout import tied_aliases
 from lmgen.config.model_config import ModelConfig
 from lmgen.config.rope import rope_rows, rope_tables
-from lmgen.model import kernels
+from lmgen.model import decode_plan
 from lmgen.model.attention import Attention, attention_mask, soft_cap
 from lmgen.model.linear import Linear
 from lmgen.resources import require_memory
@@ -201,7 +201,7 @@ class Decoder(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.head = LMHead(cfg)
         self.rope_memo: dict = {}  # rotary frequencies, kept between forward passes (rope.rope_tables)
-        self.plan: "kernels.DecodePlan | None" = None  # the native decode step (see new_cache)
+        self.plan: "decode_plan.DecodePlan | None" = None  # the native decode step (see new_cache)
         self.kv_dtype: torch.dtype | None = None  # the KV cache's (None: the activations'); --kv-dtype
         self.tie_weights()
 
@@ -235,7 +235,7 @@ class Decoder(nn.Module):
         """A KV cache for a generation; the native decode step (``self.plan``: every block in one
         call, or None where the kernels cannot run this model) is made afresh with it, so that
         weights swapped between generations (int8 quantization) are the ones it reads."""
-        self.plan = kernels.decode_plan(self)
+        self.plan = decode_plan.decode_plan(self)
         return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.kv_dtype or self.dtype, self.device)
 
     def grow_cache(self, cache: KVCache | None, length: int, batch: int = 1) -> KVCache:

@@ -1,0 +1,166 @@
+"""The native decode step (kernels.c's decode_layers): every block of a Decoder, one new token
+per row, in one call — the structs kernels.c reads (Shape, Layer, Weights) built from the model,
+and the ThreadTuner that picks each step's threads."""
+
+from __future__ import annotations
+
+import ctypes
+import time
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+from lmgen.model import kernels
+from lmgen.model.threads import ThreadTuner, other_runnable
+
+
+NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
+ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
+QK_NORM_CODES = {None: 0, "head": 1, "projection": 2}
+ROPE_TABLES = ("global", "local")  # a layer's rotary table, as an index into the cos and sin passed
+
+
+class Shape(ctypes.Structure):
+    """kernels.c's Shape: the model's sizes and its family's choices."""
+
+    _fields_ = [(name, ctypes.c_int64) for name in ("d", "n_heads", "n_kv", "hd", "d_mlp", "rope_dim", "n_layers")] \
+        + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation")] \
+        + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")] \
+        + [("kv_bf16", ctypes.c_int)]  # set per step from the cache's dtype
+
+    @classmethod
+    def of(cls, cfg) -> "Shape":
+        return cls(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.rotary_dim, cfg.n_layers,
+                   NORM_CODES[cfg.norm], QK_NORM_CODES[cfg.qk_norm], cfg.mlp == "gated",
+                   ACTIVATION_CODES[cfg.activation],
+                   cfg.norm_eps, cfg.norm_offset, cfg.attn_scale or cfg.head_dim**-0.5, cfg.attn_softcap or 0.0)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+NORMS = ("attn_norm_w", "attn_norm_b", "attn_post_w", "mlp_norm_w", "mlp_norm_b", "mlp_post_w", "q_norm_w", "k_norm_w")
+PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+class Weights(ctypes.Structure):
+    """kernels.c's Weights: a projection's weight and bias (NULL where none), and the weight's
+    format (``weight_code``)."""
+
+    _fields_ = [("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("format", ctypes.c_int64)]
+
+
+class Layer(ctypes.Structure):
+    """kernels.c's Layer: one block's norms and projections, its window and rotary table."""
+
+    _fields_ = [(name, ctypes.c_void_p) for name in NORMS] + [(name, Weights) for name in PROJECTIONS] \
+        + [("window", ctypes.c_int64), ("rope", ctypes.c_int64)]
+
+
+def weight_code(linear) -> int | None:
+    """The number kernels.c gives a projection's weight format (None: one it cannot read)."""
+    fmt = getattr(linear, "format", None)
+    return fmt.code if fmt is not None else kernels.WEIGHT_CODES.get(linear.weight.dtype)
+
+
+def _layer_tensors(block) -> dict[str, Tensor | tuple | None]:
+    """A block's tensors by Layer field: the norms (None where the family has none), then
+    (weight, bias, weight code) for each projection (gate is None for a plain MLP)."""
+    attn, mlp = block.attn, block.mlp
+    norms = (block.attn_norm, "weight"), (block.attn_norm, "bias"), (block.attn_post_norm, "weight"), \
+        (block.mlp_norm, "weight"), (block.mlp_norm, "bias"), (block.mlp_post_norm, "weight"), \
+        (attn.q_norm, "weight"), (attn.k_norm, "weight")
+    tensors = {name: getattr(module, attr, None) for name, (module, attr) in zip(NORMS, norms)}
+    for name, layer in zip(PROJECTIONS, (attn.q, attn.k, attn.v, attn.o, mlp.gate, mlp.up, mlp.down)):
+        tensors[name] = None if layer is None else \
+            (layer.weight, layer.bias, weight_code(layer))
+    return tensors
+
+
+def _layer(cfg, index: int, tensors: dict) -> Layer:
+    layer = Layer(window=cfg.layer_window(index) or 0,
+                  rope=-1 if cfg.layer_rope(index) is None else ROPE_TABLES.index(cfg.layer_rope(index)))
+    for name in NORMS:
+        setattr(layer, name, _ptr(tensors[name]))
+    for name in PROJECTIONS:
+        if tensors[name] is not None:
+            *parts, code = tensors[name]
+            setattr(layer, name, Weights(*(_ptr(t) for t in parts), code))
+    return layer
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    """decode_layers' C signature, with the structs above (kernels.declare gives the others)."""
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr] \
+        + [i64] * 3 + [ptr, ptr]
+    lib.decode_layers.restype = None
+
+
+class DecodePlan:
+    """A Decoder's decode step — every block, one new token per sample — as one native call.
+
+    Holds the Layer structs kernels.c reads and the tensors they point into, so the pointers
+    stay valid. A plan is made with each KV cache, that is once per generation: weights
+    swapped in the middle of one are seen from the next.
+    """
+
+    def __init__(self, cfg, layers: list[dict]):
+        self.cfg = cfg
+        self.shape = Shape.of(cfg)
+        self.tensors = layers  # keeps what the structs point into alive
+        _declare(kernels.library())
+        self.layers = (Layer * cfg.n_layers)(*(_layer(cfg, i, tensors) for i, tensors in enumerate(layers)))
+        self.tuner = ThreadTuner(kernels.max_threads, runnable=other_runnable)
+        kernels.library().set_threads(kernels.max_threads)  # the kernels outside decode steps (prefill, the LM head) start from here
+        torch.set_num_threads(kernels.max_threads)  # as torch's ops do (the last tuner may have left fewer)
+
+    def run(self, x: Tensor, cache, positions: Tensor, rows: Tensor, rope: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Run every block on x (M, 1, d_model), contiguous fp32, in place: row m is the token at
+        positions[m] of the sequence in cache row rows[m] (int64 tensors), whose keys and values
+        it appends; rope holds one (M, rotary_dim) cos and sin table per kind."""
+        if cache.k.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"the native decode step reads an fp32 or bf16 KV cache, not {cache.k.dtype}")
+        self.shape.kv_bf16 = cache.k.dtype == torch.bfloat16
+        tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
+        cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
+        sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
+        kernels.library().decode_layers(
+            ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.layers, cos, sin,
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
+            rows.data_ptr(), positions.data_ptr(),
+        )
+
+    @contextmanager
+    def timed_step(self):
+        """One decode step (blocks and LM head) with the thread count the tuner picks, timed for it."""
+        threads = self.tuner.pick()
+        kernels.library().set_threads(threads)
+        if torch.get_num_threads() != threads:  # torch's ops between steps too (the argmax over the
+            torch.set_num_threads(threads)  # vocabulary, the NaN check): two threads beside a busy
+        start = time.perf_counter()  # process cost 2 ms a token there
+        yield
+        self.tuner.record(threads, time.perf_counter() - start)
+
+
+def decode_plan(model) -> DecodePlan | None:
+    """The model's native decode step, or None where the kernels cannot run it: not on the
+    CPU, activations not fp32, a weight format it cannot read, or no compiled library. The
+    projections may differ in format (a GGUF file mixes them), each read as it is stored."""
+    layers = [_layer_tensors(block) for block in model.blocks]
+    projections = [layer[name] for layer in layers for name in PROJECTIONS if layer[name] is not None]
+    weights = [weight for weight, _, _ in projections]
+    codes = {code for _, _, code in projections}
+    vectors = [layer[name] for layer in layers for name in NORMS if layer[name] is not None] + \
+        [bias for _, bias, _ in projections if bias is not None]
+    usable = (
+        model.device.type == "cpu"
+        and model.dtype == torch.float32
+        and None not in codes
+        and all(w.is_contiguous() for w in weights)
+        and all(v.dtype == torch.float32 and v.is_contiguous() for v in vectors)
+        and kernels.library() is not None
+    )
+    return DecodePlan(model.cfg, layers) if usable else None
