@@ -140,45 +140,63 @@ def finished_records(events) -> list[tuple]:
     return sorted((e.index, e.sample, e.output, e.token_ids, e.reason, e.new_tokens) for e in done)
 
 
-def cache_rows(monkeypatch, model) -> list[int]:
-    """The row count of every KV cache ``model`` makes from now on."""
-    rows = []
+def caches(monkeypatch, model) -> list:
+    """Every KV cache ``model`` makes from now on."""
+    made = []
     new_cache = model.new_cache
-    monkeypatch.setattr(model, "new_cache", lambda batch, max_len: rows.append(batch) or new_cache(batch, max_len))
-    return rows
+
+    def recorded(*args, **kwargs):
+        made.append(new_cache(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(model, "new_cache", recorded)
+    return made
+
+
+def pages_used(cache) -> int:
+    """Pages of the pool ever handed out (the memory the cache has touched)."""
+    return cache.pool.fresh - 1
 
 
 def test_a_batch_size_far_beyond_the_prompts_sizes_the_cache_for_the_rows_used(lm, monkeypatch):
     """--batch-size 3000 with 4 prompts made a cache of 3,000 rows (35 GB for SmolLM2: exit 4):
-    now the rows in use (4), with the records of a batch of 4."""
+    now pages for the positions the 4 rows hold, with the records of a batch of 4."""
+    from lmgen.engine.generation import prompt_ids_for
+    from lmgen.engine.paging import pages_for
+
     settings = GenerationSettings(max_new_tokens=10, seed=7, sampling=SamplingSettings(temperature=1.0))
     expected = finished_records(generate_many(lm, PROMPTS[:4], settings, batch_size=4))
-    rows = cache_rows(monkeypatch, lm.model)
+    made = caches(monkeypatch, lm.model)
     assert finished_records(generate_many(lm, PROMPTS[:4], settings, batch_size=3000)) == expected
-    assert rows and max(rows) <= 4
+    assert len(made) == 1
+    assert pages_used(made[0]) <= sum(pages_for(len(prompt_ids_for(lm, p, settings)) + 10 + 1) for p in PROMPTS[:4])
 
 
-def test_rows_admitted_later_grow_the_cache_and_keep_what_earlier_rows_hold(lm, monkeypatch):
-    """A prompt joins while another is halfway through: the cache grows to hold its row, and the
-    first row's keys and values come along (its text is still what it is alone)."""
+def test_rows_admitted_later_take_pages_and_keep_what_earlier_rows_hold(lm, monkeypatch):
+    """A prompt joins while another is halfway through: its row takes pages from the pool, and the
+    first row's keys and values stay where they are (its text is still what it is alone)."""
     from lmgen.engine.engine import Engine, Job
     from lmgen.engine.events import Failed
     from lmgen.engine.generation import prompt_ids_for
+    from lmgen.engine.paging import pages_for
 
     settings = GenerationSettings(max_new_tokens=16)
     expected = alone(lm, settings, PROMPTS[:3])
-    rows = cache_rows(monkeypatch, lm.model)
+    made = caches(monkeypatch, lm.model)
     engine, events = Engine(lm, 3000), []
     engine.add(Job(ids=prompt_ids_for(lm, PROMPTS[0], settings), settings=settings, index=0))
     for _ in range(6):
         events += engine.step()
+    first = pages_used(made[0])
+    assert first <= pages_for(len(prompt_ids_for(lm, PROMPTS[0], settings)) + 16 + 1)
     for i in (1, 2):
         engine.add(Job(ids=prompt_ids_for(lm, PROMPTS[i], settings), settings=settings, index=i))
     while engine.busy():
         events += engine.step()
     texts = {i: "".join(e.text for e in events if e.index == i and not isinstance(e, Failed)) for i in range(3)}
     assert texts == expected
-    assert rows == [1, 2, 4]  # one row, then doubled for each later prompt's (slots 1 and 2)
+    assert len(made) == 1 and pages_used(made[0]) > first
+    assert pages_used(made[0]) <= sum(pages_for(len(prompt_ids_for(lm, p, settings)) + 16 + 1) for p in PROMPTS[:3])
 
 
 def test_cli_batch_with_a_batch_size_far_beyond_its_prompts_runs(cli, tiny_dir, tmp_path, monkeypatch):

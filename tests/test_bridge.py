@@ -190,6 +190,7 @@ def test_an_engine_that_keeps_failing_is_given_up_and_nothing_hangs():
         return results, thread
 
     results, thread = run(main())
+    thread.thread.join(timeout=60)  # the tickets end before on_fatal is told: wait for the thread's end
     assert all(isinstance(items[-1], RuntimeError) for items in results)
     assert not thread.healthy() and len(told) == 1 and thread.in_house == 0
     assert FakeEngine.steps >= FATAL_FAILURES

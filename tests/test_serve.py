@@ -363,8 +363,33 @@ def test_chat_with_server_drops_old_exchanges_the_servers_context_cannot_hold(ti
     ("--prefix-cache", str(1 << 21), "prefix-cache must be at most"), ("--port", "0", "port must be from 1 to 65535"),
     ("--kv-dtype", "int4", "unknown KV cache dtype 'int4'"), ("--max-loaded", "-1", "max-loaded must be >= 0"),
     ("--max-memory", "-1", "max-memory must be >= 0"), ("--models-dir", "/nonexistent", "is not a directory"),
+        ("--kv-cache-mib", "-1", "kv-cache-mib must be >= 0"), ("--kv-cache-mib", str(1 << 25), "kv-cache-mib must be at most"),
 ])
 def test_bad_serve_options_are_one_line_before_anything_loads(cli, option, value, message):
     result = cli("serve", option, value)
     assert result.returncode == 2 and result.stdout == b""
     assert result.stderr.decode().splitlines() == [result.stderr.decode().strip()] and message in result.stderr.decode()
+
+
+def test_a_small_kv_cache_preempts_rows_and_every_reply_is_its_text_alone(server):
+    """--kv-cache-mib 8 holds ~11 pages of SmolLM2's (176 positions): four concurrent replies of
+    up to 48 tokens outgrow it, rows wait and resume, and each reply is what it is alone. A
+    prompt that could never fit is a 400, and the server goes on."""
+    prompts = [f"Write a long story about a {animal} who travels the world." for animal in ("cat", "dog", "fox", "owl")]
+    kwargs = dict(model=MODEL, max_tokens=48, temperature=0)
+    alone = [server.client().completions.create(prompt=p, **kwargs).choices[0].text for p in prompts]
+    small = Served("--max-batch", "4", "--kv-cache-mib", "8")
+    try:
+        replies: dict[int, str] = {}
+        threads = [threading.Thread(target=lambda i=i: replies.__setitem__(
+            i, small.client().completions.create(prompt=prompts[i], **kwargs).choices[0].text)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [replies[i] for i in range(4)] == alone
+        with pytest.raises(openai.BadRequestError, match="kv-cache-mib"):
+            small.client().completions.create(prompt="word " * 400, **kwargs)
+        assert small.client().completions.create(prompt=prompts[0], **kwargs).choices[0].text == alone[0]
+    finally:
+        assert small.stop() == 0

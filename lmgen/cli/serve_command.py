@@ -40,6 +40,10 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", help="Rows decoded together."),
     queue: int = typer.Option(64, "--queue", help="Requests waiting beyond those rows before 503."),
     max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body, in bytes (413 beyond)."),
+    kv_cache: int = typer.Option(0, "--kv-cache-mib", metavar="MIB",
+                                 help="KV cache the rows share, in pages taken as they grow: a request is admitted "
+                                      "when its prompt fits, and rows that outgrow it wait and resume (0: every "
+                                      "row's whole context, or half the memory free at start if less)."),
     prefix_cache: int = typer.Option(256, "--prefix-cache", metavar="MIB",
                                      help="Memory for the keys and values of recent requests, reused by the next "
                                           "that starts the same way (0: none)."),
@@ -67,7 +71,7 @@ def serve(
     except ImportError:
         raise EnvironmentFailure('lmgen serve needs the serve extra: pip install "lmgen[serve]"') from None
     for name, value, low in (("max-batch", max_batch, 1), ("queue", queue, 0), ("max-body", max_body, 1),
-                             ("prefix-cache", prefix_cache, 0), ("max-connections", max_connections, 1),
+                             ("prefix-cache", prefix_cache, 0), ("kv-cache-mib", kv_cache, 0), ("max-connections", max_connections, 1),
                              ("drain-seconds", drain_seconds, 0), ("max-loaded", max_loaded, 0), ("max-memory", max_memory, 0)):
         if not value >= low:  # (NaN too)
             raise InputError(f"{name} must be >= {low}, got {value}")
@@ -88,11 +92,12 @@ def serve(
     specs = served_models(model or [], models_dir, dtype, device, threads)  # a bad model fails here, before listening
     if not is_loopback(host) and not api_key:
         sys.stderr.write(f"lmgen: warning: listening on {host} without --api-key: anyone who reaches it can use it\n")
-    if prefix_cache > 1 << 20:
-        raise InputError(f"prefix-cache must be at most {1 << 20} MiB, got {prefix_cache}")
+    for name, value, high in (("prefix-cache", prefix_cache, 1 << 20), ("kv-cache-mib", kv_cache, 1 << 24)):
+        if value > high:
+            raise InputError(f"{name} must be at most {high} MiB, got {value}")
     options = ServeOptions(tuple(specs), dtype, device, api_key, max_batch, queue, max_body, prefix_cache,
                            cors_origins=origins, host=host, drain_seconds=drain_seconds, max_loaded=max_loaded,
-                           max_memory_mib=max_memory, kv_dtype=kv_dtype)
+                           max_memory_mib=max_memory, kv_dtype=kv_dtype, kv_cache_mib=kv_cache)
     # A client that closes its socket before the answer is written must not end the server: main
     # restores SIGPIPE's default (end quietly, for `lmgen generate | head`), so it is ignored
     # here, and a write to a closed socket is an error uvicorn handles.

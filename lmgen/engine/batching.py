@@ -50,7 +50,7 @@ class PromptError(InputError):
 
 def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[int] | Request],
                   settings: GenerationSettings = GenerationSettings(), batch_size: int = 8,
-                  prefix_cache: PrefixCache | None = None) -> Iterator[Token | Finished]:
+                  prefix_cache: PrefixCache | None = None, kv_cache_mib: float | None = None) -> Iterator[Token | Finished]:
     """``Token`` and ``Finished`` events for every prompt (``settings.num_samples`` samples of
     each), tagged with the prompt's 0-based ``index`` and the ``sample``; a sample's events are in
     order, but the samples' are interleaved. A prompt is text, messages (rendered with the chat
@@ -59,8 +59,10 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
     that cannot be used (or an iterable that raises InputError) ends the run with a
     ``PromptError`` naming its index, once every prompt before it has finished and its events
     have been yielded: no work done is lost. With a ``prefix_cache``, each prompt prefills only
-    what follows the longest prefix of it found there (kept from earlier prompts' rows)."""
-    engine = Engine(lm, batch_size, prefix_cache)
+    what follows the longest prefix of it found there (kept from earlier prompts' rows). The rows
+    share ``kv_cache_mib`` MiB of KV cache (default: what memory allows, up to every row's whole
+    context); rows that outgrow it are preempted and resumed, their text unchanged."""
+    engine = Engine(lm, batch_size, prefix_cache, kv_cache_mib=kv_cache_mib)
     jobs, refused = _jobs(lm, prompts, settings, batch_size), None
     job = None
     while True:
@@ -74,7 +76,11 @@ def generate_many(lm: LanguageModel, prompts: Iterable[str | list[dict] | list[i
                 break
             if job.rows > engine.free_rows():
                 break
-            engine.add(job)
+            try:
+                engine.add(job)
+            except InputError as exc:  # a prompt the KV cache can never hold
+                refused, job = PromptError(str(exc), job.index), None
+                break
             job = None
         if engine.busy():
             yield from engine.step()

@@ -8,7 +8,14 @@ admits waiting jobs in order while their samples fit in free rows, prefills at m
 (``generation.prefill_chunks``, so that a prompt's bits never depend on its neighbours), and
 decodes one token for every row whose prompt is prefilled, with one ``Decoder.decode_step``
 that reads each weight once for all of them. A long prompt so delays the other rows by one
-piece per step, not by its whole length. Each row
+piece per step, not by its whole length.
+
+The KV cache is paged (``KVCache``): a row takes pages as it grows, from a pool of
+``kv_cache_mib``. A job is admitted when its prompt's pages fit; a row that cannot grow takes
+the pages of the youngest job in flight, which is preempted: its rows wait, first in line, and
+resume by prefilling their prompt again and replaying the tokens they had chosen through the
+decode step, so their keys and values, and so their text, are bit for bit what they would have
+been (``paging``). Each row
 has its own position, sampler (seeded per sample), token history, detokenizer, stop strings and
 constraint matcher, and decodes exactly as it would alone. ``generate_many`` drives an engine
 from an iterable, the server's engine thread from its requests.
@@ -34,15 +41,16 @@ from lmgen.engine.generation import (
     require_sound,
 )
 from lmgen.engine.jobs import Job, Prefill, Row, prompt_seed  # noqa: F401 (Job, prompt_seed: also from here)
+from lmgen.engine.paging import Paging, kv_pages, pages_for
 from lmgen.engine.lookup import PromptLookup
 from lmgen.engine.prefix_cache import PrefixCache
 from lmgen.engine.sampling import TokenHistory, sample_next_token
 from lmgen.engine.settings import MAX_ROWS
 from lmgen.errors import InputError
 
-class Engine:
+class Engine(Paging):
     def __init__(self, lm: LanguageModel, max_rows: int, prefix_cache: PrefixCache | None = None,
-                 prefill_budget: int | None = None):
+                 prefill_budget: int | None = None, kv_cache_mib: float | None = None):
         if not 1 <= max_rows <= MAX_ROWS:
             raise InputError(f"batch-size must be from 1 to {MAX_ROWS}, got {max_rows}")
         self.lm, self.model = lm, lm.model
@@ -51,8 +59,10 @@ class Engine:
         self.rows: list[Row | None] = [None] * max_rows
         self.waiting: deque[tuple[int, Job]] = deque()
         self.prefilling: deque[Prefill] = deque()
+        self.preempted: deque[Row] = deque()  # rows that gave their pages back, oldest job first
         self.next_id = 0
-        self.cache = None
+        context = lm.config.max_context
+        self.cache = self.model.new_cache(max_rows, context, limit=kv_pages(self.model, max_rows, kv_cache_mib))
         self.forward = torch.inference_mode()(self.model)
         self.decode = torch.inference_mode()(self.model.decode_step)
 
@@ -66,6 +76,9 @@ class Engine:
         budget = job.settings.max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
         if budget < 1:
             raise InputError(f"max_new_tokens must be >= 1, got {budget}")
+        if job.rows * pages_for(len(job.ids) + 1) > self.cache.pages:
+            raise InputError(f"a prompt of {len(job.ids)} tokens ({job.rows} samples) needs more KV cache than the "
+                             f"{self.cache.pages * self.cache.page_bytes() / 2**20:.0f} MiB it has (--kv-cache-mib)")
         ident, self.next_id = self.next_id, self.next_id + 1
         self.waiting.append((ident, job))
         return ident
@@ -74,19 +87,28 @@ class Engine:
         """Forget job ``ident``, waiting or in flight: its rows are free at once, with no events."""
         self.waiting = deque(item for item in self.waiting if item[0] != ident)
         self.prefilling = deque(p for p in self.prefilling if p.job != ident)
-        self.rows = [None if row is not None and row.job == ident else row for row in self.rows]
+        self.preempted = deque(row for row in self.preempted if row.job != ident)
+        for slot, row in enumerate(self.rows):
+            if row is not None and row.job == ident:
+                self._vacate(slot)
+
+    def _vacate(self, slot: int) -> None:
+        """Free row ``slot`` and its pages."""
+        self.rows[slot] = None
+        self.cache.release(slot)
 
     def step(self) -> list[Token | Finished | Failed]:
         """Admit what fits, prefill up to the budget, decode one token for every ready row."""
         self._admit()
         events = list(self._prefill())
+        self._replay()
         ready = [slot for slot, row in enumerate(self.rows) if row is not None and row.ready]
         if ready:
             events += self._decode(ready)
         return events
 
     def busy(self) -> bool:
-        return bool(self.waiting) or any(row is not None for row in self.rows)
+        return bool(self.waiting) or bool(self.preempted) or any(row is not None for row in self.rows)
 
     def free_rows(self) -> int:
         return sum(row is None for row in self.rows)
@@ -95,44 +117,42 @@ class Engine:
         return len(self.rows) - self.free_rows()
 
     def ids_in_flight(self) -> set[int]:
-        """The ids of the jobs that hold rows."""
-        return {row.job for row in self.rows if row is not None}
+        """The ids of the jobs that hold rows (or did, and wait to resume)."""
+        return {row.job for row in self.rows if row is not None} | {row.job for row in self.preempted}
 
     # ----------------------------------------------------------------------------- admission
 
     def _admit(self) -> None:
-        """Waiting jobs, in order, while their samples fit in the free rows."""
-        while self.waiting and self.free_rows() >= self.waiting[0][1].rows:
-            ident, job = self.waiting.popleft()
+        """Preempted rows, then waiting jobs, in order, while rows and their prompts' pages fit."""
+        while self.preempted and self._resume(self.preempted[0]):
+            self.preempted.popleft()
+        while not self.preempted and self.waiting and self.free_rows() >= self.waiting[0][1].rows:
+            ident, job = self.waiting[0]
+            if job.rows * pages_for(len(job.ids) + 1) > self.cache.free_pages():
+                return
+            self.waiting.popleft()
             slots = [slot for slot, row in enumerate(self.rows) if row is None][: job.rows]
             ids = job.ids
             budget = job.settings.max_new_tokens if job.max_new_tokens is None else job.max_new_tokens
             budget = min(budget, self.lm.config.max_context - len(ids))
-            self._grow_cache(len(ids) + budget, slots[-1] + 1)
             index = ident if job.index is None else job.index
+            for slot in slots:
+                self.cache.reserve(slot, len(ids) + 1)
+            start = time.perf_counter()  # admitted together: the same start
             for offset, slot in enumerate(slots):
-                self.rows[slot] = self._row(ident, index, job, budget, job.first_sample + offset)
+                self.rows[slot] = self._row(ident, index, job, budget, job.first_sample + offset, start)
             cached = self._copy_prefix(slots[0], ids)
             for slot in slots:
                 self.rows[slot].cached = cached
-            self.prefilling.append(Prefill(ident, slots, deque(prefill_chunks(cached, len(ids)))))
+            self.prefilling.append(Prefill(ident, slots, deque(prefill_chunks(cached, len(ids))), job))
 
-    def _grow_cache(self, length: int, rows: int) -> None:
-        """Room for ``length`` positions in the cache's first ``rows`` rows. The cache holds the
-        rows in use, not ``max_rows``: slots are taken lowest first, so 4 prompts with a batch size
-        of 3,000 need 4 rows, not 3,000 (35 GB). More rows double it, up to ``max_rows``."""
-        have = 0 if self.cache is None else self.cache.k.shape[1]
-        if rows > have:
-            rows = min(len(self.rows), max(rows, 2 * have))
-        self.cache = self.model.grow_cache(self.cache, length, rows)
-
-    def _row(self, ident: int, index: int, job: Job, budget: int, sample: int) -> Row:
+    def _row(self, ident: int, index: int, job: Job, budget: int, sample: int, start: float) -> Row:
         lm, settings, device = self.lm, job.settings, self.model.device
         seed = prompt_seed(job.seed, sample)
         row = Row(ident, index, job.ids, settings, budget, SampleText(lm, settings),
                   torch.Generator(device).manual_seed(seed) if seed is not None else None,
                   TokenHistory(job.ids, 1, lm.config.vocab_size, device) if settings.sampling.uses_history else None,
-                  time.perf_counter(), sample=sample)
+                  start, sample=sample)
         if settings.lookup and settings.sampling.greedy:
             row.lookup = PromptLookup(job.ids, settings.lookup)
         return row
@@ -145,8 +165,7 @@ class Engine:
         n, k, v = self.prefix_cache.longest(ids)
         n = min(n, len(ids) - 1)
         if n > 0:
-            self.cache.k[:, slot, :, :n] = k[:, :, :n]
-            self.cache.v[:, slot, :, :n] = v[:, :, :n]
+            self.cache.write(slot, k[:, :, :n], v[:, :, :n])
         return n
 
     # ------------------------------------------------------------------------------- prefill
@@ -169,7 +188,8 @@ class Engine:
                 left -= work
             if not fill.pieces:
                 self.prefilling.popleft()
-                yield from self._start(fill, logits)
+                if fill.origin is not None:
+                    yield from self._start(fill, logits)
 
     def _start(self, fill: Prefill, logits: torch.Tensor) -> Iterator:
         """A prefilled prompt's samples: its keys and values copied to every sample's row (a
@@ -178,8 +198,7 @@ class Engine:
         first = fill.slots[0]
         n = len(self.rows[first].prompt_ids)
         for slot in fill.slots[1:]:
-            self.cache.k[:, slot, :, :n] = self.cache.k[:, first, :, :n]
-            self.cache.v[:, slot, :, :n] = self.cache.v[:, first, :, :n]
+            self.cache.copy(first, slot, n)
         for slot in fill.slots:
             row = self.rows[slot]
             if row is None:  # its job failed with an earlier sample
@@ -197,6 +216,10 @@ class Engine:
         give, bit for bit (the kernels compute every row as they would alone). Its tokens are
         then chosen one by one from them, as long as each is the drafted one."""
         drafts = {slot: self._draft(self.rows[slot]) for slot in slots}
+        events = self._make_room(slots, drafts)
+        slots = [slot for slot in slots if self.rows[slot] is not None and self.rows[slot].ready]
+        if not slots:
+            return events
         tokens, positions, cache_rows = [], [], []
         for slot in slots:
             row, draft = self.rows[slot], drafts[slot]
@@ -207,7 +230,7 @@ class Engine:
         logits = self.decode(torch.tensor(tokens, device=device), torch.tensor(positions, dtype=torch.int64, device=device),
                              self.cache, torch.tensor(cache_rows, dtype=torch.int64, device=device))
         require_sound(logits)
-        events, at = [], 0
+        at = 0
         for slot, row in [(slot, self.rows[slot]) for slot in slots]:
             draft, base = drafts[slot], at
             at += len(draft) + 1
@@ -265,12 +288,11 @@ class Engine:
             yield self._finish(slot, "length", row.text.flush())
 
     def _finish(self, slot: int, reason: str, tail: str) -> Finished:
-        row, self.rows[slot] = self.rows[slot], None
-        if self.prefix_cache is not None:  # the tokens whose keys and values the row holds
-            generated = row.text.ids
-            held = row.prompt_ids + (generated if row.token in self.lm.eos_ids else generated[:-1])
-            n = len(held)
-            self.prefix_cache.put(held, self.cache.k[:, slot, :, :n], self.cache.v[:, slot, :, :n])
+        row = self.rows[slot]
+        if self.prefix_cache is not None and row.ready:  # the tokens whose keys and values the row holds
+            held = row.prompt_ids + row.text.ids if row.token in self.lm.eos_ids else row.held
+            self.prefix_cache.put(held, *self.cache.read(slot, len(held)))
+        self._vacate(slot)
         done = row.text.finished(reason, tail, len(row.prompt_ids), row.start, row.first, row.sample,
                                  row.index, row.cached)
         return dataclasses.replace(done, drafted=row.drafted, accepted=row.accepted) if row.lookup else done
@@ -282,11 +304,18 @@ class Engine:
         for slot, row in enumerate(self.rows):
             if row is None:
                 continue
-            if not row.ready:
+            if row.ready:
+                events.append(self._finish(slot, reason, row.text.flush()))
+                continue
+            if not row.first:
                 row.first = time.perf_counter()
-            events.append(self._finish(slot, reason, row.text.flush()) if row.ready else
-                          row.text.finished(reason, "", len(row.prompt_ids), row.start, row.first, row.sample,
+            text = row.text.flush() if row.replay is not None else ""  # a resumed row has text
+            events.append(row.text.finished(reason, text, len(row.prompt_ids), row.start, row.first, row.sample,
                                             row.index, row.cached))
-            self.rows[slot] = None
+            self._vacate(slot)
+        for row in self.preempted:
+            events.append(row.text.finished(reason, row.text.flush(), len(row.prompt_ids), row.start, row.first,
+                                            row.sample, row.index, row.cached))
         self.prefilling.clear()
+        self.preempted.clear()
         return events

@@ -1,5 +1,6 @@
 """What the engine holds: a ``Job`` (what it is asked for), a ``Row`` per sample in flight, a
-``Prefill`` per prompt being prefilled, and each sample's seed (``prompt_seed``)."""
+``Prefill`` per prompt being prefilled (again, for a row resumed after preemption), and each
+sample's seed (``prompt_seed``)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,12 @@ class Row:
     lookup: PromptLookup | None = None  # greedy with --lookup: drafts of its next tokens
     drafted: int = 0
     accepted: int = 0
+    replay: list[int] | None = None  # resumed after preemption: tokens whose keys and values it recomputes
+
+    @property
+    def held(self) -> list[int]:
+        """The tokens whose keys and values its cache row holds (all but the last chosen)."""
+        return self.prompt_ids + self.text.ids[:-1]
 
     @property
     def position(self) -> int:
@@ -74,3 +81,4 @@ class Prefill:
     job: int
     slots: list[int]  # its rows, one per sample; the first is prefilled, the others copy it after
     pieces: deque  # the (start, end) pieces still to prefill
+    origin: Job | None = None  # what was asked: None for a preempted row's prompt, prefilled again

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from lmgen.model import kernels
+from lmgen.model.kv_cache import PAGE
 from lmgen.model.threads import ThreadTuner, other_runnable
 
 
@@ -95,7 +96,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     """decode_layers' C signature, with the structs above (kernels.declare gives the others)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr] \
-        + [i64] * 3 + [ptr, ptr]
+        + [i64] * 4 + [ptr, i64, ptr, ptr]
     lib.decode_layers.restype = None
 
 
@@ -120,17 +121,21 @@ class DecodePlan:
     def run(self, x: Tensor, cache, positions: Tensor, rows: Tensor, rope: dict[str, tuple[Tensor, Tensor]]) -> None:
         """Run every block on x (M, 1, d_model), contiguous fp32, in place: row m is the token at
         positions[m] of the sequence in cache row rows[m] (int64 tensors), whose keys and values
-        it appends; rope holds one (M, rotary_dim) cos and sin table per kind."""
+        it appends (in pages the cache has reserved for it); rope holds one (M, rotary_dim) cos and
+        sin table per kind."""
         if cache.k.dtype not in (torch.float32, torch.bfloat16):
             raise ValueError(f"the native decode step reads an fp32 or bf16 KV cache, not {cache.k.dtype}")
         self.shape.kv_bf16 = cache.k.dtype == torch.bfloat16
         tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
         cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
         sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
+        table = cache.table
+        if bool((table[rows, positions // PAGE] == 0).any()):  # page 0: none reserved there
+            raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
         kernels.library().decode_layers(
             ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.layers, cos, sin,
-            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2),
-            rows.data_ptr(), positions.data_ptr(),
+            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2), PAGE,
+            table.data_ptr(), table.stride(0), rows.data_ptr(), positions.data_ptr(),
         )
 
     @contextmanager

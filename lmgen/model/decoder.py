@@ -19,9 +19,10 @@ from torch import Tensor, nn
 from lmgen.config.layout import tied_aliases
 from lmgen.config.model_config import ModelConfig
 from lmgen.config.rope import rope_rows
+from lmgen.errors import EnvironmentFailure
 from lmgen.model import decode_plan
 from lmgen.model.attention import Attention, soft_cap
-from lmgen.model.kv_cache import KVCache, RaggedStep, StepContext  # noqa: F401 (KVCache: also from here)
+from lmgen.model.kv_cache import PAGE, KVCache, RaggedStep, StepContext
 from lmgen.model.linear import Linear
 
 
@@ -155,31 +156,30 @@ class Decoder(nn.Module):
                     total += t.numel() * t.element_size()
         return total
 
-    def new_cache(self, batch: int, max_len: int) -> KVCache:
-        """A KV cache for a generation; the native decode step (``self.plan``: every block in one
-        call, or None where the kernels cannot run this model) is made afresh with it, so that
-        weights swapped between generations (int8 quantization) are the ones it reads."""
+    def new_cache(self, batch: int, max_len: int, limit: int | None = None) -> KVCache:
+        """A KV cache of ``batch`` rows of up to ``max_len`` positions, each reserved whole unless a
+        ``limit`` (pages of the pool) is given: then rows take pages as they grow (``reserve``).
+        The native decode step (``self.plan``: every block in one call, or None where the
+        kernels cannot run this model) is made afresh with it, so that weights swapped between
+        generations (int8 quantization) are the ones it reads."""
         self.plan = decode_plan.decode_plan(self)
-        return KVCache(self.cfg, batch, min(max_len, self.cfg.max_context), self.kv_dtype or self.dtype, self.device)
+        max_len = min(max_len, self.cfg.max_context)
+        cache = KVCache(self.cfg, batch, max_len, self.kv_dtype or self.dtype, self.device, limit)
+        if limit is None:
+            for row in range(batch):
+                cache.reserve(row, max_len)
+        return cache
 
-    def grow_cache(self, cache: KVCache | None, length: int, batch: int = 1) -> KVCache:
-        """A cache with room for ``length`` positions in each of ``batch`` rows: ``cache`` itself if
-        it has them, else a new one holding its keys and values (at least twice as long, up to the
-        context, when it needs more positions; with ``batch`` rows, or its own if more, when it
-        needs more rows: the caller decides how far rows grow)."""
-        if cache is not None and cache.max_len >= length and cache.k.shape[1] >= batch:
-            return cache
-        max_len = 256 if cache is None else cache.max_len if cache.max_len >= length else 2 * cache.max_len
-        grown = self.new_cache(max(batch, cache.k.shape[1] if cache else 0), max(length, max_len))
-        # Zeroed: PyTorch's batched attention multiplies a row's masked-off positions by 0, and
-        # uninitialised memory there may hold NaN (the native kernels never read them).
-        grown.k.zero_()
-        grown.v.zero_()
-        if cache is not None:
-            rows = cache.k.shape[1]
-            grown.k[:, :rows, :, : cache.max_len] = cache.k
-            grown.v[:, :rows, :, : cache.max_len] = cache.v
-        return grown
+    def grow_cache(self, cache: KVCache | None, length: int) -> KVCache:
+        """A one-row cache with pages for ``length`` positions: ``cache`` itself, given pages for
+        what it lacks (a new one, with room for the whole context, if None)."""
+        if cache is None:
+            cache = self.new_cache(1, self.cfg.max_context, limit=KVCache.pages_fitting(self.cfg, self.kv_dtype or self.dtype))
+        if not cache.reserve(0, length):
+            raise EnvironmentFailure(f"a KV cache for {length} tokens would need "
+                                     f"{length * cache.page_bytes() / PAGE / 1e9:.2f} GB of memory; "
+                                     f"{cache.free_pages() * cache.page_bytes() / 1e9:.2f} GB of its pages are free")
+        return cache
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
         """Token embeddings in the activations' dtype, scaled where the family scales them (Gemma:

@@ -172,9 +172,19 @@ static void qk_norm(const Shape* s, const float* w, float* v, int64_t M, int64_t
 }
 
 /* Where each of the M rows decodes: its row of the KV cache and its position there (rows of a
- * batch may be at different positions, as prompts of different lengths are), and its rotary
- * table (rope_dim values per row). */
-typedef struct { const int64_t* cache_row; const int64_t* pos; int64_t max_pos; } Rows;
+ * batch may be at different positions, as prompts of different lengths are). A cache row's
+ * positions live in pages of `page` positions: row r's page i is page table[r * table_stride + i]
+ * of the pool, page_stride elements apart, its heads head_stride apart (see kv_cache.py). */
+typedef struct {
+  const int64_t *cache_row, *pos, *table;
+  int64_t max_pos, table_stride, page, page_stride, head_stride;
+} Rows;
+
+/* Element of a layer's cache where row m's position p of head g starts. */
+static inline int64_t kv_at(const Rows* r, int64_t m, int64_t p, int64_t g) {
+  return r->table[r->cache_row[m] * r->table_stride + p / r->page] * r->page_stride + g * r->head_stride +
+         p % r->page * (r->head_stride / r->page);
+}
 
 /* Floats of scratch one block needs for M rows (decode_layers allocates them once per step). */
 static int64_t scratch_floats(const Shape* s, int64_t M, int64_t max_keys) {
@@ -183,8 +193,7 @@ static int64_t scratch_floats(const Shape* s, int64_t M, int64_t max_keys) {
 }
 
 static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, const Rows* rows, float* scratch,
-                         void* k_cache, void* v_cache, int64_t batch_stride, int64_t head_stride,
-                         const float* cos, const float* sin) {
+                         void* k_cache, void* v_cache, const float* cos, const float* sin) {
   int64_t window = t->window;
   int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
@@ -203,10 +212,9 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       for (int64_t j = 0; j < n_heads; j++) rope(q + m * q_dim + j * hd, c, sn, s->rope_dim);
       for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, c, sn, s->rope_dim);
     }
-    int64_t row = rows->cache_row[m] * batch_stride, pos = rows->pos[m];
     for (int64_t g = 0; g < n_kv; g++) {
-      kv_store(s, k_cache, row + g * head_stride + pos * hd, k + m * kv_dim + g * hd, hd);
-      kv_store(s, v_cache, row + g * head_stride + pos * hd, v + m * kv_dim + g * hd, hd);
+      kv_store(s, k_cache, kv_at(rows, m, rows->pos[m], g), k + m * kv_dim + g * hd, hd);
+      kv_store(s, v_cache, kv_at(rows, m, rows->pos[m], g), v + m * kv_dim + g * hd, hd);
     }
   }
   float scale = s->attn_scale, cap = s->attn_softcap;
@@ -216,13 +224,13 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       int64_t g = head / (n_heads / n_kv), pos = rows->pos[m];
       int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
       const float* qh = q + m * q_dim + head * hd;
-      int64_t at = rows->cache_row[m] * batch_stride + g * head_stride + first * hd;
-      float* widened = s->kv_bf16 ? arena(ARENA_KV, sizeof(float) * 2 * n_keys * hd) : NULL;  /* this thread's */
-      const float* keys = kv_floats(s, k_cache, at, n_keys * hd, widened);
-      const float* vals = kv_floats(s, v_cache, at, n_keys * hd, widened ? widened + n_keys * hd : NULL);
+      float* widened = s->kv_bf16 ? arena(ARENA_KV, sizeof(float) * rows->page * hd) : NULL;  /* this thread's */
       float* sc = scores + (m * n_heads + head) * max_keys;
-      float top = -INFINITY, total = 0.f;
-      key_scores(qh, keys, n_keys, hd, sc);
+      float top = -INFINITY, total = 0.f, *o = att + m * q_dim + head * hd;
+      for (int64_t p = first, n; p <= pos; p += n) {  /* a page's keys at a time */
+        n = (p / rows->page + 1) * rows->page < pos + 1 ? (p / rows->page + 1) * rows->page - p : pos + 1 - p;
+        key_scores(qh, kv_floats(s, k_cache, kv_at(rows, m, p, g), n * hd, widened), n, hd, sc + p - first);
+      }
       for (int64_t j = 0; j < n_keys; j++) {
         sc[j] *= scale;
         if (cap > 0.f) sc[j] = tanhf(sc[j] / cap) * cap;
@@ -230,7 +238,11 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       }
       for (int64_t j = 0; j < n_keys; j++) { sc[j] = expf(sc[j] - top); total += sc[j]; }
       for (int64_t j = 0; j < n_keys; j++) sc[j] /= total;
-      weigh_values(sc, vals, n_keys, hd, att + m * q_dim + head * hd);
+      memset(o, 0, sizeof(float) * hd);
+      for (int64_t p = first, n; p <= pos; p += n) {  /* o summed over the keys in order, page by page */
+        n = (p / rows->page + 1) * rows->page < pos + 1 ? (p / rows->page + 1) * rows->page - p : pos + 1 - p;
+        weigh_values(sc + p - first, kv_floats(s, v_cache, kv_at(rows, m, p, g), n * hd, widened), n, hd, o);
+      }
     }
   Projection o_proj = PROJ(o, out, d);
   project(&o_proj, 1, att, q_dim, M);
@@ -249,20 +261,19 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
 }
 
 /* Every block of the model for one new token per row, in place on x (M, d). The KV cache
- * holds all layers: layer l's keys start at k_cache + l * layer_stride. cos and sin hold the
- * step's rotary tables (M rows each), which each layer picks by its rope index. */
+ * holds all layers in pages (Rows): layer l's start at k_cache + l * layer_stride. cos and sin
+ * hold the step's rotary tables (M rows each), which each layer picks by its rope index. */
 void decode_layers(const Shape* s, float* x, int64_t M, const Layer* layers, const float* const* cos,
-                   const float* const* sin,
-                   void* k_cache, void* v_cache, int64_t layer_stride, int64_t batch_stride,
-                   int64_t head_stride, const int64_t* cache_row, const int64_t* pos) {
-  Rows rows = {cache_row, pos, 0};
+                   const float* const* sin, void* k_cache, void* v_cache, int64_t layer_stride,
+                   int64_t page_stride, int64_t head_stride, int64_t page, const int64_t* table,
+                   int64_t table_stride, const int64_t* cache_row, const int64_t* pos) {
+  Rows rows = {cache_row, pos, table, 0, table_stride, page, page_stride, head_stride};
   for (int64_t m = 0; m < M; m++) if (pos[m] > rows.max_pos) rows.max_pos = pos[m];
   float* scratch = arena(ARENA_SCRATCH, sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
   for (int64_t l = 0; l < s->n_layers; l++) {
     int64_t r = layers[l].rope;
     size_t element = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
     decode_block(s, x, M, layers + l, &rows, scratch, (char*)k_cache + l * layer_stride * element,
-                 (char*)v_cache + l * layer_stride * element,
-                 batch_stride, head_stride, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
+                 (char*)v_cache + l * layer_stride * element, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
   }
 }

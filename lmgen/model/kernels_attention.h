@@ -63,12 +63,14 @@ static void key_scores(const float* q, const float* keys, int64_t n, int64_t hd,
   for (; j < n; j++) sc[j] = dot16(q, keys + j * hd, hd);
 }
 
-/* o = Σ_j p[j] · v[j] over n rows v of hd values, each o[i] summed over j in order. For the usual
- * head sizes o stays in registers through the loop (in memory, every key cost a store and a
- * reload of o); the sums are the same either way. */
+/* o += Σ_j p[j] · v[j] over n rows v of hd values, each o[i] summed over j in order (so o summed
+ * page by page gets the bits of one pass). For the usual head sizes o stays in registers
+ * through the loop (in memory, every key cost a store and a reload of o); the sums are the
+ * same either way. */
 #define WEIGH(HD)                                                                   \
   static void weigh##HD(const float* p, const float* v, int64_t n, float* o) {      \
-    float acc[HD] = {0.f};                                                          \
+    float acc[HD];                                                                  \
+    memcpy(acc, o, sizeof acc);                                                     \
     for (int64_t j = 0; j < n; j++)                                                 \
       for (int i = 0; i < HD; i++) acc[i] += p[j] * v[j * HD + i];                  \
     memcpy(o, acc, sizeof acc);                                                     \
@@ -79,7 +81,6 @@ WEIGH(128)
 static void weigh_values(const float* p, const float* v, int64_t n, int64_t hd, float* o) {
   if (hd == 64) return weigh64(p, v, n, o);
   if (hd == 128) return weigh128(p, v, n, o);
-  for (int64_t i = 0; i < hd; i++) o[i] = 0.f;
   for (int64_t j = 0; j < n; j++)
     for (int64_t i = 0; i < hd; i++) o[i] += p[j] * v[j * hd + i];
 }

@@ -4,6 +4,7 @@ at its own position)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -12,34 +13,149 @@ from torch import Tensor
 from lmgen.config.model_config import ModelConfig
 from lmgen.config.rope import rope_tables
 from lmgen.model.attention import attention_mask
+from lmgen import resources
 from lmgen.resources import require_memory
 
 
-class KVCache:
-    """Preallocated keys and values for every layer and row, sliced to the filled length: plain
-    storage, which the PyTorch attention and the native decode step both write and read."""
+PAGE = 16  # positions a page of the cache holds
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, dtype: torch.dtype, device: torch.device):
-        shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
+
+@dataclasses.dataclass
+class Pool:
+    """A KV cache's pages not in use: those given back, and from ``fresh`` on, those never used."""
+
+    free: list[int] = dataclasses.field(default_factory=list)
+    fresh: int = 1
+
+
+class KVCache:
+    """Keys and values of every layer for ``rows`` rows, in pages of PAGE positions drawn from
+    one pool as rows grow (vLLM's PagedAttention): a row holds pages for the positions it has
+    reserved, listed in its row of ``table``, so rows of a batch take memory for what they hold,
+    not for the whole context each. The pool, ``k`` and ``v`` (n_layers, pages, n_kv, PAGE,
+    head_dim), is reserved up front as address space only; a page takes memory when first
+    handed out (zeroed: PyTorch's batched attention multiplies masked keys by 0). Page 0 is
+    never handed out: it stays zero, and every table entry not reserved points to it.
+
+    ``limit`` is the pool's size in pages (None: every row's whole ``max_len``). Both PyTorch's
+    attention (``update``, ``RaggedStep``) and the native decode step read and write it."""
+
+    def __init__(self, cfg: ModelConfig, rows: int, max_len: int, dtype: torch.dtype, device: torch.device,
+                 limit: int | None = None):
+        per_row = -(-max_len // PAGE)
+        limit = rows * per_row if limit is None else min(limit, rows * per_row)
+        shape = (cfg.n_layers, limit + 1, cfg.n_kv_heads, PAGE, cfg.head_dim)
         if torch.device(device).type == "cpu":
-            require_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache for {batch} × {max_len} tokens")
-        self.k = torch.empty(shape, dtype=dtype, device=device)  # only the filled part is ever read
+            require_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache of {limit * PAGE} positions")
+        self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.max_len = max_len
+        self.k[:, 0], self.v[:, 0] = 0, 0
+        self.table = torch.zeros((rows, per_row), dtype=torch.int64)
+        self.max_len, self.pool = max_len, Pool()  # shared with the views of rows (``row``)
+
+    # ----------------------------------------------------------------------------- pages
+
+    @staticmethod
+    def page_size(cfg: ModelConfig, dtype: torch.dtype) -> int:
+        """Bytes a page takes: PAGE positions' keys and values in every layer."""
+        return 2 * cfg.n_layers * cfg.n_kv_heads * PAGE * cfg.head_dim * dtype.itemsize
+
+    @staticmethod
+    def pages_fitting(cfg: ModelConfig, dtype: torch.dtype, share: float = 0.5) -> int | None:
+        """Pages that ``share`` of the memory free now holds (None where it cannot be read)."""
+        free = resources.available_memory()
+        return None if free is None else max(1, int(free * share) // KVCache.page_size(cfg, dtype))
+
+    @property
+    def pages(self) -> int:
+        """Pages the pool holds (page 0 not counted)."""
+        return self.k.shape[1] - 1
+
+    def free_pages(self) -> int:
+        return len(self.pool.free) + self.k.shape[1] - self.pool.fresh
+
+    def page_bytes(self) -> int:
+        return 2 * self.k[:, :1].numel() * self.k.element_size()
+
+    def held(self, row: int) -> int:
+        """Positions row ``row`` has pages for."""
+        return int((self.table[row] > 0).sum()) * PAGE
+
+    def reserve(self, row: int, length: int) -> bool:
+        """Pages for positions < ``length`` of row ``row``; False (and none taken) if the pool
+        has too few free."""
+        have, need = self.held(row) // PAGE, -(-min(length, self.max_len) // PAGE)
+        if need - have > self.free_pages():
+            return False
+        for i in range(have, need):
+            self.table[row, i] = self._take()
+        return True
+
+    def release(self, row: int) -> None:
+        """Give row ``row``'s pages back to the pool."""
+        taken = self.table[row][self.table[row] > 0]
+        self.pool.free.extend(int(p) for p in taken.flip(0))  # reused last freed first
+        self.table[row] = 0
+
+    def _take(self) -> int:
+        if self.pool.free:
+            return self.pool.free.pop()
+        page, self.pool.fresh = self.pool.fresh, self.pool.fresh + 1
+        self.k[:, page], self.v[:, page] = 0, 0
+        return page
+
+    # ------------------------------------------------------------------- rows as tensors
+
+    def read(self, row: int, n: int) -> tuple[Tensor, Tensor]:
+        """Row ``row``'s keys and values at positions < n: (n_layers, n_kv, n, head_dim) each."""
+        pages = self.table[row, : -(-n // PAGE)]
+        return tuple(t[:, pages].transpose(1, 2).flatten(2, 3)[:, :, :n] for t in (self.k, self.v))
+
+    def write(self, row: int, k: Tensor, v: Tensor) -> None:
+        """Put keys and values (n_layers, n_kv, n, head_dim) at positions < n of row ``row``
+        (reserved: ``reserve``)."""
+        n = k.shape[2]
+        pos = torch.arange(n)
+        pages = self._pages(self.table[row : row + 1], pos)[0]
+        self.k[:, pages, :, pos % PAGE] = k.permute(2, 0, 1, 3).to(self.k.dtype)  # (n, n_layers, n_kv, head_dim): indexed dims first
+        self.v[:, pages, :, pos % PAGE] = v.permute(2, 0, 1, 3).to(self.v.dtype)
+
+    def copy(self, src: int, dst: int, n: int) -> None:
+        """Row ``src``'s keys and values at positions < n copied to row ``dst`` (reserved)."""
+        self.write(dst, *self.read(src, n))
 
     def row(self, i: int) -> "KVCache":
-        """A batch-1 view of sample i's slots (writes go to this cache)."""
+        """Row i alone, as a cache of one row (writes go to this cache)."""
         view = object.__new__(KVCache)
-        view.k, view.v, view.max_len = self.k[:, i : i + 1], self.v[:, i : i + 1], self.max_len
+        view.__dict__.update(self.__dict__)
+        view.table = self.table[i : i + 1]
         return view
 
+    # ----------------------------------------------------------------------- attention
+
+    def _pages(self, table: Tensor, positions: Tensor) -> Tensor:
+        pages = table[:, positions // PAGE]
+        if bool((pages == 0).any()):
+            raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
+        return pages
+
     def update(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store k and v (rows, n_kv, seq, head_dim) at positions start.. of every row of this
+        cache; all of each row's keys and values so far, as the activations' dtype."""
         end = start + k.shape[2]
-        self.k[layer, :, :, start:end] = k  # (rounded, where the cache is narrower)
-        self.v[layer, :, :, start:end] = v
+        pos = torch.arange(start, end)
+        pages = self._pages(self.table, pos)
+        self.k[layer][pages, :, pos % PAGE] = k.transpose(1, 2).to(self.k.dtype)  # (rounded, where the cache is narrower)
+        self.v[layer][pages, :, pos % PAGE] = v.transpose(1, 2).to(self.v.dtype)
         # read back as the activations' dtype: attention always sees what the cache holds, so a
         # prompt prefilled in pieces attends to the same values as in one pass
-        return self.k[layer, :, :, :end].to(k.dtype), self.v[layer, :, :, :end].to(v.dtype)
+        return self.keys(layer, self.table, end, k.dtype)
+
+    def keys(self, layer: int, table: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Keys and values at positions < n of the rows whose pages ``table`` lists, (rows, n_kv,
+        n, head_dim) each: zeros past a row's reserved pages."""
+        pages = table[:, : -(-n // PAGE)]
+        return tuple(t[layer][pages].transpose(1, 2).flatten(2, 3)[:, :, :n].to(dtype) for t in (self.k, self.v))
 
 
 class StepContext:
@@ -66,8 +182,8 @@ class StepContext:
 class RaggedStep:
     """One new token per row, each row at its own position in its own row of the cache (prompts
     of different lengths decoding together): rotary tables per row, masks per row's length.
-    The cache must hold finite values beyond each row's length (zeros): attention multiplies
-    them by 0."""
+    Past each row's length the cache holds finite values (a page's stale keys, or page 0's
+    zeros): attention multiplies them by 0."""
 
     def __init__(self, positions: Tensor, rows: Tensor, cache: KVCache, rope: dict):
         self.positions, self.rows, self.cache = positions, rows, cache
@@ -85,6 +201,10 @@ class RaggedStep:
         return self.masks[window]
 
     def store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        self.cache.k[layer, self.rows, :, self.positions] = k[:, :, 0]
-        self.cache.v[layer, self.rows, :, self.positions] = v[:, :, 0]
-        return self.cache.k[layer, self.rows, :, : self.keys], self.cache.v[layer, self.rows, :, : self.keys]
+        cache, positions = self.cache, self.positions
+        pages = cache.table[self.rows, positions // PAGE]
+        if bool((pages == 0).any()):
+            raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
+        cache.k[layer][pages, :, positions % PAGE] = k[:, :, 0].to(cache.k.dtype)
+        cache.v[layer][pages, :, positions % PAGE] = v[:, :, 0].to(cache.v.dtype)
+        return cache.keys(layer, cache.table[self.rows], self.keys, k.dtype)

@@ -54,6 +54,7 @@ class ServeOptions:
     max_loaded: int = 0  # models loaded at once at most (0: all of them)
     max_memory_mib: int = 0  # the loaded models' weights at most, estimated from their files (0: no budget)
     kv_dtype: str | None = None  # each engine's KV cache (None: the activations')
+    kv_cache_mib: int = 0  # each engine's KV cache, shared by its rows (0: what memory allows)
 
 
 class Server:

@@ -58,10 +58,10 @@ class EngineThread:
     """The engine on a thread of its own; ``submit`` and ``cancel`` are safe from any thread."""
 
     def __init__(self, lm, max_batch: int, max_waiting: int, prefix_cache_bytes: int = 0,
-                 prefill_budget: int | None = None, on_fatal=lambda exc: None):
+                 prefill_budget: int | None = None, on_fatal=lambda exc: None, kv_cache_mib: int | None = None):
         self.lm, self.max_batch, self.max_waiting = lm, max_batch, max_waiting
         self.prefix_cache = PrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
-        self.prefill_budget, self.on_fatal = prefill_budget, on_fatal
+        self.prefill_budget, self.on_fatal, self.kv_cache_mib = prefill_budget, on_fatal, kv_cache_mib
         self.engine = self._new_engine()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # tickets to add, or None (a wake-up)
         self.tickets: dict[int, Ticket] = {}  # by engine id
@@ -75,7 +75,7 @@ class EngineThread:
         self.thread.start()
 
     def _new_engine(self) -> Engine:
-        return Engine(self.lm, self.max_batch, self.prefix_cache, self.prefill_budget)
+        return Engine(self.lm, self.max_batch, self.prefix_cache, self.prefill_budget, self.kv_cache_mib)
 
     # ------------------------------------------------------------------ from the event loop
 

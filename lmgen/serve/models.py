@@ -108,7 +108,8 @@ class Models:
             served.lm = load(Path(spec.path), dtype=self.options.dtype, device=self.options.device,
                              kv_dtype=self.options.kv_dtype)
             served.engine = EngineThread(served.lm, self.options.max_batch, self.options.queue,
-                                         self.options.prefix_cache_mib << 20, PREFILL_WORK, self.on_fatal)
+                                         self.options.prefix_cache_mib << 20, PREFILL_WORK, self.on_fatal,
+                                         self.options.kv_cache_mib or None)
             served.replies = ReplyContext(spec.id, served.lm.tokenizer, self.metrics)
             for note in served.lm.notes:
                 sys.stderr.write(f"lmgen: note: {spec.id}: {note}\n")
