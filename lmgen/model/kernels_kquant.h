@@ -85,11 +85,12 @@ static inline __m512i shift_lanes(__m512i v, int n) {
           KWEIGHTS(w0, w1, q, c, L.extra, hA, hB);                                                         \
           for (int b = 0; b < B; b++) DOT4(f_lo[b], f_hi[b], w0, xq[b], c), DOT4(s_lo[b], s_hi[b], w1, xq[b], 4 + c); \
         }                                                                                                  \
+        KScale k = kscale_of(dtype, tail, s); /* once for the B rows of x */                             \
         for (int b = 0; b < B; b++) {                                                                      \
           int64_t xb = (x0 + b) * blocks + j0 + s;                                                         \
           __m512i first = _mm512_add_epi32(f_lo[b], _mm512_slli_epi32(f_hi[b], 8));                        \
           __m512i second = _mm512_add_epi32(s_lo[b], _mm512_slli_epi32(s_hi[b], 8));                       \
-          acc[b] = kscale_vnni(dtype, tail, s, first, second, a->scale[xb], a->total[xb], a->half[xb], a->weighted[xb], acc[b]); \
+          acc[b] = kscale_apply(dtype, k, first, second, a->scale[xb], a->total[xb], a->half[xb], a->weighted[xb], acc[b]); \
         }                                                                                                  \
       }                                                                                                    \
     }                                                                                                      \
@@ -102,32 +103,53 @@ static inline __m512i bytes16(const uint8_t* p, int sign) {
   return sign ? _mm512_cvtepi8_epi32(v) : _mm512_cvtepu8_epi32(v);
 }
 
-/* acc + block s's products for 16 rows, given its sums over values 0-15 (first) and 16-31. */
-static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i first, __m512i second, float xs,
-                                 int32_t total, int32_t half, float xt, __m512 acc) {
+/* Block s's scales for the 16 rows: d (Q5_0), d and m (Q5_1), Q6_K's d · sc for each half block,
+ * and the K-quants' d · sc and dmin · mn (exact in fp32: an 11-bit mantissa times a 6- or 8-bit
+ * integer). The same for every row of x: a tile computes them once, not once per row of x. */
+typedef struct { __m512 first, second; } KScale;
+
+static inline KScale kscale_of(int dtype, const uint8_t* tail, int s) {
+  KScale k;
+  if (dtype == W_Q5_0 || dtype == W_Q5_1) {
+    k.first = halves16(tail), k.second = dtype == W_Q5_1 ? halves16(tail + 32) : k.first;
+  } else if (dtype == W_Q6_K) {
+    __m512 d = halves16(tail + 256);
+    k.first = _mm512_mul_ps(d, _mm512_cvtepi32_ps(bytes16(tail + 32 * s, 1)));
+    k.second = _mm512_mul_ps(d, _mm512_cvtepi32_ps(bytes16(tail + 32 * s + 16, 1)));
+  } else {
+    k.first = _mm512_mul_ps(halves16(tail + 256), _mm512_cvtepi32_ps(bytes16(tail + 16 * s, 0)));
+    k.second = _mm512_mul_ps(halves16(tail + 288), _mm512_cvtepi32_ps(bytes16(tail + 128 + 16 * s, 0)));
+  }
+  return k;
+}
+
+/* acc + block s's products for 16 rows, given its scales k and its sums over values 0-15 (first)
+ * and 16-31 for one row of x. */
+static inline __m512 kscale_apply(int dtype, KScale k, __m512i first, __m512i second, float xs, int32_t total,
+                                  int32_t half, float xt, __m512 acc) {
   __m512 x = _mm512_set1_ps(xs);
   __m512i sum = _mm512_add_epi32(first, second);
   if (dtype == W_Q5_0)
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(sum, _mm512_set1_epi32(16 * total))),
-                           _mm512_mul_ps(halves16(tail), x), acc);
+                           _mm512_mul_ps(k.first, x), acc);
   if (dtype == W_Q5_1) {
-    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(halves16(tail), x), acc);
-    return _mm512_fmadd_ps(halves16(tail + 32), _mm512_set1_ps(xt), acc);
+    acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(k.first, x), acc);
+    return _mm512_fmadd_ps(k.second, _mm512_set1_ps(xt), acc);
   }
-  if (dtype == W_Q6_K) {  /* d · sc exact in fp32 (11 + 8 bits), as is each half's sum (|Σ| < 2^24) */
-    __m512 d = halves16(tail + 256);
-    __m512 ds0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(bytes16(tail + 32 * s, 1)));
-    __m512 ds1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(bytes16(tail + 32 * s + 16, 1)));
+  if (dtype == W_Q6_K) {  /* each half's sum exact in fp32 (|Σ| < 2^24) */
     acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(first, _mm512_set1_epi32(32 * half))),
-                          _mm512_mul_ps(ds0, x), acc);
+                          _mm512_mul_ps(k.first, x), acc);
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(second, _mm512_set1_epi32(32 * (total - half)))),
-                           _mm512_mul_ps(ds1, x), acc);
+                           _mm512_mul_ps(k.second, x), acc);
   }
-  /* Q4_K, Q5_K: d · sc and dmin · mn exact in fp32 (11 + 6 bits) */
-  __m512 ds = _mm512_mul_ps(halves16(tail + 256), _mm512_cvtepi32_ps(bytes16(tail + 16 * s, 0)));
-  __m512 dm = _mm512_mul_ps(halves16(tail + 288), _mm512_cvtepi32_ps(bytes16(tail + 128 + 16 * s, 0)));
-  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(ds, x), acc);
-  return _mm512_fnmadd_ps(dm, _mm512_set1_ps(xt), acc);
+  acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_mul_ps(k.first, x), acc);  /* Q4_K, Q5_K */
+  return _mm512_fnmadd_ps(k.second, _mm512_set1_ps(xt), acc);
+}
+
+/* acc + block s's products for 16 rows and one row of x (kscale_of, then kscale_apply). */
+static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i first, __m512i second, float xs,
+                                 int32_t total, int32_t half, float xt, __m512 acc) {
+  return kscale_apply(dtype, kscale_of(dtype, tail, s), first, second, xs, total, half, xt, acc);
 }
 #elif defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 /* AVX2: as kernels_quant.h's, four rows' weights widened to 16 bits, pairs of products summed
