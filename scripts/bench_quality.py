@@ -10,11 +10,11 @@ dequantizes the same blocks and multiplies in PyTorch (fp32 activations): the di
 between the two is what the kernels add to the format's own rounding. Then greedy agreement
 with fp32 over --greedy new tokens. It reports; it asserts nothing.
 
-    python scripts/bench_quality.py --kv          # the KV cache's dtype instead: bf16 against fp32
+    python scripts/bench_quality.py --kv          # the KV cache's dtype instead: bf16 and q8_0 against fp32
 
 With --kv the text is read as generation reads it — its first 16 tokens prefilled, then one
 decode step per token (the native step where the kernels run), keys and values kept in the
-cache — once with an fp32 cache and once with a bf16 one, same weights (as stored).
+cache — with an fp32 cache, a bf16 one and a q8_0 one, same weights (as stored).
 """
 
 from __future__ import annotations
@@ -54,16 +54,18 @@ def cached_log_probs(lm, ids: torch.Tensor, prefill: int = 16) -> torch.Tensor:
 def kv_quality(args, path) -> None:
     ids = None
     results = {}
-    for kv in ("float32", "bfloat16"):
+    for kv in ("float32", "bfloat16", "q8_0"):
         lm = lmgen.load(path, kv_dtype=kv)
         if ids is None:
             ids = torch.tensor([lm.encode(args.text.read_text())[: args.tokens]])
         results[kv] = (cached_log_probs(lm, ids), greedy(lm, args.prompt, args.greedy))
-    (expected, expected_tokens), (got, tokens) = results["float32"], results["bfloat16"]
-    leading = next((i for i, (a, b) in enumerate(zip(tokens, expected_tokens)) if a != b), len(tokens))
+    expected, expected_tokens = results["float32"]
     print(f"model {path}; {ids.shape[1]} tokens of {args.text}, through the KV cache")
-    print(f"  KV cache bf16 against fp32: mean |Δ log p| {(got - expected).abs().mean().item():.5f}, "
-          f"max {(got - expected).abs().max().item():.4f}; greedy: first {leading} of {args.greedy} tokens as fp32's")
+    for kv in ("bfloat16", "q8_0"):
+        got, tokens = results[kv]
+        leading = next((i for i, (a, b) in enumerate(zip(tokens, expected_tokens)) if a != b), len(tokens))
+        print(f"  KV cache {kv} against fp32: mean |Δ log p| {(got - expected).abs().mean().item():.5f}, "
+              f"max {(got - expected).abs().max().item():.4f}; greedy: first {leading} of {args.greedy} tokens as fp32's")
 
 
 def greedy(lm, prompt: str, tokens: int) -> list[int]:
@@ -79,7 +81,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1000, help="tokens of the text to score")
     parser.add_argument("--greedy", type=int, default=64, help="new tokens for the greedy comparison")
     parser.add_argument("--prompt", default="The history of the city of Paris begins")
-    parser.add_argument("--kv", action="store_true", help="compare the KV cache's dtypes instead (bf16 vs fp32)")
+    parser.add_argument("--kv", action="store_true", help="compare the KV cache's dtypes instead (bf16, q8_0 vs fp32)")
     args = parser.parse_args()
     path = resolve_model(args.model)
     if args.kv:

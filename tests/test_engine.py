@@ -34,9 +34,9 @@ CONTEXT = 128  # the tiny model's
 prompts = st.lists(st.integers(0, 255), min_size=1, max_size=CONTEXT - 9)
 
 
-@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+@pytest.fixture(scope="module", params=["float32", "bfloat16", "q8_0"])
 def tiny_lm(tiny_dir, request):
-    """The tiny model with an fp32 KV cache, and with a bf16 one: every invariant holds for both."""
+    """The tiny model with an fp32 KV cache, a bf16 one and a q8_0 one: every invariant holds for each."""
     return load(tiny_dir, threads=1, kv_dtype=request.param)
 
 

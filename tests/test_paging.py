@@ -184,3 +184,32 @@ def test_a_preempted_job_can_be_aborted_and_ends_with_the_others(tiny_lm):
     while engine.busy():
         events += engine.step()
     assert [e.index for e in events if isinstance(e, Finished)] == [1 - victim]
+
+
+# --------------------------------------------------------------------------------------- q8_0
+
+@given(st.lists(st.floats(-1e4, 1e4, width=32), min_size=64, max_size=64), st.sampled_from([32, 64]))
+def test_q8_values_are_within_half_a_step_and_zeros_stay_zeros(values, block):
+    from lmgen.model.kv_cache import dequantize_q8, quantize_q8
+
+    x = torch.tensor(values, dtype=torch.float32)
+    q, scale = quantize_q8(x, block)
+    assert q.dtype == torch.int8 and scale.shape == (64 // block,) and int(q.abs().max()) <= 127
+    step = scale.repeat_interleave(block)
+    assert bool(((dequantize_q8(q, scale) - x).abs() <= step / 2 * (1 + 1e-6) + 1e-30).all())
+    assert bool((dequantize_q8(q, scale)[x == 0] == 0).all())
+
+
+def test_a_q8_cache_reads_back_what_it_stored_and_copies_rows_bit_for_bit(tiny_lm):
+    cfg = tiny_lm.model.cfg
+    cache = KVCache(cfg, 3, 64, torch.int8, "cpu", limit=12)
+    n = 37
+    for row in range(3):
+        assert cache.reserve(row, n)
+    k = torch.randn(cfg.n_layers, cfg.n_kv_heads, n, cfg.head_dim)
+    v = torch.randn_like(k)
+    cache.write(0, k, v)
+    got_k, got_v = cache.read(0, n)
+    assert (got_k - k).abs().max() <= k.abs().max() / 127 and (got_v - v).abs().max() <= v.abs().max() / 127
+    cache.copy(0, 2, n)
+    assert all(torch.equal(a, b) for a, b in zip(cache.read(2, n), (got_k, got_v)))

@@ -25,7 +25,8 @@ QUANTIZED = {"q8": ("q8_0", "q8_0"), "q8_0": ("q8_0", "q8_0"), "q4": ("q4_1", "q
 
 # --kv-dtype: the KV cache's (name → torch dtype's name); bf16 halves its memory (see the README's
 # measurements of its accuracy).
-KV_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16"}
+KV_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+             "q8_0": "int8"}  # q8_0: int8 with one fp32 scale per position and head (kv_cache.quantize_q8)
 
 # Ranges in which no option can overflow fp32 arithmetic on a model's finite logits (|logit| far
 # below 1e20 for any working model): a logit is scaled by at most 1e6 / 1e-6 and shifted by at most

@@ -17,6 +17,7 @@ from lmgen.model.threads import ThreadTuner, other_runnable
 
 
 NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
+KV_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # kernels.c's KV_F32, KV_BF16, KV_Q8
 ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
 QK_NORM_CODES = {None: 0, "head": 1, "projection": 2}
 ROPE_TABLES = ("global", "local")  # a layer's rotary table, as an index into the cos and sin passed
@@ -28,7 +29,7 @@ class Shape(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in ("d", "n_heads", "n_kv", "hd", "d_mlp", "rope_dim", "n_layers")] \
         + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation")] \
         + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")] \
-        + [("kv_bf16", ctypes.c_int)]  # set per step from the cache's dtype
+        + [("kv_kind", ctypes.c_int), ("kv_block", ctypes.c_int)]  # set per step from the cache (KV_KINDS)
 
     @classmethod
     def of(cls, cfg) -> "Shape":
@@ -95,7 +96,7 @@ def _layer(cfg, index: int, tensors: dict) -> Layer:
 def _declare(lib: ctypes.CDLL) -> None:
     """decode_layers' C signature, with the structs above (kernels.declare gives the others)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr] \
+    lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr, ptr, ptr] \
         + [i64] * 4 + [ptr, i64, ptr, ptr]
     lib.decode_layers.restype = None
 
@@ -123,9 +124,9 @@ class DecodePlan:
         positions[m] of the sequence in cache row rows[m] (int64 tensors), whose keys and values
         it appends (in pages the cache has reserved for it); rope holds one (M, rotary_dim) cos and
         sin table per kind."""
-        if cache.k.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"the native decode step reads an fp32 or bf16 KV cache, not {cache.k.dtype}")
-        self.shape.kv_bf16 = cache.k.dtype == torch.bfloat16
+        if cache.k.dtype not in KV_KINDS:
+            raise ValueError(f"the native decode step reads an fp32, bf16 or q8_0 KV cache, not {cache.k.dtype}")
+        self.shape.kv_kind, self.shape.kv_block = KV_KINDS[cache.k.dtype], cache.q8_block
         tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
         cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
         sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
@@ -134,7 +135,7 @@ class DecodePlan:
             raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
         kernels.library().decode_layers(
             ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.layers, cos, sin,
-            cache.k.data_ptr(), cache.v.data_ptr(), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2), PAGE,
+            cache.k.data_ptr(), cache.v.data_ptr(), _ptr(cache.k_scale), _ptr(cache.v_scale), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2), PAGE,
             table.data_ptr(), table.stride(0), rows.data_ptr(), positions.data_ptr(),
         )
 

@@ -72,7 +72,8 @@ typedef struct {
   int64_t d, n_heads, n_kv, hd, d_mlp, rope_dim, n_layers;
   int norm_kind, qk_norm, gated, activation;
   float eps, norm_offset, attn_scale, attn_softcap;
-  int kv_bf16;  /* the KV cache holds bf16 (rounded to nearest even, as torch rounds), else fp32 */
+  int kv_kind;  /* what the KV cache holds: KV_F32, KV_BF16 (rounded to nearest even, as torch rounds), KV_Q8 */
+  int kv_block;  /* KV_Q8: values per scale (32, or hd where hd is not a multiple of 32) */
 } Shape;
 
 /* fp32 → bf16 as torch converts (round to nearest, ties to even; NaN stays a quiet NaN). */
@@ -83,10 +84,24 @@ static inline uint16_t to_bf16(float f) {
   return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-/* n values of a cache head, fp32 (as stored, or widened from bf16: exact) for the attention loops. */
-static const float* kv_floats(const Shape* s, const void* cache, int64_t at, int64_t n, float* widened) {
-  if (!s->kv_bf16) return (const float*)cache + at;
-  const uint16_t* b = (const uint16_t*)cache + at;
+enum { KV_F32 = 0, KV_BF16 = 1, KV_Q8 = 2 };
+
+/* Half of a layer's KV cache (its keys, or its values): the elements, and for KV_Q8 one fp32
+ * scale per block of kv_block values of a head (element e's is scale[e / kv_block]). */
+typedef struct { void* data; float* scale; } KVHalf;
+
+static inline size_t kv_element(int kind) { return kind == KV_F32 ? 4 : kind == KV_BF16 ? 2 : 1; }
+
+/* n values (whole heads) of a cache half from element `at`, as fp32 for the attention loops: as
+ * stored, or widened (bf16: exactly; q8: q · scale, as kv_cache.py's PyTorch reads them). */
+static const float* kv_floats(const Shape* s, KVHalf c, int64_t at, int64_t n, float* widened) {
+  if (s->kv_kind == KV_F32) return (const float*)c.data + at;
+  if (s->kv_kind == KV_Q8) {
+    const int8_t* q = (const int8_t*)c.data + at;
+    for (int64_t i = 0; i < n; i++) widened[i] = (float)q[i] * c.scale[(at + i) / s->kv_block];
+    return widened;
+  }
+  const uint16_t* b = (const uint16_t*)c.data + at;
   for (int64_t i = 0; i < n; i++) {
     uint32_t u = (uint32_t)b[i] << 16;
     memcpy(widened + i, &u, 4);
@@ -94,10 +109,24 @@ static const float* kv_floats(const Shape* s, const void* cache, int64_t at, int
   return widened;
 }
 
-/* Store n fp32 values into a cache head at element `at` (rounded if the cache is bf16). */
-static void kv_store(const Shape* s, void* cache, int64_t at, const float* v, int64_t n) {
-  if (!s->kv_bf16) { memcpy((float*)cache + at, v, sizeof(float) * n); return; }
-  uint16_t* b = (uint16_t*)cache + at;
+/* Store one head's hd fp32 values at element `at` of a cache half: as they are, rounded to
+ * bf16, or as int8 per block of kv_block values with scale max|v| / 127 (q = v / scale rounded
+ * to nearest even; all 0 for a block of zeros), as kv_cache.py's quantize_q8. */
+static void kv_store(const Shape* s, KVHalf c, int64_t at, const float* v) {
+  int64_t n = s->hd;
+  if (s->kv_kind == KV_F32) { memcpy((float*)c.data + at, v, sizeof(float) * n); return; }
+  if (s->kv_kind == KV_Q8) {
+    for (int64_t b = 0; b < n; b += s->kv_block) {
+      float top = 0.f;
+      for (int64_t i = b; i < b + s->kv_block; i++) top = fmaxf(top, fabsf(v[i]));
+      float scale = top / 127.f;
+      int8_t* q = (int8_t*)c.data + at;
+      for (int64_t i = b; i < b + s->kv_block; i++) q[i] = scale > 0.f ? (int8_t)rintf(v[i] / scale) : 0;
+      c.scale[(at + b) / s->kv_block] = scale;
+    }
+    return;
+  }
+  uint16_t* b = (uint16_t*)c.data + at;
   for (int64_t i = 0; i < n; i++) b[i] = to_bf16(v[i]);
 }
 
@@ -193,7 +222,7 @@ static int64_t scratch_floats(const Shape* s, int64_t M, int64_t max_keys) {
 }
 
 static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, const Rows* rows, float* scratch,
-                         void* k_cache, void* v_cache, const float* cos, const float* sin) {
+                         KVHalf k_cache, KVHalf v_cache, const float* cos, const float* sin) {
   int64_t window = t->window;
   int64_t d = s->d, n_heads = s->n_heads, n_kv = s->n_kv, hd = s->hd, d_mlp = s->d_mlp;
   int64_t q_dim = n_heads * hd, kv_dim = n_kv * hd, max_keys = rows->max_pos + 1;
@@ -213,8 +242,8 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       for (int64_t j = 0; j < n_kv; j++) rope(k + m * kv_dim + j * hd, c, sn, s->rope_dim);
     }
     for (int64_t g = 0; g < n_kv; g++) {
-      kv_store(s, k_cache, kv_at(rows, m, rows->pos[m], g), k + m * kv_dim + g * hd, hd);
-      kv_store(s, v_cache, kv_at(rows, m, rows->pos[m], g), v + m * kv_dim + g * hd, hd);
+      kv_store(s, k_cache, kv_at(rows, m, rows->pos[m], g), k + m * kv_dim + g * hd);
+      kv_store(s, v_cache, kv_at(rows, m, rows->pos[m], g), v + m * kv_dim + g * hd);
     }
   }
   float scale = s->attn_scale, cap = s->attn_softcap;
@@ -224,7 +253,7 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
       int64_t g = head / (n_heads / n_kv), pos = rows->pos[m];
       int64_t first = (window > 0 && pos + 1 > window) ? pos + 1 - window : 0, n_keys = pos + 1 - first;
       const float* qh = q + m * q_dim + head * hd;
-      float* widened = s->kv_bf16 ? arena(ARENA_KV, sizeof(float) * rows->page * hd) : NULL;  /* this thread's */
+      float* widened = s->kv_kind != KV_F32 ? arena(ARENA_KV, sizeof(float) * rows->page * hd) : NULL;  /* this thread's */
       float* sc = scores + (m * n_heads + head) * max_keys;
       float top = -INFINITY, total = 0.f, *o = att + m * q_dim + head * hd;
       for (int64_t p = first, n; p <= pos; p += n) {  /* a page's keys at a time */
@@ -264,7 +293,8 @@ static void decode_block(const Shape* s, float* x, int64_t M, const Layer* t, co
  * holds all layers in pages (Rows): layer l's start at k_cache + l * layer_stride. cos and sin
  * hold the step's rotary tables (M rows each), which each layer picks by its rope index. */
 void decode_layers(const Shape* s, float* x, int64_t M, const Layer* layers, const float* const* cos,
-                   const float* const* sin, void* k_cache, void* v_cache, int64_t layer_stride,
+                   const float* const* sin, void* k_cache, void* v_cache, float* k_scale, float* v_scale,
+                   int64_t layer_stride,
                    int64_t page_stride, int64_t head_stride, int64_t page, const int64_t* table,
                    int64_t table_stride, const int64_t* cache_row, const int64_t* pos) {
   Rows rows = {cache_row, pos, table, 0, table_stride, page, page_stride, head_stride};
@@ -272,8 +302,10 @@ void decode_layers(const Shape* s, float* x, int64_t M, const Layer* layers, con
   float* scratch = arena(ARENA_SCRATCH, sizeof(float) * scratch_floats(s, M, rows.max_pos + 1));
   for (int64_t l = 0; l < s->n_layers; l++) {
     int64_t r = layers[l].rope;
-    size_t element = s->kv_bf16 ? sizeof(uint16_t) : sizeof(float);
-    decode_block(s, x, M, layers + l, &rows, scratch, (char*)k_cache + l * layer_stride * element,
-                 (char*)v_cache + l * layer_stride * element, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
+    size_t element = kv_element(s->kv_kind);
+    int64_t scales = s->kv_kind == KV_Q8 ? l * layer_stride / s->kv_block : 0;  /* the layer's first scale */
+    KVHalf k = {(char*)k_cache + l * layer_stride * element, k_scale ? k_scale + scales : NULL};
+    KVHalf v = {(char*)v_cache + l * layer_stride * element, v_scale ? v_scale + scales : NULL};
+    decode_block(s, x, M, layers + l, &rows, scratch, k, v, r < 0 ? NULL : cos[r], r < 0 ? NULL : sin[r]);
   }
 }

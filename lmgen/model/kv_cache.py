@@ -5,7 +5,6 @@ at its own position)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from torch import Tensor
@@ -46,10 +45,15 @@ class KVCache:
         limit = rows * per_row if limit is None else min(limit, rows * per_row)
         shape = (cfg.n_layers, limit + 1, cfg.n_kv_heads, PAGE, cfg.head_dim)
         if torch.device(device).type == "cpu":
-            require_memory(2 * math.prod(shape) * dtype.itemsize, f"a KV cache of {limit * PAGE} positions")
+            require_memory((limit + 1) * self.page_size(cfg, dtype), f"a KV cache of {limit * PAGE} positions")
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.k[:, 0], self.v[:, 0] = 0, 0
+        q8 = dtype == torch.int8  # q8_0: int8 values and an fp32 scale per block of them (quantize_q8)
+        self.q8_block = q8_block(cfg.head_dim)
+        scales = (*shape[:-1], cfg.head_dim // self.q8_block)
+        self.k_scale = torch.empty(scales, dtype=torch.float32, device=device) if q8 else None
+        self.v_scale = torch.empty(scales, dtype=torch.float32, device=device) if q8 else None
+        self._zero(0)
         self.table = torch.zeros((rows, per_row), dtype=torch.int64)
         self.max_len, self.pool = max_len, Pool()  # shared with the views of rows (``row``)
 
@@ -57,8 +61,9 @@ class KVCache:
 
     @staticmethod
     def page_size(cfg: ModelConfig, dtype: torch.dtype) -> int:
-        """Bytes a page takes: PAGE positions' keys and values in every layer."""
-        return 2 * cfg.n_layers * cfg.n_kv_heads * PAGE * cfg.head_dim * dtype.itemsize
+        """Bytes a page takes: PAGE positions' keys and values in every layer (q8_0: and scales)."""
+        per_head = cfg.head_dim * dtype.itemsize + (4 * cfg.head_dim // q8_block(cfg.head_dim) if dtype == torch.int8 else 0)
+        return 2 * cfg.n_layers * cfg.n_kv_heads * PAGE * per_head
 
     @staticmethod
     def pages_fitting(cfg: ModelConfig, dtype: torch.dtype, share: float = 0.5) -> int | None:
@@ -75,7 +80,8 @@ class KVCache:
         return len(self.pool.free) + self.k.shape[1] - self.pool.fresh
 
     def page_bytes(self) -> int:
-        return 2 * self.k[:, :1].numel() * self.k.element_size()
+        scales = 2 * self.k_scale[:, :1].numel() * 4 if self.k_scale is not None else 0
+        return 2 * self.k[:, :1].numel() * self.k.element_size() + scales
 
     def held(self, row: int) -> int:
         """Positions row ``row`` has pages for."""
@@ -101,15 +107,37 @@ class KVCache:
         if self.pool.free:
             return self.pool.free.pop()
         page, self.pool.fresh = self.pool.fresh, self.pool.fresh + 1
-        self.k[:, page], self.v[:, page] = 0, 0
+        self._zero(page)
         return page
+
+    def _zero(self, page: int) -> None:
+        for t in (self.k, self.v, self.k_scale, self.v_scale):
+            if t is not None:
+                t[:, page] = 0
+
+    # ----------------------------------------------------- stored as the cache's dtype holds
+
+    def _put(self, index: tuple, k: Tensor, v: Tensor) -> None:
+        """k and v (..., head_dim) into the pool at ``index`` (which leaves head_dim whole),
+        rounded to the cache's dtype, or quantized (q8_0: ``quantize_q8``)."""
+        for t, scale, values in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            if scale is None:
+                t[index] = values.to(t.dtype)
+            else:
+                t[index], scale[index] = quantize_q8(values, self.q8_block)
+
+    def _get(self, index: tuple, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """The pool's keys and values at ``index``, as ``dtype`` (q8_0: q · scale in fp32 first)."""
+        return tuple((t[index] if scale is None else dequantize_q8(t[index], scale[index])).to(dtype)
+                     for t, scale in ((self.k, self.k_scale), (self.v, self.v_scale)))
 
     # ------------------------------------------------------------------- rows as tensors
 
     def read(self, row: int, n: int) -> tuple[Tensor, Tensor]:
         """Row ``row``'s keys and values at positions < n: (n_layers, n_kv, n, head_dim) each."""
         pages = self.table[row, : -(-n // PAGE)]
-        return tuple(t[:, pages].transpose(1, 2).flatten(2, 3)[:, :, :n] for t in (self.k, self.v))
+        dtype = torch.float32 if self.k.dtype == torch.int8 else self.k.dtype
+        return tuple(t.transpose(1, 2).flatten(2, 3)[:, :, :n] for t in self._get((slice(None), pages), dtype))
 
     def write(self, row: int, k: Tensor, v: Tensor) -> None:
         """Put keys and values (n_layers, n_kv, n, head_dim) at positions < n of row ``row``
@@ -117,12 +145,17 @@ class KVCache:
         n = k.shape[2]
         pos = torch.arange(n)
         pages = self._pages(self.table[row : row + 1], pos)[0]
-        self.k[:, pages, :, pos % PAGE] = k.permute(2, 0, 1, 3).to(self.k.dtype)  # (n, n_layers, n_kv, head_dim): indexed dims first
-        self.v[:, pages, :, pos % PAGE] = v.permute(2, 0, 1, 3).to(self.v.dtype)
+        # (n, n_layers, n_kv, head_dim): the indexed dims come first
+        self._put((slice(None), pages, slice(None), pos % PAGE), k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3))
 
     def copy(self, src: int, dst: int, n: int) -> None:
-        """Row ``src``'s keys and values at positions < n copied to row ``dst`` (reserved)."""
-        self.write(dst, *self.read(src, n))
+        """Row ``src``'s keys and values at positions < n copied to row ``dst`` (reserved), as
+        stored: whole pages, the bits unchanged whatever the dtype."""
+        count = -(-n // PAGE)
+        src_pages, dst_pages = self.table[src, :count], self._pages(self.table[dst : dst + 1], torch.arange(n))[0, ::PAGE]
+        for t in (self.k, self.v, self.k_scale, self.v_scale):
+            if t is not None:
+                t[:, dst_pages] = t[:, src_pages]
 
     def row(self, i: int) -> "KVCache":
         """Row i alone, as a cache of one row (writes go to this cache)."""
@@ -145,8 +178,7 @@ class KVCache:
         end = start + k.shape[2]
         pos = torch.arange(start, end)
         pages = self._pages(self.table, pos)
-        self.k[layer][pages, :, pos % PAGE] = k.transpose(1, 2).to(self.k.dtype)  # (rounded, where the cache is narrower)
-        self.v[layer][pages, :, pos % PAGE] = v.transpose(1, 2).to(self.v.dtype)
+        self._put((layer, pages, slice(None), pos % PAGE), k.transpose(1, 2), v.transpose(1, 2))
         # read back as the activations' dtype: attention always sees what the cache holds, so a
         # prompt prefilled in pieces attends to the same values as in one pass
         return self.keys(layer, self.table, end, k.dtype)
@@ -155,7 +187,28 @@ class KVCache:
         """Keys and values at positions < n of the rows whose pages ``table`` lists, (rows, n_kv,
         n, head_dim) each: zeros past a row's reserved pages."""
         pages = table[:, : -(-n // PAGE)]
-        return tuple(t[layer][pages].transpose(1, 2).flatten(2, 3)[:, :, :n].to(dtype) for t in (self.k, self.v))
+        return tuple(t.transpose(1, 2).flatten(2, 3)[:, :, :n] for t in self._get((layer, pages), dtype))
+
+
+def q8_block(head_dim: int) -> int:
+    """Values per scale of a q8_0 cache: 32, as llama.cpp's q8_0 (or the head where it is not
+    a multiple of 32)."""
+    return 32 if head_dim % 32 == 0 else head_dim
+
+
+def quantize_q8(x: Tensor, block: int) -> tuple[Tensor, Tensor]:
+    """x (..., head_dim) as int8 q and an fp32 scale per block of ``block`` values (..., head_dim
+    / block): scale = max|x| / 127, q = x / scale rounded to nearest even (0 in a block of
+    zeros), x ≈ q · scale. The native decode step stores the same bits (kernels.c's kv_store)."""
+    x = x.float().unflatten(-1, (-1, block))
+    scale = x.abs().amax(-1) / 127
+    q = torch.where(scale[..., None] > 0, torch.round(x / scale[..., None]), 0)
+    return q.flatten(-2).to(torch.int8), scale
+
+
+def dequantize_q8(q: Tensor, scale: Tensor) -> Tensor:
+    """q · scale in fp32, each value by its block's scale (as kernels.c's kv_floats)."""
+    return (q.float().unflatten(-1, (scale.shape[-1], -1)) * scale[..., None]).flatten(-2)
 
 
 class StepContext:
@@ -205,6 +258,5 @@ class RaggedStep:
         pages = cache.table[self.rows, positions // PAGE]
         if bool((pages == 0).any()):
             raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
-        cache.k[layer][pages, :, positions % PAGE] = k[:, :, 0].to(cache.k.dtype)
-        cache.v[layer][pages, :, positions % PAGE] = v[:, :, 0].to(cache.v.dtype)
+        cache._put((layer, pages, slice(None), positions % PAGE), k[:, :, 0], v[:, :, 0])
         return cache.keys(layer, cache.table[self.rows], self.keys, k.dtype)
