@@ -235,11 +235,17 @@ def test_a_batch_line_no_prompt_could_use_is_refused_as_it_is_read(cli, tiny_dir
     assert kept.returncode == 0, kept.stderr.decode()
 
 
-def test_a_kv_cache_dtype_is_checked_and_a_bf16_cache_holds_half(cli, tiny_dir):
+def test_a_kv_cache_dtype_is_checked_and_a_bf16_cache_holds_half_a_q8_0_one_about_a_quarter(cli, tiny_dir):
     import lmgen
 
     assert_one_line_error(cli("generate", "-m", str(tiny_dir), "--kv-dtype", "int4", "hi"), 2,
-                          r"unknown KV cache dtype 'int4' \(choose from float32, fp32, bfloat16, bf16\)")
-    assert cli("generate", "-m", str(tiny_dir), "--kv-dtype", "bf16", "-n", "3", "hi").returncode == 0
-    fp32, bf16 = (lmgen.load(tiny_dir, kv_dtype=kv).model.new_cache(batch=2, max_len=64) for kv in ("fp32", "bf16"))
+                          r"unknown KV cache dtype 'int4' \(choose from float32, fp32, bfloat16, bf16, q8_0\)")
+    for kv in ("bf16", "q8_0"):
+        assert cli("generate", "-m", str(tiny_dir), "--kv-dtype", kv, "-n", "3", "hi").returncode == 0
+    fp32, bf16, q8 = (lmgen.load(tiny_dir, kv_dtype=kv).model.new_cache(batch=2, max_len=64)
+                      for kv in ("fp32", "bf16", "q8_0"))
     assert bf16.k.dtype == bf16.v.dtype == torch.bfloat16 and 2 * bf16.k.nbytes == fp32.k.nbytes
+    assert q8.k.dtype == torch.int8 and 4 * q8.k.nbytes == fp32.k.nbytes
+    block = q8.q8_block  # an fp32 scale per 32 values (per head here: the tiny model's are 16 wide)
+    assert block == (32 if fp32.k.shape[-1] % 32 == 0 else fp32.k.shape[-1]) and q8.k_scale.nbytes * block == q8.k.nbytes * 4
+    assert q8.page_bytes() * 4 == fp32.page_bytes() * (1 + 4 / block)
