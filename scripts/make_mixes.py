@@ -2,6 +2,7 @@
 
     python scripts/make_mixes.py OUTDIR              # from the default model
     python scripts/make_mixes.py OUTDIR --llama-1b   # and the same mixes at a ~1B Llama shape
+    python scripts/make_mixes.py OUTDIR --llama 3b,8b --mixes q4_k_m   # larger shapes, chosen mixes
 
 From the default model (SmolLM2-135M: rows of 576 and 1536 values) it writes
 
@@ -17,8 +18,11 @@ From the default model (SmolLM2-135M: rows of 576 and 1536 values) it writes
 The gguf library cannot make K-quants, so their tensors are random blocks of the same shapes
 (small finite scales): the text is noise, the speed is what a real file's would be. With
 --llama-1b: the mixes q4_k_m, q6_k, q8_0 and q4_1 at Llama 3.2 1B's shape (2048 wide, 16
-layers, 8192 MLP, tied embedding of 49152 tokens), every tensor random blocks. It reports
-nothing; bench.py measures.
+layers, 8192 MLP, tied embedding of 49152 tokens), every tensor random blocks. --llama SIZES
+(1b, 3b, 8b) writes llama-SIZE-MIX.gguf at those shapes (3B: Llama 3.2 3B's 3072 wide, 28
+layers, 8192 MLP, 24 heads; 8B: Llama 3.1 8B's 4096, 32, 14336, 32 heads; 8 KV heads each), with
+the default model's tokenizer, so a tied embedding of 49152 tokens (theirs have 128256), for
+the --mixes given (default: all four). It reports nothing; bench.py measures.
 """
 
 from __future__ import annotations
@@ -118,9 +122,12 @@ def from_default(mix: str, out: Path, requantize: bool = False) -> None:
     write(out, "llama", lambda w: copy_metadata(reader, w), tensors())
 
 
-def llama_1b(mix: str, out: Path) -> None:
+SHAPES = {"1b": (2048, 8192, 16, 32), "3b": (3072, 8192, 28, 24), "8b": (4096, 14336, 32, 32)}  # d, mlp, layers, heads
+
+
+def llama_shape(size: str, mix: str, out: Path) -> None:
     reader = GGUFReader(bundled_gguf())
-    d, mlp, layers, heads, kv, vocab = 2048, 8192, 16, 32, 8, 49152
+    (d, mlp, layers, heads), kv, vocab = SHAPES[size], 8, 49152
     rng = np.random.default_rng(1)
 
     def metadata(w: GGUFWriter) -> None:
@@ -154,15 +161,18 @@ def llama_1b(mix: str, out: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--llama-1b", action="store_true")
+    parser.add_argument("--llama-1b", action="store_true", help="the four mixes at the 1B shape (as --llama 1b)")
+    parser.add_argument("--llama", default="", help="shapes, comma-separated: 1b, 3b, 8b")
+    parser.add_argument("--mixes", default="q4_k_m,q6_k,q8_0,q4_1", help="with --llama: which mixes")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     for mix in ("q5_0", "q5_1", "q4_k_m", "q5_k_m", "q6_k"):
         from_default(mix, args.out / f"{mix}.gguf")
     from_default("q4_k_m", args.out / "q4_k_m-q8_0.gguf", requantize=True)
-    if args.llama_1b:
-        for mix in ("q4_k_m", "q6_k", "q8_0", "q4_1"):
-            llama_1b(mix, args.out / f"llama-1b-{mix}.gguf")
+    sizes = ["1b"] * args.llama_1b + [size for size in args.llama.split(",") if size]
+    for size in dict.fromkeys(sizes):
+        for mix in args.mixes.split(",") if args.llama else ("q4_k_m", "q6_k", "q8_0", "q4_1"):
+            llama_shape(size, mix, args.out / f"llama-{size}-{mix}.gguf")
 
 
 if __name__ == "__main__":
