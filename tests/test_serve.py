@@ -372,12 +372,14 @@ def test_bad_serve_options_are_one_line_before_anything_loads(cli, option, value
 
 
 def test_a_small_kv_cache_preempts_rows_and_every_reply_is_its_text_alone(server):
-    """--kv-cache-mib 8 holds ~11 pages of SmolLM2's (176 positions): four concurrent replies of
-    up to 48 tokens outgrow it, rows wait and resume, and each reply is what it is alone. A
+    """--kv-cache-mib 8 holds 11 pages of SmolLM2's (176 positions): four concurrent replies of
+    48 tokens outgrow it, rows are preempted and resume, and each reply is what it is alone. A
     prompt that could never fit is a 400, and the server goes on."""
-    prompts = [f"Write a long story about a {animal} who travels the world." for animal in ("cat", "dog", "fox", "owl")]
+    prompts = [f"The history of the city of {city} begins" for city in ("Paris", "Rome", "Berlin", "Madrid")]
     kwargs = dict(model=MODEL, max_tokens=48, temperature=0)
-    alone = [server.client().completions.create(prompt=p, **kwargs).choices[0].text for p in prompts]
+    alone = [server.client().completions.create(prompt=p, **kwargs).choices[0] for p in prompts]
+    assert all(c.finish_reason == "length" for c in alone)  # 8 + 48 positions each: 4 pages, 16 in all
+    alone = [c.text for c in alone]
     small = Served("--max-batch", "4", "--kv-cache-mib", "8")
     try:
         replies: dict[int, str] = {}
@@ -388,6 +390,7 @@ def test_a_small_kv_cache_preempts_rows_and_every_reply_is_its_text_alone(server
         for t in threads:
             t.join()
         assert [replies[i] for i in range(4)] == alone
+        assert metric(small, "lmgen_preempted_jobs") > 0 and metric(small, "lmgen_kv_cache_bytes") == 0
         with pytest.raises(openai.BadRequestError, match="kv-cache-mib"):
             small.client().completions.create(prompt="word " * 400, **kwargs)
         assert small.client().completions.create(prompt=prompts[0], **kwargs).choices[0].text == alone[0]

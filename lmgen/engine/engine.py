@@ -60,6 +60,7 @@ class Engine(Paging):
         self.waiting: deque[tuple[int, Job]] = deque()
         self.prefilling: deque[Prefill] = deque()
         self.preempted: deque[Row] = deque()  # rows that gave their pages back, oldest job first
+        self.preemptions = 0  # jobs preempted so far
         self.next_id = 0
         context = lm.config.max_context
         self.cache = self.model.new_cache(max_rows, context, limit=kv_pages(self.model, max_rows, kv_cache_mib))
@@ -115,6 +116,10 @@ class Engine(Paging):
 
     def rows_in_flight(self) -> int:
         return len(self.rows) - self.free_rows()
+
+    def kv_bytes_held(self) -> int:
+        """Memory of the KV cache's pages that rows hold now."""
+        return (self.cache.pages - self.cache.free_pages()) * self.cache.page_bytes()
 
     def ids_in_flight(self) -> set[int]:
         """The ids of the jobs that hold rows (or did, and wait to resume)."""

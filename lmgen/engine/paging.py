@@ -69,6 +69,7 @@ class Paging:
     def _preempt(self, ident: int) -> None:
         """Take job ``ident``'s pages back: its rows with tokens chosen wait to resume (first in
         line); a prompt not yet prefilled goes back to the front of the queue."""
+        self.preemptions += 1
         for fill in [fill for fill in self.prefilling if fill.job == ident]:
             self.prefilling.remove(fill)
             if fill.origin is not None:

@@ -109,6 +109,12 @@ class EngineThread:
     def rows_in_flight(self) -> int:
         return self.engine.rows_in_flight()
 
+    def kv_bytes_held(self) -> int:
+        return self.engine.kv_bytes_held()
+
+    def preemptions(self) -> int:
+        return self.engine.preemptions
+
     def queued(self) -> int:
         return len(self.engine.waiting) + self.inbox.qsize()
 

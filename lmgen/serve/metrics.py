@@ -22,6 +22,9 @@ class Metrics:
         self.generated_tokens = Counter("lmgen_generated_tokens", "Tokens generated", registry=r)
         self.queue_depth = Gauge("lmgen_queue_depth", "Requests waiting for rows", registry=r)
         self.rows_in_flight = Gauge("lmgen_rows_in_flight", "Rows of the batch decoding now", registry=r)
+        self.kv_bytes = Gauge("lmgen_kv_cache_bytes", "KV cache pages held by rows now, in bytes", registry=r)
+        self.preemptions = Gauge("lmgen_preempted_jobs", "Jobs whose rows gave their KV pages back to others "
+                                 "(and resumed), by the current engines", registry=r)
         self.prefix_cache_hits = Counter("lmgen_prefix_cache_hits", "Requests that found a prefix cached",
                                          registry=r)
         self.prefix_cache_tokens = Counter("lmgen_prefix_cache_tokens", "Prompt tokens found cached, not prefilled",
@@ -32,10 +35,13 @@ class Metrics:
                                      buckets=LATENCY_BUCKETS, registry=r)
 
     def watch(self, engine) -> None:
-        """Read the engines' queue and rows whenever /metrics is asked (``engine``: anything with
-        ``queued`` and ``rows_in_flight``, such as the served models, summed)."""
+        """Read the engines' queue, rows, KV pages and preemptions whenever /metrics is asked
+        (``engine``: anything with ``queued``, ``rows_in_flight``, ``kv_bytes_held`` and
+        ``preemptions``, such as the served models, summed)."""
         self.queue_depth.set_function(engine.queued)
         self.rows_in_flight.set_function(engine.rows_in_flight)
+        self.kv_bytes.set_function(engine.kv_bytes_held)
+        self.preemptions.set_function(engine.preemptions)
 
     def exposition(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -177,3 +177,9 @@ class Models:
 
     def rows_in_flight(self) -> int:
         return sum(e.rows_in_flight() for e in self.engines())
+
+    def kv_bytes_held(self) -> int:
+        return sum(e.kv_bytes_held() for e in self.engines())
+
+    def preemptions(self) -> int:
+        return sum(e.preemptions() for e in self.engines())
