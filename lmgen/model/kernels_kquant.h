@@ -70,6 +70,8 @@ static inline __m512i shift_lanes(__m512i v, int n) {
     for (int b = 0; b < B; b++) acc[b] = _mm512_setzero_ps();                                              \
     for (int64_t j0 = 0; j0 < blocks; j0 += L.subs, g += L.group_bytes) {                                  \
       const uint8_t* tail = g + L.subs * L.sub_bytes;                                                      \
+      for (int64_t l = 0; l < L.tail; l += 64) /* the next group's scales, which lie past its quants: */   \
+        _mm_prefetch((const char*)tail + L.group_bytes + l, _MM_HINT_T0); /* the stream reaches them last */ \
       for (int s = 0; s < L.subs; s++) {                                                                   \
         const uint8_t* q = g + s * L.sub_bytes;                                                            \
         __m512i hA = L.extra ? _mm512_loadu_si512(q + 256) : _mm512_setzero_si512();                        \
@@ -163,6 +165,8 @@ static inline __m512 kscale_vnni(int dtype, const uint8_t* tail, int s, __m512i 
     for (int b = 0; b < B; b++) acc[b][0] = acc[b][1] = _mm256_setzero_ps();                               \
     for (int64_t j0 = 0; j0 < blocks; j0 += L.subs, g += L.group_bytes) {                                  \
       const uint8_t* tail = g + L.subs * L.sub_bytes;                                                      \
+      for (int64_t l = 0; l < L.tail; l += 64) /* the next group's scales (see the VNNI tile) */            \
+        _mm_prefetch((const char*)tail + L.group_bytes + l, _MM_HINT_T0);                                  \
       for (int s = 0; s < L.subs; s++) {                                                                   \
         const uint8_t* q = g + s * L.sub_bytes;                                                            \
         __m256i f[B][4], sc[B][4];                                                                         \
