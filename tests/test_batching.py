@@ -162,7 +162,7 @@ def test_a_batch_size_far_beyond_the_prompts_sizes_the_cache_for_the_rows_used(l
     """--batch-size 3000 with 4 prompts made a cache of 3,000 rows (35 GB for SmolLM2: exit 4):
     now pages for the positions the 4 rows hold, with the records of a batch of 4."""
     from lmgen.engine.generation import prompt_ids_for
-    from lmgen.engine.paging import pages_for
+    from lmgen.model.kv_cache import pages_for
 
     settings = GenerationSettings(max_new_tokens=10, seed=7, sampling=SamplingSettings(temperature=1.0))
     expected = finished_records(generate_many(lm, PROMPTS[:4], settings, batch_size=4))
@@ -178,7 +178,7 @@ def test_rows_admitted_later_take_pages_and_keep_what_earlier_rows_hold(lm, monk
     from lmgen.engine.engine import Engine, Job
     from lmgen.engine.events import Failed
     from lmgen.engine.generation import prompt_ids_for
-    from lmgen.engine.paging import pages_for
+    from lmgen.model.kv_cache import pages_for
 
     settings = GenerationSettings(max_new_tokens=16)
     expected = alone(lm, settings, PROMPTS[:3])

@@ -21,10 +21,9 @@ from hypothesis import strategies as st
 from lmgen.engine.batching import PromptError, generate_many
 from lmgen.engine.engine import Engine, Job
 from lmgen.engine.generation import Finished, GenerationSettings, load
-from lmgen.engine.paging import pages_for
 from lmgen.engine.sampling import SamplingSettings
 from lmgen.errors import InputError
-from lmgen.model.kv_cache import PAGE, KVCache
+from lmgen.model.kv_cache import PAGE, KVCache, pages_for
 
 CONTEXT = 128  # the tiny model's
 

@@ -41,12 +41,13 @@ from lmgen.engine.generation import (
     require_sound,
 )
 from lmgen.engine.jobs import Job, Prefill, Row, prompt_seed  # noqa: F401 (Job, prompt_seed: also from here)
-from lmgen.engine.paging import Paging, kv_pages, pages_for
 from lmgen.engine.lookup import PromptLookup
+from lmgen.engine.paging import Paging, kv_pages
 from lmgen.engine.prefix_cache import PrefixCache
 from lmgen.engine.sampling import TokenHistory, sample_next_token
 from lmgen.engine.settings import MAX_ROWS
 from lmgen.errors import InputError
+from lmgen.model.kv_cache import pages_for
 
 class Engine(Paging):
     def __init__(self, lm: LanguageModel, max_rows: int, prefix_cache: PrefixCache | None = None,

@@ -101,8 +101,8 @@ def load(path: str | Path, dtype: str | None = None, device: str = "cpu", thread
     a checkpoint's in float32. A GGUF file with a dtype is expanded to fp32 first (``lmgen
     convert``, kept in the cache) and loaded from there in that dtype. ``threads``: compute with
     this many (torch's and the kernels'; default: as they are, the cores available at start).
-    ``kv_dtype``: the KV cache's, float32, bfloat16 (half the memory) or q8_0 (int8 with a scale
-    per position and head: 0.27 of it; default: the activations')."""
+    ``kv_dtype``: the KV cache's, float32, bfloat16 (half the memory) or q8_0 (int8 with an fp32
+    scale per 32 values: 0.28 of it; default: the activations')."""
     kv = parse_kv_dtype(kv_dtype)
     lm = _load(path, dtype, device, threads)
     lm.model.kv_dtype = kv

@@ -13,23 +13,19 @@ import torch
 
 from lmgen.engine.jobs import Prefill, Row
 from lmgen.engine.generation import prefill_chunks
-from lmgen.model.kv_cache import PAGE, KVCache
+from lmgen.model.kv_cache import KVCache, pages_for
 
 REPLAY_CHUNK = 64  # tokens of a resumed row recomputed per step (rows of one decode step)
-
-
-def pages_for(positions: int) -> int:
-    return -(-positions // PAGE)
 
 
 def kv_pages(model, rows: int, mib: float | None) -> int:
     """Pages of the pool shared by ``rows`` rows: ``mib`` MiB of them, or by default every row's
     whole context where half the memory free now holds that, else that half."""
-    size = KVCache.page_size(model.cfg, model.kv_dtype or model.dtype)
+    dtype = model.kv_dtype or model.dtype
     if mib is not None:
-        return max(1, int(mib * 2**20) // size)
+        return max(1, int(mib * 2**20) // KVCache.page_size(model.cfg, dtype))
     whole = rows * pages_for(model.cfg.max_context)
-    fitting = KVCache.pages_fitting(model.cfg, model.kv_dtype or model.dtype)
+    fitting = KVCache.pages_fitting(model.cfg, dtype)
     return whole if fitting is None else min(whole, fitting)
 
 

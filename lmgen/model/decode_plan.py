@@ -130,9 +130,8 @@ class DecodePlan:
         tables = [rope.get(kind, (None, None)) for kind in ROPE_TABLES]
         cos = (ctypes.c_void_p * len(tables))(*(_ptr(c) for c, _ in tables))
         sin = (ctypes.c_void_p * len(tables))(*(_ptr(s) for _, s in tables))
+        cache.pages_at(rows, positions)  # ValueError where a row writes a position it has no page for
         table = cache.table
-        if bool((table[rows, positions // PAGE] == 0).any()):  # page 0: none reserved there
-            raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
         kernels.library().decode_layers(
             ctypes.byref(self.shape), x.data_ptr(), x.shape[0], self.layers, cos, sin,
             cache.k.data_ptr(), cache.v.data_ptr(), _ptr(cache.k_scale), _ptr(cache.v_scale), cache.k.stride(0), cache.k.stride(1), cache.k.stride(2), PAGE,

@@ -19,6 +19,11 @@ from lmgen.resources import require_memory
 PAGE = 16  # positions a page of the cache holds
 
 
+def pages_for(positions: int) -> int:
+    """Pages that hold ``positions`` positions."""
+    return -(-positions // PAGE)
+
+
 @dataclasses.dataclass
 class Pool:
     """A KV cache's pages not in use: those given back, and from ``fresh`` on, those never used."""
@@ -41,7 +46,7 @@ class KVCache:
 
     def __init__(self, cfg: ModelConfig, rows: int, max_len: int, dtype: torch.dtype, device: torch.device,
                  limit: int | None = None):
-        per_row = -(-max_len // PAGE)
+        per_row = pages_for(max_len)
         limit = rows * per_row if limit is None else min(limit, rows * per_row)
         shape = (cfg.n_layers, limit + 1, cfg.n_kv_heads, PAGE, cfg.head_dim)
         if torch.device(device).type == "cpu":
@@ -90,7 +95,7 @@ class KVCache:
     def reserve(self, row: int, length: int) -> bool:
         """Pages for positions < ``length`` of row ``row``; False (and none taken) if the pool
         has too few free."""
-        have, need = self.held(row) // PAGE, -(-min(length, self.max_len) // PAGE)
+        have, need = self.held(row) // PAGE, pages_for(min(length, self.max_len))
         if need - have > self.free_pages():
             return False
         for i in range(have, need):
@@ -135,7 +140,7 @@ class KVCache:
 
     def read(self, row: int, n: int) -> tuple[Tensor, Tensor]:
         """Row ``row``'s keys and values at positions < n: (n_layers, n_kv, n, head_dim) each."""
-        pages = self.table[row, : -(-n // PAGE)]
+        pages = self.table[row, : pages_for(n)]
         dtype = torch.float32 if self.k.dtype == torch.int8 else self.k.dtype
         return tuple(t.transpose(1, 2).flatten(2, 3)[:, :, :n] for t in self._get((slice(None), pages), dtype))
 
@@ -144,15 +149,15 @@ class KVCache:
         (reserved: ``reserve``)."""
         n = k.shape[2]
         pos = torch.arange(n)
-        pages = self._pages(self.table[row : row + 1], pos)[0]
+        pages = self.pages_at(row, pos)
         # (n, n_layers, n_kv, head_dim): the indexed dims come first
         self._put((slice(None), pages, slice(None), pos % PAGE), k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3))
 
     def copy(self, src: int, dst: int, n: int) -> None:
         """Row ``src``'s keys and values at positions < n copied to row ``dst`` (reserved), as
         stored: whole pages, the bits unchanged whatever the dtype."""
-        count = -(-n // PAGE)
-        src_pages, dst_pages = self.table[src, :count], self._pages(self.table[dst : dst + 1], torch.arange(n))[0, ::PAGE]
+        dst_pages = self.pages_at(dst, torch.arange(0, n, PAGE))
+        src_pages = self.table[src, : len(dst_pages)]
         for t in (self.k, self.v, self.k_scale, self.v_scale):
             if t is not None:
                 t[:, dst_pages] = t[:, src_pages]
@@ -166,8 +171,10 @@ class KVCache:
 
     # ----------------------------------------------------------------------- attention
 
-    def _pages(self, table: Tensor, positions: Tensor) -> Tensor:
-        pages = table[:, positions // PAGE]
+    def pages_at(self, rows: Tensor | int, positions: Tensor) -> Tensor:
+        """The pages holding ``positions`` of ``rows`` (broadcast together); ValueError where one
+        has none reserved (page 0, which must stay zero)."""
+        pages = self.table[rows, positions // PAGE]
         if bool((pages == 0).any()):
             raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
         return pages
@@ -177,7 +184,7 @@ class KVCache:
         cache; all of each row's keys and values so far, as the activations' dtype."""
         end = start + k.shape[2]
         pos = torch.arange(start, end)
-        pages = self._pages(self.table, pos)
+        pages = self.pages_at(torch.arange(len(self.table))[:, None], pos)
         self._put((layer, pages, slice(None), pos % PAGE), k.transpose(1, 2), v.transpose(1, 2))
         # read back as the activations' dtype: attention always sees what the cache holds, so a
         # prompt prefilled in pieces attends to the same values as in one pass
@@ -186,7 +193,7 @@ class KVCache:
     def keys(self, layer: int, table: Tensor, n: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Keys and values at positions < n of the rows whose pages ``table`` lists, (rows, n_kv,
         n, head_dim) each: zeros past a row's reserved pages."""
-        pages = table[:, : -(-n // PAGE)]
+        pages = table[:, : pages_for(n)]
         return tuple(t.transpose(1, 2).flatten(2, 3)[:, :, :n] for t in self._get((layer, pages), dtype))
 
 
@@ -255,8 +262,6 @@ class RaggedStep:
 
     def store(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         cache, positions = self.cache, self.positions
-        pages = cache.table[self.rows, positions // PAGE]
-        if bool((pages == 0).any()):
-            raise ValueError(f"the KV cache has no page reserved for position {int(positions.max())}")
+        pages = cache.pages_at(self.rows, positions)
         cache._put((layer, pages, slice(None), positions % PAGE), k[:, :, 0], v[:, :, 0])
         return cache.keys(layer, cache.table[self.rows], self.keys, k.dtype)
