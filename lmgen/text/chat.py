@@ -298,18 +298,24 @@ class ChatTemplate:
         self.special = {k: v.get("content") if isinstance(v, dict) else v  # a dict is a serialized AddedToken
                         for k, v in config.items() if k.endswith("_token") and not k.startswith("add_")}
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """The prompt text for a conversation (``[{"role": ..., "content": ...}, ...]``), ready to
-        generate the next assistant turn."""
+    def render(self, messages: list[dict], add_generation_prompt: bool = True, tools: list[dict] | None = None,
+               options: dict | None = None) -> str:
+        """The prompt text for a conversation (``[{"role": ..., "content": ...}, ...]``, with
+        ``tool_calls`` on assistant turns where there were some), ready to generate the next
+        assistant turn. ``tools`` reach the template as transformers passes them; ``options``
+        are the request's own template variables (``enable_thinking``, say)."""
         check_messages(messages)
-        size = sum(len(m["content"]) for m in messages)
+        size = sum(len(m["content"]) for m in messages) + len(json.dumps([tools, options, [
+            m.get("tool_calls") for m in messages]], default=str))
         token = _budget.set((time.monotonic() + MAX_SECONDS, MAX_OUTPUT + MESSAGE_COPIES * size))
         failed = f"the chat template in {self.root} failed"
         try:
             with _alarm(MAX_SECONDS):
-                return _collect(_compile(self.source).generate(messages=messages,
-                                                               add_generation_prompt=add_generation_prompt,
-                                                               **self.special))
+                variables = {**(options or {}), **self.special, "messages": messages,
+                             "add_generation_prompt": add_generation_prompt}
+                if tools:
+                    variables["tools"] = tools
+                return _collect(_compile(self.source).generate(**variables))
         except _Refused as exc:
             raise InputError(f"the chat template in {self.root} refused: {_one_line(exc)}") from None
         except _Limit as exc:
