@@ -9,7 +9,8 @@ Importing the package is cheap; torch loads on first use of ``load``/``generate`
 """
 
 __version__ = "0.1.0"
-__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings", "Constraint", "complete"]
+__all__ = ["load", "generate", "generate_many", "GenerationSettings", "SamplingSettings", "Constraint", "complete",
+           "embed"]
 
 
 def __getattr__(name):
@@ -33,6 +34,10 @@ def __getattr__(name):
         from lmgen.engine.completion import complete
 
         return complete
+    if name == "embed":
+        from lmgen.engine.embed import embed
+
+        return embed
     if name == "Constraint":
         from lmgen.engine.constraint import Constraint
 

@@ -143,6 +143,7 @@ def leave(code: int) -> None:
 from lmgen.cli import (  # noqa: E402,F401; (each registers its command on app)
     batch_command,
     chat_command,
+    embed_command,
     generate_command,
     hub_command,
     inspect_command,

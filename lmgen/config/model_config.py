@@ -22,6 +22,7 @@ QK_NORMS = (None, "head", "projection")  # RMSNorm of each query/key head, or of
 POSITIONS = ("learned", "rope")
 MLPS = ("plain", "gated")  # down(act(up x)), or down(act(gate x) * up x)
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu")
+POOLINGS = ("mean", "last", "cls")  # an embedding's: every position's average, the last, the first
 
 # Upper bounds on a config's sizes: generous for any small decoder, and small enough that no
 # product of them overflows or makes lmgen allocate before the weight files are checked.
@@ -69,6 +70,7 @@ class ModelConfig:
     logit_softcap: float | None = None
     bos_token_id: int | None = None
     eos_token_ids: list[int] = field(default_factory=list)
+    pooling: str | None = None  # embeddings' default (a GGUF's pooling_type); None: mean
 
     def __post_init__(self) -> None:
         self.validate()
@@ -81,7 +83,8 @@ class ModelConfig:
             if not is_int(value) or not 1 <= value <= limit:
                 raise ConfigError(f"{name} must be an integer from 1 to {limit}, got {value!r}")
         for name, allowed in (("norm", NORMS), ("positions", POSITIONS), ("mlp", MLPS), ("activation", ACTIVATIONS),
-                              ("norm_placement", NORM_PLACEMENTS), ("qk_norm", QK_NORMS)):
+                              ("norm_placement", NORM_PLACEMENTS), ("qk_norm", QK_NORMS),
+                              ("pooling", (None, *POOLINGS))):
             if getattr(self, name) not in allowed:
                 shown = ", ".join(str(a).lower() for a in allowed)
                 raise ConfigError(f"{name} must be one of {shown}, got {getattr(self, name)!r}")

@@ -11,7 +11,7 @@ from dataclasses import MISSING
 
 from lmgen.config import families
 from lmgen.config.families import LlamaLike
-from lmgen.config.model_config import LIMITS, ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, is_int, is_number
+from lmgen.config.model_config import LIMITS, POOLINGS, ROPE_OPTIONAL, ROPE_SCALINGS, ModelConfig, is_int, is_number
 from lmgen.errors import ConfigError
 
 
@@ -113,6 +113,7 @@ def _gpt2(hf: HFFields) -> ModelConfig:
         tied_embeddings=hf.bool("tie_word_embeddings", True),
         bos_token_id=hf.int("bos_token_id", None),
         eos_token_ids=hf.token_ids("eos_token_id"),
+        pooling=_pooling(hf),
     )
 
 
@@ -167,7 +168,17 @@ def _llama_like(hf: HFFields, model_type: str) -> ModelConfig:
         logit_softcap=hf.float("final_logit_softcapping", None) if family.gemma else None,
         bos_token_id=hf.int("bos_token_id", None),
         eos_token_ids=hf.token_ids("eos_token_id"),
+        pooling=_pooling(hf),
     )
+
+
+def _pooling(hf: HFFields) -> str | None:
+    """pooling_type: how an embedding pools the positions (GGUF import writes it from the file's
+    ``{arch}.pooling_type``); None where the config does not say."""
+    value = hf.get("pooling_type", None)
+    if value is not None and value not in POOLINGS:
+        raise ConfigError(f"{hf.where}: pooling_type must be one of {', '.join(POOLINGS)}, got {value!r}")
+    return value
 
 
 def _layers(hf: HFFields) -> int:

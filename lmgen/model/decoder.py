@@ -203,15 +203,27 @@ class Decoder(nn.Module):
         if seq == 1 and cache is not None and self.plan is not None:  # the native decode step
             positions = torch.full((tokens.shape[0],), start_pos, dtype=torch.int64)
             return self.decode_step(tokens[:, 0], positions, cache)[:, None]
+        x = self._blocks(tokens, start_pos, cache)
+        if last_only:
+            x = x[:, -1:]
+        return self.head(x)
+
+    def hidden_states(self, tokens: Tensor) -> Tensor:
+        """The final norm's output (batch, seq, d_model) for token ids (batch, seq) from position 0,
+        with no cache: what the LM head would turn into logits (embeddings pool it)."""
+        if tokens.shape[1] > self.cfg.max_context:
+            raise ValueError(f"positions up to {tokens.shape[1]} exceed the context window ({self.cfg.max_context})")
+        return self.head.norm(self._blocks(tokens, 0, None))
+
+    def _blocks(self, tokens: Tensor, start_pos: int, cache: KVCache | None) -> Tensor:
+        """The embeddings of tokens (batch, seq) at start_pos through every block (a prompt's pass)."""
         x = self.embed_tokens(tokens)
-        ctx = StepContext(self.cfg, start_pos, seq, cache, x.device, x.dtype, self.rope_memo)
+        ctx = StepContext(self.cfg, start_pos, tokens.shape[1], cache, x.device, x.dtype, self.rope_memo)
         if self.pos_embed is not None:
             x = x + self.pos_embed(ctx.positions)
         for block in self.blocks:
             x = block(x, ctx)
-        if last_only:
-            x = x[:, -1:]
-        return self.head(x)
+        return x
 
     def decode_step(self, tokens: Tensor, positions: Tensor, cache: KVCache, rows: Tensor | None = None) -> Tensor:
         """Logits (B, vocab) of one new token per row: tokens[b] (B,) at positions[b] (int64) of the

@@ -52,6 +52,11 @@ def spec_of(given: str | None, path: Path) -> ModelSpec:
     return ModelSpec(short, str(path), tuple(dict.fromkeys(a for a in (name, given) if a != short)))
 
 
+def model_object(spec: ModelSpec) -> dict:
+    """OpenAI's model object for a served model (``GET /v1/models/{id}``)."""
+    return {"id": spec.id, "object": "model", "created": 0, "owned_by": "lmgen"}
+
+
 def check_unique(specs: list[ModelSpec]) -> None:
     seen: dict[str, str] = {}
     for spec in specs:
@@ -92,6 +97,10 @@ class Models:
         """The model a request's ``model`` names (None or "": the first); an unknown one is a 404."""
         if name in (None, ""):
             return self.specs[0]
+        return self.named(name)
+
+    def named(self, name: str) -> ModelSpec:
+        """The model called ``name`` (its id or an alias: ``/v1/models/{id}``); any other, "" too, is a 404."""
         for spec in self.specs:
             if name == spec.id or name in spec.aliases:
                 return spec

@@ -43,6 +43,8 @@ def _arch(family: Family) -> Arch:
 ARCHS = {family.gguf.name: _arch(family) for family in FAMILIES.values() if family.gguf is not None}
 # Tensors that hold rotary scaling, read into the config rather than written as weights.
 ROPE_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")
+# llama.cpp's enum llama_pooling_type → the config's pooling (0 none and 4 rank pool nothing lmgen embeds)
+POOLING_TYPES = {1: "mean", 2: "cls", 3: "last"}
 _TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
         "output.weight": "lm_head.weight"}
 

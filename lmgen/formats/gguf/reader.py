@@ -26,6 +26,7 @@ from lmgen.errors import CheckpointError
 from lmgen.formats.files import check_directory_target, staged_directory
 from lmgen.formats.gguf.arch import (
     ARCHS,
+    POOLING_TYPES,
     ROPE_TENSORS,
     Arch,
     block_names,
@@ -92,6 +93,9 @@ def gguf_hf_config(reader, meta: dict) -> dict:
         value = typed(meta, f"{name}.{gguf_key}", "a number", None)
         if value:  # 0 is llama.cpp's "none" for a sliding window
             hf[key] = value
+    pooling = typed(meta, f"{name}.pooling_type", "an integer", None)
+    if pooling in POOLING_TYPES:  # an embedding model's
+        hf["pooling_type"] = POOLING_TYPES[pooling]
     if arch.model_type.startswith("gemma"):
         hf["query_pre_attn_scalar"] = gemma_query_scalar(name, sizes["n_layers"], sizes["d_model"],
                                                          sizes["n_heads"], sizes["head_dim"])

@@ -28,23 +28,29 @@ def rebuild(meta: dict):
     types = typed(meta, "tokenizer.ggml.token_type", "a list of integers", [])
     if types and len(types) != len(tokens):
         raise CheckpointError(f"GGUF metadata tokenizer.ggml.token_type has {len(types)} items, not {len(tokens)}")
-    bos = _token_id(meta, "bos", len(tokens))
-    add_bos = typed(meta, "tokenizer.ggml.add_bos_token", "true or false", False)
+    bos, eos = (_added(meta, which, len(tokens)) for which in ("bos", "eos"))  # what encoding adds
     build = _byte_level if kind == "gpt2" else _sentencepiece
     try:  # tokenizers checks the rest (merges of unknown tokens, ...), with plain Exceptions
         tokenizer, tokens = build(meta, tokens)
         _add_special_tokens(tokenizer, tokens, types)
-        if add_bos and bos is not None:
+        if bos is not None or eos is not None:
             from tokenizers import processors
 
+            first, last = [tokens[bos]] if bos is not None else [], [tokens[eos]] if eos is not None else []
             tokenizer.post_processor = processors.TemplateProcessing(
-                single=[tokens[bos], "$A"], pair=[tokens[bos], "$A", "$B"], special_tokens=[(tokens[bos], bos)]
-            )
+                single=[*first, "$A", *last], pair=[*first, "$A", "$B", *last],
+                special_tokens=list({tokens[i]: i for i in (bos, eos) if i is not None}.items()))
     except CheckpointError:
         raise
     except Exception as exc:
         raise CheckpointError(f"GGUF tokenizer metadata is inconsistent ({printable(exc)})") from None
     return tokenizer
+
+
+def _added(meta: dict, which: str, n_tokens: int) -> int | None:
+    """The BOS (before) or EOS (after: an embedding model's last token) that encoding adds, if any."""
+    token_id = _token_id(meta, which, n_tokens)
+    return token_id if typed(meta, f"tokenizer.ggml.add_{which}_token", "true or false", False) else None
 
 
 def _byte_level(meta: dict, tokens: list[str]):

@@ -24,7 +24,7 @@ from lmgen.config import layout
 from lmgen.config.model_config import ModelConfig
 from lmgen.errors import CheckpointError, InputError
 from lmgen.formats.checkpoint import CheckpointFiles, Stored, read_config, stored_tensors
-from lmgen.formats.gguf.arch import ARCHS, Arch, hf_tensor_name
+from lmgen.formats.gguf.arch import ARCHS, POOLING_TYPES, Arch, hf_tensor_name
 
 WRITABLE = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3"}  # family → GGUF architecture
 ROPE_WRITABLE = (None, "linear", "yarn", "llama3")
@@ -94,6 +94,10 @@ def add_architecture(writer, cfg: ModelConfig, name: str, ftype: int) -> None:
     writer.add_key_length(cfg.head_dim)
     writer.add_value_length(cfg.head_dim)
     writer.add_file_type(ftype)
+    if cfg.pooling is not None:  # an embedding model's (sentence-transformers' pooling, as the converter writes it)
+        from gguf import PoolingType
+
+        writer.add_pooling_type(PoolingType({kind: n for n, kind in POOLING_TYPES.items()}[cfg.pooling]))
     if name == "llama":
         writer.add_vocab_size(cfg.vocab_size)
         writer.add_rope_dimension_count(cfg.rotary_dim)
