@@ -166,7 +166,8 @@ def test_a_second_chat_turn_reports_cached_tokens_and_the_same_text_as_a_cold_re
 @pytest.mark.parametrize("fields, param", [
     ({"temperature": -1}, "temperature"), ({"max_tokens": 0}, "max_tokens"), ({"n": 99}, "n"),
     ({"stop": [""]}, "stop"), ({"logprobs": True, "top_logprobs": 50}, "top_logprobs"), ({"top_p": "high"}, "top_p"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+    ({"tools": [{"type": "function", "function": {"description": "no name"}}]}, "tools"),
+    ({"tool_choice": "required"}, "tool_choice"), ({"functions": [{"name": "f"}]}, "functions"),
     ({"top_k": -1}, "top_k"), ({"repetition_penalty": 0}, "repetition_penalty"),
 ])
 def test_bad_fields_are_400_with_openais_error_object(server, fields, param):

@@ -56,7 +56,9 @@ FIELDS = {  # each known field's sensible values (any JSON value is tried too)
     "stream_options": [{"include_usage": True}], "logprobs": [True, False, 0, 2], "top_logprobs": [0, 3],
     "response_format": [{"type": "text"}, {"type": "json_object"},
                         {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}],
-    "lookup": [0, 4], "model": ["m"], "user": ["u"], "tools": [[]], "tool_choice": ["none"]}
+    "lookup": [0, 4], "model": ["m"], "user": ["u"], "tools": [[], [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]],
+    "tool_choice": ["none", "auto", "required", {"type": "function", "function": {"name": "f"}}],
+    "parallel_tool_calls": [True, False], "chat_template_kwargs": [{"enable_thinking": False}]}
 BAD_LIMITS = [0, -1, 1.5, "4", True, [], {}, "", 10**200]  # (a null or a large max_tokens would run long)
 
 

@@ -1,4 +1,5 @@
-"""``lmgen serve``'s HTTP routes (Starlette): OpenAI's chat and text completions, models and health.
+"""``lmgen serve``'s HTTP routes (Starlette): OpenAI's chat and text completions, embeddings
+(``embeddings_api``), models and health, and llama-server's tokenize and detokenize (``tokens_api``).
 
 The first model loads on a thread at start-up (``/health`` answers 503 until it is ready); a
 request's ``model`` picks one of the models served (``models``: others load on their first
@@ -24,16 +25,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from lmgen.engine.chat_turn import Shape, prepare_chat
 from lmgen.engine.constraint import compiled
 from lmgen.engine.engine import Job
 from lmgen.engine.generation import PromptTooLong, prompt_ids_for
 from lmgen.errors import InputError, LmgenError
+from lmgen.serve import embeddings_api, messages_api, replies, responses_api, responses_stream, tokens_api
 from lmgen.serve import openai_api as api
-from lmgen.serve import replies
 from lmgen.serve.bridge import Refused, Ticket
+from lmgen.serve.chat_request import Chat, chat_of
 from lmgen.serve.guard import Guard, not_routed, read_body, refused
 from lmgen.serve.metrics import Metrics
-from lmgen.serve.models import Models, ModelSpec, Served
+from lmgen.serve.models import Models, ModelSpec, Served, model_object
 
 COMPILE_SECONDS = 5.0  # a request's constraint must compile within this, else 400
 
@@ -114,13 +117,23 @@ class Server:
         served = await self._acquire(body)
         try:
             settings, stream, include_usage = api.settings_of(body, served.lm.config.max_context, chat=True)
-            messages = api.messages_of(body)
-            prompts = await self._off_loop(lambda: [self._ids(served, messages, settings)])
+            chat = chat_of(body)
+            ids, settings, shape = await self._off_loop(lambda: self._chat_ids(served, chat, settings))
             top = body.get("top_logprobs") or 0
         except BaseException:
             self.pool.release(served)
             raise
-        return await self._respond(request, served, prompts, settings, stream, include_usage, chat=True, top=top)
+        return await self._respond(request, served, [ids], settings, stream, include_usage, chat=True, top=top,
+                                   shape=shape)
+
+    async def responses(self, request: Request):
+        return await self._turn(request, responses_api, responses_stream.stream, "resp")
+
+    async def messages(self, request: Request):
+        try:
+            return await self._turn(request, messages_api, messages_api.stream, "msg")
+        except api.APIError as exc:  # Anthropic's clients read Anthropic's error object
+            return JSONResponse(messages_api.error_body(exc), status_code=exc.status)
 
     async def completions(self, request: Request):
         body = await self._body(request)
@@ -135,7 +148,31 @@ class Server:
         return await self._respond(request, served, prompts, settings, stream, include_usage, chat=False,
                                    top=body.get("logprobs") or 0)
 
+    async def embeddings(self, request: Request) -> JSONResponse:
+        return await self._with_model(request, embeddings_api.answer)
+
+    async def model(self, request: Request) -> JSONResponse:
+        return JSONResponse(model_object(self.pool.named(request.path_params["id"])))
+
+    async def tokenize(self, request: Request) -> JSONResponse:
+        return await self._with_model(request, tokens_api.tokenize)
+
+    async def detokenize(self, request: Request) -> JSONResponse:
+        return await self._with_model(request, tokens_api.detokenize)
+
     # ----------------------------------------------------------------------------------- helpers
+
+    async def _with_model(self, request: Request, answer) -> JSONResponse:
+        """A request answered by ``answer(body, served, off_loop)`` (its work run off the loop),
+        with the model it names held meanwhile."""
+        body = await self._body(request)
+        served = await self._acquire(body)
+        try:
+            reply = await answer(body, served, self._off_loop)
+        finally:
+            self.pool.release(served)
+        self.metrics.prompt_tokens.inc(reply.get("usage", {}).get("prompt_tokens", 0))
+        return JSONResponse(reply)
 
     async def _body(self, request: Request) -> dict:
         if not self.started:
@@ -152,12 +189,22 @@ class Server:
         except Refused as exc:
             raise replies.api_error(exc) from None
 
-    def _ids(self, served: Served, prompt, settings) -> list[int]:
+    def _chat_ids(self, served: Served, chat: Chat, settings):
+        """(ids, settings, Shape) of a chat turn: rendered with its tools, their calls constrained."""
+        try:
+            text, settings, shape = prepare_chat(served.lm, chat.messages, settings, chat.tools, chat.choice,
+                                                 chat.parallel, chat.options)
+        except LmgenError as exc:
+            raise api.APIError(400, str(exc), "tools" if chat.tools else "messages") from None
+        return self._ids(served, text, settings, "messages"), settings, shape
+
+    def _ids(self, served: Served, prompt, settings, field: str | None = None) -> list[int]:
         try:
             ids = prompt_ids_for(served.lm, prompt, settings)
         except LmgenError as exc:
             code = "context_length_exceeded" if isinstance(exc, PromptTooLong) else None
-            raise api.APIError(400, str(exc), "messages" if isinstance(prompt, list) else "prompt", code=code) from None
+            raise api.APIError(400, str(exc), field or ("messages" if isinstance(prompt, list) else "prompt"),
+                               code=code) from None
         return ids
 
     async def _off_loop(self, work):
@@ -169,17 +216,51 @@ class Server:
         within COMPILE_SECONDS (a pattern whose automaton explodes is a 400, not a stall)."""
         if settings.constraint is None:
             return
+        field = "tools" if settings.constraint.kind == "grammar" else "response_format"  # (tools: a Lark grammar)
         work = asyncio.get_running_loop().run_in_executor(self.compilers, compiled, served.lm, settings.constraint)
         try:
             await asyncio.wait_for(asyncio.shield(work), COMPILE_SECONDS)
         except TimeoutError:
-            raise api.APIError(400, f"response_format: the schema did not compile within {COMPILE_SECONDS:g} s; "
-                                    "simplify it", "response_format") from None
+            raise api.APIError(400, f"{field}: the schema did not compile within {COMPILE_SECONDS:g} s; "
+                                    "simplify it", field) from None
         except LmgenError as exc:
-            raise api.APIError(400, f"response_format: {exc}", "response_format") from None
+            raise api.APIError(400, f"{field}: {exc}", field) from None
 
     async def _respond(self, request: Request, served: Served, prompts: list[list[int]], settings, stream: bool,
-                       include_usage: bool, chat: bool, top: int):
+                       include_usage: bool, chat: bool, top: int, shape: Shape | None = None):
+        tickets, close = await self._submit(served, prompts, settings)
+        ident = api.new_id("chatcmpl" if chat else "cmpl")
+        if stream:
+            return _event_stream(replies.chunks(served.replies, tickets, ident, include_usage, chat, top, close,
+                                                shape))
+        kind = "chat.completion" if chat else "text_completion"
+
+        async def whole() -> dict:
+            choices, usage = await replies.collect(served.replies, tickets, chat, top, shape)
+            return api.envelope(kind, ident, served.spec.id, choices, {"usage": usage})
+
+        return await _answer(request, whole(), close)
+
+    async def _turn(self, request: Request, adapter, streamer, prefix: str):
+        """A chat turn through another API's adapter (Responses, Messages): its request made a
+        Chat and chat completions fields, its reply made from the same parts."""
+        body = await self._body(request)
+        chat, fields = adapter.request(body)
+        served = await self._acquire(body)
+        try:
+            settings, stream, _ = api.settings_of(fields, served.lm.config.max_context, chat=True)
+            ids, settings, shape = await self._off_loop(lambda: self._chat_ids(served, chat, settings))
+        except BaseException:
+            self.pool.release(served)
+            raise
+        tickets, close = await self._submit(served, [ids], settings)
+        ident = api.new_id(prefix)
+        if stream:
+            return _event_stream(streamer(served.replies, tickets[0], shape, ident, body, chat, close))
+        return await _answer(request, adapter.whole(served.replies, tickets[0], shape, ident, body, chat), close)
+
+    async def _submit(self, served: Served, prompts: list[list[int]], settings) -> tuple[list[Ticket], object]:
+        """The prompts' tickets, compiled and in the engine's queue, and what closes them."""
         loop = asyncio.get_running_loop()
         tickets = [Ticket(Job(ids=ids, settings=settings, seed=settings.seed), loop) for ids in prompts]
         close = self._closer(served, tickets)
@@ -194,23 +275,7 @@ class Server:
         except BaseException:
             close()
             raise
-        ident = api.new_id("chatcmpl" if chat else "cmpl")
-        if stream:
-            return StreamingResponse(replies.chunks(served.replies, tickets, ident, include_usage, chat, top, close),
-                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        collecting = asyncio.ensure_future(replies.collect(served.replies, tickets, chat, top))
-        gone = asyncio.ensure_future(_disconnected(request))
-        try:
-            await asyncio.wait([collecting, gone], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            close()  # a client gone before the end frees its rows
-        if not collecting.done():  # nobody to answer
-            collecting.cancel()
-            return Response(status_code=499)
-        choices, usage = collecting.result()
-        kind = "chat.completion" if chat else "text_completion"
-        return JSONResponse(api.envelope(kind, ident, served.spec.id, choices, {"usage": usage}))
+        return tickets, close
 
     def _closer(self, served: Served, tickets: list[Ticket]):
         """What ends a request, once however often it is called (its client gone, its reply
@@ -227,20 +292,45 @@ class Server:
         return close
 
 
+def _event_stream(events) -> StreamingResponse:
+    return StreamingResponse(events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+
+async def _answer(request: Request, reply, close) -> Response:
+    """A whole reply (the coroutine ``reply`` makes its JSON), or 499 if the client left first;
+    ``close`` frees the request's rows either way."""
+    collecting = asyncio.ensure_future(reply)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait([collecting, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        close()  # a client gone before the end frees its rows
+    if not collecting.done():  # nobody to answer
+        collecting.cancel()
+        return Response(status_code=499)
+    return JSONResponse(collecting.result())
+
+
 async def _disconnected(request: Request) -> None:
     """Returns when the client has gone (its body was read already: only a disconnect can come)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
 
 
-ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions")
+ROUTES = ("/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+          "/v1/models/{id:path}", "/tokenize", "/detokenize", "/v1/responses", "/v1/messages")
+POSTED = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize", "/v1/responses",
+          "/v1/messages")
 
 
 def create_app(options: ServeOptions) -> Starlette:
     server = Server(options)
-    routes = [Route(path, endpoint, methods=["POST"] if path.endswith("completions") else ["GET"])
+    routes = [Route(path, endpoint, methods=["POST"] if path in POSTED else ["GET"])
               for path, endpoint in zip(ROUTES, (server.health, server.metrics_text, server.models, server.chat,
-                                                 server.completions))]
+                                                 server.completions, server.embeddings, server.model,
+                                                 server.tokenize, server.detokenize, server.responses,
+                                                 server.messages))]
 
     @contextlib.asynccontextmanager
     async def lifespan(app):

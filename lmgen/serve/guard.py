@@ -4,7 +4,8 @@ and one access-log line and one ``lmgen_requests`` count per response.
 
 In order: a loopback server answers only a loopback ``Host``, and a page only from an allowed
 ``Origin`` (403, ``origins``); a CORS preflight is answered for the ``--cors-origins``; with
-``--api-key`` every route but ``/health`` needs ``Authorization: Bearer KEY`` (401); a POST
+``--api-key`` every route but ``/health`` needs ``Authorization: Bearer KEY`` or Anthropic's
+``x-api-key: KEY`` (401); a POST
 must be ``application/json`` (415) and no longer than ``--max-body`` (413, from
 ``Content-Length`` before a byte is read, and again while the body is read, which stops at the
 limit). An exception no route caught becomes a 500 and one ``lmgen: error:`` line, never a
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
+from starlette.routing import compile_path
 
 from lmgen.errors import printable
 from lmgen.serve import openai_api as api
@@ -109,6 +111,8 @@ class Guard:
 
     def __init__(self, app, server, routes: tuple[str, ...]):
         self.server, self.routes, self.options = server, routes, server.options
+        # routes with parameters: (their pattern, the name counted: /v1/models/{id})
+        self.templates = [compile_path(route)[:2] for route in routes if "{" in route]
         self.cors = tuple(normalized(origin) for origin in self.options.cors_origins)
         self.app = CORSMiddleware(app, allow_origins=self.cors, allow_methods=["GET", "POST"],
                                   allow_headers=["*"]) if self.cors else app
@@ -132,11 +136,18 @@ class Guard:
             self._record(scope, exchange.status, start)
 
     def _record(self, scope, status: int, start: float) -> None:
-        route = scope["path"] if scope["path"] in self.routes else "other"  # a scan of paths never grows the metric
+        route = self._route(scope["path"])
         self.server.metrics.requests.labels(route, str(status)).inc()
         with contextlib.suppress(OSError):  # stderr gone: the request was still served
             sys.stderr.write(f"lmgen: {scope['method']} {printable(scope['path'], 200)} {status} "
                              f"{(time.perf_counter() - start) * 1000:.0f} ms\n")
+
+    def _route(self, path: str) -> str:
+        """The route a path is counted under: its own, its template's, else "other" (a scan of
+        paths never grows the metric)."""
+        if path in self.routes:
+            return path
+        return next((name for pattern, name in self.templates if pattern.match(path)), "other")
 
     def _cors_origin(self, scope) -> str | None:
         """What Access-Control-Allow-Origin says to this request's page (None: no header)."""
@@ -164,11 +175,12 @@ class Guard:
         if not key or scope["path"] in OPEN:
             return
         scheme, _, given = (header(scope, b"authorization") or "").strip().partition(" ")
+        if scheme.lower() != "bearer":  # Anthropic's clients send theirs as x-api-key
+            given = header(scope, b"x-api-key") or ""
         digest = hashlib.sha256  # equal lengths: the comparison's time says nothing about the key
-        if scheme.lower() != "bearer" or not hmac.compare_digest(digest(given.strip().encode()).digest(),
-                                                                 digest(key.encode()).digest()):
-            raise api.APIError(401, "invalid API key: send Authorization: Bearer <key>", kind="authentication_error",
-                               code="invalid_api_key")
+        if not hmac.compare_digest(digest(given.strip().encode()).digest(), digest(key.encode()).digest()):
+            raise api.APIError(401, "invalid API key: send Authorization: Bearer <key> (or x-api-key: <key>)",
+                               kind="authentication_error", code="invalid_api_key")
 
     def _check_body(self, scope) -> None:
         media = (header(scope, b"content-type") or "").partition(";")[0].strip().lower()

@@ -3,8 +3,7 @@ events into completions, chunks and errors.
 
 A body is parsed within bounds (``parse_body``: JSON, an object, nested at most 64 deep, no
 integer of more than 100 digits), so that no body makes a 500. Fields are read as the ``openai``
-client sends them; unknown ones are ignored, and a field lmgen knows but cannot honour yet
-(``tools``, ``tool_choice``, ``functions``) is refused rather than silently dropped.
+client sends them; unknown ones are ignored (a chat's messages and tools: ``chat_request``).
 ``response_format`` becomes lmgen's llguidance constraint (``json_object``: any JSON object;
 ``json_schema``: its schema, an object, always handed over as JSON text, never as a file's path);
 ``logprobs`` come from the same probabilities as ``--show-probs``, with each token's own bytes.
@@ -25,7 +24,6 @@ from lmgen.engine.generation import GenerationSettings
 from lmgen.engine.sampling import SamplingSettings
 from lmgen.errors import InputError
 
-UNSUPPORTED = ("tools", "tool_choice", "functions")
 MAX_DEPTH = 64  # arrays and objects within each other (a real request: under 10; a schema: under 30)
 MAX_DIGITS = 100  # of an integer (Python refuses over 4300 with a ValueError; a seed has 20)
 
@@ -119,9 +117,6 @@ def _stops(body: dict) -> tuple[str, ...]:
 
 def settings_of(body: dict, context: int, chat: bool) -> tuple[GenerationSettings, bool, bool]:
     """(settings, stream, include_usage) from a request's fields."""
-    for name in UNSUPPORTED:
-        if body.get(name) not in (None, False, []):
-            raise APIError(400, f"'{name}' is not supported by lmgen's server yet", name)
     number = (int, float)
     limit = _field(body, "max_completion_tokens", int, None, lambda v: v >= 1, "an integer >= 1")
     limit = limit or _field(body, "max_tokens", int, None, lambda v: v >= 1, "an integer >= 1") or context
@@ -200,27 +195,6 @@ def _stream_options(body: dict) -> bool:
     return bool(options.get("include_usage"))
 
 
-def messages_of(body: dict) -> list[dict]:
-    """Chat messages, each content a string or a list of text parts (joined)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise APIError(400, "'messages' must be a non-empty list", "messages")
-    out = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in ("system", "developer", "user", "assistant"):
-            raise APIError(400, f"messages[{i}] must have a role: system, user or assistant", "messages")
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content):
-                raise APIError(400, f"messages[{i}].content parts must be text parts", "messages")
-            content = "".join(p["text"] for p in content)
-        if not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content must be a string or a list of text parts", "messages")
-        role = "system" if message["role"] == "developer" else message["role"]
-        out.append({"role": role, "content": content})
-    return out
-
-
 def prompts_of(body: dict) -> list[str]:
     """A completions request's prompts: a string or a list of strings."""
     prompt = body.get("prompt")
@@ -242,11 +216,6 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
-
-
-def chat_choice(index: int, text: str, reason: str, logprobs=None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-            "logprobs": logprobs}
 
 
 def text_choice(index: int, text: str, reason: str, logprobs=None) -> dict:

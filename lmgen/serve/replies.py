@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from lmgen.engine.chat_turn import Shape
 from lmgen.engine.events import Finished, Token
 from lmgen.errors import InputError
 from lmgen.serve import openai_api as api
 from lmgen.serve.bridge import Refused, Ticket
 from lmgen.serve.metrics import Metrics
+from lmgen.text.reply import Reply, split_reply
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,39 @@ def _logprobs(ctx: ReplyContext, tokens: list[Token], chat: bool, top: int) -> d
     return (api.chat_logprobs if chat else api.text_logprobs)(tokens, ctx.tokenizer, top)
 
 
-async def collect(ctx: ReplyContext, tickets: list[Ticket], chat: bool, top: int) -> tuple[list, dict]:
+async def pieces(ctx: ReplyContext, ticket: Ticket, shape: Shape):
+    """One ticket's reply as its parts, as they come: ("reasoning" | "content", text),
+    ("calls", [ToolCall]), and last ("done", Finished). An error the ticket ended with is raised."""
+    splitter = shape.splitter()
+    while (event := await ticket.events.get()) is not None:
+        if isinstance(event, BaseException):
+            raise api_error(event)
+        for piece in splitter.feed(event.text):
+            yield piece
+        if isinstance(event, Finished):
+            for piece in splitter.finish():
+                yield piece
+            observe(ctx.metrics, event)
+            yield "done", event
+
+
+def chat_message(reply: Reply) -> dict:
+    """OpenAI's assistant message: its text (null when it only calls tools), its reasoning apart,
+    its calls."""
+    message = {"role": "assistant", "content": reply.content if reply.content.strip() or not reply.calls else None}
+    if reply.reasoning:
+        message["reasoning_content"] = reply.reasoning
+    if reply.calls:
+        message["tool_calls"] = [call.openai() for call in reply.calls]
+    return message
+
+
+def finish_reason(reason: str, calls: bool) -> str:
+    return "tool_calls" if calls and reason == "stop" else reason
+
+
+async def collect(ctx: ReplyContext, tickets: list[Ticket], chat: bool, top: int,
+                  shape: Shape | None = None) -> tuple[list, dict]:
     """(choices, usage) once every ticket has ended; APIError if one ended with an error."""
     choices, prompt_tokens, completion_tokens, cached = [], 0, 0, 0
     n, wanted = tickets[0].job.rows, tickets[0].job.settings.show_probs > 0
@@ -75,18 +109,32 @@ async def collect(ctx: ReplyContext, tickets: list[Ticket], chat: bool, top: int
         for sample in sorted(done):
             event = done[sample]
             completion_tokens += event.new_tokens
-            choice = api.chat_choice if chat else api.text_choice
-            choices.append(choice(p * n + sample, event.output, event.reason,
-                                  _logprobs(ctx, tokens[sample], chat, top) if wanted else None))
+            logprobs = _logprobs(ctx, tokens[sample], chat, top) if wanted else None
+            if chat:
+                reply = split_reply(event.output, *(shape.syntax, shape.thinking) if shape else ())
+                choices.append({"index": p * n + sample, "message": chat_message(reply),
+                                "finish_reason": finish_reason(event.reason, bool(reply.calls)), "logprobs": logprobs})
+            else:
+                choices.append(api.text_choice(p * n + sample, event.output, event.reason, logprobs))
     return choices, api.usage(prompt_tokens, completion_tokens, cached)
 
 
+def _delta(kind: str, value, calls_sent: int) -> dict:
+    if kind == "calls":
+        return {"tool_calls": [call.openai(calls_sent + k) for k, call in enumerate(value)]}
+    return {"reasoning_content" if kind == "reasoning" else "content": value}
+
+
 async def chunks(ctx: ReplyContext, tickets: list[Ticket], ident: str, include_usage: bool, chat: bool, top: int,
-                 on_close):
-    """The stream's server-sent events; ``on_close`` runs however it ends (the client gone too)."""
+                 on_close, shape: Shape | None = None):
+    """The stream's server-sent events; ``on_close`` runs however it ends (the client gone too).
+    A chat's text goes through its Shape's splitter: reasoning, answer and calls each in their
+    own delta, the same parts as the whole reply's."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     n, wanted = tickets[0].job.rows, tickets[0].job.settings.show_probs > 0
     completion_tokens, cached = 0, 0
+    shape = shape or Shape()
+    splitters, calls = {}, {}
     try:
         if chat:
             first = [{"index": s, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}
@@ -99,18 +147,38 @@ async def chunks(ctx: ReplyContext, tickets: list[Ticket], ident: str, include_u
                     yield "data: [DONE]\n\n"
                     return
                 index = p * n + event.sample
+                if not chat:
+                    choice = {"index": index, "text": event.text, "logprobs": None, "finish_reason": None}
+                    if isinstance(event, Finished):
+                        completion_tokens += event.new_tokens
+                        cached += event.cached_tokens if event.sample == 0 else 0
+                        observe(ctx.metrics, event)
+                        choice["finish_reason"] = event.reason
+                    elif wanted:
+                        choice["logprobs"] = _logprobs(ctx, [event], chat, top)
+                    elif not event.text:
+                        continue
+                    yield sse(api.envelope(kind, ident, ctx.name, [choice]))
+                    continue
+                splitter = splitters.setdefault(index, shape.splitter())
+                pieces = splitter.feed(event.text)
+                logprobs = _logprobs(ctx, [event], chat, top) if wanted and not isinstance(event, Finished) else None
+                if isinstance(event, Finished):
+                    pieces += splitter.finish()
+                for piece_kind, value in pieces or ([("content", "")] if logprobs else []):
+                    choice = {"index": index, "delta": _delta(piece_kind, value, calls.get(index, 0)),
+                              "finish_reason": None, "logprobs": logprobs}
+                    if piece_kind == "calls":
+                        calls[index] = calls.get(index, 0) + len(value)
+                    logprobs = None
+                    yield sse(api.envelope(kind, ident, ctx.name, [choice]))
                 if isinstance(event, Finished):
                     completion_tokens += event.new_tokens
                     cached += event.cached_tokens if event.sample == 0 else 0
                     observe(ctx.metrics, event)
-                    choice = {"index": index, "finish_reason": event.reason, "logprobs": None}
-                elif event.text or wanted:
-                    logprobs = _logprobs(ctx, [event], chat, top) if wanted else None
-                    choice = {"index": index, "finish_reason": None, "logprobs": logprobs}
-                else:
-                    continue
-                choice.update({"delta": {"content": event.text}} if chat else {"text": event.text})
-                yield sse(api.envelope(kind, ident, ctx.name, [choice]))
+                    choice = {"index": index, "delta": {}, "logprobs": None,
+                              "finish_reason": finish_reason(event.reason, calls.get(index, 0) > 0)}
+                    yield sse(api.envelope(kind, ident, ctx.name, [choice]))
         if include_usage:
             prompt_tokens = sum(len(ticket.job.ids) for ticket in tickets)
             yield sse(api.envelope(kind, ident, ctx.name, [], {"usage": api.usage(prompt_tokens, completion_tokens,
