@@ -64,7 +64,7 @@ def serve(
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
 ) -> None:
-    """Serve the model over HTTP with OpenAI's API (chat and text completions)."""
+    """Serve models over HTTP: OpenAI's chat completions (with tools), completions, Responses and embeddings, and Anthropic's Messages."""
     try:
         from lmgen.serve.app import ServeOptions, create_app
         from lmgen.serve.http import serve_forever
