@@ -40,7 +40,9 @@ SEED = int(os.environ.get("LMGEN_HTTP_FUZZ_SEED", "29"))
 STALLED = threading.Event()  # a request went unanswered (20 s): the rest are skipped, not waited on
 KEY, MAX_BODY, CLIENTS, H11_BUFFER = "fuzz-key", 65536, 6, 16 * 1024
 H11_400 = b"Invalid HTTP request received."  # uvicorn's answer to what h11 refuses
-ROUTES = ["/health", "/metrics", "/v1/models", "/v1/chat/completions", "/v1/completions"]
+ROUTES = ["/health", "/metrics", "/v1/models", "/v1/responses", "/v1/messages", "/v1/chat/completions",
+          "/v1/completions"]
+AGENT_ROUTES = ("/v1/responses", "/v1/messages")  # the other APIs' adapters: their bodies from a chat's
 PATHS = ["/", "/v1", "/v1/nothing", "/health/", "//health", "/v1/%63hat/completions", "/v1/completions%00",
          "/%ff%fe%ed%a0%80", "/v1/models?limit=1&x=%zz", "/v1/completions?stream=true", "/health?" + "q" * 300,
          "/" + "a" * 9000, "/..%2f..%2fetc%2fpasswd", "*", "http://127.0.0.1/health", "/a b", "/caf\xe9", "/\x7f"]
@@ -121,6 +123,34 @@ def openai_body(rng: Dice, chat: bool) -> dict:
     return body
 
 
+def agent_body(rng: Dice, path: str) -> dict:
+    """A Responses or Messages body made from a chat body's parts, sensible or not."""
+    chat = openai_body(rng, True)
+    tool = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    if path == "/v1/responses":
+        body = {"model": MODEL, "input": rng.pick(chat["messages"] if rng.random() < 0.5 else text(rng),
+                                                  [any_json(rng), [{"type": "function_call_output"}]]),
+                "max_output_tokens": chat["max_tokens"], "stream": chat["stream"]}
+        if rng.random() < 0.3:
+            body.update(tools=[{"type": "function", "name": "f", "parameters": tool}],
+                        tool_choice=rng.choice(["auto", "required", "none", {"type": "function", "name": "f"}]))
+        if rng.random() < 0.2:
+            body["text"] = rng.pick({"format": {"type": "json_schema", "name": "s", "schema": tool}}, [any_json(rng)])
+    else:
+        blocks = [{"type": "text", "text": text(rng)}, {"type": "tool_result", "tool_use_id": "t", "content": "ok"}]
+        body = {"model": MODEL, "max_tokens": chat["max_tokens"], "stream": chat["stream"],
+                "messages": rng.pick([{"role": "user", "content": rng.choice([text(rng), blocks[:1]])}],
+                                     [any_json(rng), [{"role": "user", "content": blocks}]])}
+        if rng.random() < 0.3:
+            body.update(tools=[{"name": "f", "input_schema": tool}],
+                        tool_choice=rng.pick({"type": rng.choice(["auto", "any", "none"])}, [any_json(rng)]))
+        if rng.random() < 0.2:
+            body["system"] = rng.pick(text(rng), [any_json(rng)])
+    for name in rng.sample(["temperature", "seed", "top_p", "stop"], rng.randint(0, 2)):
+        body[name] = any_json(rng) if rng.odd() else rng.choice(FIELDS[name])
+    return body
+
+
 def hostile_body(rng: Dice, valid: bytes) -> bytes:
     depth = rng.choice([63, 64, 65, 1000, 20000])
     return rng.choice([
@@ -138,7 +168,8 @@ def body_of(rng: Dice, method: str, path: str) -> tuple[bytes, list[tuple[str, s
     """The body and the headers that say what it is (Content-Type, Content-Encoding)."""
     if method != "POST" and not rng.odd():
         return b"", []
-    valid = json.dumps(openai_body(rng, "chat" in urllib.parse.unquote(path))).encode()
+    valid = json.dumps(agent_body(rng, path) if path in AGENT_ROUTES else
+                       openai_body(rng, "chat" in urllib.parse.unquote(path))).encode()
     body, headers = (hostile_body(rng, valid) if rng.odd() else valid), []
     if rng.odd() and rng.odd():  # lmgen takes no Content-Encoding: never JSON
         body = gzip.compress(valid) if rng.random() < 0.5 else b"\x1f\x8b" + rng.randbytes(30)
@@ -203,7 +234,7 @@ def make_case(index: int, port: int) -> Case:
     rng = Dice(SEED * 1_000_003 + index)
     rng.wild = rng.choice([0, 0, 0.03, 0.1, 0.3])
     path = rng.pick(rng.choice(ROUTES + ROUTES[-2:] * 3), PATHS)  # completions mostly
-    method = rng.pick("POST" if path.endswith("completions") else "GET", METHODS)
+    method = rng.pick("POST" if path.endswith("completions") or path in AGENT_ROUTES else "GET", METHODS)
     body, body_headers = body_of(rng, method, path)
     frame_headers, body = framing(rng, body)
     headers = headers_of(rng, port) + body_headers + frame_headers
@@ -239,6 +270,8 @@ def completion_problem(body: bytes, chat: bool) -> str | None:
         return "not a completion"
     for choice in reply["choices"]:
         content = choice["message"]["content"] if chat else choice["text"]
+        if content is None and chat and choice["message"].get("tool_calls"):  # a reply of calls only
+            content = ""
         if not isinstance(content, str) or not isinstance(choice["index"], int) or not choice["finish_reason"]:
             return f"a bad choice: {choice}"
     return None if counts_ok(reply["usage"]) else f"bad usage: {reply['usage']}"
@@ -261,6 +294,31 @@ def stream_problem(body: bytes, chat: bool) -> str | None:
     return None
 
 
+def agent_problem(body: bytes, path: str, stream: bool) -> str | None:
+    """What keeps a Responses or Messages reply from its API's shape (None: nothing)."""
+    if stream:
+        kinds = [line.removeprefix("event: ") for line in body.decode().split("\n") if line.startswith("event: ")]
+        last = {"/v1/responses": ("response.completed", "response.incomplete", "error"),
+                "/v1/messages": ("message_stop", "error")}[path]
+        return None if kinds and kinds[-1] in last else f"the stream ends with {kinds[-1:]}: {body[-300:]!r}"
+    reply = json.loads(body)
+    if path == "/v1/responses":
+        usage = reply["usage"]
+        ok = reply["object"] == "response" and isinstance(reply["output"], list) and usage["output_tokens"] >= 0
+    else:
+        ok = reply["type"] == "message" and isinstance(reply["content"], list) and reply["stop_reason"]
+    return None if ok else f"not the API's shape: {body[:300]!r}"
+
+
+def anthropic_error_problem(body: bytes) -> str | None:
+    try:
+        error = json.loads(body)
+        assert error["type"] == "error" and error["error"]["message"] and error["error"]["type"]
+    except (ValueError, KeyError, TypeError, AssertionError):
+        return error_problem(body)  # the guard's refusals (401, 413, 415) are OpenAI's
+    return None
+
+
 def answer_problem(case: Case, response: http.client.HTTPResponse, body: bytes) -> str | None:
     """What is wrong with this answer to this case (None: nothing)."""
     status = response.status
@@ -270,11 +328,18 @@ def answer_problem(case: Case, response: http.client.HTTPResponse, body: bytes) 
         return f"a {status}: {body[:300]!r}"
     if status == 503 and not response.getheader("retry-after"):
         return "a 503 without Retry-After"
+    route = urllib.parse.unquote(case.path)
     if status >= 400:
-        return None if case.method == "HEAD" else error_problem(body)
+        return None if case.method == "HEAD" else (anthropic_error_problem if route == "/v1/messages"
+                                                   else error_problem)(body)
     if case.method == "POST" and status == 200:  # only the completion routes take a POST
-        chat = "chat" in urllib.parse.unquote(case.path)
+        chat = "chat" in route
         stream = (response.getheader("content-type") or "").startswith("text/event-stream")
+        if route in AGENT_ROUTES:
+            try:
+                return agent_problem(body, route, stream)
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                return f"not the API's shape ({type(exc).__name__}: {exc}): {body[:300]!r}"
         try:
             return (stream_problem if stream else completion_problem)(body, chat)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -133,7 +133,8 @@ class Server:
         try:
             return await self._turn(request, messages_api, messages_api.stream, "msg")
         except api.APIError as exc:  # Anthropic's clients read Anthropic's error object
-            return JSONResponse(messages_api.error_body(exc), status_code=exc.status)
+            return JSONResponse(messages_api.error_body(exc), status_code=exc.status,
+                                headers={"Retry-After": "1"} if exc.status == 503 else None)
 
     async def completions(self, request: Request):
         body = await self._body(request)
@@ -203,6 +204,7 @@ class Server:
             ids = prompt_ids_for(served.lm, prompt, settings)
         except LmgenError as exc:
             code = "context_length_exceeded" if isinstance(exc, PromptTooLong) else None
+            field = "logit_bias" if str(exc).startswith("logit-bias") else field  # (an id beyond the vocabulary)
             raise api.APIError(400, str(exc), field or ("messages" if isinstance(prompt, list) else "prompt"),
                                code=code) from None
         return ids
