@@ -207,3 +207,20 @@ def test_an_openai_agents_sdk_agent_calls_its_tool_over_the_responses_api(server
     assert len(asked) >= 1 and isinstance(result.final_output, str)
     kinds = [item.type for item in result.new_items]
     assert kinds[:2] == ["tool_call_item", "tool_call_output_item"] and kinds[-1] == "message_output_item"
+
+
+def test_responses_text_format_and_what_it_refuses(server):
+    api = client(server).responses
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
+              "required": ["capital"], "additionalProperties": False}
+    reply = api.create(model=MODEL, input="The capital of France, as JSON.", max_output_tokens=40, temperature=0,
+                       text={"format": {"type": "json_schema", "name": "answer", "schema": schema}})
+    jsonschema.validate(json.loads(reply.output_text), schema)
+    for fields, param in [({"previous_response_id": "resp_1"}, "previous_response_id"),
+                          ({"input": [{"type": "image"}]}, "input"), ({"input": []}, "input"),
+                          ({"tools": [{"type": "web_search"}]}, "tools"), ({"tool_choice": "required"}, "tool_choice")]:
+        with pytest.raises(openai.BadRequestError) as raised:
+            api.create(**{"model": MODEL, "input": "hi", **fields})
+        assert raised.value.body["param"] == param
+    short = api.create(model=MODEL, input="Tell me a long story.", max_output_tokens=3, temperature=0)
+    assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens"
