@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from lmgen.serve.chat_request import Chat, chat_messages, check_choice, check_tools
-from lmgen.serve.openai_api import APIError, new_id
+from lmgen.serve.openai_api import APIError
 from lmgen.serve.replies import pieces
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "abort": "end_turn"}

@@ -1,5 +1,5 @@
-"""OpenAI's request and response shapes: a request's fields into lmgen's settings, and the engine's
-events into completions, chunks and errors.
+"""OpenAI's request and response shapes: a request's fields into lmgen's settings, and the
+completions' and errors' JSON.
 
 A body is parsed within bounds (``parse_body``: JSON, an object, nested at most 64 deep, no
 integer of more than 100 digits), so that no body makes a 500. Fields are read as the ``openai``
@@ -18,7 +18,6 @@ import json
 import math
 import time
 import uuid
-from dataclasses import dataclass
 
 from lmgen.engine.generation import GenerationSettings
 from lmgen.engine.sampling import SamplingSettings
@@ -86,16 +85,6 @@ def _depth(value) -> int:
     return deepest
 
 
-@dataclass(frozen=True)
-class Call:
-    """What one request asks for."""
-
-    prompt: str | list[dict]  # text (completions) or messages (chat)
-    settings: GenerationSettings
-    stream: bool
-    include_usage: bool
-
-
 def _field(body: dict, name: str, kinds, default=None, check=None, hint: str = ""):
     value = body.get(name, default)
     if value is None:
@@ -130,6 +119,7 @@ def settings_of(body: dict, context: int, chat: bool) -> tuple[GenerationSetting
             repetition_penalty=float(_field(body, "repetition_penalty", number, 1.0, hint="a number")),
             frequency_penalty=float(_field(body, "frequency_penalty", number, 0.0, hint="a number")),
             presence_penalty=float(_field(body, "presence_penalty", number, 0.0, hint="a number")),
+            logit_bias=_logit_bias(body.get("logit_bias")),
         )
         seed = _field(body, "seed", int, None, lambda v: 0 <= v < 2**64, "an integer from 0 to 2**64 - 1")
         n = _field(body, "n", int, 1, lambda v: 1 <= v <= 16, "an integer from 1 to 16")
@@ -138,10 +128,28 @@ def settings_of(body: dict, context: int, chat: bool) -> tuple[GenerationSetting
                                       constraint=_constraint(body),
                                       lookup=_field(body, "lookup", int, 0, hint="an integer from 0 to 64"))
     except InputError as exc:  # the option's name leads the message ("top-p must be ..."; "a --stop string ...")
-        words = [w for w in str(exc).split(" ") if w.lstrip("-")[:1].isalpha()]
+        words = [w for w in str(exc).split(", got ")[0].split(" ") if w.lstrip("-")[:1].isalpha()]  # (not the value's)
         name = next((w.lstrip("-") for w in words if w.startswith("--")), words[0] if words else None)
         raise APIError(400, str(exc), name.replace("-", "_") if name else None) from None
     return settings, bool(_field(body, "stream", bool, False, hint="true or false")), options
+
+
+def _logit_bias(value) -> tuple:
+    """OpenAI's ``logit_bias``, {"50256": -100}: token ids as strings, each to a bias (checked by
+    SamplingSettings; the ids against the model's vocabulary with the prompt's: ``prompt_ids_for``).
+    InputErrors name "logit-bias", which settings_of reports as param ``logit_bias``."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise InputError(f"logit-bias must be an object of token ids (as strings) to biases from -100 to 100, "
+                         f"got {json.dumps(value)[:60]}")
+    pairs = []
+    for key, bias in value.items():
+        if not (key.isascii() and key.isdigit() and len(key) <= 10):  # (a JSON object's keys are strings)
+            raise InputError(f"logit-bias keys must be token ids, integers >= 0 written as strings, "
+                             f"got {json.dumps(key)[:60]}")
+        pairs.append((int(key), bias))
+    return tuple(pairs)
 
 
 def _probabilities(body: dict, chat: bool) -> int:

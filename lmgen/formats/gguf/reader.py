@@ -54,13 +54,6 @@ SUPPORTED_ARCHS = tuple(ARCHS)
 MEMORY_MARGIN = 512 << 20  # bytes kept free besides the fp32 weights: temporaries, the tokenizer
 
 
-def read_gguf_config(reader, meta: dict | None = None) -> ModelConfig:
-    """The ModelConfig of an open GGUF file (``inspect`` and ``convert`` both read it here)."""
-    from lmgen.formats.hf_config import from_hf
-
-    return from_hf(gguf_hf_config(reader, read_metadata(reader) if meta is None else meta))
-
-
 def gguf_hf_config(reader, meta: dict) -> dict:
     """The config.json a GGUF file stands for: its metadata, its architecture's fixed facts
     (gguf_arch.py), and what its tensors tell: a head of its own, biases, rotary scaling."""
