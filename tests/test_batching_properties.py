@@ -113,14 +113,20 @@ def test_a_prompts_seed_depends_on_its_index_only(tiny_lm, prompts, batch_size, 
         assert together[i, 0][-1].token_ids == done.token_ids
 
 
+# logit_bias: none, or a few tokens each shifted anywhere from -100 to 100 (-100 and 100 often)
+biases = st.one_of(st.just({}), st.dictionaries(st.integers(0, 299), st.one_of(st.sampled_from([-100.0, 100.0]),
+                                                                                st.floats(-100, 100)), max_size=12))
+
+
 @st.composite
 def own_settings(draw):
-    """A request's settings of its own: greedy or seeded sampling, its stops, budget and samples."""
+    """A request's settings of its own: greedy or seeded sampling, its logit_bias, stops, budget and samples."""
     sampled = draw(st.booleans())
     return GenerationSettings(
         max_new_tokens=draw(st.integers(1, 6)),
         sampling=SamplingSettings(temperature=1.0, top_k=draw(st.integers(0, 20)),
-                                  repetition_penalty=draw(st.sampled_from([1.0, 1.3]))) if sampled else SamplingSettings(),
+                                  repetition_penalty=draw(st.sampled_from([1.0, 1.3])),
+                                  logit_bias=draw(biases)) if sampled else SamplingSettings(logit_bias=draw(biases)),
         seed=draw(st.integers(0, 2**64 - 1)) if sampled else None,
         stop=tuple(draw(st.lists(st.sampled_from(["a", "e", " "]), max_size=2))),
         num_samples=draw(st.integers(1, 3)),
@@ -130,8 +136,9 @@ def own_settings(draw):
 @given(st.lists(st.tuples(st.one_of(text_prompts, id_prompts), own_settings()), min_size=1, max_size=5),
        st.integers(1, 5))
 def test_requests_with_settings_of_their_own_each_decode_as_alone(tiny_lm, requests, batch_size):
-    """Rows with different settings share every step (as a server's requests will), and each
-    request's samples are what it gives alone with its settings."""
+    """Rows with different settings share every step (as a server's requests will: different
+    logit_bias or none among them), and each request's samples are what it gives alone with its
+    settings."""
     from lmgen.engine.batching import Request
 
     together = by_sample(generate_many(tiny_lm, [Request(p, settings=s) for p, s in requests], batch_size=batch_size))
@@ -141,3 +148,42 @@ def test_requests_with_settings_of_their_own_each_decode_as_alone(tiny_lm, reque
             alone = [e for e in generate(tiny_lm, prompt, dataclasses.replace(own, num_samples=1, seed=seed))
                      if isinstance(e, Finished)][0]
             assert together[i, s][-1].token_ids == alone.token_ids
+
+
+@given(st.lists(st.one_of(text_prompts, id_prompts), min_size=1, max_size=4), st.data(), st.integers(1, 4))
+def test_logit_bias_bans_at_minus_100_and_forces_at_plus_100_in_a_batch_of_mixed_biases(tiny_lm, prompts, data,
+                                                                                       batch_size):
+    """Each prompt with its own logit_bias (or none), batched: (a) a token biased -100 never appears
+    in its output, greedy or sampled; (b) a token biased +100 alone (the others at most +50) is
+    what greedy picks at every step; (c) its tokens are what it gives alone."""
+    from lmgen.engine.batching import Request
+
+    requests = []
+    for _ in prompts:
+        banned = data.draw(st.sets(st.integers(0, 299), max_size=40))
+        others = data.draw(st.dictionaries(st.integers(0, 299), st.floats(-99, 50), max_size=8))
+        forced = data.draw(st.one_of(st.none(), st.integers(0, 299)))
+        pairs = {**others, **{t: -100.0 for t in banned}, **({} if forced is None else {forced: 100.0})}
+        sampled = forced is None and data.draw(st.booleans())
+        settings = GenerationSettings(
+            max_new_tokens=data.draw(st.integers(1, 8)), seed=data.draw(st.integers(0, 2**64 - 1)) if sampled else None,
+            sampling=SamplingSettings(temperature=1.0 if sampled else 0.0, logit_bias=pairs))
+        requests.append((settings, {t for t, b in pairs.items() if b == -100}, forced))
+    together = by_sample(generate_many(tiny_lm, [Request(p, settings=s) for p, (s, _, _) in zip(prompts, requests)],
+                                       batch_size=batch_size))
+    for i, (prompt, (own, banned, forced)) in enumerate(zip(prompts, requests)):
+        done = together[i, 0][-1]
+        assert not banned & set(done.token_ids)  # (a)
+        if forced is not None:  # (b): every step, until the budget or the context's end (or at once, if it ends text)
+            budget = min(own.max_new_tokens, CONTEXT - done.prompt_tokens)
+            assert list(done.token_ids) == ([] if forced in tiny_lm.eos_ids else [forced] * budget)
+        seed = None if own.seed is None else prompt_seed(own.seed, i)
+        alone = [e for e in generate(tiny_lm, prompt, dataclasses.replace(own, seed=seed))
+                 if isinstance(e, Finished)][0]
+        assert done.token_ids == alone.token_ids  # (c)
+
+
+def test_a_logit_bias_id_beyond_the_vocabulary_is_refused_before_any_work(tiny_lm):
+    settings = GenerationSettings(sampling=SamplingSettings(logit_bias={300: -100}))
+    with pytest.raises(PromptError, match=r"logit-bias token id 300 is not in the model's vocabulary \(0 to 299\)"):
+        list(generate_many(tiny_lm, ["hi"], settings))

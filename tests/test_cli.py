@@ -95,6 +95,19 @@ def test_seeded_sampling_through_the_cli_repeats(cli, tiny_dir):
     assert first.stdout == second.stdout and first.stdout.strip()
 
 
+def test_logit_bias_through_the_cli_forces_and_bans_tokens(cli, tiny_dir):
+    def token_ids(*args):
+        result = cli("generate", "-m", str(tiny_dir), "-n", "6", "--json", *args, "Hi")
+        assert result.returncode == 0, result.stderr.decode()
+        return json.loads(result.stdout)["token_ids"]
+
+    assert token_ids("--logit-bias", "65=100") == [65] * 6  # greedy picks it at every step
+    plain = token_ids()
+    banned = [arg for token in set(plain) for arg in ("--logit-bias", f"{token}=-100")]
+    assert not set(plain) & set(token_ids(*banned))
+    assert not set(plain) & set(token_ids("-t", "1", "--seed", "5", *banned))  # sampled too
+
+
 def test_stop_string_through_the_cli(cli, tiny_dir):
     full = json.loads(cli("generate", "-m", str(tiny_dir), "-n", "30", "--json", "Hi").stdout)
     stop = full["text"][6:9]

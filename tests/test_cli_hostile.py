@@ -26,10 +26,26 @@ from conftest import assert_one_line_error, run_lmgen
         (["--stop", ""], "--stop string must not be empty"),
         (["--threads", "0"], "threads must be from 1 to"),
         (["--threads", "99999999999999999999"], "threads must be from 1 to"),  # found by the CLI fuzzer
+        (["--logit-bias", "5"], "logit-bias must be ID=BIAS, a token id and a number from -100 to 100, got '5'"),
+        (["--logit-bias", "x=1"], "logit-bias must be ID=BIAS"), (["--logit-bias", "5=abc"], "logit-bias must be ID=BIAS"),
+        (["--logit-bias", "=5"], "logit-bias must be ID=BIAS"), (["--logit-bias", "9" * 5000 + "=1"], "must be ID=BIAS"),
+        (["--logit-bias", "5=101"], "logit-bias of token 5 must be a number from -100 to 100, got 101"),
+        (["--logit-bias", "5=-inf"], "logit-bias of token 5 must be a number from -100 to 100"),
+        (["--logit-bias", "5=nan"], "logit-bias of token 5 must be a number"),
+        (["--logit-bias", "-1=5"], "logit-bias token ids must be integers >= 0, got -1"),
+        (["--logit-bias", "300=-100"], r"logit-bias token id 300 is not in the model's vocabulary \(0 to 299\)"),
+        (["--logit-bias", "5=1", "--logit-bias", "5=2"], "logit-bias gives token 5 more than one bias"),
+        ([arg for i in range(1025) for arg in ("--logit-bias", f"{i}=1")], "logit-bias may hold at most 1024 tokens"),
     ],
 )
 def test_bad_option_values(cli, tiny_dir, args, pattern):
     assert_one_line_error(cli("generate", "-m", str(tiny_dir), *args, "hi"), 2, pattern)
+
+
+@pytest.mark.parametrize("args", [["generate", "--each-line"], ["chat"]])
+def test_a_logit_bias_id_beyond_the_vocabulary_is_refused_by_every_command(cli, tiny_chat_dir, args):
+    result = cli(*args, "-m", str(tiny_chat_dir), "--logit-bias", "299=1", "--logit-bias", "300=1", input=b"hi\n")
+    assert_one_line_error(result, 2, r"logit-bias token id 300 is not in the model's vocabulary \(0 to 299\)")
 
 
 @pytest.mark.parametrize(

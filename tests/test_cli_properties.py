@@ -132,3 +132,16 @@ def test_any_sampling_value_is_used_or_refused_with_exit_2(tiny_dir, flag, value
     result = invoke("generate", "-m", str(tiny_dir), "-n", "2", "--seed", "1", flag, repr(value), "Hello")
     assert_clean_outcome(result)
     assert result.returncode in (0, 2), result.stderr
+
+
+bias_values = st.builds(lambda token, bias: f"{token}={bias!r}", st.integers(-3, 310),
+                        st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-200, 200)))
+
+
+@fraction(0.25)
+@given(st.lists(st.one_of(bias_values, st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)),
+                min_size=1, max_size=4))
+def test_any_logit_bias_is_used_or_refused_with_exit_2(tiny_dir, values):
+    result = invoke("generate", "-m", str(tiny_dir), "-n", "2", *(a for v in values for a in ("--logit-bias", v)), "Hi")
+    assert_clean_outcome(result)
+    assert result.returncode in (0, 2), result.stderr

@@ -205,3 +205,73 @@ def test_any_value_is_refused_or_gives_a_token_from_finite_logits(temperature, r
     tokens = sample_next_token(logits, settings, generator, history)
     assert tokens.shape == (3,)
     assert not ruled_out.gather(1, tokens[:, None]).any()
+
+
+# ------------------------------------------------------------------------------ logit_bias (OpenAI's)
+
+from lmgen.engine.sampling import logit_bias  # noqa: E402
+
+
+def test_logit_bias_adds_to_the_named_tokens_only_and_a_constraints_mask_still_wins():
+    x = logits()
+    settings = SamplingSettings(logit_bias={3: -100, 7: 2.5, 11: 100})
+    shifted = logit_bias(x, settings.logit_bias)
+    expected = x.clone()
+    expected[:, 3] -= 100
+    expected[:, 7] += 2.5
+    expected[:, 11] += 100
+    assert torch.equal(shifted, expected)
+    assert logit_bias(x, ()) is x  # none: the logits untouched
+    masked = x.clone()
+    masked[:, 11] = float("-inf")  # a constraint rules the +100 token out: it stays out
+    assert logit_bias(masked, settings.logit_bias)[:, 11].eq(float("-inf")).all()
+    assert (sample_next_token(x, settings) == 11).all()  # greedy honours it
+    assert not (sample_next_token(masked, settings) == 11).any()
+
+
+def test_logit_bias_is_kept_sorted_and_hashable_whatever_form_it_was_given_in():
+    as_dict = SamplingSettings(logit_bias={5: -100, 2: 1})
+    as_pairs = SamplingSettings(logit_bias=[(2, 1.0), (5, -100)])
+    assert as_dict == as_pairs and hash(as_dict) == hash(as_pairs)
+    assert as_dict.logit_bias == ((2, 1.0), (5, -100.0))
+    assert SamplingSettings().logit_bias == ()
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"5": 1}, "token ids must be integers >= 0"), ({-1: 1}, "token ids must be integers >= 0"),
+    ({True: 1}, "token ids must be integers >= 0"), ({2**40: 1}, "beyond any model's vocabulary"),
+    ({1: 100.5}, "must be a number from -100 to 100"), ({1: -101}, "must be a number from -100 to 100"),
+    ({1: float("nan")}, "must be a number from -100 to 100"), ({1: float("inf")}, "must be a number from -100"),
+    ({1: "1"}, "must be a number"), ({1: True}, "must be a number"), ({1: 10**5000}, "must be a number"),
+    ([(1, 2), (1, 3)], "gives token 1 more than one bias"), ({i: 0 for i in range(1025)}, "at most 1024 tokens"),
+    ("12", "must map token ids to biases"), (5, "must map token ids to biases"), ([(1,)], "must map token ids"),
+])
+def test_bad_logit_bias_is_refused_naming_the_option(given, message):
+    with pytest.raises(InputError, match=message) as raised:
+        SamplingSettings(logit_bias=given)
+    assert str(raised.value).startswith("logit-bias ")
+
+
+def test_logit_bias_beyond_the_logits_is_an_input_error_not_an_index_error():
+    with pytest.raises(InputError, match="logit-bias token id 50 is not in the model's vocabulary"):
+        sample_next_token(logits(), SamplingSettings(logit_bias={50: 1}))
+
+
+@given(biases=st.dictionaries(st.integers(0, 299), st.floats(-100, 100), max_size=40),
+       banned=st.sets(st.integers(0, 299), max_size=40), forced=st.one_of(st.none(), st.integers(0, 299)),
+       temperature=st.sampled_from([0.0, 0.7, 1.0]), top_k=st.sampled_from([0, 1, 20]),
+       scale=st.sampled_from([1e-3, 1.0, 10.0]), seed=st.integers(0, 2**32))
+def test_a_token_biased_minus_100_is_never_chosen_and_one_biased_plus_100_alone_always_is(
+        biases, banned, forced, temperature, top_k, scale, seed):
+    """Over logits a working model gives (|logit| <= 10): -100 bans a token, +100 on one token
+    (the others at most +50) forces it, greedy or sampled."""
+    pairs = {**{t: b for t, b in biases.items() if -99 <= b <= 50}, **{t: -100.0 for t in banned}}
+    if forced is not None:
+        pairs = {**pairs, forced: 100.0}
+    settings = SamplingSettings(temperature=temperature, top_k=top_k, logit_bias=pairs)
+    generator = torch.Generator().manual_seed(seed)
+    x = (torch.rand(3, 300, generator=generator) * 2 - 1) * scale
+    tokens = sample_next_token(x, settings, generator)
+    assert not any(int(t) in banned and pairs.get(int(t)) == -100 for t in tokens)
+    if forced is not None:
+        assert tokens.tolist() == [forced] * 3

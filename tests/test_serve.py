@@ -177,6 +177,52 @@ def test_bad_fields_are_400_with_openais_error_object(server, fields, param):
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
 
 
+def tokenized(served, text: str) -> list[int]:
+    request = urllib.request.Request(served.url + "/tokenize", json.dumps({"content": text, "add_special": False}).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read())["tokens"]
+
+
+def test_logit_bias_forces_and_bans_tokens_in_chat_and_completions_as_generate_does(server, cli):
+    client = server.client()
+    [x] = tokenized(server, "x")
+    forced = {str(x): 100}  # as OpenAI's documentation writes it
+    text = client.completions.create(model=MODEL, prompt="Hello", max_tokens=3, temperature=0, logit_bias=forced)
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=3,
+                                          temperature=0, logit_bias=forced)
+    assert text.choices[0].text == chat.choices[0].message.content == "xxx"
+    prompt = "The capital of France is"
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+    banned = {str(token): -100 for token in tokenized(server, plain)}
+    other = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, logit_bias=banned)
+    assert other.choices[0].text != plain
+    options = [arg for token, bias in banned.items() for arg in ("--logit-bias", f"{token}={bias}")]
+    assert generate_json(cli, "-n", "8", *options, prompt)["text"] == other.choices[0].text  # locally
+    remote = cli("generate", "--server", server.url, "-n", "8", *options, prompt)  # sent along by --server
+    assert remote.returncode == 0 and remote.stdout.decode() == other.choices[0].text + "\n"
+
+
+@pytest.mark.parametrize("bias, message", [
+    ({"x": 1}, "keys must be token ids"), ({"1": 101}, "from -100 to 100"), ({"1": -100.5}, "from -100 to 100"),
+    ({"1": "a"}, "a number"), ({str(i): 1 for i in range(1025)}, "at most 1024 tokens"), ([1], "must be an object"),
+    ({"49152": -100}, "token id 49152 is not in the model's vocabulary (0 to 49151)"),
+])
+def test_a_bad_logit_bias_is_400_naming_logit_bias(server, bias, message):
+    client = server.client()
+    calls = [lambda: client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                    max_tokens=2, logit_bias=bias),
+             lambda: client.completions.create(model=MODEL, prompt="hi", max_tokens=2, logit_bias=bias),
+             lambda: client.responses.create(model=MODEL, input="hi", max_output_tokens=16,
+                                             extra_body={"logit_bias": bias})]
+    for call in calls:
+        with pytest.raises(openai.BadRequestError) as raised:
+            call()
+        error = raised.value.body
+        assert error["type"] == "invalid_request_error" and error["param"] == "logit_bias"
+        assert error["message"].startswith("logit-bias ") and message in error["message"]
+
+
 def test_a_prompt_longer_than_the_context_is_400_naming_the_sizes(server):
     with pytest.raises(openai.BadRequestError, match="tokens but the context window holds 8192"):
         server.client().completions.create(model=MODEL, prompt="word " * 9000, max_tokens=2)

@@ -103,8 +103,36 @@ def test_token_bytes_of_whole_tokens(tmp_path):
 
 
 @pytest.mark.parametrize("fields, param", [({"stop": "\ud800"}, "stop"), ({"stop": ["ok", "\udcff"]}, "stop"),
-                                           ({"top_p": 2}, "top_p"), ({"min_p": -1}, "min_p")])
+                                           ({"top_p": 2}, "top_p"), ({"min_p": -1}, "min_p"),
+                                           ({"logit_bias": {"1": "a --stop b"}}, "logit_bias"),  # (not the value's)
+                                           ({"logit_bias": {"a --top-k": 1}}, "logit_bias"),
+                                           ({"logit_bias": ["--stop"]}, "logit_bias")])
 def test_a_refused_sampling_field_is_named_in_param(fields, param):
     with pytest.raises(api.APIError) as raised:
         api.settings_of(fields, 100, chat=True)
     assert raised.value.status == 400 and raised.value.param == param
+
+
+@pytest.mark.parametrize("bias, message", [
+    ([[1, 2]], "must be an object of token ids"), ("50256", "must be an object of token ids"),
+    ({"x": 1}, "keys must be token ids"), ({"-1": 1}, "keys must be token ids"), ({"1.5": 1}, "keys must be token ids"),
+    ({" 1": 1}, "keys must be token ids"), ({"9" * 11: 1}, "keys must be token ids"),
+    ({"4294967296": 1}, "beyond any model's vocabulary"),
+    ({"1": 100.01}, "from -100 to 100, got 100.01"), ({"1": -101}, "from -100 to 100"), ({"1": "5"}, "a number"),
+    ({"1": True}, "a number"), ({"1": None}, "a number"), ({"1": [1]}, "a number"),
+    ({"1": 1, "01": 2}, "gives token 1 more than one bias"), ({str(i): 1 for i in range(1025)}, "at most 1024"),
+])
+def test_a_bad_logit_bias_is_400_naming_logit_bias(bias, message):
+    for chat in (True, False):
+        with pytest.raises(api.APIError) as raised:
+            api.settings_of({"logit_bias": bias}, 100, chat=chat)
+        error = raised.value
+        assert (error.status, error.param) == (400, "logit_bias") and message in error.message
+        assert error.message.startswith("logit-bias ")
+
+
+def test_logit_bias_is_read_as_openais_client_sends_it():
+    settings, _, _ = api.settings_of({"logit_bias": {"50256": -100, "7": 5, "0": 100.0}}, 100, chat=False)
+    assert settings.sampling.logit_bias == ((0, 100.0), (7, 5.0), (50256, -100.0))
+    for none in ({}, {"logit_bias": None}, {"logit_bias": {}}):
+        assert api.settings_of(none, 100, chat=True)[0].sampling.logit_bias == ()

@@ -48,10 +48,14 @@ class Job:
 
     def describe(self) -> dict:
         """As JSON has it (tuples become lists), so that a manifest read back compares equal; a
-        field added since (kv_dtype) appears only when set, so earlier DIRs still resume."""
+        field added since (kv_dtype, sampling.logit_bias) appears only when set, so earlier DIRs
+        still resume."""
         described = json.loads(json.dumps(dataclasses.asdict(self)))
         if described["kv_dtype"] is None:
             del described["kv_dtype"]
+        sampling = described["settings"].get("sampling", {})
+        if not sampling.get("logit_bias", True):
+            del sampling["logit_bias"]
         return described
 
 

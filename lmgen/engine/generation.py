@@ -150,11 +150,21 @@ def refuse_what_cannot_fit(lm: LanguageModel, text: str) -> None:
                             "to keep its end")
 
 
+def check_logit_bias(lm: LanguageModel, settings: GenerationSettings) -> None:
+    """Every token logit_bias names is in the model's vocabulary (InputError("logit-bias ...")."""
+    vocab = lm.config.vocab_size
+    beyond = [token for token, _ in settings.sampling.logit_bias if token >= vocab]
+    if beyond:
+        raise InputError(f"logit-bias token id {beyond[0]} is not in the model's vocabulary (0 to {vocab - 1})")
+
+
 def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], settings: GenerationSettings) -> list[int]:
     """Token ids of the prompt: text, messages rendered with the model's chat template, or token
-    ids (each checked to be in the vocabulary). Any of them empty is refused."""
+    ids (each checked to be in the vocabulary). Any of them empty is refused, as are settings the
+    model cannot honour (show_probs, logit_bias)."""
     if settings.show_probs > lm.config.vocab_size:
         raise InputError(f"show-probs must be at most the vocabulary size ({lm.config.vocab_size}), got {settings.show_probs}")
+    check_logit_bias(lm, settings)
     if is_token_ids(prompt):
         ids = list(prompt)
         beyond = [i for i in ids if not 0 <= i < lm.config.vocab_size]

@@ -4,6 +4,7 @@ Each step is a small pure function over a logits tensor of shape (batch, vocab).
 ``sample_next_token`` composes them in this order (transformers' order, with
 the OpenAI-style penalties after its repetition penalty):
 
+    0. logit bias              OpenAI's logit_bias: logit + bias for the tokens it names
     1. repetition penalty      tokens seen in prompt or output: logit / p if > 0, else logit * p
     2. frequency / presence    generated tokens: logit - count * frequency - (count > 0) * presence
     --- temperature 0 stops here: greedy, the argmax ---
@@ -14,11 +15,15 @@ the OpenAI-style penalties after its repetition penalty):
     7. typical-p               keep the most "typical" tokens (closest to the entropy) up to mass p
     8. softmax, then one multinomial draw
 
-Every filter keeps at least one token, and filtered tokens get -inf.
+Every filter keeps at least one token, and filtered tokens get -inf. The bias is added to every
+token's logit (-inf stays -inf), so adding it to scores a constraint has already masked gives
+what masking biased logits gives: a token the constraint rules out stays out, whatever its bias.
+Each row is computed on its own, so a row's token never depends on its neighbours' settings.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -41,6 +46,26 @@ class TokenHistory:
         """Record the tokens just chosen, shape (batch,)."""
         self.seen.scatter_(1, tokens[:, None], True)
         self.counts.scatter_add_(1, tokens[:, None], torch.ones_like(tokens[:, None], dtype=self.counts.dtype))
+
+
+def logit_bias(logits: Tensor, pairs: tuple[tuple[int, float], ...]) -> Tensor:
+    """Step 0: each (id, bias) pair's bias added to that token's logit in every row."""
+    if not pairs:
+        return logits
+    ids, biases = _bias_tensors(pairs, logits.shape[-1], logits.device, logits.dtype)
+    return logits.index_add(-1, ids, biases.expand(*logits.shape[:-1], -1))
+
+
+@functools.lru_cache(maxsize=64)
+def _bias_tensors(pairs: tuple[tuple[int, float], ...], vocab: int, device: torch.device, dtype: torch.dtype):
+    """The ids and biases of a settings' logit_bias, made once (a request uses them every step)."""
+    beyond = [token for token, _ in pairs if token >= vocab]
+    if beyond:  # (checked against the model before generating: check_logit_bias; never an IndexError)
+        from lmgen.errors import InputError
+
+        raise InputError(f"logit-bias token id {beyond[0]} is not in the model's vocabulary (0 to {vocab - 1})")
+    ids = torch.tensor([token for token, _ in pairs], dtype=torch.long, device=device)
+    return ids, torch.tensor([bias for _, bias in pairs], dtype=dtype, device=device)
 
 
 def repetition_penalty(logits: Tensor, seen: Tensor, penalty: float) -> Tensor:
@@ -131,7 +156,7 @@ def sample_next_token(
     history: TokenHistory | None = None,
 ) -> Tensor:
     """Next token ids, shape (batch,), from logits of shape (batch, vocab)."""
-    logits = penalize(logits.float(), settings, history)
+    logits = penalize(logit_bias(logits.float(), settings.logit_bias), settings, history)
     if settings.greedy:
         return require_usable(logits).argmax(dim=-1)
     probs = require_usable(warp(logits, settings)).softmax(dim=-1)

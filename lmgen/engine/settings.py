@@ -6,6 +6,7 @@ No torch: the command line builds them before deciding whether a model is needed
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,9 @@ KV_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "b
 MAX_LOOKUP = 64  # tokens drafted at most: a decode step's rows
 BOUNDS = (("temperature", 1e-6, 1e6), ("repetition_penalty", 1e-6, 1e6),
           ("frequency_penalty", -1e6, 1e6), ("presence_penalty", -1e6, 1e6))
+# logit_bias (OpenAI's): at most this many tokens, each shifted by a number from -LOGIT_BIAS to
+# LOGIT_BIAS (-100 in practice bans a token, +100 all but forces it).
+MAX_LOGIT_BIAS, LOGIT_BIAS = 1024, 100
 
 
 @dataclass(frozen=True)
@@ -46,8 +50,12 @@ class SamplingSettings:
     repetition_penalty: float = 1.0  # 1 is off
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # added to these tokens' logits first (OpenAI's logit_bias): (id, bias) pairs sorted by id; a
+    # mapping {id: bias} or any pairs are accepted and kept in this form (hashable, order-free)
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "logit_bias", _logit_bias_pairs(self.logit_bias))
         checks = [
             (self.temperature >= 0, f"temperature must be >= 0 (0 means greedy), got {self.temperature}"),
             (self.top_k >= 0, f"top-k must be >= 0 (0 disables it), got {self.top_k}"),
@@ -77,6 +85,47 @@ class SamplingSettings:
     @property
     def uses_history(self) -> bool:
         return self.repetition_penalty != 1 or self.frequency_penalty != 0 or self.presence_penalty != 0
+
+
+def _logit_bias_pairs(given) -> tuple[tuple[int, float], ...]:
+    """logit_bias as sorted (id, bias) pairs, each id a token id (>= 0; the model's vocabulary is
+    checked where it is known: ``generation.check_logit_bias``) given once, each bias a number from
+    -LOGIT_BIAS to LOGIT_BIAS, at most MAX_LOGIT_BIAS of them; else InputError("logit-bias ...")."""
+    items = given.items() if isinstance(given, Mapping) else given
+    try:
+        if isinstance(given, (str, bytes)):
+            raise TypeError
+        pairs = [tuple(pair) for pair in items]
+    except TypeError:
+        raise InputError(f"logit-bias must map token ids to biases, got {_shown(given)}") from None
+    if len(pairs) > MAX_LOGIT_BIAS:
+        raise InputError(f"logit-bias may hold at most {MAX_LOGIT_BIAS} tokens, got {len(pairs)}")
+    out: dict[int, float] = {}
+    for pair in pairs:
+        if len(pair) != 2:
+            raise InputError(f"logit-bias must map token ids to biases, got {_shown(pair)}")
+        token, bias = pair
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise InputError(f"logit-bias token ids must be integers >= 0, got {_shown(token)}")
+        if token >= 2**31:
+            raise InputError(f"logit-bias token id {_shown(token)} is beyond any model's vocabulary")
+        number = isinstance(bias, (int, float)) and not isinstance(bias, bool)
+        if not (number and -LOGIT_BIAS <= bias <= LOGIT_BIAS):  # (NaN compares false)
+            raise InputError(f"logit-bias of token {token} must be a number from {-LOGIT_BIAS} to {LOGIT_BIAS}, "
+                             f"got {_shown(bias)}")
+        if token in out:
+            raise InputError(f"logit-bias gives token {token} more than one bias")
+        out[token] = float(bias)
+    return tuple(sorted(out.items()))
+
+
+def _shown(value) -> str:
+    """A value for an error message, at most 60 characters (an int of any size: its digits' count)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int with more digits than Python prints
+        return f"an integer of {value.bit_length()} bits"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 MAX_SAMPLES = 1 << 16  # continuations of one prompt (each takes a row while it runs)
