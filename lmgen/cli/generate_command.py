@@ -21,6 +21,7 @@ from lmgen.cli.options import (
     SEED,
     SERVER_OPTION,
     STATS,
+    THINKING_OPTION,
     THREADS_OPTION,
     refuse_with_server,
     with_sampling,
@@ -43,6 +44,7 @@ def generate(
     batch_size: int = typer.Option(8, "--batch-size", help="With --each-line: prompts decoded together (1: one at a time)."),
     chat: bool = typer.Option(False, "--chat", help="Wrap the prompt in the model's chat template."),
     system: Optional[str] = typer.Option(None, "--system", help="System message for --chat."),
+    thinking: Optional[str] = THINKING_OPTION,
     show_probs: int = typer.Option(0, "--show-probs", help="Show each token's probability and the K likeliest."),
     lookup: int = typer.Option(0, "--lookup", metavar="N",
                                help="Greedy: draft up to N tokens from the prompt and output so far, checked in one "
@@ -64,6 +66,7 @@ def generate(
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
     from lmgen.cli import prompts, render
+    from lmgen.cli.thinking import thinking_mode
 
     if as_json and jsonl:
         raise InputError("choose one of --json and --jsonl")
@@ -71,12 +74,15 @@ def generate(
         raise InputError("--each-line reads prompts from stdin; drop the prompt argument and --file")
     if system is not None and not chat:
         raise InputError("--system needs --chat")
+    if thinking is not None and not chat:
+        raise InputError("--thinking needs --chat")
+    thinking = thinking_mode(thinking)
     if server:
         refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
                            json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
                            device=device != "cpu")
         return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
-                          stop, chat, system, as_json, echo, batch_size, lookup)
+                          stop, chat, system, as_json, echo, batch_size, lookup, thinking)
 
     from lmgen.engine.batching import PromptError
     from lmgen.engine.batching import generate as run
@@ -110,7 +116,8 @@ def generate(
     elif jsonl:
         renderer = render.JsonlRenderer(lm.tokenizer)
     else:
-        renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line)
+        renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line,
+                                       thinking=thinking)
     if each_line:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
         records = generate_in_order(lm, inputs(), settings, renderer, batch_size, total)
@@ -128,7 +135,7 @@ def generate(
 
 
 def _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed, stop, chat,
-               system, as_json, echo, batch_size, lookup) -> None:
+               system, as_json, echo, batch_size, lookup, thinking) -> None:
     """generate --server: the prompts read as locally, the work done by the server (cli.remote)."""
     from lmgen.cli import prompts
     from lmgen.cli.remote import run_remote
@@ -139,4 +146,4 @@ def _on_server(server, api_key, prompt, file, each_line, sampling, max_new_token
     limit = prompts.max_bytes(1 << 20)  # the server knows its context; a prompt too long is its 400
     numbered = prompts.numbered_lines(limit) if each_line else [(1, prompts.read_prompt(prompt, file, limit))]
     run_remote(server, api_key, ((number - 1, text) for number, text in numbered), settings, chat, system,
-               as_json, each_line, echo, batch_size)
+               as_json, each_line, echo, batch_size, thinking)

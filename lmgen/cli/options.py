@@ -77,6 +77,9 @@ SAMPLING_OPTIONS = {
                                                help="Divide positive (multiply negative) logits of seen tokens (1: off).")),
     "frequency_penalty": (float, typer.Option(0.0, "--frequency-penalty", help="Subtract this × each output token's count.")),
     "presence_penalty": (float, typer.Option(0.0, "--presence-penalty", help="Subtract this from tokens already output.")),
+    "logit_bias": (Optional[list[str]], typer.Option(None, "--logit-bias", metavar="ID=BIAS",
+                                                     help="Add BIAS (-100 to 100) to token ID's logit first "
+                                                          "(repeatable): -100 bans the token, 100 all but forces it.")),
 }
 SEED = typer.Option(None, "--seed", help="Seed for sampling, for reproducible output.")
 
@@ -93,11 +96,35 @@ def with_sampling(command):
     def wrapper(**values):
         from lmgen.engine.settings import SamplingSettings
 
-        sampling = SamplingSettings(**{name: values.pop(name) for name in SAMPLING_OPTIONS})
+        chosen = {name: values.pop(name) for name in SAMPLING_OPTIONS}
+        sampling = SamplingSettings(**{**chosen, "logit_bias": logit_bias_of(chosen["logit_bias"])})
         return command(sampling=sampling, **values)
 
     wrapper.__signature__ = signature.replace(parameters=kept + added)
     return wrapper
 
 
+def logit_bias_of(given: Optional[list[str]]) -> tuple[tuple[int, float], ...]:
+    """--logit-bias ID=BIAS values as (id, bias) pairs (their ranges: SamplingSettings)."""
+    from lmgen.errors import InputError
+
+    pairs = []
+    for item in given or ():
+        token, _, bias = item.partition("=")
+        try:
+            if not token.isascii() or not token.lstrip("-").isdigit():
+                raise ValueError
+            pairs.append((int(token), float(bias)))
+        except ValueError:  # (also an id of more digits than Python reads)
+            shown = item if len(item) <= 60 else item[:57] + "..."
+            raise InputError(f"logit-bias must be ID=BIAS, a token id and a number from -100 to 100, "
+                             f"got {shown!r}") from None
+    return tuple(pairs)
+
+
 STATS = typer.Option(False, "--stats", "-v", help="Print timings and tokens/s on stderr.")
+THINKING_OPTION = typer.Option(
+    None, "--thinking", metavar="MODE",
+    help="A thinking model's reasoning (<think>…</think>): show (default; dim on a terminal), hide (the answer "
+         "only) or only (the reasoning only). --json/--jsonl records always carry it apart, as \"reasoning\"."
+)

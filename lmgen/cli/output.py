@@ -55,9 +55,12 @@ def generate_one(lm, item: Input, settings, renderer, run) -> list[dict]:
 def render_events(lm, item: Input, events, settings, renderer) -> list[dict]:
     """Feed one prompt's events to the renderer; return each sample's summary record."""
     from lmgen.engine.generation import Finished
-    from lmgen.engine.records import summary
+    from lmgen.engine.records import reasoning_apart, summary
+    from lmgen.text.reasoning import opens_thinking
 
-    renderer.start(item.text)
+    # a chat's reply may start inside a thinking block its prompt opened; None: no chat, no thinking
+    opened = None if item.rendered is None else opens_thinking(item.rendered)
+    renderer.start(item.text, opened)
     tokens: list[list] = [[] for _ in range(settings.num_samples)]  # kept for --show-probs
     records: list[dict] = []
     bytes_per_token = lm.model.weight_bytes_per_token()
@@ -69,6 +72,7 @@ def render_events(lm, item: Input, events, settings, renderer) -> list[dict]:
                 record["index"] = item.index
                 if item.rendered is not None:
                     record["rendered_prompt"] = item.rendered
+                    record = reasoning_apart(record, opened)  # a thinking model's reasoning in its own field
                 renderer.finish(record, event.text)
                 records.append(record)
                 continue

@@ -18,7 +18,8 @@ import urllib.request
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
-from lmgen.cli.render import escape_line, json_line, write_out
+from lmgen.cli.render import escape_line, json_line, rich_console, write_out
+from lmgen.cli.thinking import AsWritten, ThinkingView, print_pieces
 from lmgen.errors import EnvironmentFailure, InputError
 
 TIMEOUT = 600  # seconds a request may take
@@ -71,7 +72,9 @@ def settings_fields(settings) -> dict:
             "top_k": sampling.top_k, "min_p": sampling.min_p, "repetition_penalty": sampling.repetition_penalty,
             "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
             "n": settings.num_samples, "seed": settings.seed, "stop": list(settings.stop) or None,
-            **({"lookup": settings.lookup} if settings.lookup else {})}
+            **({"lookup": settings.lookup} if settings.lookup else {}),
+            **({"logit_bias": {str(token): bias for token, bias in sampling.logit_bias}}
+               if sampling.logit_bias else {})}
 
 
 def request_body(text: str, settings, chat: bool, system: str | None) -> tuple[str, dict]:
@@ -84,34 +87,43 @@ def request_body(text: str, settings, chat: bool, system: str | None) -> tuple[s
 
 
 def run_remote(server: str, key: str | None, prompts, settings, chat: bool, system: str | None,
-               as_json: bool, each_line: bool, echo: bool, concurrency: int) -> None:
+               as_json: bool, each_line: bool, echo: bool, concurrency: int, thinking: str = "show") -> None:
     """Generate every prompt (index, text) on the server and print it as ``generate`` would.
     Many prompts go ``concurrency`` at a time, read from the input only as answers are printed
-    (bounded memory for any number of lines, as locally)."""
+    (bounded memory for any number of lines, as locally). A chat reply's reasoning, which the
+    server sends apart (``reasoning_content``), is printed as a ``<think>`` block before the
+    answer, under ``thinking`` (--thinking) as locally; records carry it as ``reasoning``."""
+    console = rich_console(sys.stdout) if chat and not as_json else None  # the thinking dim on a terminal
     if each_line or as_json or settings.num_samples > 1:
         with ThreadPoolExecutor(max(1, concurrency)) as pool:
             window: deque = deque()
             for item in prompts:
                 window.append((item, pool.submit(_whole, server, key, item[1], settings, chat, system)))
                 if len(window) >= max(1, concurrency):
-                    _print_next(window, chat, as_json, each_line, echo)
+                    _print_next(window, chat, as_json, each_line, echo, thinking, console)
             while window:
-                _print_next(window, chat, as_json, each_line, echo)
+                _print_next(window, chat, as_json, each_line, echo, thinking, console)
         return
     for _, text in prompts:  # one prompt, as text: streamed
         path, body = request_body(text, settings, chat, system)
         if echo:
             write_out(text)
+        view, as_written = ThinkingView(thinking, False, console is not None), AsWritten()
         with post(server, path, {**body, "stream": True}, key) as response:
             for chunk in chunks(response):
                 for choice in chunk.get("choices", []):
-                    write_out((choice.get("delta") or {}).get("content") or choice.get("text") or "")
+                    delta = choice.get("delta") or {}
+                    piece = as_written(delta.get("reasoning_content") or "", delta.get("content") or "") if chat \
+                        else choice.get("text") or ""
+                    print_pieces(view.feed(piece), write_out, console)
+        print_pieces(view.finish(), write_out, console)
         write_out("\n")
 
 
-def _print_next(window: deque, chat: bool, as_json: bool, each_line: bool, echo: bool) -> None:
+def _print_next(window: deque, chat: bool, as_json: bool, each_line: bool, echo: bool, thinking: str,
+                console) -> None:
     (index, text), answer = window.popleft()
-    _print_whole(index, text, answer.result(), chat, as_json, each_line, echo)
+    _print_whole(index, text, answer.result(), chat, as_json, each_line, echo, thinking, console)
 
 
 def _whole(server, key, text, settings, chat, system) -> dict:
@@ -120,16 +132,25 @@ def _whole(server, key, text, settings, chat, system) -> dict:
         return json.loads(response.read())
 
 
-def _print_whole(index: int, text: str, reply: dict, chat: bool, as_json: bool, each_line: bool, echo: bool) -> None:
+def _print_whole(index: int, text: str, reply: dict, chat: bool, as_json: bool, each_line: bool, echo: bool,
+                 thinking: str = "show", console=None) -> None:
     choices = sorted(reply.get("choices", []), key=lambda c: c["index"])
     usage = reply.get("usage") or {}
     for sample, choice in enumerate(choices):
         output = choice["message"]["content"] if chat else choice["text"]
+        reasoning = choice["message"].get("reasoning_content") if chat else None
         if as_json:
-            json_line({"prompt": text, "text": output, "finish_reason": choice.get("finish_reason"),
+            json_line({"prompt": text, "text": output, **({"reasoning": reasoning} if reasoning is not None else {}),
+                       "finish_reason": choice.get("finish_reason"),
                        "prompt_tokens": usage.get("prompt_tokens"),
                        "new_tokens": usage.get("completion_tokens") if len(choices) == 1 else None,
                        "sample": sample, "index": index})
-        else:
+        elif reasoning is None:
             write_out((text if echo else "") + (escape_line(output) if each_line else output) + "\n")
+        else:
+            view = ThinkingView(thinking, False, console is not None)
+            write_out(text if echo else "")
+            for part, dim in view.feed(AsWritten()(reasoning, output or "")) + view.finish():
+                print_pieces([(escape_line(part) if each_line else part, dim)], write_out, console)
+            write_out("\n")
     sys.stdout.flush()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 from lmgen.cli.remote import Refused, chunks, post, settings_fields
+from lmgen.cli.thinking import AsWritten
 from lmgen.engine.chat_history import ChatHistory, drop_oldest_exchange
 from lmgen.engine.events import Finished, Token
 from lmgen.errors import EnvironmentFailure, LmgenError
@@ -37,7 +38,7 @@ class RemoteConversation(ChatHistory):
         except LmgenError:  # it cannot be answered: as if it had not been said
             self.messages.pop()
             raise
-        pieces: list[str] = []
+        pieces: list[str] = []  # the answer's (what the history keeps, as before thinking models)
         self.last = None
         try:
             yield from self._events(response, pieces)
@@ -61,23 +62,30 @@ class RemoteConversation(ChatHistory):
             return response
 
     def _events(self, response, pieces: list[str]) -> Iterator[Token | Finished]:
+        """The reply's events. A thinking model's reasoning, which the server sends apart
+        (``reasoning_content``), comes as a ``<think>`` block before the answer, as the model wrote
+        it, so that --thinking and the records split it as locally."""
         start, first, reason, usage = time.perf_counter(), None, "stop", {}
+        as_written, written = AsWritten(), []
         for chunk in chunks(response):
             if "error" in chunk:
                 raise EnvironmentFailure(f"the server at {self.server} failed: {chunk['error'].get('message')}")
             usage = chunk.get("usage") or usage
             for choice in chunk.get("choices") or []:
-                text = (choice.get("delta") or {}).get("content") or ""
+                delta = choice.get("delta") or {}
+                content = delta.get("content") or ""
+                text = as_written(delta.get("reasoning_content") or "", content)
                 reason = choice.get("finish_reason") or reason
                 if text:
                     first = first or time.perf_counter()
-                    pieces.append(text)
+                    pieces.append(content)
+                    written.append(text)
                     yield Token(-1, text)
         end = time.perf_counter()
         first = first or end
         prompt_tokens = usage.get("prompt_tokens") or 0
         self.reused = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         self.prefilled = prompt_tokens - self.reused
-        self.last = Finished(reason, "", prompt_tokens, usage.get("completion_tokens") or len(pieces), first - start,
-                             end - first, output="".join(pieces), cached_tokens=self.reused)
+        self.last = Finished(reason, "", prompt_tokens, usage.get("completion_tokens") or len(written), first - start,
+                             end - first, output="".join(written), cached_tokens=self.reused)
         yield self.last

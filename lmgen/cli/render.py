@@ -66,11 +66,15 @@ class TextRenderer:
     """The continuation as text. One sample streams live; several are printed one after another
     when all are done (on a terminal each under a "sample N" rule). Every sample ends with one
     newline, even an empty one. With ``one_line`` (--each-line) each sample is exactly one line:
-    its own line breaks are escaped, so that output line N answers input line N."""
+    its own line breaks are escaped, so that output line N answers input line N. A chat reply goes
+    through a ``ThinkingView`` per sample (``thinking``: the --thinking mode; cli/thinking.py)."""
 
-    def __init__(self, echo: bool, num_samples: int, tokenizer, show_probs: int, one_line: bool = False):
+    def __init__(self, echo: bool, num_samples: int, tokenizer, show_probs: int, one_line: bool = False,
+                 thinking: str = "show"):
         self.echo = echo
         self.one_line = one_line
+        self.thinking = thinking
+        self.views: list = []
         self.console = rich_console(sys.stdout)
         # Several samples are printed one after another at the end; so is one sample when its
         # probability lines go to the same terminal (stderr), which would otherwise land mid-text.
@@ -93,9 +97,15 @@ class TextRenderer:
         else:
             write_out(text)
 
-    def start(self, prompt: str) -> None:
+    def start(self, prompt: str, opened: bool | None = None) -> None:
+        """A prompt's output begins; ``opened``: whether its chat prompt opened a thinking block
+        (None: not a chat, the text printed as it comes)."""
+        from lmgen.cli.thinking import ThinkingView
+
         self.prompt = prompt
         self.buffers = [""] * len(self.buffers)  # --each-line: every prompt starts afresh
+        self.views = [ThinkingView("show") if opened is None else
+                      ThinkingView(self.thinking, opened, styled=self.console is not None) for _ in self.buffers]
         self.at_line_start = False  # this prompt's line is open until its newline
         if self.echo and not self.buffered:
             self.write(prompt, style="bold")
@@ -106,11 +116,12 @@ class TextRenderer:
         if self.buffered:
             self.buffers[event.sample] += event.text
         else:
-            self.write(event.text)
+            self.show(self.views[event.sample].feed(event.text))
 
     def finish(self, record: dict, tail: str) -> None:
         if not self.buffered:
-            self.write(tail)
+            view = self.views[record["sample"]]
+            self.show(view.feed(tail) + view.finish())
             self.end_line()
             return
         self.buffers[record["sample"]] += tail
@@ -125,8 +136,13 @@ class TextRenderer:
                 self.console.rule(f"sample {i + 1}", style="dim")
             if self.echo:
                 self.write(self.prompt, style="bold")
-            self.write(text)
+            self.show(self.views[i].feed(text) + self.views[i].finish())
             self.end_line()
+
+    def show(self, pieces: list[tuple[str, bool]]) -> None:
+        """A ThinkingView's pieces: the thinking dim (the view marks it only on a terminal)."""
+        for text, dim in pieces:
+            self.write(text, style="dim" if dim else None)
 
     def end_line(self) -> None:
         """Leave the cursor at the start of a line (also after Ctrl-C)."""
@@ -159,7 +175,7 @@ class JsonRenderer:
     """One JSON object per sample, printed when all the prompt's samples are done, in sample order
     (they may finish in any order)."""
 
-    def start(self, prompt: str) -> None:
+    def start(self, prompt: str, opened: bool | None = None) -> None:
         self.records: list[dict] = []
 
     def token(self, event) -> None:
@@ -180,7 +196,8 @@ class JsonlRenderer(JsonRenderer):
     """One JSON line per token, then the summary line (with "event": "done").
 
     Text held back at the end (bytes of an unfinished character) comes in one
-    "flush" line before "done", so the text fields always add up to the summary.
+    "flush" line before "done", so the text fields always add up to the reply as written: the
+    summary's ``text`` (a thinking chat reply's thinking block, given apart as ``reasoning``, first).
     """
 
     def __init__(self, tokenizer):

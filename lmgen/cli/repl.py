@@ -8,13 +8,15 @@ is ``lmgen.engine.conversation``; this module reads, prints and runs the slash c
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
 
 from lmgen.cli.render import escape_line, json_line, one_line, rich_console, stats_line, write_out
+from lmgen.cli.thinking import ThinkingView, print_pieces
 from lmgen.engine.events import Finished, Token
-from lmgen.engine.records import summary
+from lmgen.engine.records import reasoning_apart, summary
 from lmgen.errors import InputError, LmgenError
 from lmgen.formats.files import not_special
 from lmgen.formats.home import cache_dir
@@ -46,10 +48,11 @@ def note(text: str) -> None:
 
 class Session:
     """A conversation (``engine.conversation.Conversation``, or ``cli.remote_chat``'s from a server)
-    with its slash commands and the record of its last reply."""
+    with its slash commands and the record of its last reply. ``thinking``: the --thinking mode
+    (cli/thinking.py), how a thinking model's replies are shown."""
 
-    def __init__(self, conversation, stats: bool, bytes_per_token: int = 0):
-        self.conversation, self.stats = conversation, stats
+    def __init__(self, conversation, stats: bool, bytes_per_token: int = 0, thinking: str = "show"):
+        self.conversation, self.stats, self.thinking = conversation, stats, thinking
         self.bytes_per_token = bytes_per_token  # the model's weights read per token (0: unknown, on a server)
         self.record: dict | None = None  # the last reply's, if it finished and is still in the conversation
         self.last = "(no reply yet)"  # what /stats says when there is no such record
@@ -92,18 +95,23 @@ class Session:
             note(f"lmgen: error: {one_line(str(exc))}")
         return True
 
-    def reply(self, user: str, show) -> dict | None:
-        """Generate the reply to ``user``, passing each piece of text to ``show``; its record."""
+    def reply(self, user: str, show, styled: bool = False) -> dict | None:
+        """Generate the reply to ``user``, passing what to print of it to ``show`` as it comes, in
+        ThinkingView pieces [(text, dim)] (``styled``: on a terminal with colour); its record."""
         events = self.conversation.reply(user)
         before = self.record, self.last
         self.record, self.last = None, "(the last reply was cut: no timings)"
+        view = None
         try:
             for event in events:
+                if view is None:  # the turn's prompt is rendered by now: whether it opened a thinking block
+                    opened = getattr(self.conversation, "thinking", False)
+                    view = ThinkingView(self.thinking, opened, styled)
                 if isinstance(event, Token):
-                    show(event.text)
+                    show(view.feed(event.text))
                 elif isinstance(event, Finished):
-                    show(event.text)
-                    self.record = summary(user, event, self.bytes_per_token)
+                    show(view.feed(event.text) + view.finish())
+                    self.record = reasoning_apart(summary(user, event, self.bytes_per_token), opened)
                     if not self.bytes_per_token:  # a server's model: what it reads is not known here
                         del self.record["weights_gb_per_s"]
                     self.record.update(turn=self.turns(), reused_tokens=self.conversation.reused,
@@ -137,10 +145,10 @@ def save_conversation(conversation, path: Path) -> None:
         conversation.save(stage)
 
 
-def run_chat(conversation, jsonl: bool, stats: bool, bytes_per_token: int = 0) -> None:
+def run_chat(conversation, jsonl: bool, stats: bool, bytes_per_token: int = 0, thinking: str = "show") -> None:
     if sys.stdin is None:
         raise InputError("chat reads messages from stdin, and stdin is closed")
-    session = Session(conversation, stats, bytes_per_token)
+    session = Session(conversation, stats, bytes_per_token, thinking)
     if sys.stdin.isatty():
         interactive(session)
     else:
@@ -163,7 +171,7 @@ def piped(session: Session, jsonl: bool) -> None:
                     break
                 continue
             pieces: list[str] = []
-            record = session.reply(line, pieces.append)
+            record = session.reply(line, lambda shown, kept=pieces: kept.extend(text for text, _ in shown))
         except (UnicodeDecodeError, InputError) as exc:
             refused += 1
             message = "not valid UTF-8" if isinstance(exc, UnicodeDecodeError) else str(exc)
@@ -181,7 +189,7 @@ def piped(session: Session, jsonl: bool) -> None:
 def interactive(session: Session) -> None:
     history = _start_readline()
     console = rich_console(sys.stdout)
-    show = write_out if console is None else (lambda text: console.print(text, end="", markup=False) or sys.stdout.flush())
+    show = functools.partial(print_pieces, write=write_out, console=console)  # the thinking dim with colour
     note("lmgen chat: /help for commands, Ctrl-D to leave")
     try:
         while True:
@@ -195,7 +203,7 @@ def interactive(session: Session) -> None:
                     return
                 continue
             try:
-                session.reply(utf8_text(text, "the message"), show)
+                session.reply(utf8_text(text, "the message"), show, styled=console is not None)
                 write_out("\n")
             except InputError as exc:  # this message cannot be answered; the session goes on
                 note(f"lmgen: error: {one_line(str(exc))}")

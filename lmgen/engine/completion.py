@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator
 
 from lmgen.engine.batching import PromptError, Request, generate_many, in_input_order
 from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, is_token_ids
-from lmgen.engine.records import summary
+from lmgen.engine.records import reasoning_apart, summary
 from lmgen.errors import InputError
 from lmgen.text.chat import check_messages
+from lmgen.text.reasoning import opens_thinking
 from lmgen.text.utf8 import utf8_text
 
 FIELDS = {"id": (str, int), "prompt": (str, list), "system": (str,), "max_new_tokens": (int,), "seed": (int,),
@@ -95,10 +96,12 @@ def _records(events, settings: GenerationSettings, kept: dict, texts: dict, byte
 
 def record_of(prompt, done: Finished, bytes_per_token: int, kept: dict, rendered: str | None = None) -> dict:
     """The sample's record, with the input's id first and its index (position in the input). Its
-    ``prompt`` is the prompt as given; ``rendered_prompt`` what the chat template made of it."""
+    ``prompt`` is the prompt as given; ``rendered_prompt`` what the chat template made of it (a
+    thinking model's reply then has its reasoning apart, as ``generate --chat --json`` prints it)."""
     record = summary(prompt, done, bytes_per_token)
     if rendered is not None:
         record["rendered_prompt"] = rendered
+        record = reasoning_apart(record, opens_thinking(rendered))
     if "index" in kept:
         record["index"] = kept["index"]
     return {"id": kept["id"], **record} if "id" in kept else record

@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from lmgen.engine.chat_history import ChatHistory, drop_oldest_exchange
-from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, events_alone
+from lmgen.engine.generation import Finished, GenerationSettings, LanguageModel, Token, check_logit_bias, events_alone
 from lmgen.engine.prefix_cache import common_prefix
 from lmgen.errors import InputError, LmgenError
+from lmgen.text.reasoning import opens_thinking
 
 REPLY_SHARE = 8  # of the context window, the most kept free for a reply
 
@@ -25,6 +26,7 @@ class Conversation(ChatHistory):
     def __init__(self, lm: LanguageModel, settings: GenerationSettings = GenerationSettings(),
                  system: str | None = None):
         lm.chat_template  # a model without one fails here, before the first turn
+        check_logit_bias(lm, settings)  # (a turn's prompt ids are its own, not prompt_ids_for's)
         super().__init__(system)
         self.lm, self.settings = lm, settings
         self.cache = None
@@ -32,6 +34,7 @@ class Conversation(ChatHistory):
         self.prefilled = 0  # tokens the last turn prefilled (its prompt's, less those reused)
         self.reused = 0  # tokens the last turn found in the cache
         self.dropped = 0  # exchanges the last turn dropped to fit the context window
+        self.thinking = False  # the last turn's prompt opened a thinking block (its reply starts inside it)
         self.last: Finished | None = None  # the last complete reply's closing event
 
     def reply(self, user: str) -> Iterator[Token | Finished]:
@@ -67,12 +70,13 @@ class Conversation(ChatHistory):
         context, room = self.lm.config.max_context, self.reply_room()
         messages, dropped = list(self.messages), 0  # the conversation changes only if the message fits
         while True:
-            ids = self.lm.encode_prompt(self.lm.chat_template.render(messages))
+            text = self.lm.chat_template.render(messages)
+            ids = self.lm.encode_prompt(text)
             if len(ids) + room <= context or not drop_oldest_exchange(messages):
                 if len(ids) >= context:
                     raise InputError(f"the message has {len(ids)} tokens with what must stay of the conversation "
                                      f"but the context window holds {context}; send a shorter message")
-                self.messages, self.dropped = messages, dropped
+                self.messages, self.dropped, self.thinking = messages, dropped, opens_thinking(text)
                 return ids
             dropped += 1
 

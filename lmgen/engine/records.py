@@ -40,6 +40,24 @@ def summary(prompt: str, done: Finished, bytes_per_token: int, tokens: list[Toke
     return record
 
 
+def reasoning_apart(record: dict, opened: bool) -> dict:
+    """A chat reply's record with a thinking model's reasoning apart from its answer, as the server's
+    ``reasoning_content`` is: ``text`` the answer, ``reasoning`` (just after it) what was thought,
+    when the reply had a thinking block (``opened``: its prompt opened one; else the reply began
+    with ``<think>``). A reply without one keeps its record as it was, with no ``reasoning`` key."""
+    from lmgen.text.reply import split_reply
+
+    reply = split_reply(record["text"], thinking=opened)
+    if not opened and reply.content == record["text"]:
+        return record
+    out = {}
+    for key, value in record.items():
+        out[key] = reply.content if key == "text" else value
+        if key == "text":
+            out["reasoning"] = reply.reasoning
+    return out
+
+
 def token_record(token, tokenizer) -> dict:
     record = {"id": token.id, "text": token.text}
     if token.prob is not None:

@@ -42,6 +42,12 @@ class ReplySplitter:
     def finish(self) -> list[tuple[str, object]]:
         return self._route(self.thinking.finish(), final=True)
 
+    @property
+    def held(self) -> int:
+        """Characters fed and not yet given out, without tools: the end of the text fed so far,
+        which may still become a marker (or is blank answer text waiting for more)."""
+        return len(self.thinking.pending) + len(self.blank)
+
     def _route(self, pieces, final: bool) -> list[tuple[str, object]]:
         out = []
         for kind, text in pieces:
