@@ -61,15 +61,17 @@ class FakeEngine:
             if self.hold:
                 continue
             if done < self.tokens:
-                events += [Token(1, "x", s, index=ident) for s in range(job.rows)]
+                events += [Token(id=1, text="x", sample=s, index=ident) for s in range(job.rows)]
                 state[1] += 1
             else:
-                events += [Finished("stop", "", 1, done, 0, 0, s, ident) for s in range(job.rows)]
+                events += [Finished(reason="stop", text="", prompt_tokens=1, new_tokens=done, prefill_seconds=0,
+                                    decode_seconds=0, sample=s, index=ident) for s in range(job.rows)]
                 del self.running[ident]
         return events
 
     def end_all(self, reason: str) -> list:
-        events = [Finished(reason, "", 1, state[1], 0, 0, s, ident)
+        events = [Finished(reason=reason, text="", prompt_tokens=1, new_tokens=state[1], prefill_seconds=0,
+                           decode_seconds=0, sample=s, index=ident)
                   for ident, state in self.running.items() for s in range(state[0].rows)]
         self.running.clear()
         return events

@@ -364,7 +364,7 @@ def test_usage_lines_show_argument_names_in_capitals(cli):
         assert usage and usage.group(1) == name
         arguments = usage.group(2).split()
         assert len(arguments) == sum(p.param_type_name == "argument" for p in command.params)
-        assert all(re.fullmatch(r"[\[{][A-Z_]+[\]}]", a) for a in arguments), (name, arguments)
+        assert all(re.fullmatch(r"[\[{][A-Z_]+[\]}](\.\.\.)?", a) for a in arguments), (name, arguments)  # ...: many
 
 
 def flat_help(cli, *args) -> str:

@@ -186,7 +186,9 @@ def test_any_value_is_refused_or_gives_a_token_from_finite_logits(temperature, r
     """For any option values: refused (InputError) where parsed, or every chosen token is one the
     scores allowed: never NaN arithmetic, never an error from torch."""
     try:
-        settings = SamplingSettings(temperature, top_k, top_p, min_p, typical, repetition, frequency, presence)
+        settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical,
+                                repetition_penalty=repetition, frequency_penalty=frequency,
+                                presence_penalty=presence)
     except InputError:
         return
     generator = torch.Generator().manual_seed(seed)

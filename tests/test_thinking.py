@@ -187,8 +187,9 @@ class Scripted:
         self.messages.append({"role": "user", "content": user})
         text = self.replies.pop(0)
         for at in range(0, len(text), 3):
-            yield Token(0, text[at:at + 3])
-        yield Finished("stop", "", 1, len(text), 0.1, 0.1, output=text)
+            yield Token(id=0, text=text[at:at + 3])
+        yield Finished(reason="stop", text="", prompt_tokens=1, new_tokens=len(text), prefill_seconds=0.1,
+                       decode_seconds=0.1, output=text)
         self.messages.append({"role": "assistant", "content": text})
 
 

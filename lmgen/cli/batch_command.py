@@ -60,7 +60,8 @@ def batch(
     from lmgen.engine.load import parse_kv_dtype
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
-    settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), constraint=constraint)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed, truncate=truncate,
+                                  stop=tuple(stop or ()), constraint=constraint)
     from lmgen.errors import InputError
 
     from lmgen.engine.settings import MAX_ROWS

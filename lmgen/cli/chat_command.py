@@ -38,7 +38,7 @@ def chat(
 
     chat_history()  # a bad $LMGEN_CHAT_HISTORY is refused now, not after the model is loaded
     thinking = thinking_mode(thinking)
-    settings = GenerationSettings(max_new_tokens, sampling, seed)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed)
     if server:
         from lmgen.cli.remote_chat import RemoteConversation
 

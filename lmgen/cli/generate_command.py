@@ -4,6 +4,7 @@ JSON lines (``render``), with progress and stats on stderr."""
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -65,8 +66,8 @@ def generate(
     api_key: Optional[str] = API_KEY_OPTION,
 ) -> None:
     """Continue PROMPT with the model, streaming tokens as they are chosen."""
-    from lmgen.cli import prompts, render
     from lmgen.cli.thinking import thinking_mode
+    from lmgen.engine.settings import GenerationSettings
 
     if as_json and jsonl:
         raise InputError("choose one of --json and --jsonl")
@@ -76,74 +77,108 @@ def generate(
         raise InputError("--system needs --chat")
     if thinking is not None and not chat:
         raise InputError("--thinking needs --chat")
-    thinking = thinking_mode(thinking)
+    source = Source(prompt=prompt, file=file, each_line=each_line, chat=chat, system=system, batch_size=batch_size)
+    shown = Shown(as_json=as_json, jsonl=jsonl, echo=echo, stats=stats, show_probs=show_probs,
+                  thinking=thinking_mode(thinking))
     if server:
-        refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, threads=threads, jsonl=jsonl, show_probs=show_probs,
-                           json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
+        refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, threads=threads, jsonl=jsonl,
+                           show_probs=show_probs, json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
                            device=device != "cpu")
-        return _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed,
-                          stop, chat, system, as_json, echo, batch_size, lookup, thinking)
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
+                                      stop=tuple(stop or ()), num_samples=num_samples, lookup=lookup)
+        return _on_server(server, api_key, source, settings, shown)
 
-    from lmgen.engine.batching import PromptError
-    from lmgen.engine.batching import generate as run
     from lmgen.engine.constraint import Constraint
-    from lmgen.engine.generation import GenerationSettings
 
     constraint = Constraint.from_options(json_schema, regex, None if grammar is None else str(grammar))
-    settings = GenerationSettings(max_new_tokens, sampling, seed, truncate, tuple(stop or ()), num_samples, show_probs,
-                                  constraint, lookup)
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed, truncate=truncate,
+                                  stop=tuple(stop or ()), num_samples=num_samples, show_probs=show_probs,
+                                  constraint=constraint, lookup=lookup)
     path, cfg = prepare(model, dtype, device, threads)  # refuse bad values before the slow load
-    limit = prompts.max_bytes(cfg.max_context)
-    lines: dict[int, int] = {}  # --each-line: a prompt's position -> its line of stdin
+    _locally(load_model(path, dtype, device, kv_dtype), source, settings, shown, cfg.max_context)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """Where the prompts come from and how they are put to the model."""
+
+    prompt: str | None
+    file: Path | None
+    each_line: bool
+    chat: bool
+    system: str | None
+    batch_size: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Shown:
+    """How the output is printed."""
+
+    as_json: bool
+    jsonl: bool
+    echo: bool
+    stats: bool
+    show_probs: int
+    thinking: str
+
+
+def _renderer(lm, source: Source, shown: Shown, num_samples: int):
+    from lmgen.cli import render
+
+    if shown.as_json or (shown.jsonl and source.each_line):
+        return render.JsonRenderer()
+    if shown.jsonl:
+        return render.JsonlRenderer(lm.tokenizer)
+    return render.TextRenderer(shown.echo, num_samples, lm.tokenizer, shown.show_probs, one_line=source.each_line,
+                               thinking=shown.thinking)
+
+
+def _locally(lm, source: Source, settings, shown: Shown, context: int) -> None:
+    """The prompts generated here, in input order, printed as they come."""
+    from lmgen.cli import prompts, render
     from lmgen.cli.output import Input, generate_in_order, generate_one
+    from lmgen.engine.batching import PromptError
+    from lmgen.engine.batching import generate as run
     from lmgen.text.chat import messages_of
 
+    limit, truncate = prompts.max_bytes(context), settings.truncate
+    lines: dict[int, int] = {}  # --each-line: a prompt's position -> its line of stdin
+
     def inputs():
-        numbered = prompts.numbered_lines(limit, truncate) if each_line else \
-            [(1, prompts.read_prompt(prompt, file, limit, truncate))]
+        numbered = prompts.numbered_lines(limit, truncate) if source.each_line else \
+            [(1, prompts.read_prompt(source.prompt, source.file, limit, truncate))]
         for position, (number, text) in enumerate(numbered):
             lines[position] = number
-            if not chat:
+            if not source.chat:
                 yield Input(text, text, index=number - 1)
                 continue
-            messages = messages_of(text, system)  # the template read once, each prompt rendered with it
+            messages = messages_of(text, source.system)  # the template read once, each prompt rendered with it
             yield Input(text, messages, lm.chat_template.render(messages), number - 1)
 
-    lm = load_model(path, dtype, device, kv_dtype)
-
-    if as_json or (jsonl and each_line):
-        renderer = render.JsonRenderer()
-    elif jsonl:
-        renderer = render.JsonlRenderer(lm.tokenizer)
-    else:
-        renderer = render.TextRenderer(echo, num_samples, lm.tokenizer, show_probs, one_line=each_line,
-                                       thinking=thinking)
-    if each_line:
+    renderer = _renderer(lm, source, shown, settings.num_samples)
+    if source.each_line:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
-        records = generate_in_order(lm, inputs(), settings, renderer, batch_size, total)
+        records = generate_in_order(lm, inputs(), settings, renderer, source.batch_size, total)
     else:
         records = (record for item in inputs() for record in generate_one(lm, item, settings, renderer, run))
     try:
         for record in records:
             if record.get("complete") is False:
                 print(f"lmgen: warning: the output is incomplete: it ended ({record['finish_reason']}) before "
-                      f"{constraint.describe()} was satisfied", file=sys.stderr)
-            if stats:
+                      f"{settings.constraint.describe()} was satisfied", file=sys.stderr)
+            if shown.stats:
                 sys.stderr.write(render.stats_line(record) + "\n")
     except PromptError as exc:  # every earlier prompt has been printed: name the line that cannot be used
         raise InputError(f"stdin line {lines[exc.index]}: {exc}" if exc.index in lines else str(exc)) from None
 
 
-def _on_server(server, api_key, prompt, file, each_line, sampling, max_new_tokens, num_samples, seed, stop, chat,
-               system, as_json, echo, batch_size, lookup, thinking) -> None:
+def _on_server(server: str, api_key: str | None, source: Source, settings, shown: Shown) -> None:
     """generate --server: the prompts read as locally, the work done by the server (cli.remote)."""
     from lmgen.cli import prompts
     from lmgen.cli.remote import run_remote
-    from lmgen.engine.settings import GenerationSettings
 
-    settings = GenerationSettings(max_new_tokens, sampling, seed, stop=tuple(stop or ()), num_samples=num_samples,
-                                  lookup=lookup)
     limit = prompts.max_bytes(1 << 20)  # the server knows its context; a prompt too long is its 400
-    numbered = prompts.numbered_lines(limit) if each_line else [(1, prompts.read_prompt(prompt, file, limit))]
-    run_remote(server, api_key, ((number - 1, text) for number, text in numbered), settings, chat, system,
-               as_json, each_line, echo, batch_size, thinking)
+    numbered = prompts.numbered_lines(limit) if source.each_line else \
+        [(1, prompts.read_prompt(source.prompt, source.file, limit))]
+    run_remote(server, api_key, ((number - 1, text) for number, text in numbered), settings, source.chat,
+               source.system, shown.as_json, source.each_line, shown.echo, source.batch_size, shown.thinking)

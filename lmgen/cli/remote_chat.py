@@ -80,12 +80,13 @@ class RemoteConversation(ChatHistory):
                     first = first or time.perf_counter()
                     pieces.append(content)
                     written.append(text)
-                    yield Token(-1, text)
+                    yield Token(id=-1, text=text)
         end = time.perf_counter()
         first = first or end
         prompt_tokens = usage.get("prompt_tokens") or 0
         self.reused = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
         self.prefilled = prompt_tokens - self.reused
-        self.last = Finished(reason, "", prompt_tokens, usage.get("completion_tokens") or len(written), first - start,
-                             end - first, output="".join(written), cached_tokens=self.reused)
+        self.last = Finished(reason=reason, text="", prompt_tokens=prompt_tokens,
+                             new_tokens=usage.get("completion_tokens") or len(written), prefill_seconds=first - start,
+                             decode_seconds=end - first, output="".join(written), cached_tokens=self.reused)
         yield self.last

@@ -268,7 +268,7 @@ class Engine(Paging):
         except ConstraintFailed as exc:
             row = self.rows[slot]
             self.abort(row.job)
-            return [Failed(str(exc), row.index, row.sample)]
+            return [Failed(message=str(exc), index=row.index, sample=row.sample)]
 
     def _choose(self, slot: int, logits: torch.Tensor) -> Iterator:
         """Sample row ``slot``'s next token from its logits (1, vocab); its events."""
@@ -287,7 +287,7 @@ class Engine(Paging):
         text, stopped = row.text.push(row.token)
         probs = probabilities(logits, token, row.settings.show_probs)
         prob, top = probs[0] if probs else (None, ())
-        yield Token(row.token, text, row.sample, prob, top, row.index)
+        yield Token(id=row.token, text=text, sample=row.sample, prob=prob, top=top, index=row.index)
         if stopped:
             yield self._finish(slot, "stop", "")
         elif row.text.count >= row.budget:

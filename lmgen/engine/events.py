@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Token:
     id: int
     text: str  # the text this token releases (may be empty while a character or stop string is pending)
@@ -16,7 +16,7 @@ class Token:
     index: int = 0  # the prompt's, with several prompts (batching.generate_many)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finished:
     reason: str  # "stop" (EOS or a stop string) or "length" (max-new-tokens or the context window)
     text: str  # held-back text released at the end (usually empty)
@@ -35,7 +35,7 @@ class Finished:
     accepted: int = 0  # ... and the model chose too: each saved a decode step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Failed:
     """A job the engine ended with an error of its own (its constraint's matcher gave up): its
     other samples end with it, and no other job is touched."""

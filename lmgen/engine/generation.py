@@ -224,9 +224,10 @@ class SampleText:
                  index: int = 0, cached: int = 0) -> "Finished":
         """The sample's closing event; tail is what the sample released last (already counted)."""
         m = self.matcher
-        return Finished(reason, tail, prompt_tokens, self.count, first - start, time.perf_counter() - first,
-                        sample, index, self.text, tuple(self.ids), m and m.complete, m.seconds if m else 0.0,
-                        cached)
+        return Finished(reason=reason, text=tail, prompt_tokens=prompt_tokens, new_tokens=self.count,
+                        prefill_seconds=first - start, decode_seconds=time.perf_counter() - first, sample=sample,
+                        index=index, output=self.text, token_ids=tuple(self.ids), complete=m and m.complete,
+                        constraint_seconds=m.seconds if m else 0.0, cached_tokens=cached)
 
 
 def events_alone(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings, cache=None,
@@ -243,7 +244,7 @@ def events_alone(lm: LanguageModel, prompt_ids: list[int], settings: GenerationS
         text, stopped = sample.push(token)
         probs = probabilities(logits, tokens, settings.show_probs)
         prob, top = probs[0] if probs else (None, ())
-        yield Token(token, text, 0, prob, top)
+        yield Token(id=token, text=text, sample=0, prob=prob, top=top)
         if stopped:
             yield sample.finished("stop", "", len(prompt_ids), start, first, 0, cached=cached)
             return

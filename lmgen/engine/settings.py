@@ -40,7 +40,7 @@ BOUNDS = (("temperature", 1e-6, 1e6), ("repetition_penalty", 1e-6, 1e6),
 MAX_LOGIT_BIAS, LOGIT_BIAS = 1024, 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class SamplingSettings:
     temperature: float = 0.0
     top_k: int = 0  # 0 keeps every token
@@ -132,7 +132,7 @@ MAX_SAMPLES = 1 << 16  # continuations of one prompt (each takes a row while it 
 MAX_ROWS = 1 << 16  # rows an engine may be asked for: --batch-size (its cache holds only those in use)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationSettings:
     max_new_tokens: int = 128
     sampling: SamplingSettings = SamplingSettings()
