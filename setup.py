@@ -1,27 +1,33 @@
 """Build the native kernels when the package is built, not when it is first run.
 
-The kernels (lmgen/model/kernels.c) are plain C loaded with ctypes, built here once per instruction set
-level as files of the package (``lmgen/model/_kernels_<level>*.so``): a wheel carries them, and runs on a
-machine with no C compiler. At import lmgen picks the best level the CPU has (``kernels.level``),
-as llama.cpp's GGML_CPU_ALL_VARIANTS does. setuptools' Extension builds them: they export no
-Python module (ctypes loads them), which the loader never asks for.
+The kernels (lmgen/model/csrc/kernels.c) are plain C loaded with ctypes, built here once per
+instruction set level as files of the package (``lmgen/model/_kernels_<level>*.so``): a wheel
+carries them, and runs on a machine with no C compiler. At run time lmgen loads the best level the
+CPU has (lmgen/model/kernels_loader.py), as llama.cpp's GGML_CPU_ALL_VARIANTS does. The levels,
+their flags and the sources are lmgen/model/build_table.py's, which the loader reads too.
+setuptools' Extension builds them: they export no Python module (ctypes loads them), which the
+loader never asks for.
 """
 
-import platform
+import importlib.util
+import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-SOURCES = ["lmgen/model/kernels.c"]
-HEADERS = ["lmgen/model/kernels_dot.h", "lmgen/model/kernels_quant.h", "lmgen/model/kernels_kquant.h",
-           "lmgen/model/kernels_amx.h", "lmgen/model/kernels_attention.h",
-           "lmgen/model/kernels_project.h"]
-COMMON = ["-O3", "-funroll-loops", "-fopenmp"]
-X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
-LEVELS = {"portable": []}  # the compiler's baseline for the target (SSE2 on x86-64, NEON on arm64)
-if X86:
-    LEVELS["avx2"] = ["-mavx2", "-mfma", "-mf16c"]
-    LEVELS["avx512"] = LEVELS["avx2"] + ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni"]
+
+def _build_table():
+    """lmgen/model/build_table.py, loaded by its path: importing lmgen.model would need lmgen installed."""
+    path = Path(__file__).resolve().parent / "lmgen" / "model" / "build_table.py"
+    spec = importlib.util.spec_from_file_location("lmgen_build_table", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # NamedTuple and annotations look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+table = _build_table()
 
 
 class build_kernels(build_ext):
@@ -33,7 +39,7 @@ class build_kernels(build_ext):
         try:
             super().build_extension(ext)
         except Exception:  # noqa: BLE001 - CompileError, LinkError
-            ext.extra_compile_args = [f if f != "-fopenmp" else "-fopenmp-simd" for f in ext.extra_compile_args]
+            ext.extra_compile_args = table.serial(ext.extra_compile_args)
             ext.extra_link_args = [f for f in ext.extra_link_args if f != "-fopenmp"]
             try:
                 super().build_extension(ext)
@@ -42,8 +48,9 @@ class build_kernels(build_ext):
 
 
 setup(
-    ext_modules=[Extension(f"lmgen.model._kernels_{level}", sources=SOURCES, depends=HEADERS,
-                           extra_compile_args=COMMON + flags, extra_link_args=["-fopenmp"])
-                 for level, flags in LEVELS.items()],
+    ext_modules=[Extension(table.extension_name(level.name), sources=[f"lmgen/model/{table.SOURCE}"],
+                           depends=[f"lmgen/model/{header}" for header in table.HEADERS],
+                           extra_compile_args=[*table.COMMON_FLAGS, *level.flags], extra_link_args=["-fopenmp"])
+                 for level in table.LEVELS.values()],
     cmdclass={"build_ext": build_kernels},
 )

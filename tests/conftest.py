@@ -243,7 +243,7 @@ def kernel_build(tmp_path_factory):
     OpenMP), "avx2" (no AVX-512: the compiler-vectorised and AVX2 paths), "portable" (neither)."""
     import shutil
 
-    from lmgen.model import kernels
+    from lmgen.model import kernels_loader
 
     built: dict[str, Path] = {}
     extra = {"serial": None, "avx2": ["-mno-avx512f"], "portable": ["-mno-avx512f", "-mno-avx2"]}
@@ -251,9 +251,9 @@ def kernel_build(tmp_path_factory):
     def build(name: str) -> Path:
         if name not in built:
             compiler = shutil.which("cc") or shutil.which("gcc")
-            flags = kernels.SERIAL_FLAGS if extra[name] is None else [*kernels.FLAGS, *extra[name]]
+            flags = kernels_loader.SERIAL_FLAGS if extra[name] is None else [*kernels_loader.FLAGS, *extra[name]]
             library = tmp_path_factory.mktemp("kernels") / f"{name}.so"
-            subprocess.run([compiler, *flags, str(kernels.SOURCE), "-o", str(library)], check=True)
+            subprocess.run([compiler, *flags, str(kernels_loader.SOURCE), "-o", str(library)], check=True)
             built[name] = library
         return built[name]
 

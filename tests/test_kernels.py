@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from conftest import save_tiny
 
 import lmgen
-from lmgen.model import kernels
+from lmgen.model import kernels, kernels_loader
 
 
 def test_the_kernels_build_on_this_machine():
@@ -48,7 +48,7 @@ def test_native_decode_step_matches_torch_path(tmp_path, monkeypatch, family, dt
     monkeypatch.setattr(kernels, "library", lambda: None)
     reference = stepwise()
     assert lm.model.plan is None  # and here PyTorch did (block weights dequantized)
-    # block formats round activations to 16 bits per block of 32 (kernels_quant.h): ~1e-5 relative;
+    # block formats round activations to 16 bits per block of 32 (csrc/quant.h): ~1e-5 relative;
     # a bf16 cache then rounds a key or value near a rounding boundary one way on one path and the
     # other way on the other: one bf16 step (2^-8 of it) apart, a few 1e-3 at the logits; a q8_0
     # cache's step is 1/127 of the head's largest value, so even exact weights can flip one
@@ -63,7 +63,7 @@ def test_other_builds_compute_the_same(kernel_build, build):
     used on CPUs without AVX-512 give the same products, for every weight dtype."""
     import ctypes
 
-    lib = kernels.declare(ctypes.CDLL(str(kernel_build(build))))
+    lib = kernels_loader.declare(ctypes.CDLL(str(kernel_build(build))))
     w, x = torch.randn(70, 130), torch.randn(2, 130)
     for weight, expected in [(w, x @ w.T), (w.bfloat16(), x @ w.bfloat16().float().T)]:
         y = torch.empty(2, 70)
@@ -75,7 +75,7 @@ def test_without_any_kernels_loading_says_how_much_slower(monkeypatch, tmp_path,
     """No build with the package (a source tree nobody built) and no compiler: a note, never silence."""
     from lmgen.engine.load import load
 
-    monkeypatch.setattr(kernels, "packaged_builds", lambda: {})
+    monkeypatch.setattr(kernels_loader, "packaged_builds", lambda: {})
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("LMGEN_HOME", str(tmp_path / "home"))
@@ -96,16 +96,16 @@ def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
 
     from lmgen.model.quant import FORMATS, pack, quantize
 
-    builds = kernels.packaged_builds()
+    builds = kernels_loader.packaged_builds()
     assert "portable" in builds, "the package was built without its kernels"
-    best = kernels.best_level(builds)
-    runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
+    runnable = [level for level in kernels_loader.cpu_levels() if level in builds]  # best first
+    best = runnable[0]
     if len(runnable) < 2:
         pytest.skip(f"this CPU runs only the {best} build: nothing to compare it with")
     x, w = torch.randn(20, 160), torch.randn(70, 160)  # 16 rows through AMX tiles where the CPU has them
     results = {}
     for level in runnable:
-        lib = kernels.declare(ctypes.CDLL(str(builds[level])))
+        lib = kernels_loader.declare(ctypes.CDLL(str(builds[level])))
         outputs = []
         for fmt in FORMATS.values():
             packed, y = pack(quantize(w, fmt), fmt), torch.empty(20, 70)

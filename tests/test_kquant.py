@@ -1,4 +1,4 @@
-"""lmgen.model.kquant and the kernels of kernels_kquant.h: Q5_0, Q5_1, Q4_K, Q5_K and Q6_K blocks
+"""lmgen.model.kquant and the kernels of csrc/kquant.h: Q5_0, Q5_1, Q4_K, Q5_K and Q6_K blocks
 decoded as the gguf library dequantizes them, packed and unpacked without loss, and products
 equal to dequantize-then-matmul within the activations' rounding, batched equal to alone, and
 every packaged build equal to the bit.
@@ -16,7 +16,7 @@ from gguf.quants import dequantize as gguf_dequantize
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lmgen.model import kernels, kquant
+from lmgen.model import kernels, kernels_loader, kquant
 from lmgen.model.quant import READ_ONLY, dequantize, dequantize_packed, pack, packed_rows, unpack
 
 GGML = {"q5_0": GGMLQuantizationType.Q5_0, "q5_1": GGMLQuantizationType.Q5_1, "q4_k": GGMLQuantizationType.Q4_K,
@@ -81,15 +81,15 @@ def test_products_equal_dequantize_then_matmul_and_batched_equals_alone(name, ro
 
 
 def test_each_packaged_level_this_cpu_runs_gives_the_same_products_to_the_bit():
-    builds = kernels.packaged_builds()
-    best = kernels.best_level(builds)
-    runnable = kernels.LEVELS[kernels.LEVELS.index(best):]
+    builds = kernels_loader.packaged_builds()
+    runnable = [level for level in kernels_loader.cpu_levels() if level in builds]  # best first
+    best = runnable[0]
     if len(runnable) < 2:
         pytest.skip(f"this CPU runs only the {best} build: nothing to compare it with")
     x = torch.randn(20, 512) * 2  # 16 rows through AMX tiles where the CPU has them, 4 through VNNI
     results = {}
     for level in runnable:
-        lib = kernels.declare(ctypes.CDLL(str(builds[level])))
+        lib = kernels_loader.declare(ctypes.CDLL(str(builds[level])))
         outputs = []
         for name, fmt in READ_ONLY.items():
             packed, y = pack(random_blocks(name, 35, 512, seed=7), fmt), torch.empty(20, 35)

@@ -34,8 +34,8 @@ def test_generate_without_a_compiler_decodes_through_the_native_step(tmp_path):
     assert result.returncode == 0, result.stderr
     assert b"note" not in result.stderr, result.stderr  # no "native kernels are not available"
     assert json.loads(result.stdout)["new_tokens"] > 0
-    probe = ("import lmgen; from lmgen.model import kernels; lm = lmgen.load(sys.argv[1]); lm.model.new_cache(1, 4); "
-             "print(kernels.best_level(kernels.packaged_builds()), lm.model.plan is not None)")
+    probe = ("import lmgen; from lmgen.model import kernels_loader; lm = lmgen.load(sys.argv[1]); "
+             "lm.model.new_cache(1, 4); print(kernels_loader.kernel_level(), lm.model.plan is not None)")
     out = subprocess.run([sys.executable, "-c", "import sys; " + probe, str(bundled_gguf())], capture_output=True,
                          env=env, timeout=300, text=True)
     level, native = out.stdout.split()

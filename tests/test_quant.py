@@ -11,7 +11,7 @@ from gguf import GGMLQuantizationType, quants
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lmgen.model import kernels
+from lmgen.model import kernels, kernels_loader
 from lmgen.model.quant import FORMATS, dequantize, dequantize_rows, pack, packed_rows, quantize, unpack
 
 GGML = {"q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0, "q4_1": GGMLQuantizationType.Q4_1}
@@ -166,8 +166,8 @@ def test_every_thread_count_writes_every_output_with_the_same_bits(name):
 
 @pytest.mark.parametrize("build", ["serial", "avx2", "portable"])
 def test_other_builds_compute_the_same(kernel_build, build):
-    """Each of kernels_quant.h's paths (VNNI, AVX2, portable C) gives this build's results to the bit."""
-    lib = kernels.declare(ctypes.CDLL(str(kernel_build(build))))
+    """Each of csrc/quant.h's paths (VNNI, AVX2, portable C) gives this build's results to the bit."""
+    lib = kernels_loader.declare(ctypes.CDLL(str(kernel_build(build))))
     x = torch.randn(20, 160)  # 16 rows through this build's AMX tiles where the CPU has them
     for name, fmt in FORMATS.items():
         blocks = quantize(awkward_weights(70, 160), fmt)

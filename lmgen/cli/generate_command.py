@@ -156,6 +156,11 @@ def _locally(lm, source: Source, settings, shown: Shown, context: int) -> None:
             yield Input(text, messages, lm.chat_template.render(messages), number - 1)
 
     renderer = _renderer(lm, source, shown, settings.num_samples)
+    kernels = ""  # --stats: the native kernels' instruction set level, where the model runs on the CPU
+    if shown.stats and lm.model.device.type == "cpu":
+        from lmgen.model.kernels_loader import kernel_level
+
+        kernels = f"; native kernels {kernel_level()}"
     if source.each_line:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
         records = generate_in_order(lm, inputs(), settings, renderer, source.batch_size, total)
@@ -167,7 +172,7 @@ def _locally(lm, source: Source, settings, shown: Shown, context: int) -> None:
                 print(f"lmgen: warning: the output is incomplete: it ended ({record['finish_reason']}) before "
                       f"{settings.constraint.describe()} was satisfied", file=sys.stderr)
             if shown.stats:
-                sys.stderr.write(render.stats_line(record) + "\n")
+                sys.stderr.write(render.stats_line(record) + kernels + "\n")
     except PromptError as exc:  # every earlier prompt has been printed: name the line that cannot be used
         raise InputError(f"stdin line {lines[exc.index]}: {exc}" if exc.index in lines else str(exc)) from None
 

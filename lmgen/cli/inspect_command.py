@@ -28,7 +28,11 @@ def inspect(
     path = resolve_model(None if path is None else str(path))
     glob = match if match is not None else ("*" if tensors else None)
     info = report(path, glob, stats)
+    from lmgen.model.kernels_loader import kernel_level  # torch-free: what generate would run on this CPU
+
+    info["native_kernels"] = kernel_level()
     if as_json:
         print(json.dumps(info, indent=2))
     else:
         print_inspect(info)
+        print(f"native kernels: {info['native_kernels']} (the instruction set level they run at on this CPU)")

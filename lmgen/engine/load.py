@@ -172,10 +172,10 @@ def _language_model(model: Decoder, cfg: ModelConfig, root: Path, tokenizer_file
         )
     notes: list[str] = []
     if model.device.type == "cpu":
-        from lmgen.model import kernels
+        from lmgen.model import kernels, kernels_loader
 
-        if kernels.library() is None and kernels.unavailable:  # never silently slow
-            notes.append(kernels.unavailable)
+        if kernels.library() is None and kernels_loader.unavailable:  # never silently slow
+            notes.append(kernels_loader.unavailable)
     return LanguageModel(model, tokenizer, cfg, root, frozenset(end_ids(cfg, root, notes)), notes)
 
 

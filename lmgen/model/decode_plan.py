@@ -1,6 +1,6 @@
-"""The native decode step (kernels.c's decode_layers): every block of a Decoder, one new token
-per row, in one call — the structs kernels.c reads (Shape, Layer, Weights) built from the model,
-and the ThreadTuner that picks each step's threads."""
+"""The native decode step (csrc/kernels.c's decode_layers): every block of a Decoder, one new
+token per row, in one call — the structs it reads (kernels_abi's Shape, Layer, Weights) built
+from the model, and the ThreadTuner that picks each step's threads."""
 
 from __future__ import annotations
 
@@ -12,57 +12,22 @@ import torch
 from torch import Tensor
 
 from lmgen.model import kernels
+from lmgen.model.kernels_abi import KV_CODES, NORMS, PROJECTIONS, Layer, Shape, Weights
 from lmgen.model.kv_cache import PAGE
 from lmgen.model.threads import ThreadTuner, other_runnable
 
 
-NORM_CODES = {"rmsnorm": 0, "layernorm": 1}
-KV_KINDS = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}  # kernels.c's KV_F32, KV_BF16, KV_Q8
-ACTIVATION_CODES = {"silu": 0, "gelu_tanh": 1, "gelu": 2}
-QK_NORM_CODES = {None: 0, "head": 1, "projection": 2}
+KV_KINDS = {torch.float32: KV_CODES["f32"], torch.bfloat16: KV_CODES["bf16"], torch.int8: KV_CODES["q8"]}
 ROPE_TABLES = ("global", "local")  # a layer's rotary table, as an index into the cos and sin passed
-
-
-class Shape(ctypes.Structure):
-    """kernels.c's Shape: the model's sizes and its family's choices."""
-
-    _fields_ = [(name, ctypes.c_int64) for name in ("d", "n_heads", "n_kv", "hd", "d_mlp", "rope_dim", "n_layers")] \
-        + [(name, ctypes.c_int) for name in ("norm_kind", "qk_norm", "gated", "activation")] \
-        + [(name, ctypes.c_float) for name in ("eps", "norm_offset", "attn_scale", "attn_softcap")] \
-        + [("kv_kind", ctypes.c_int), ("kv_block", ctypes.c_int)]  # set per step from the cache (KV_KINDS)
-
-    @classmethod
-    def of(cls, cfg) -> "Shape":
-        return cls(cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_mlp, cfg.rotary_dim, cfg.n_layers,
-                   NORM_CODES[cfg.norm], QK_NORM_CODES[cfg.qk_norm], cfg.mlp == "gated",
-                   ACTIVATION_CODES[cfg.activation],
-                   cfg.norm_eps, cfg.norm_offset, cfg.attn_scale or cfg.head_dim**-0.5, cfg.attn_softcap or 0.0)
 
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-NORMS = ("attn_norm_w", "attn_norm_b", "attn_post_w", "mlp_norm_w", "mlp_norm_b", "mlp_post_w", "q_norm_w", "k_norm_w")
-PROJECTIONS = ("q", "k", "v", "o", "gate", "up", "down")
-
-
-class Weights(ctypes.Structure):
-    """kernels.c's Weights: a projection's weight and bias (NULL where none), and the weight's
-    format (``weight_code``)."""
-
-    _fields_ = [("w", ctypes.c_void_p), ("bias", ctypes.c_void_p), ("format", ctypes.c_int64)]
-
-
-class Layer(ctypes.Structure):
-    """kernels.c's Layer: one block's norms and projections, its window and rotary table."""
-
-    _fields_ = [(name, ctypes.c_void_p) for name in NORMS] + [(name, Weights) for name in PROJECTIONS] \
-        + [("window", ctypes.c_int64), ("rope", ctypes.c_int64)]
-
-
 def weight_code(linear) -> int | None:
-    """The number kernels.c gives a projection's weight format (None: one it cannot read)."""
+    """The number kernels.c gives a projection's weight format (kernels_abi.FORMAT_CODES; None:
+    one it cannot read)."""
     fmt = getattr(linear, "format", None)
     return fmt.code if fmt is not None else kernels.WEIGHT_CODES.get(linear.weight.dtype)
 
@@ -94,7 +59,7 @@ def _layer(cfg, index: int, tensors: dict) -> Layer:
 
 
 def _declare(lib: ctypes.CDLL) -> None:
-    """decode_layers' C signature, with the structs above (kernels.declare gives the others)."""
+    """decode_layers' C signature, with kernels_abi's structs (kernels_loader.declare gives the others)."""
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.decode_layers.argtypes = [ctypes.POINTER(Shape), ptr, i64, ctypes.POINTER(Layer), ptr, ptr, ptr, ptr, ptr, ptr] \
         + [i64] * 4 + [ptr, i64, ptr, ptr]

@@ -12,7 +12,7 @@ As a GGUF file stores them (ggml-common.h), a weight row of K values is blocks o
 
 ``fields`` decodes blocks into their parts (every value's q, 0..63, and the scales, per block
 of 32 values); ``values`` turns parts into weights with the same fp32 operations as the ``gguf``
-library's ``dequantize``. ``pack`` lays the parts out for the kernels (kernels_kquant.h: groups
+library's ``dequantize``. ``pack`` lays the parts out for the kernels (csrc/kquant.h: groups
 of 16 rows, per block of 32 the rows' nibbles interleaved four bytes at a time as Q4_0's are,
 the high bits rearranged so that one shift puts them in place, then the scales); ``unpack``
 gives the parts back. A packed tensor holds as many bytes as the file's, but for the K-quants'

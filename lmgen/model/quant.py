@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lmgen.model import kquant
+from lmgen.model.kernels_abi import FIRST_KQUANT, FORMAT_CODES
 
 BLOCK = 32  # values per block in every format here
 
@@ -38,26 +39,30 @@ BLOCK = 32  # values per block in every format here
 class BlockFormat:
     name: str
     block_bytes: int
-    code: int  # the weight format's number in kernels.c
     block_values: int = BLOCK  # weights per block of the file (a K-quant's super-block: 256)
+
+    @property
+    def code(self) -> int:
+        """The weight format's number in the kernels (kernels_abi.FORMAT_CODES: csrc/common.h's enum)."""
+        return FORMAT_CODES[self.name]
 
     @property
     def k(self) -> bool:
         """One of kquant's formats (5- and 6-bit, K-quants), which lmgen reads but never writes."""
-        return self.code >= 6
+        return self.code >= FIRST_KQUANT
 
 
 FORMATS = {  # what lmgen quantizes to (--dtype q8, q4; GGUF files' tensors in other formats)
-    "q8_0": BlockFormat("q8_0", 34, 3),
-    "q4_0": BlockFormat("q4_0", 18, 4),
-    "q4_1": BlockFormat("q4_1", 20, 5),
+    "q8_0": BlockFormat("q8_0", 34),
+    "q4_0": BlockFormat("q4_0", 18),
+    "q4_1": BlockFormat("q4_1", 20),
 }
 READ_ONLY = {  # what lmgen runs as a GGUF file stores it, but never makes (kquant)
-    "q5_0": BlockFormat("q5_0", 22, 6),
-    "q5_1": BlockFormat("q5_1", 24, 7),
-    "q4_k": BlockFormat("q4_k", 144, 8, 256),
-    "q5_k": BlockFormat("q5_k", 176, 9, 256),
-    "q6_k": BlockFormat("q6_k", 210, 10, 256),
+    "q5_0": BlockFormat("q5_0", 22),
+    "q5_1": BlockFormat("q5_1", 24),
+    "q4_k": BlockFormat("q4_k", 144, 256),
+    "q5_k": BlockFormat("q5_k", 176, 256),
+    "q6_k": BlockFormat("q6_k", 210, 256),
 }
 ALL_FORMATS = FORMATS | READ_ONLY
 

@@ -7,7 +7,7 @@ read when /metrics is asked (gauges with a callback), never kept in step by hand
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -33,6 +33,8 @@ class Metrics:
                                              buckets=LATENCY_BUCKETS, registry=r)
         self.inter_token = Histogram("lmgen_inter_token_seconds", "Between a sample's tokens",
                                      buckets=LATENCY_BUCKETS, registry=r)
+        self.kernels = Info("lmgen_native_kernels", "The native kernels' instruction set level (none: torch's "
+                            "products)", registry=r)
 
     def watch(self, engine) -> None:
         """Read the engines' queue, rows, KV pages and preemptions whenever /metrics is asked
@@ -44,4 +46,7 @@ class Metrics:
         self.preemptions.set_function(engine.preemptions)
 
     def exposition(self) -> tuple[bytes, str]:
+        from lmgen.model.kernels_loader import kernel_level
+
+        self.kernels.info({"level": kernel_level()})  # what the models loaded so far run at (before: would)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

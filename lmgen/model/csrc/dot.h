@@ -1,5 +1,5 @@
 /* Dot products of float weight rows with rows of x: fp32 and bf16 (the upper half of an fp32).
- * Included by kernels.c.
+ * Included by project.h; the AVX-512 tiles are in x86/dot.h.
  *
  * With four or more rows of x (a batch), work comes in tiles of 4 weight rows × 4 rows of x: each
  * weight vector is loaded (and widened) once for the rows of x, each x vector once for the weight
@@ -9,45 +9,17 @@
  * of — one accumulator over 16 values at a time, then the lanes, then the last K % 16 — so a row
  * of x gets bit for bit the same result alone or in a batch.
  */
+#pragma once
 #include <stdint.h>
 #include <string.h>
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
 
-enum { W_F32 = 0, W_BF16 = 1 };
+#include "common.h"  /* W_F32, W_BF16 */
 
 static inline float bf16_to_f32(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
 static inline float f32_value(float v) { return v; }
 
 #ifdef __AVX512F__
-static inline __m512 load16_f32(const float* w) { return _mm512_loadu_ps(w); }
-static inline __m512 load16_bf16(const uint16_t* w) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)w)), 16));
-}
-/* out[i][b] = W row i · x row b, for R weight rows and B rows of x (both K apart). */
-#define TILE(NAME, T, LOAD, VALUE, R, B)                                                          \
-  static void NAME(const void* weights, const float* restrict x, int64_t K, float out[][4]) {     \
-    const T* restrict w = (const T*)weights;                                                      \
-    __m512 acc[R][B];                                                                             \
-    for (int i = 0; i < R; i++)                                                                   \
-      for (int b = 0; b < B; b++) acc[i][b] = _mm512_setzero_ps();                                \
-    int64_t k = 0;                                                                                \
-    for (; k + 16 <= K; k += 16) {                                                                \
-      __m512 wv[R];                                                                               \
-      for (int i = 0; i < R; i++) wv[i] = LOAD(w + i * K + k);                                    \
-      for (int b = 0; b < B; b++) {                                                               \
-        __m512 xv = _mm512_loadu_ps(x + b * K + k);                                               \
-        for (int i = 0; i < R; i++) acc[i][b] = _mm512_fmadd_ps(wv[i], xv, acc[i][b]);           \
-      }                                                                                           \
-    }                                                                                             \
-    for (int i = 0; i < R; i++)                                                                   \
-      for (int b = 0; b < B; b++) {                                                               \
-        float s = _mm512_reduce_add_ps(acc[i][b]);                                                \
-        for (int64_t j = k; j < K; j++) s += VALUE(w[i * K + j]) * x[b * K + j];                  \
-        out[i][b] = s;                                                                            \
-      }                                                                                           \
-  }
+#include "x86/dot.h"  /* TILE with AVX-512 */
 #else
 /* Without AVX-512: the same tiles, one product at a time (the compiler may vectorise across them). */
 #define TILE(NAME, T, LOAD, VALUE, R, B)                                                          \

@@ -3,23 +3,28 @@
  * y[m, r] = sum_k W[r, k] * x[m, k] for a few rows m (one per sample or prompt), with W stored
  * as PyTorch stores a Linear weight: (out_features, in_features), row-major. Output rows are
  * split across threads with OpenMP in groups of eight, x stays in L1, and the dot products come
- * in tiles (kernels_dot.h) summed in one order whatever the number of rows m.
- * W is fp32, bf16 (upper half of an fp32), or blocks of llama.cpp's Q8_0, Q4_0 or Q4_1 in
- * lmgen.quant's packed layout (16 rows interleaved); x and y are always fp32. Built with the
- * package once per instruction set level (setup.py), or for this CPU by lmgen/kernels.py.
+ * in tiles (dot.h) summed in one order whatever the number of rows m.
+ * W is fp32, bf16 (upper half of an fp32), or blocks of llama.cpp's Q8_0, Q4_0, Q4_1, Q5_0, Q5_1
+ * or K-quants in lmgen.model.quant's packed layout (16 rows interleaved); x and y are always fp32.
+ * Built with the package once per instruction set level (setup.py, from the levels of
+ * lmgen/model/build_table.py), or for this CPU by lmgen/model/kernels_loader.py.
+ *
+ * The headers: common.h (what all share), dot.h, quant.h, kquant.h, amx.h (the tiles of each
+ * weight format), project.h (products shared among threads), attention.h, and abi.h (what Python
+ * mirrors). Each is portable C with its x86 paths in x86/, chosen by the build's flags.
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels_dot.h"  /* the dot products of float weights */
-#include "kernels_quant.h"  /* ... and of block-quantized ones */
-#include "kernels_attention.h"  /* decode attention's q·k and weighted values */
-#include "kernels_project.h"  /* products shared among the threads; the thread count */
+#include "common.h"
+#include "project.h"  /* products shared among the threads (float and block tiles); the thread count */
+#include "attention.h"  /* decode attention's q·k and weighted values */
+#include "abi.h"  /* Shape, Weights, Layer: what Python mirrors */
 
 /* Block-quantized rows (rows, n_blocks * block_bytes: llama.cpp's blocks, each `head` bytes of
- * fp16 scale (and minimum) then its quants) into the kernels' packed layout, as lmgen.quant.pack
+ * fp16 scale (and minimum) then its quants) into the kernels' packed layout, as lmgen.model.quant.pack
  * does in PyTorch (and a test checks byte for byte): groups of 16 rows; per block of a group the
  * 16 rows' quants interleaved 4 bytes at a time (Q8_0's plus 128: `flip`), then each 2-byte header
  * field of the 16 rows; missing rows of the last group are zero. A GGUF file's tensors are packed
@@ -45,36 +50,26 @@ void pack_blocks(const uint8_t* src, uint8_t* dst, int64_t rows, int64_t n_block
   }
 }
 
-/* The instruction set level this CPU runs, for lmgen.kernels to pick among the builds made with
- * the package: 2 AVX-512 VNNI (with BW and VL), 1 AVX2 with FMA (F16C comes with it), 0 neither. */
-int cpu_level(void) {
-#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
-    return 2;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 1;
-#endif
-  return 0;
+/* What this library was built with, for Python to compare with its mirrors before using it
+ * (kernels_abi.py, in this order): the ABI version; the sizes of Shape, Weights and Layer; the
+ * weight formats' codes; then the KV kinds', norms', activations' and q/k norms'. Writes up to n
+ * of them to out and returns how many there are. */
+int lmgen_abi(int64_t* out, int n) {
+  const int64_t abi[] = {
+      LMGEN_ABI_VERSION, sizeof(Shape), sizeof(Weights), sizeof(Layer),
+      W_F32, W_BF16, W_Q8_0, W_Q4_0, W_Q4_1, W_Q5_0, W_Q5_1, W_Q4_K, W_Q5_K, W_Q6_K,
+      KV_F32, KV_BF16, KV_Q8, NORM_RMS, NORM_LAYER, ACT_SILU, ACT_GELU_TANH, ACT_GELU, QK_NONE, QK_HEAD, QK_PROJECTION,
+  };
+  int count = (int)(sizeof abi / sizeof abi[0]);
+  for (int i = 0; i < n && i < count; i++) out[i] = abi[i];
+  return count;
 }
-enum { NORM_RMS = 0, NORM_LAYER = 1 };
-enum { ACT_SILU = 0, ACT_GELU_TANH = 1, ACT_GELU = 2 };
-enum { QK_NONE = 0, QK_HEAD = 1, QK_PROJECTION = 2 };
 
 /* ------------------------------------------------------------------------------------------------
  * One transformer block for one new token per sample, in place on the residual stream x (M, d).
- * The same arithmetic as lmgen/model.py's Block (fp32 activations), without PyTorch's per-op cost,
- * which for a 576-wide model is larger than the arithmetic itself.
+ * The same arithmetic as lmgen/model/decoder.py's Block (fp32 activations), without PyTorch's
+ * per-op cost, which for a 576-wide model is larger than the arithmetic itself.
  */
-
-/* The model's shape and its family's choices, as lmgen/config.py's ModelConfig has them. */
-typedef struct {
-  int64_t d, n_heads, n_kv, hd, d_mlp, rope_dim, n_layers;
-  int norm_kind, qk_norm, gated, activation;
-  float eps, norm_offset, attn_scale, attn_softcap;
-  int kv_kind;  /* what the KV cache holds: KV_F32, KV_BF16 (rounded to nearest even, as torch rounds), KV_Q8 */
-  int kv_block;  /* KV_Q8: values per scale (32, or hd where hd is not a multiple of 32) */
-} Shape;
 
 /* fp32 → bf16 as torch converts (round to nearest, ties to even; NaN stays a quiet NaN). */
 static inline uint16_t to_bf16(float f) {
@@ -84,7 +79,6 @@ static inline uint16_t to_bf16(float f) {
   return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
-enum { KV_F32 = 0, KV_BF16 = 1, KV_Q8 = 2 };
 
 /* Half of a layer's KV cache (its keys, or its values): the elements, and for KV_Q8 one fp32
  * scale per block of kv_block values of a head (element e's is scale[e / kv_block]). */
@@ -168,20 +162,6 @@ static inline float activate(int kind, float a) {
   return 0.5f * a * (1.f + erff(a * 0.7071067811865476f));
 }
 
-/* A projection's weight and its bias, and the weight's format (W_F32...). */
-typedef struct { const void* w; const float* bias; int64_t format; } Weights;
-
-/* One layer, as lmgen/kernels.py's Layer describes it: the norms' weights and biases (NULL where
- * the family has none: pre-norms for OLMo 2, post-norms but for Gemma and OLMo 2, q/k norms but
- * for Qwen3, Gemma 3 and OLMo 2), each projection (NULL parts: biases mostly,
- * gate unless gated), its sliding window (0: none) and its rotary table (-1: none, else an index
- * into the cos and sin tables of the step). */
-typedef struct {
-  const float *attn_norm_w, *attn_norm_b, *attn_post_w, *mlp_norm_w, *mlp_norm_b, *mlp_post_w, *q_norm_w, *k_norm_w;
-  Weights q, k, v, o, gate, up, down;
-  int64_t window;
-  int64_t rope;
-} Layer;
 
 /* h = pre-norm of x, or x itself where the family has none. */
 static void pre_norm(const Shape* s, const float* w, const float* b, const float* x, float* h, int64_t M) {

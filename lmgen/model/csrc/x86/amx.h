@@ -1,6 +1,6 @@
-/* Many rows of x against block-quantized weights (every format of kernels_quant.h and
- * kernels_kquant.h) with AMX tiles (Intel's matrix unit, Sapphire Rapids on), where the CPU and
- * the kernel allow it. Included by kernels_quant.h in the VNNI build.
+/* Many rows of x against block-quantized weights (every format of quant.h and
+ * kquant.h) with AMX tiles (Intel's matrix unit, Sapphire Rapids on), where the CPU and
+ * the kernel allow it. Included by amx.h in the VNNI build.
  *
  * A block's products are sums of 8-bit integers, exact whatever computes them: one AMX
  * instruction (tdpbsud) computes them for 16 rows of x and the group's 16 weight rows at once,
@@ -13,9 +13,19 @@
  * or in any batch. Q6_K scales each half block apart: its B tile is split in two, one half
  * zeroed in each, and the two halves take the tiles a second group would.
  */
+#pragma once
 #include <cpuid.h>
+#include <immintrin.h>
+#include <stdint.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+
+#include "../common.h"  /* the formats' sizes, QuantizedX */
+#include "kquant.h"  /* x86/kquant.h: KWEIGHTS, halves16, kscale_vnni */
+
+#if !(defined(PACKED_VNNI) && defined(__x86_64__))
+#error "x86/amx.h is for the avx512 level on x86-64"
+#endif
 
 enum { AMX_ROWS = 16, AMX_MIN_ROWS = 8 };  /* x rows a tile holds; fewer than MIN: VNNI (faster there) */
 enum { AMX_GROUPS = 2 };  /* groups of 16 weight rows a call takes (Q6_K: one) */

@@ -1,11 +1,32 @@
 /* Products of one input with one or more projections (q, k and v; gate and up), their output
  * rows shared among OpenMP threads, and the thread count every parallel region uses. Included
- * by kernels.c, after the dot products it calls (kernels_dot.h, kernels_quant.h).
+ * by kernels.c, with the tiles they are computed in: dot.h's, quant.h's, kquant.h's and amx.h's.
  */
+#pragma once
 #include <stdint.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+
+#include "common.h"
+#include "dot.h"  /* the dot products of float weights */
+#include "quant.h"  /* ... and of block-quantized ones */
+#include "kquant.h"  /* Q5_0, Q5_1 and the K-quants, on the same activations */
+#include "amx.h"  /* ... and with AMX tiles, for many rows of x */
+
+/* out[i][b] = weight row r + i · row x0 + b of x, for the 16 rows of the group starting at row r
+ * (a multiple of 16) and nb ≤ 4 rows of x. */
+static void block_tile(int dtype, const void* W, int64_t r, const QuantizedX* a, int64_t x0, int nb,
+                       float out[][OUT_COLS]) {
+  int k = dtype >= W_Q5_0;
+  const uint8_t* g = (const uint8_t*)W + r / QGROUP * a->blocks * packed_block_bytes(dtype);
+  if (nb == 4) {
+    (k ? ktile4 : qtile4)(dtype, g, a, x0, out);
+    return;
+  }
+  for (int b = 0; b < nb; b++)  /* a row or few of x (decoding one prompt): column b of out */
+    (k ? ktile1 : qtile1)(dtype, g, a, x0 + b, (float(*)[OUT_COLS])&out[0][b]);
+}
 
 /* Threads per parallel region, set from Python (the cores available, or what decode found
  * fastest while other processes compete for them). Ignored by a build without OpenMP. */
@@ -15,7 +36,7 @@ void set_threads(int n) { n_threads = n > 0 ? n : 1; }
 /* One projection of a block: y (M, n) = x (M, K) @ W.T + bias, W in weight format dtype. */
 typedef struct { int dtype; const void* w; const float* bias; float* y; int64_t n; } Projection;
 
-/* Output rows a job takes at once: a packed group of block rows (kernels_quant.h), two with AMX
+/* Output rows a job takes at once: a packed group of block rows (quant.h), two with AMX
  * tiles (but for Q6_K), or eight float rows. */
 static inline int64_t job_rows(int dtype, int tiles) {
   return dtype < W_Q8_0 ? 8 : tiles && dtype != W_Q6_K ? AMX_GROUPS * QGROUP : QGROUP;
