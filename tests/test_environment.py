@@ -1,8 +1,8 @@
 """Environment variables are checked as options are: a bad value is one line naming the variable
 (or the option) and what it accepts, exit 2 (never exit 1 and a traceback, never a silent default).
 
-Every LMGEN_ variable the README documents for lmgen itself is in BAD, so a new one cannot be
-added unchecked (``test_every_documented_variable_is_checked``).
+Every LMGEN_ variable the documentation (README.md and docs/) names for lmgen itself is in BAD, so a
+new one cannot be added unchecked (``test_every_documented_variable_is_checked``).
 """
 
 import os
@@ -14,7 +14,8 @@ from conftest import assert_one_line_error
 
 from lmgen.model import kernels
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+DOCUMENTATION = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # Knobs of the test suite and the benchmark scripts, not of lmgen.
 DEVELOPMENT = {"LMGEN_SOURCE", "LMGEN_EXE", "LMGEN_FUZZ_ITERATIONS", "LMGEN_CLI_FUZZ_ITERATIONS", "LMGEN_CLI_FUZZ_SEED",
                "LMGEN_HTTP_FUZZ_ITERATIONS", "LMGEN_HTTP_FUZZ_SEED", "LMGEN_HYPOTHESIS", "LMGEN_HYPOTHESIS_EXAMPLES",
@@ -40,7 +41,7 @@ BAD = {
 
 
 def documented() -> set[str]:
-    return set(re.findall(r"LMGEN_[A-Z0-9_]+", README.read_text(encoding="utf-8")))
+    return {name for page in DOCUMENTATION for name in re.findall(r"LMGEN_[A-Z0-9_]+", page.read_text(encoding="utf-8"))}
 
 
 @pytest.fixture
@@ -71,7 +72,14 @@ def test_a_bad_value_is_one_line_naming_the_variable(cli, tiny_chat_dir, tmp_pat
 
 
 def test_every_documented_variable_is_checked():
+    assert len(DOCUMENTATION) > 1  # the README and the pages under docs/
     assert documented() - DEVELOPMENT - {"LMGEN_MODEL"} == set(BAD)  # LMGEN_MODEL: below
+
+
+def test_every_variable_is_on_the_environment_page():
+    """The reference page lists every variable of lmgen's own, LMGEN_MODEL included."""
+    page = (ROOT / "docs" / "reference" / "environment.md").read_text(encoding="utf-8")
+    assert set(BAD) | {"LMGEN_MODEL"} <= set(re.findall(r"LMGEN_[A-Z0-9_]+", page))
 
 
 def test_a_missing_model_in_lmgen_model_is_named_as_model_paths_are(cli, tmp_path, monkeypatch):

@@ -209,10 +209,10 @@ def test_a_match_with_no_tensor_says_so_and_exits_0(cli):
     assert as_json["tensors"] == [] and as_json["tensor_match"]["glob"] == "nothing*"
 
 
-def test_the_readme_match_example_matches_the_default_models_names():
+def test_the_docs_match_example_matches_the_default_models_names():
     from lmgen.formats.paths import bundled_gguf
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    example = re.search(r"`--match '([^']+)'` for the default", readme).group(1)
+    guide = (Path(__file__).parent.parent / "docs" / "guide" / "inspect.md").read_text()
+    example = re.search(r"`--match '([^']+)'` for the default", guide).group(1)
     names = [t["name"] for t in report(bundled_gguf(), example)["tensors"]]
     assert names and all(n.startswith("blk.0.") for n in names)
