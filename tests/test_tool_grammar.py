@@ -64,7 +64,7 @@ def assert_valid(calls, tools):
         jsonschema.validate(json.loads(call.arguments), schemas[call.name])
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(tool_schemas(), tool_schemas(), st.sampled_from(sorted(SYNTAXES)), st.integers(0, 2**32 - 1))
 def test_required_calls_always_validate_in_every_syntax(default_lm, first, second, syntax_name, seed):
     tools = tools_of(first, second)
@@ -74,7 +74,7 @@ def test_required_calls_always_validate_in_every_syntax(default_lm, first, secon
     assert_valid(reply.calls, tools)
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(tool_schemas(), st.sampled_from(sorted(SYNTAXES)), st.integers(0, 2**32 - 1))
 def test_a_named_function_is_the_one_called(default_lm, schema, syntax_name, seed):
     tools = tools_of({"type": "object"}, schema)
@@ -84,7 +84,7 @@ def test_a_named_function_is_the_one_called(default_lm, schema, syntax_name, see
     assert_valid(reply.calls, tools)
 
 
-@settings(max_examples=15)
+@settings(max_examples=10)
 @given(tool_schemas(), st.sampled_from(sorted(SYNTAXES)), st.integers(0, 2**32 - 1))
 def test_auto_gives_text_or_calls_that_validate(default_lm, schema, syntax_name, seed):
     tools = tools_of(schema)
