@@ -115,3 +115,73 @@ def test_a_thinking_template_still_calls_under_required(served):
         if choice.finish_reason == "tool_calls":
             assert choice.message.tool_calls and not (choice.message.content or "").strip()
     assert "tool_calls" in finishes, finishes
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama3", "phi4", "mistral"])
+def test_each_familys_round_trip_through_the_anthropic_client_and_the_responses_api(served, family):
+    import anthropic
+
+    server, names = served
+    model = names[family]
+    messages = anthropic.Anthropic(base_url=server.url, api_key="unused", max_retries=0).messages
+    tools = [{"name": "get_weather", "input_schema": WEATHER}]
+    ask = dict(model=model, max_tokens=400, tools=tools, messages=[{"role": "user", "content": "Weather in Paris?"}])
+    reply = messages.create(tool_choice={"type": "tool", "name": "get_weather"}, extra_body={"temperature": 0}, **ask)
+    [use] = [b for b in reply.content if b.type == "tool_use"]
+    jsonschema.validate(use.input, WEATHER)
+    turns = ask["messages"] + [{"role": "assistant", "content": reply.content},
+                               {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,
+                                                             "content": "Sunny"}]}]
+    final = messages.create(**{**ask, "messages": turns, "max_tokens": 4}, tool_choice={"type": "none"})
+    assert final.content and final.content[0].type == "text"
+
+    responses = server.client().responses
+    first = responses.create(model=model, input="Weather in Paris?", max_output_tokens=400, temperature=0,
+                             tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER}],
+                             tool_choice="required")
+    [call] = [item for item in first.output if item.type == "function_call"]
+    jsonschema.validate(json.loads(call.arguments), WEATHER)
+    again = responses.create(model=model, max_output_tokens=4, tool_choice="none",
+                             tools=[{"type": "function", "name": "get_weather", "parameters": WEATHER}],
+                             input=[{"role": "user", "content": "Weather in Paris?"},
+                                    {"type": "function_call", "call_id": call.call_id, "name": call.name,
+                                     "arguments": call.arguments},
+                                    {"type": "function_call_output", "call_id": call.call_id, "output": "Sunny"}])
+    assert again.status in ("completed", "incomplete") and again.usage.input_tokens > first.usage.input_tokens
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama3", "phi4", "mistral"])
+def test_each_familys_agents_sdk_and_langchain_round_trips(served, family):
+    import agents
+    import openai
+    from langchain_core.messages import HumanMessage
+    from langchain_openai import ChatOpenAI
+
+    from typing import Annotated
+
+    from pydantic import Field
+
+    server, names = served
+    asked = []
+
+    def get_weather(city: Annotated[str, Field(max_length=30)]) -> str:  # (a random model's string must end)
+        """The weather in a city."""
+        asked.append(city)
+        return f"Sunny in {city}"
+
+    agents.set_tracing_disabled(True)
+    model = agents.OpenAIResponsesModel(model=names[family], openai_client=openai.AsyncOpenAI(
+        base_url=server.url + "/v1", api_key="unused", max_retries=0))
+    agent = agents.Agent(name="weather", tools=[agents.function_tool(get_weather)], model=model,
+                         tool_use_behavior="stop_on_first_tool",
+                         model_settings=agents.ModelSettings(tool_choice="required", temperature=0, max_tokens=400))
+    result = agents.Runner.run_sync(agent, "What is the weather in Paris?", max_turns=2)
+    assert len(asked) == 1 and result.final_output == f"Sunny in {asked[0]}"
+
+    chat = ChatOpenAI(base_url=server.url + "/v1", api_key="unused", model=names[family], temperature=0,
+                      max_tokens=400, max_retries=0)
+    # (a tool as OpenAI's dict: a function's schema allows any extra key, which a random model adds forever)
+    ai = chat.bind_tools(TOOLS, tool_choice="required").invoke([HumanMessage("What is the weather in Paris?")])
+    [call] = ai.tool_calls
+    assert call["name"] == "get_weather"
+    jsonschema.validate(call["args"], WEATHER)
