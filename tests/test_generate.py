@@ -63,6 +63,30 @@ def test_stop_string_spanning_tokens_is_never_printed(lm):
     assert evs[-1].reason == "stop"
     assert text == full[: full.index(stop)]
     assert stop not in text
+    assert evs[-1].stop_sequence == stop
+    assert events(lm, max_new_tokens=30)[-1].stop_sequence is None
+
+
+@given(st.text("abc", max_size=30), st.lists(st.text("abc", min_size=1, max_size=3), min_size=1, max_size=3),
+       st.lists(st.integers(0, 30), max_size=6))
+def test_the_stop_string_named_is_the_one_the_text_is_cut_at(text, stops, cuts):
+    """Fed in any pieces: the text released ends where the earliest stop string begins (the
+    longest of those starting there is the one named), or all of it is released and none named."""
+    from lmgen.text.stops import StopStrings
+
+    matcher, released, start, stopped = StopStrings(stops), "", 0, False
+    for cut in sorted(set(c % (len(text) + 1) for c in cuts)) + [len(text)]:
+        piece, stopped = matcher.push(text[start:cut])
+        released, start = released + piece, cut
+        if stopped:
+            break
+    if not stopped:
+        assert released + matcher.flush() == text and matcher.matched is None
+        assert not any(s in text for s in stops)
+        return
+    assert matcher.matched in stops and text[len(released):].startswith(matcher.matched)
+    seen = released + matcher.matched  # (a stop that began earlier but was not complete yet cannot count)
+    assert all(seen.find(s) in (-1, len(released)) or seen.find(s) > len(released) for s in stops)
 
 
 def test_stop_strings_hold_back_only_possible_starts(lm):

@@ -152,6 +152,9 @@ def test_the_anthropic_client_round_trip_stream_and_key(server):
     final = messages.create(**{**ask, "messages": turns, "max_tokens": 30}, tool_choice={"type": "none"},
                             system="Answer briefly.", stop_sequences=["\n\n"])
     assert final.stop_reason in ("end_turn", "max_tokens") and final.content[0].type == "text"
+    stopped = messages.create(**{**ask, "max_tokens": 40}, tool_choice={"type": "none"}, stop_sequences=[" ", "\n"])
+    assert stopped.stop_reason == "stop_sequence" and stopped.stop_sequence in (" ", "\n")
+    assert not any(s in stopped.content[0].text for s in (" ", "\n"))
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=server.url, api_key="wrong", max_retries=0).messages.create(**ask)
     with pytest.raises(anthropic.BadRequestError, match="max_tokens"):

@@ -30,6 +30,7 @@ class Finished:
     token_ids: tuple[int, ...] = ()  # the sample's tokens (an end-of-sequence token is not one)
     complete: bool | None = None  # with a constraint: whether it accepts the output (None: no constraint)
     constraint_seconds: float = 0.0  # spent computing the constraint's masks
+    stop_sequence: str | None = None  # the stop string that ended it (None: another end)
     cached_tokens: int = 0  # leading prompt tokens not prefilled: their keys and values were cached
     drafted: int = 0  # tokens prompt lookup drafted (--lookup)
     accepted: int = 0  # ... and the model chose too: each saved a decode step

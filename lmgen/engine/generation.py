@@ -227,7 +227,8 @@ class SampleText:
         return Finished(reason=reason, text=tail, prompt_tokens=prompt_tokens, new_tokens=self.count,
                         prefill_seconds=first - start, decode_seconds=time.perf_counter() - first, sample=sample,
                         index=index, output=self.text, token_ids=tuple(self.ids), complete=m and m.complete,
-                        constraint_seconds=m.seconds if m else 0.0, cached_tokens=cached)
+                        constraint_seconds=m.seconds if m else 0.0, cached_tokens=cached,
+                        stop_sequence=self.stops.matched if reason == "stop" else None)
 
 
 def events_alone(lm: LanguageModel, prompt_ids: list[int], settings: GenerationSettings, cache=None,

@@ -104,9 +104,11 @@ def _tool_use(call) -> dict:
 
 
 def message(ident: str, model: str, content: list, done, prompt_tokens: int, called: bool) -> dict:
-    reason = None if done is None else "tool_use" if called and done.reason == "stop" else STOP_REASONS[done.reason]
+    stopped_by = done.stop_sequence if done is not None else None
+    reason = None if done is None else "tool_use" if called and done.reason == "stop" else \
+        "stop_sequence" if stopped_by is not None else STOP_REASONS[done.reason]
     return {"id": ident, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": reason, "stop_sequence": None,
+            "stop_reason": reason, "stop_sequence": stopped_by,
             "usage": {"input_tokens": prompt_tokens, "output_tokens": done.new_tokens if done else 0,
                       "cache_read_input_tokens": done.cached_tokens if done else 0}}
 
@@ -141,7 +143,8 @@ async def stream(ctx, ticket, shape, ident: str, body: dict, chat: Chat, on_clos
                 if open_kind:
                     yield _sse("content_block_stop", {"index": index})
                 done = message(ident, ctx.name, [], value, prompt, called)
-                yield _sse("message_delta", {"delta": {"stop_reason": done["stop_reason"], "stop_sequence": None},
+                yield _sse("message_delta", {"delta": {"stop_reason": done["stop_reason"],
+                                                       "stop_sequence": done["stop_sequence"]},
                                              "usage": {"output_tokens": value.new_tokens}})
                 yield _sse("message_stop", {})
                 return

@@ -11,13 +11,15 @@ class StopStrings:
     def __init__(self, stops: list[str]):
         self.stops = [s for s in stops if s]
         self.pending = ""
+        self.matched: str | None = None  # the stop string that ended the text (the earliest, the longest there)
 
     def push(self, text: str) -> tuple[str, bool]:
         """Add decoded text; return (text safe to emit, whether a stop string was found)."""
         self.pending += text
-        hits = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        hits = [(at, -len(s), s) for s in self.stops if (at := self.pending.find(s)) >= 0]
         if hits:
-            emit, self.pending = self.pending[: min(hits)], ""
+            at, _, self.matched = min(hits)
+            emit, self.pending = self.pending[:at], ""
             return emit, True
         hold = self._longest_stop_prefix_suffix()
         cut = len(self.pending) - hold
