@@ -83,6 +83,23 @@ def test_batch_gives_the_records_of_each_line_and_resumes(inputs, each_line, tmp
     assert_one_line_error(other, 2, r"other settings \(settings\.max_new_tokens: 12 then, 13 now\)")
 
 
+def test_a_small_kv_cache_gives_the_same_records_and_is_no_setting_of_the_job(inputs, each_line, tmp_path):
+    """--kv-cache-mib 3 holds about 4 pages of 16 positions: 8 rows of ~22 positions take turns
+    (preempted and resumed), and every record is what an unbounded cache gives."""
+    out = tmp_path / "out"
+    first = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "12", "--kv-cache-mib", "3")
+    assert first.returncode == 0, first.stderr
+    records = read_out(out)
+    assert [without_timing({k: v for k, v in records[i].items() if k != "id"}) for i in range(1, 41)] == each_line
+    again = run("batch", str(inputs / "prompts.txt"), "--out", str(out), "-n", "12", "--kv-cache-mib", "64")
+    assert again.returncode == 0 and "40 record(s) already" in again.stderr.decode()  # a memory budget, not a setting
+    generated = run("generate", "--each-line", "--json", "-n", "12", "--kv-cache-mib", "3",
+                    input=(inputs / "prompts.txt").read_bytes())
+    assert [without_timing(json.loads(line)) for line in generated.stdout.decode().splitlines()] == each_line
+    assert_one_line_error(run("batch", str(inputs / "prompts.txt"), "--out", str(tmp_path / "o2"), "--kv-cache-mib",
+                              "-1"), 2, "kv-cache-mib must be from 0")
+
+
 def test_jsonl_input_with_ids_and_fields_of_its_own(tmp_path, default_lm):
     rows = [{"id": "a", "prompt": "The sea is"}, {"id": "b", "prompt": "Hello", "max_new_tokens": 3},
             {"id": "c", "prompt": "Say hi.", "system": "You are brief.", "seed": 5}]

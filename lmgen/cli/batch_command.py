@@ -11,7 +11,17 @@ import typer
 
 from lmgen.cli.app import app
 from lmgen.cli.common import load_model, prepare
-from lmgen.cli.options import DEVICE_OPTION, DTYPE_OPTION, KV_DTYPE_OPTION, MODEL_OPTION, SEED, THREADS_OPTION, with_sampling
+from lmgen.cli.options import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    KV_CACHE_OPTION,
+    KV_DTYPE_OPTION,
+    MODEL_OPTION,
+    SEED,
+    THREADS_OPTION,
+    kv_cache_mib,
+    with_sampling,
+)
 
 
 @app.command()
@@ -36,6 +46,7 @@ def batch(
     verbose: bool = typer.Option(False, "--verbose", help="With --ray: show Ray's own logs on stderr."),
     dtype: str = DTYPE_OPTION,
     kv_dtype: Optional[str] = KV_DTYPE_OPTION,
+    kv_cache: int = KV_CACHE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
 ) -> None:
@@ -68,6 +79,7 @@ def batch(
 
     if not 1 <= batch_size <= MAX_ROWS:
         raise InputError(f"batch-size must be from 1 to {MAX_ROWS}, got {batch_size}")
+    budget = kv_cache_mib(kv_cache)  # (a memory budget: the records are the same whatever it is)
     if actors is not None and actors < 1:  # checked before DIR is made or Ray started
         raise InputError(f"actors must be >= 1, got {actors}")
     check_input(input)
@@ -88,10 +100,10 @@ def batch(
             from lmgen.cli.batch_ray import run_on_ray
 
             run_on_ray(ray, records, out, str(path), dtype, settings, batch_size, chat, system, actors, written, verbose,
-                       kv_dtype)
+                       kv_dtype, budget)
         elif records:
             lm = load_model(path, dtype, device, kv_dtype)
-            run_here(lm, records, out, settings, batch_size, chat, system, written)
+            run_here(lm, records, out, settings, batch_size, chat, system, written, budget)
     except KeyboardInterrupt:  # Ctrl-C: what is kept, and how to go on (exit 130)
         sys.stderr.write(f"lmgen: interrupted: {len(done_ids(out))} of {len(every)} record(s) kept in {out} "
                          f"({written.records} from this run); run the same command again to resume\n")

@@ -301,7 +301,7 @@ class Written:
 
 
 def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat: bool, system: str | None,
-             written: Written) -> None:
+             written: Written, kv_cache_mib: float | None = None) -> None:
     """Generate the records' completions in this process into a new part file, counting them in
     ``written`` as each is flushed (so that a run ended by an error still counts what it wrote)."""
     from lmgen.cli.startup import progress
@@ -310,7 +310,7 @@ def run_here(lm, records: list[dict], out: Path, settings, batch_size: int, chat
     if not records:
         return
     with open(new_part(out), "a", encoding="utf-8") as part, progress(len(records)) as report:
-        for record in complete(lm, records, settings, batch_size, chat, system):
+        for record in complete(lm, records, settings, batch_size, chat, system, kv_cache_mib):
             part.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
             part.flush()
             written.records += 1

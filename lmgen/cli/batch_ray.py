@@ -41,12 +41,13 @@ class Completer:
     """A Ray actor: the model loaded once, then the records of each batch of input records."""
 
     def __init__(self, model: str, dtype: str | None, settings, batch_size: int, chat: bool, system: str | None,
-                 threads: int, kv_dtype: str | None = None):
+                 threads: int, kv_dtype: str | None = None, kv_cache_mib: float | None = None):
         from lmgen.engine.load import load
 
         # resolved already: a path, never a name again
         self.lm = load(Path(model), dtype=dtype, threads=threads, kv_dtype=kv_dtype)
         self.settings, self.batch_size, self.chat, self.system = settings, batch_size, chat, system
+        self.kv_cache_mib = kv_cache_mib
 
     def __call__(self, batch):
         import json
@@ -56,7 +57,8 @@ class Completer:
         from lmgen.engine.completion import complete
 
         items = [json.loads(text) for text in batch["record"]]  # as JSON text: no column types to guess
-        return pd.DataFrame(list(complete(self.lm, items, self.settings, self.batch_size, self.chat, self.system)))
+        return pd.DataFrame(list(complete(self.lm, items, self.settings, self.batch_size, self.chat, self.system,
+                                          self.kv_cache_mib)))
 
 
 def connect(address: str, verbose: bool = False):
@@ -126,20 +128,21 @@ def sizes(ray, actors: int | None) -> tuple[int, float, int]:
 
 def run_on_ray(address: str, records: list[dict], out: Path, model: str, dtype: str | None, settings,
                batch_size: int, chat: bool, system: str | None, actors: int | None, written,
-               verbose: bool = False, kv_dtype: str | None = None) -> None:
+               verbose: bool = False, kv_dtype: str | None = None, kv_cache_mib: float | None = None) -> None:
     """Generate the records' completions on Ray into DIR, counting what its part files gained
     in ``written`` (batch.Written)."""
     if not records:
         return
     with logs_to(None if verbose else out / RAY_LOG):
         _run(connect(address, verbose), records, out, model, dtype, settings, batch_size, chat, system, actors, written,
-             kv_dtype)
+             kv_dtype, kv_cache_mib)
 
 
 RAY_LOG = "_ray.log"  # in DIR: what Ray wrote to stderr during the job (--verbose shows it instead)
 
 
-def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, actors, written, kv_dtype=None) -> None:
+def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, actors, written, kv_dtype=None,
+         kv_cache_mib=None) -> None:
     import json
 
     actors, per_actor, threads = sizes(ray, actors)
@@ -147,7 +150,8 @@ def _run(ray, records, out, model, dtype, settings, batch_size, chat, system, ac
     ds = ray.data.from_items([{"record": json.dumps(record)} for record in records])
     ds = ds.map_batches(Completer, fn_constructor_kwargs=dict(model=model, dtype=dtype, settings=settings,
                                                               batch_size=batch_size, chat=chat, system=system,
-                                                              threads=threads, kv_dtype=kv_dtype),
+                                                              threads=threads, kv_dtype=kv_dtype,
+                                                              kv_cache_mib=kv_cache_mib),
                         compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=per_actor,
                         batch_size=batch_size, batch_format="pandas")
     ds.write_json(str(out))

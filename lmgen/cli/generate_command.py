@@ -16,6 +16,7 @@ from lmgen.cli.options import (
     API_KEY_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
+    KV_CACHE_OPTION,
     KV_DTYPE_OPTION,
     FILE_OPTION,
     MODEL_OPTION,
@@ -24,6 +25,7 @@ from lmgen.cli.options import (
     STATS,
     THINKING_OPTION,
     THREADS_OPTION,
+    kv_cache_mib,
     refuse_with_server,
     with_sampling,
 )
@@ -56,6 +58,7 @@ def generate(
     grammar: Optional[Path] = typer.Option(None, "--grammar", help="Output text this Lark grammar file accepts."),
     dtype: str = DTYPE_OPTION,
     kv_dtype: Optional[str] = KV_DTYPE_OPTION,
+    kv_cache: int = KV_CACHE_OPTION,
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     echo: bool = typer.Option(False, "--echo", help="Print the prompt before the continuation."),
@@ -77,11 +80,12 @@ def generate(
         raise InputError("--system needs --chat")
     if thinking is not None and not chat:
         raise InputError("--thinking needs --chat")
-    source = Source(prompt=prompt, file=file, each_line=each_line, chat=chat, system=system, batch_size=batch_size)
+    source = Source(prompt=prompt, file=file, each_line=each_line, chat=chat, system=system, batch_size=batch_size,
+                    kv_cache_mib=kv_cache_mib(kv_cache))
     shown = Shown(as_json=as_json, jsonl=jsonl, echo=echo, stats=stats, show_probs=show_probs,
                   thinking=thinking_mode(thinking))
     if server:
-        refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, threads=threads, jsonl=jsonl,
+        refuse_with_server(model=model, dtype=dtype, kv_dtype=kv_dtype, kv_cache_mib=kv_cache, threads=threads, jsonl=jsonl,
                            show_probs=show_probs, json_schema=json_schema, regex=regex, grammar=grammar, truncate=truncate, stats=stats,
                            device=device != "cpu")
         settings = GenerationSettings(max_new_tokens=max_new_tokens, sampling=sampling, seed=seed,
@@ -108,6 +112,7 @@ class Source:
     chat: bool
     system: str | None
     batch_size: int
+    kv_cache_mib: float | None = None  # the rows' shared KV cache (None: what memory allows)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,7 +168,7 @@ def _locally(lm, source: Source, settings, shown: Shown, context: int) -> None:
         kernels = f"; native kernels {kernel_level()}"
     if source.each_line:
         total = prompts.count_lines() if sys.stderr.isatty() else None  # for the progress bar
-        records = generate_in_order(lm, inputs(), settings, renderer, source.batch_size, total)
+        records = generate_in_order(lm, inputs(), settings, renderer, source.batch_size, total, source.kv_cache_mib)
     else:
         records = (record for item in inputs() for record in generate_one(lm, item, settings, renderer, run))
     try:

@@ -59,6 +59,23 @@ API_KEY_OPTION = typer.Option(None, "--api-key", envvar="LMGEN_API_KEY", callbac
                               help="The server's key.")
 
 
+KV_CACHE_OPTION = typer.Option(
+    0, "--kv-cache-mib", metavar="MIB",
+    help="KV cache the rows share, in pages taken as they grow: rows that outgrow it wait and resume with the same "
+    "text (0: every row's whole context, or half the memory free at start if less)."
+)
+MAX_KV_CACHE_MIB = 1 << 24
+
+
+def kv_cache_mib(value: int) -> float | None:
+    """--kv-cache-mib checked: the engine's budget in MiB (None: what memory allows)."""
+    if not 0 <= value <= MAX_KV_CACHE_MIB:
+        from lmgen.errors import InputError
+
+        raise InputError(f"kv-cache-mib must be from 0 to {MAX_KV_CACHE_MIB}, got {value}")
+    return value or None
+
+
 def refuse_with_server(**options) -> None:
     """Options a server cannot honour (its model and options decide): one error naming every one given."""
     given = ["--" + name.replace("_", "-") for name, value in options.items() if value]

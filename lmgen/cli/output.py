@@ -20,7 +20,8 @@ class Input:
     index: int = 0
 
 
-def generate_in_order(lm, inputs, settings, renderer, batch_size: int, total: int | None = None):
+def generate_in_order(lm, inputs, settings, renderer, batch_size: int, total: int | None = None,
+                      kv_cache_mib: float | None = None):
     """Many prompts decoded together (batching.generate_many), each printed as soon as it and
     every earlier one are done: output in input order. Yields each prompt's summary record.
     Each prompt is seeded from the settings' seed and its index, so that blank lines before it
@@ -38,7 +39,7 @@ def generate_in_order(lm, inputs, settings, renderer, batch_size: int, total: in
             yield Request(item.prompt, seed=seed)
 
     with progress(total) as report:
-        events = generate_many(lm, requests(), settings, batch_size)
+        events = generate_many(lm, requests(), settings, batch_size, kv_cache_mib=kv_cache_mib)
         for position, events in in_input_order(events, settings.num_samples):
             report(sum(e.new_tokens for e in events if isinstance(e, Finished)))
             with report.paused():  # the bar off the terminal while the prompt's lines are written

@@ -62,9 +62,10 @@ def request_of(item, chat: bool = False, system: str | None = None) -> tuple[dic
 
 
 def complete(lm: LanguageModel, prompts: Iterable, settings: GenerationSettings = GenerationSettings(),
-             batch_size: int = 8, chat: bool = False, system: str | None = None) -> Iterator[dict]:
+             batch_size: int = 8, chat: bool = False, system: str | None = None,
+             kv_cache_mib: float | None = None) -> Iterator[dict]:
     """The records of every prompt (one per sample), in input order, each as soon as it and every
-    earlier prompt are done."""
+    earlier prompt are done. ``kv_cache_mib``: the rows' shared KV cache (None: what memory allows)."""
     kept: dict[int, dict] = {}
     texts: dict[int, tuple] = {}  # (the prompt as given, the text the chat template made of it, or None)
 
@@ -78,7 +79,8 @@ def complete(lm: LanguageModel, prompts: Iterable, settings: GenerationSettings 
             yield request
 
     try:
-        yield from _records(generate_many(lm, requests(), settings, batch_size), settings, kept, texts,
+        yield from _records(generate_many(lm, requests(), settings, batch_size, kv_cache_mib=kv_cache_mib),
+                            settings, kept, texts,
                             lm.model.weight_bytes_per_token())
     except PromptError as exc:  # every earlier record has been yielded: name the one that cannot be used
         where = kept.get(exc.index, {}).get("id", exc.index + 1)
