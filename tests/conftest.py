@@ -237,6 +237,19 @@ def cli(capsysbinary, monkeypatch):
     return call
 
 
+@pytest.fixture
+def reloaded_kernels(monkeypatch):
+    """The native kernels' library() loads afresh in the test, and again after it (it is cached
+    per process)."""
+    from lmgen.model import kernels
+
+    kernels.library.cache_clear()
+    yield
+    monkeypatch.undo()
+    kernels.library.cache_clear()
+    assert kernels.library() is not None
+
+
 @pytest.fixture(scope="session")
 def kernel_build(tmp_path_factory):
     """kernels.c built with other flags, each once per session: "serial" (a compiler without

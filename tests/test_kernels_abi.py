@@ -73,16 +73,6 @@ def test_a_library_from_before_the_check_is_refused(tmp_path):
         kernels_loader.declare(ctypes.CDLL(str(tmp_path / "old.so")))
 
 
-@pytest.fixture
-def reloaded_kernels(monkeypatch):
-    """library() loads afresh in the test, and again after it (it is cached per process)."""
-    kernels.library.cache_clear()
-    yield
-    monkeypatch.undo()
-    kernels.library.cache_clear()
-    assert kernels.library() is not None
-
-
 def test_generate_with_mismatched_kernels_is_one_line_not_a_traceback(cli, tiny_dir, monkeypatch, reloaded_kernels):
     monkeypatch.setattr(kernels_abi, "ABI_VERSION", 99)
     result = cli("generate", "-m", str(tiny_dir), "-n", "2", "hello")

@@ -8,16 +8,6 @@ import pytest
 from lmgen.model import kernels, kernels_loader
 
 
-@pytest.fixture
-def reloaded_kernels(monkeypatch):
-    """library() loads afresh in the test, and again after it (it is cached per process)."""
-    kernels.library.cache_clear()
-    yield
-    monkeypatch.undo()
-    kernels.library.cache_clear()
-    assert kernels.library() is not None
-
-
 def test_the_best_packaged_level_this_cpu_runs_is_loaded():
     kernels.library()
     builds = kernels_loader.packaged_builds()

@@ -17,7 +17,7 @@ from lmgen.engine.generation import GenerationSettings
 from lmgen.errors import InputError
 from lmgen.text.reasoning import OPEN as THINK_OPEN
 from lmgen.text.reasoning import opens_thinking
-from lmgen.text.reply import ReplySplitter
+from lmgen.text.reply import Reply, ReplySplitter, split_reply
 from lmgen.text.tool_calls import ToolSyntax, arguments_object, call_text, describe_tools, syntax_for
 
 
@@ -31,6 +31,10 @@ class Shape:
 
     def splitter(self) -> ReplySplitter:
         return ReplySplitter(self.syntax, self.thinking)
+
+    def split(self, text: str) -> Reply:
+        """A whole reply's parts, as its splitter gives them piece by piece."""
+        return split_reply(text, self.syntax, self.thinking)
 
 
 def _native(messages: list[dict]) -> list[dict]:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from lmgen.config.model_config import POOLINGS
 from lmgen.errors import CheckpointError, InputError
+from lmgen.text.tokenizer import check_token_ids
 from lmgen.text.utf8 import utf8_text
 
 # sentence-transformers' pooling modes (1_Pooling/config.json) → lmgen's pooling
@@ -86,9 +87,7 @@ def _ids(lm, item, where: str) -> list[int]:
         ids = lm.encode_prompt(item)
     elif isinstance(item, list) and all(type(i) is int for i in item):
         ids = list(item)
-        beyond = [i for i in ids if not 0 <= i < vocab]
-        if beyond:
-            raise InputError(f"{where}: token id {beyond[0]} is not in the model's vocabulary (0 to {vocab - 1})")
+        check_token_ids(ids, vocab, f"{where}: ")
     else:
         raise InputError(f"{where} must be text or a list of token ids")
     if not ids:

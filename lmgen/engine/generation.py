@@ -26,6 +26,7 @@ from lmgen.engine.settings import GenerationSettings, SamplingSettings  # noqa: 
 from lmgen.errors import CheckpointError, InputError
 from lmgen.model.decoder import Decoder
 from lmgen.text.stops import StopStrings
+from lmgen.text.tokenizer import check_token_ids
 from lmgen.text.utf8 import utf8_text
 
 
@@ -152,10 +153,7 @@ def refuse_what_cannot_fit(lm: LanguageModel, text: str) -> None:
 
 def check_logit_bias(lm: LanguageModel, settings: GenerationSettings) -> None:
     """Every token logit_bias names is in the model's vocabulary (InputError("logit-bias ...")."""
-    vocab = lm.config.vocab_size
-    beyond = [token for token, _ in settings.sampling.logit_bias if token >= vocab]
-    if beyond:
-        raise InputError(f"logit-bias token id {beyond[0]} is not in the model's vocabulary (0 to {vocab - 1})")
+    check_token_ids((token for token, _ in settings.sampling.logit_bias), lm.config.vocab_size, "logit-bias ")
 
 
 def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], settings: GenerationSettings) -> list[int]:
@@ -167,9 +165,7 @@ def prompt_ids_for(lm: LanguageModel, prompt: str | list[dict] | list[int], sett
     check_logit_bias(lm, settings)
     if is_token_ids(prompt):
         ids = list(prompt)
-        beyond = [i for i in ids if not 0 <= i < lm.config.vocab_size]
-        if beyond:
-            raise InputError(f"token id {beyond[0]} is not in the model's vocabulary (0 to {lm.config.vocab_size - 1})")
+        check_token_ids(ids, lm.config.vocab_size)
     else:
         if not isinstance(prompt, str):
             from lmgen.text.chat import check_messages

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from lmgen.engine.settings import BOUNDS, SamplingSettings  # noqa: F401 (also from here)
+from lmgen.text.tokenizer import check_token_ids
 
 NEG_INF = float("-inf")
 
@@ -59,11 +60,8 @@ def logit_bias(logits: Tensor, pairs: tuple[tuple[int, float], ...]) -> Tensor:
 @functools.lru_cache(maxsize=64)
 def _bias_tensors(pairs: tuple[tuple[int, float], ...], vocab: int, device: torch.device, dtype: torch.dtype):
     """The ids and biases of a settings' logit_bias, made once (a request uses them every step)."""
-    beyond = [token for token, _ in pairs if token >= vocab]
-    if beyond:  # (checked against the model before generating: check_logit_bias; never an IndexError)
-        from lmgen.errors import InputError
-
-        raise InputError(f"logit-bias token id {beyond[0]} is not in the model's vocabulary (0 to {vocab - 1})")
+    # (checked against the model before generating, check_logit_bias: here never an IndexError)
+    check_token_ids((token for token, _ in pairs), vocab, "logit-bias ")
     ids = torch.tensor([token for token, _ in pairs], dtype=torch.long, device=device)
     return ids, torch.tensor([bias for _, bias in pairs], dtype=dtype, device=device)
 

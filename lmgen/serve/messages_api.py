@@ -15,7 +15,7 @@ import json
 
 from lmgen.serve.chat_request import Chat, chat_messages, check_choice, check_tools
 from lmgen.serve.openai_api import APIError
-from lmgen.serve.replies import pieces
+from lmgen.serve.replies import pieces, sse
 
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "abort": "end_turn"}
 
@@ -130,7 +130,7 @@ async def whole(ctx, ticket, shape, ident: str, body: dict, chat: Chat) -> dict:
 
 
 def _sse(kind: str, data: dict) -> str:
-    return f"event: {kind}\ndata: {json.dumps({'type': kind, **data}, ensure_ascii=False)}\n\n"
+    return sse({"type": kind, **data}, kind)
 
 
 async def stream(ctx, ticket, shape, ident: str, body: dict, chat: Chat, on_close):

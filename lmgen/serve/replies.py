@@ -18,7 +18,7 @@ from lmgen.errors import InputError
 from lmgen.serve import openai_api as api
 from lmgen.serve.bridge import Refused, Ticket
 from lmgen.serve.metrics import Metrics
-from lmgen.text.reply import Reply, split_reply
+from lmgen.text.reply import Reply
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,11 @@ def api_error(exc: BaseException) -> api.APIError:
     return api.APIError(500, f"generation failed: {type(exc).__name__}: {exc}", kind="server_error")
 
 
-def sse(data: dict) -> str:
-    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+def sse(data: dict, event: str | None = None) -> str:
+    """One server-sent event: its JSON, under an ``event:`` name where the API names them
+    (Responses, Messages)."""
+    named = f"event: {event}\n" if event else ""
+    return f"{named}data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
 def observe(metrics: Metrics, done: Finished) -> None:
@@ -111,7 +114,7 @@ async def collect(ctx: ReplyContext, tickets: list[Ticket], chat: bool, top: int
             completion_tokens += event.new_tokens
             logprobs = _logprobs(ctx, tokens[sample], chat, top) if wanted else None
             if chat:
-                reply = split_reply(event.output, *(shape.syntax, shape.thinking) if shape else ())
+                reply = (shape or Shape()).split(event.output)
                 choices.append({"index": p * n + sample, "message": chat_message(reply),
                                 "finish_reason": finish_reason(event.reason, bool(reply.calls)), "logprobs": logprobs})
             else:

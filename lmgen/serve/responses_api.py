@@ -92,17 +92,17 @@ def request(body: dict) -> tuple[Chat, dict]:
     return chat, fields
 
 
-def _message(text: str) -> dict:
+def message_item(text: str) -> dict:
     return {"type": "message", "id": new_id("msg"), "status": "completed", "role": "assistant",
             "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
 
 
-def _reasoning(text: str) -> dict:
+def reasoning_item(text: str) -> dict:
     return {"type": "reasoning", "id": new_id("rs"), "summary": [],
             "content": [{"type": "reasoning_text", "text": text}]}
 
 
-def _call(call) -> dict:
+def call_item(call) -> dict:
     return {"type": "function_call", "id": "fc_" + call.id.removeprefix("call_"), "call_id": call.id,
             "name": call.name, "arguments": call.arguments, "status": "completed"}
 
@@ -126,10 +126,10 @@ def response(ident: str, model: str, body: dict, chat: Chat, output: list, done:
 
 
 def output_items(reply: Reply) -> list[dict]:
-    items = [_reasoning(reply.reasoning)] if reply.reasoning else []
+    items = [reasoning_item(reply.reasoning)] if reply.reasoning else []
     if reply.content.strip() or not reply.calls:
-        items.append(_message(reply.content))
-    return items + [_call(c) for c in reply.calls]
+        items.append(message_item(reply.content))
+    return items + [call_item(c) for c in reply.calls]
 
 
 async def whole(ctx, ticket, shape, ident: str, body: dict, chat: Chat) -> dict:

@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import json
-
 from lmgen.serve import responses_api as shapes
-from lmgen.serve.replies import api_error, pieces
+from lmgen.serve.replies import api_error, pieces, sse
 
 
 class _Events:
@@ -24,8 +22,7 @@ class _Events:
 
     def event(self, kind: str, **fields) -> str:
         self.number += 1
-        data = {"type": kind, "sequence_number": self.number, **fields}
-        return f"event: {kind}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+        return sse({"type": kind, "sequence_number": self.number, **fields}, kind)
 
     def _at(self, item: dict) -> dict:
         return {"item_id": item["id"], "output_index": self.items.index(item)}
@@ -43,7 +40,8 @@ class _Events:
         want = "reasoning" if kind == "reasoning" else "message"
         out = [] if self.open and self.open["type"] == want else self.close()
         if not self.open:
-            self.open = shapes._reasoning("") if want == "reasoning" else {**shapes._message(""), "status": "in_progress"}
+            self.open = shapes.reasoning_item("") if want == "reasoning" else \
+                {**shapes.message_item(""), "status": "in_progress"}
             out += self.start(self.open)
         self.open["content"][0]["text"] += text
         delta = "response.reasoning_text.delta" if want == "reasoning" else "response.output_text.delta"
@@ -64,7 +62,7 @@ class _Events:
         return out + [self.event("response.output_item.done", output_index=at["output_index"], item=item)]
 
     def call(self, call) -> list[str]:
-        item = shapes._call(call)
+        item = shapes.call_item(call)
         out = self.close() + self.start({**item, "arguments": "", "status": "in_progress"})
         self.items[-1] = item
         at = self._at(item)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from lmgen.errors import InputError
 from lmgen.serve.openai_api import APIError
+from lmgen.text.tokenizer import check_token_ids
 from lmgen.text.utf8 import utf8_text
 
 
@@ -28,12 +29,12 @@ async def tokenize(body: dict, served, off_loop) -> dict:
 
 
 async def detokenize(body: dict, served, off_loop) -> dict:
-    ids, vocab = body.get("tokens"), served.lm.config.vocab_size
+    ids = body.get("tokens")
     if not isinstance(ids, list) or not all(type(i) is int for i in ids):
         raise APIError(400, "'tokens' must be a list of token ids", "tokens")
-    beyond = [i for i in ids if not 0 <= i < vocab]
-    if beyond:
-        raise APIError(400, f"'tokens': token id {beyond[0]} is not in the model's vocabulary (0 to {vocab - 1})"[:300],
-                       "tokens")
+    try:
+        check_token_ids(ids, served.lm.config.vocab_size, "'tokens': ")
+    except InputError as exc:
+        raise APIError(400, str(exc)[:300], "tokens") from None
     text = await off_loop(lambda: served.lm.tokenizer.decode(ids, skip_special_tokens=False))
     return {"content": text}

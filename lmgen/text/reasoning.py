@@ -9,7 +9,7 @@ become a marker.
 
 from __future__ import annotations
 
-from lmgen.text.tool_calls import _partial
+from lmgen.text.stops import held_back
 
 OPEN, CLOSE = "<think>", "</think>"
 
@@ -42,7 +42,7 @@ class ThinkingSplitter:
         if self.state == "thinking":
             at = self.pending.find(CLOSE)
             if at < 0:
-                keep = _partial(self.pending, CLOSE)
+                keep = held_back(self.pending, (CLOSE,))
                 out.append(("reasoning", self.pending[:len(self.pending) - keep]))
                 self.pending = self.pending[len(self.pending) - keep:]
                 return [p for p in out if p[1]]

@@ -21,7 +21,7 @@ class StopStrings:
             at, _, self.matched = min(hits)
             emit, self.pending = self.pending[:at], ""
             return emit, True
-        hold = self._longest_stop_prefix_suffix()
+        hold = held_back(self.pending, self.stops)
         cut = len(self.pending) - hold
         emit, self.pending = self.pending[:cut], self.pending[cut:]
         return emit, False
@@ -31,12 +31,15 @@ class StopStrings:
         emit, self.pending = self.pending, ""
         return emit
 
-    def _longest_stop_prefix_suffix(self) -> int:
-        """Length of the longest end of ``pending`` that some stop string starts with."""
-        best = 0
-        for stop in self.stops:
-            for n in range(min(len(stop) - 1, len(self.pending)), best, -1):
-                if self.pending.endswith(stop[:n]):
-                    best = n
-                    break
-        return best
+
+def held_back(text: str, markers) -> int:
+    """How many of text's last characters begin one of ``markers`` (the longest such end): what a
+    stream must hold back, since it may still become a marker (a stop string, a tool call's or a
+    thinking block's)."""
+    best = 0
+    for marker in markers:
+        for n in range(min(len(marker) - 1, len(text)), best, -1):
+            if text.endswith(marker[:n]):
+                best = n
+                break
+    return best

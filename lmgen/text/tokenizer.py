@@ -5,10 +5,18 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from lmgen.errors import CheckpointError
+from lmgen.errors import CheckpointError, InputError
 from lmgen.formats.files import read_text
 
 REPLACEMENT = "\ufffd"
+
+
+def check_token_ids(ids, vocab_size: int, where: str = "") -> None:
+    """Every id names a token of the vocabulary: else an InputError naming the first that does
+    not (``where`` leads the message: an option's name, an input's place)."""
+    beyond = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if beyond is not None:
+        raise InputError(f"{where}token id {beyond} is not in the model's vocabulary (0 to {vocab_size - 1})")
 
 
 class Tokenizer:

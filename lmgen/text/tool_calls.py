@@ -18,6 +18,8 @@ import json
 import uuid
 from dataclasses import dataclass, field
 
+from lmgen.text.stops import held_back
+
 
 @dataclass(frozen=True)
 class ToolSyntax:
@@ -130,8 +132,8 @@ class CallSplitter:
     def __init__(self, syntax: ToolSyntax):
         self.syntax = syntax
         self.pending = ""  # text that may still be (or is) a call
-        self.inside = False
-        self.started = False  # any text seen (a bare JSON call must be the whole reply)
+        self.inside = False  # (marked syntaxes) inside a call
+        self.bare: str | None = None  # (a bare JSON syntax) "call" or "text", once a non-blank is seen
         self.after_call = False  # a call just ended
 
     def feed(self, text: str) -> list:
@@ -152,13 +154,11 @@ class CallSplitter:
         return [p for p in out if p]
 
     def _bare(self) -> list:
-        """Llama 3's JSON call is the whole reply: text that starts otherwise is text at once."""
-        if not self.started and self.pending:
-            self.started = True
-            self.inside = self.pending.lstrip().startswith("{") or not self.pending.strip()
-        if self.inside:
-            if not self.pending.strip():
-                self.started = False  # only blanks so far: undecided
+        """Llama 3's JSON call is the whole reply: a reply that starts otherwise is text at once
+        (blanks first leave it undecided)."""
+        if self.bare is None and self.pending.strip():
+            self.bare = "call" if self.pending.lstrip().startswith("{") else "text"
+        if self.bare != "text":
             return []
         out, self.pending = self.pending, ""
         return [out] if out else []
@@ -172,7 +172,7 @@ class CallSplitter:
             if not self.inside:
                 at = self.pending.find(syntax.open)
                 if at < 0:
-                    keep = _partial(self.pending, syntax.open)
+                    keep = held_back(self.pending, (syntax.open,))
                     text, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
                     out.append(text)
                     break
@@ -189,10 +189,3 @@ class CallSplitter:
             self.pending, self.inside, self.after_call = self.pending[end + len(syntax.close):], False, bool(calls)
         return [p for p in out if p]
 
-
-def _partial(text: str, marker: str) -> int:
-    """How many of text's last characters begin marker (held back: they may become it)."""
-    for n in range(min(len(marker) - 1, len(text)), 0, -1):
-        if marker.startswith(text[-n:]):
-            return n
-    return 0
